@@ -1,0 +1,138 @@
+// Command cdcinvalidate keeps Redis caches consistent with PostgreSQL by
+// reading the database's logical replication stream and invalidating the
+// cache keys that rules.yaml derives from each row change.
+//
+//	cdcinvalidate run --config FILE
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/cdcinvalidate/cdcinvalidate/config"
+	"github.com/cdcinvalidate/cdcinvalidate/engine"
+)
+
+const usage = `cdcinvalidate keeps Redis caches consistent with PostgreSQL through logical replication.
+
+Usage:
+  cdcinvalidate run --config FILE [--log-level LEVEL] [--log-format json|console]
+  cdcinvalidate version
+
+Environment variables override the file: CDC_POSTGRES_DSN, CDC_REDIS_ADDR,
+CDC_REDIS_PASSWORD and every other CDC_<SECTION>_<OPTION> (see README.md).
+`
+
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return runEngine(args[1:], stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "cdcinvalidate", version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func runEngine(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("config", "", "configuration file (YAML)")
+	level := fs.String("log-level", "", "log level: debug, info, warn, error (overrides log.level)")
+	format := fs.String("log-format", "", "log format: json or console (overrides log.format)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *file == "" {
+		fmt.Fprintln(stderr, "cdcinvalidate run: --config FILE is required")
+		return 2
+	}
+	env := func(name string) (string, bool) {
+		switch {
+		case name == "CDC_LOG_LEVEL" && *level != "":
+			return *level, true
+		case name == "CDC_LOG_FORMAT" && *format != "":
+			return *format, true
+		}
+		return os.LookupEnv(name)
+	}
+	cfg, err := config.Load(*file, env)
+	if err != nil {
+		fmt.Fprintln(stderr, config.Redact(err.Error()))
+		return 2
+	}
+	log, err := newLogger(cfg.Log, stderr)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 2
+	}
+	defer func() { _ = log.Sync() }()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	eng, err := engine.New(cfg, *file, log)
+	if err != nil {
+		log.Error("invalid rules", zap.String("error", config.Redact(err.Error())))
+		return 2
+	}
+	if err := eng.Run(ctx); err != nil {
+		var setup *engine.SetupError
+		if errors.As(err, &setup) {
+			log.Error("cannot start", zap.Strings("problems", redactAll(setup.Problems)))
+			fmt.Fprintln(stderr, config.Redact(setup.Error()))
+			return 2
+		}
+		log.Error("stopped on an error; the slot keeps every change not yet applied, so a restart loses nothing", zap.String("error", config.Redact(err.Error())))
+		return 1
+	}
+	return 0
+}
+
+func redactAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = config.Redact(s)
+	}
+	return out
+}
+
+func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log level: %w", err)
+	}
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if c.Format == "console" {
+		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	} else {
+		enc = zapcore.NewJSONEncoder(encCfg)
+	}
+	core := zapcore.NewCore(enc, zapcore.AddSync(w), lvl)
+	return zap.New(core), nil
+}

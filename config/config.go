@@ -1,0 +1,519 @@
+// Package config loads cdcinvalidate's configuration: one typed struct, read
+// from YAML (unknown fields are errors), overridden by CDC_* environment
+// variables and then by flags, with defaults filled in one place and every
+// problem reported at once with its place in the file.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/cdcinvalidate/cdcinvalidate/mapping"
+)
+
+// Config is the whole configuration.
+type Config struct {
+	Postgres Postgres `yaml:"postgres"`
+	Redis    Redis    `yaml:"redis"`
+	Rules    []Rule   `yaml:"rules"`
+	Sink     Sink     `yaml:"sink"`
+	Log      Log      `yaml:"log"`
+}
+
+// Postgres is where changes come from.
+type Postgres struct {
+	// DSN is an ordinary connection string (URL or key=value); the engine adds
+	// replication=database itself. Env: CDC_POSTGRES_DSN.
+	DSN string `yaml:"dsn"`
+	// Slot is the logical replication slot (plugin pgoutput), created if absent. Default "cdcinvalidate".
+	Slot string `yaml:"slot"`
+	// Publication is used as it is if it exists, else created FOR TABLE
+	// every rule table. Default "cdcinvalidate".
+	Publication string `yaml:"publication"`
+	// StatusInterval is the longest time between standby status updates. Default 10s.
+	StatusInterval time.Duration `yaml:"status_interval"`
+	// Streaming receives large in-progress transactions as they happen
+	// (PostgreSQL 14+). Default true.
+	Streaming *bool `yaml:"streaming"`
+	// TxnBufferMB bounds the memory for keys of streamed transactions;
+	// beyond it they spill to SpillDir. Default 64.
+	TxnBufferMB int `yaml:"txn_buffer_mb"`
+	// SpillDir holds spilled transactions. Default: the system temp dir.
+	SpillDir string `yaml:"spill_dir"`
+	// MaxBackoff caps the wait between reconnects. Default 10s.
+	MaxBackoff time.Duration `yaml:"max_backoff"`
+}
+
+// Redis is where keys are invalidated.
+type Redis struct {
+	// Addr is host:port. Env: CDC_REDIS_ADDR.
+	Addr string `yaml:"addr"`
+	// DB is the database number. Default 0.
+	DB int `yaml:"db"`
+	// Username and Password for AUTH (ACL). Env: CDC_REDIS_USERNAME, CDC_REDIS_PASSWORD.
+	Username string `yaml:"username"`
+	Password string `yaml:"password"`
+	// DialTimeout, ReadTimeout and WriteTimeout of one command. Defaults 5s, 10s, 10s.
+	DialTimeout  time.Duration `yaml:"dial_timeout"`
+	ReadTimeout  time.Duration `yaml:"read_timeout"`
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+}
+
+// Rule maps one table to cache keys.
+type Rule struct {
+	// Table is "table" or "schema.table" (default schema public).
+	Table string `yaml:"table"`
+	// Keys are templates such as "user:{id}".
+	Keys []string `yaml:"keys"`
+	// UnsafeAllowStaleOldKeys lets templates use columns outside the replica
+	// identity; keys of the old row that need them are then skipped, which
+	// can leave stale entries until their TTL.
+	UnsafeAllowStaleOldKeys bool `yaml:"unsafe_allow_stale_old_keys"`
+}
+
+// Sink tunes how keys are deleted.
+type Sink struct {
+	// DeleteCommand is "unlink" (default) or "del".
+	DeleteCommand string `yaml:"delete_command"`
+	// MaxBatchKeys bounds the keys of one Redis pipeline. Default 10000.
+	MaxBatchKeys int `yaml:"max_batch_keys"`
+	// ScanCount is the COUNT hint for TRUNCATE's SCAN. Default 1000.
+	ScanCount int `yaml:"scan_count"`
+	// MaxBackoff caps the wait between Redis retries. Default 5s.
+	MaxBackoff time.Duration `yaml:"max_backoff"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info (default), warn or error. Env: CDC_LOG_LEVEL.
+	Level string `yaml:"level"`
+	// Format is json (default) or console. Env: CDC_LOG_FORMAT.
+	Format string `yaml:"format"`
+}
+
+// StreamingEnabled reports whether in-progress streaming is on.
+func (p Postgres) StreamingEnabled() bool { return p.Streaming == nil || *p.Streaming }
+
+// Problem is one mistake in the configuration.
+type Problem struct {
+	Where string // "rules.yaml:12:5 (rules[1].keys[0])" or "env CDC_REDIS_DB"
+	Msg   string
+}
+
+// Error lists every problem found.
+type Error struct {
+	File     string
+	Problems []Problem
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	n := len(e.Problems)
+	plural := "s"
+	if n == 1 {
+		plural = ""
+	}
+	fmt.Fprintf(&b, "configuration %s has %d problem%s:", e.File, n, plural)
+	for _, p := range e.Problems {
+		fmt.Fprintf(&b, "\n  - %s: %s", p.Where, p.Msg)
+	}
+	return b.String()
+}
+
+// Load reads, overrides from the environment (env may be nil for
+// os.LookupEnv), fills defaults and validates a configuration file.
+func Load(path string, env func(string) (string, bool)) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read configuration: %w", err)
+	}
+	return Parse(path, data, env)
+}
+
+// Parse is Load for configuration text; name is used in messages.
+func Parse(name string, data []byte, env func(string) (string, bool)) (*Config, error) {
+	if env == nil {
+		env = os.LookupEnv
+	}
+	e := &Error{File: name}
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		e.Problems = append(e.Problems, Problem{Where: name, Msg: strings.TrimPrefix(err.Error(), "yaml: ")})
+		return nil, e
+	}
+	if len(root.Content) == 0 {
+		e.Problems = append(e.Problems, Problem{Where: name, Msg: "the file is empty; see rules.yaml in the repository for an example"})
+		return nil, e
+	}
+	if err := checkAliases(&root); err != nil {
+		e.Problems = append(e.Problems, Problem{Where: name, Msg: err.Error()})
+		return nil, e
+	}
+	var cfg Config
+	if err := root.Content[0].Decode(&cfg); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			for _, m := range te.Errors {
+				e.Problems = append(e.Problems, Problem{Where: name, Msg: m})
+			}
+		} else {
+			e.Problems = append(e.Problems, Problem{Where: name, Msg: err.Error()})
+		}
+	}
+	// Strict: unknown fields are mistakes (a misspelt option must not be ignored).
+	dec := yaml.NewDecoder(strings.NewReader(string(data)))
+	dec.KnownFields(true)
+	var strict Config
+	if err := dec.Decode(&strict); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			for _, m := range te.Errors {
+				if strings.Contains(m, "not found in type") {
+					e.Problems = append(e.Problems, Problem{Where: name, Msg: unknownField(m)})
+				}
+			}
+		}
+	}
+	loc := locator{file: name, root: root.Content[0]}
+	e.Problems = append(e.Problems, applyEnv(&cfg, env)...)
+	cfg.setDefaults()
+	e.Problems = append(e.Problems, cfg.validate(loc)...)
+	if len(e.Problems) > 0 {
+		return nil, e
+	}
+	return &cfg, nil
+}
+
+var fieldRE = regexp.MustCompile(`field (\S+) not found in type config\.(\w+)`)
+
+func unknownField(m string) string {
+	if g := fieldRE.FindStringSubmatch(m); g != nil {
+		return strings.Replace(m, g[0], fmt.Sprintf("unknown option %q in %s (check the spelling against the configuration reference in README.md)", g[1], strings.ToLower(g[2])), 1)
+	}
+	return m
+}
+
+// checkAliases refuses YAML aliases: a configuration has no use for them and
+// they allow "billion laughs" expansion.
+func checkAliases(n *yaml.Node) error {
+	if n.Kind == yaml.AliasNode {
+		return fmt.Errorf("line %d: YAML aliases (*name) are not allowed in the configuration", n.Line)
+	}
+	for _, c := range n.Content {
+		if err := checkAliases(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	p := &c.Postgres
+	if p.Slot == "" {
+		p.Slot = "cdcinvalidate"
+	}
+	if p.Publication == "" {
+		p.Publication = "cdcinvalidate"
+	}
+	if p.StatusInterval == 0 {
+		p.StatusInterval = 10 * time.Second
+	}
+	if p.TxnBufferMB == 0 {
+		p.TxnBufferMB = 64
+	}
+	if p.MaxBackoff == 0 {
+		p.MaxBackoff = 10 * time.Second
+	}
+	r := &c.Redis
+	if r.DialTimeout == 0 {
+		r.DialTimeout = 5 * time.Second
+	}
+	if r.ReadTimeout == 0 {
+		r.ReadTimeout = 10 * time.Second
+	}
+	if r.WriteTimeout == 0 {
+		r.WriteTimeout = 10 * time.Second
+	}
+	s := &c.Sink
+	if s.DeleteCommand == "" {
+		s.DeleteCommand = "unlink"
+	}
+	if s.MaxBatchKeys == 0 {
+		s.MaxBatchKeys = 10000
+	}
+	if s.ScanCount == 0 {
+		s.ScanCount = 1000
+	}
+	if s.MaxBackoff == 0 {
+		s.MaxBackoff = 5 * time.Second
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+}
+
+var (
+	slotRE  = regexp.MustCompile(`^[a-z0-9_]{1,63}$`)
+	identRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+)
+
+// SplitTable splits "schema.table" (default schema public).
+func SplitTable(t string) (schema, table string) {
+	if s, n, ok := strings.Cut(t, "."); ok {
+		return s, n
+	}
+	return "public", t
+}
+
+func (c *Config) validate(loc locator) []Problem {
+	var ps []Problem
+	add := func(path, format string, args ...any) {
+		ps = append(ps, Problem{Where: loc.where(path), Msg: fmt.Sprintf(format, args...)})
+	}
+	if c.Postgres.DSN == "" {
+		add("postgres.dsn", "postgres.dsn is required (or set CDC_POSTGRES_DSN), e.g. postgres://app@127.0.0.1:5432/app?sslmode=disable")
+	} else if _, err := pgconn.ParseConfig(c.Postgres.DSN); err != nil {
+		add("postgres.dsn", "postgres.dsn is not a valid connection string: %s", Redact(err.Error()))
+	}
+	if !slotRE.MatchString(c.Postgres.Slot) {
+		add("postgres.slot", "slot name %q is invalid: use 1-63 lower-case letters, digits and underscores", c.Postgres.Slot)
+	}
+	if !identRE.MatchString(c.Postgres.Publication) {
+		add("postgres.publication", "publication name %q is invalid: use a lower-case identifier (letters, digits, underscores; not starting with a digit)", c.Postgres.Publication)
+	}
+	if c.Postgres.StatusInterval < 100*time.Millisecond || c.Postgres.StatusInterval > 30*time.Second {
+		add("postgres.status_interval", "status_interval %s is out of range: use 100ms to 30s (it must stay well below the server's wal_sender_timeout)", c.Postgres.StatusInterval)
+	}
+	if c.Postgres.TxnBufferMB < 1 {
+		add("postgres.txn_buffer_mb", "txn_buffer_mb must be at least 1")
+	}
+	if c.Postgres.MaxBackoff < 0 {
+		add("postgres.max_backoff", "max_backoff must not be negative")
+	}
+	if c.Redis.Addr == "" {
+		add("redis.addr", "redis.addr is required (or set CDC_REDIS_ADDR), e.g. 127.0.0.1:6379")
+	} else if _, _, err := net.SplitHostPort(c.Redis.Addr); err != nil {
+		add("redis.addr", "redis.addr %q is not host:port", c.Redis.Addr)
+	}
+	if c.Redis.DB < 0 {
+		add("redis.db", "redis.db must not be negative")
+	}
+	switch c.Sink.DeleteCommand {
+	case "unlink", "del":
+	default:
+		add("sink.delete_command", "delete_command %q is not one of unlink, del", c.Sink.DeleteCommand)
+	}
+	if c.Sink.MaxBatchKeys < 1 {
+		add("sink.max_batch_keys", "max_batch_keys must be at least 1")
+	}
+	if c.Sink.ScanCount < 1 {
+		add("sink.scan_count", "scan_count must be at least 1")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		add("log.level", "log level %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		add("log.format", "log format %q is not one of json, console", c.Log.Format)
+	}
+	if len(c.Rules) == 0 {
+		add("rules", "no rules: add at least one, e.g.\n      rules:\n        - table: users\n          keys: [\"user:{id}\"]")
+	}
+	for i, r := range c.Rules {
+		base := fmt.Sprintf("rules[%d]", i)
+		if r.Table == "" {
+			add(base, "rule has no table")
+		} else {
+			s, t := SplitTable(r.Table)
+			if !identRE.MatchString(s) || !identRE.MatchString(t) {
+				add(base+".table", "table %q is not a plain lower-case name or schema.name", r.Table)
+			}
+		}
+		if len(r.Keys) == 0 {
+			add(base+".keys", "rule for table %q has no keys", r.Table)
+		}
+		seen := map[string]bool{}
+		for j, k := range r.Keys {
+			kp := fmt.Sprintf("%s.keys[%d]", base, j)
+			if seen[k] {
+				add(kp, "key template %q is listed twice", k)
+				continue
+			}
+			seen[k] = true
+			if _, err := mapping.ParseTemplate(k); err != nil {
+				add(kp, "%s", err.Error())
+			}
+		}
+	}
+	return ps
+}
+
+// MappingRules converts the rules for the mapping package; Validate must have passed.
+func (c *Config) MappingRules(file string) []mapping.Rule {
+	out := make([]mapping.Rule, 0, len(c.Rules))
+	for i, r := range c.Rules {
+		s, t := SplitTable(r.Table)
+		mr := mapping.Rule{Schema: s, Table: t, AllowStaleOldKeys: r.UnsafeAllowStaleOldKeys, Where: fmt.Sprintf("rules[%d] (table %s in %s)", i, r.Table, file)}
+		for _, k := range r.Keys {
+			tpl, err := mapping.ParseTemplate(k)
+			if err == nil {
+				mr.Templates = append(mr.Templates, tpl)
+			}
+		}
+		out = append(out, mr)
+	}
+	return out
+}
+
+// applyEnv overrides scalar options from CDC_<SECTION>_<OPTION> variables,
+// e.g. CDC_POSTGRES_DSN, CDC_REDIS_ADDR, CDC_REDIS_PASSWORD, CDC_LOG_LEVEL.
+func applyEnv(c *Config, env func(string) (string, bool)) []Problem {
+	var ps []Problem
+	v := reflect.ValueOf(c).Elem()
+	for i := 0; i < v.NumField(); i++ {
+		sec := v.Field(i)
+		if sec.Kind() != reflect.Struct {
+			continue
+		}
+		secName := yamlName(v.Type().Field(i))
+		for j := 0; j < sec.NumField(); j++ {
+			f := sec.Type().Field(j)
+			name := "CDC_" + strings.ToUpper(secName+"_"+yamlName(f))
+			val, ok := env(name)
+			if !ok {
+				continue
+			}
+			if err := setScalar(sec.Field(j), val); err != nil {
+				ps = append(ps, Problem{Where: "env " + name, Msg: err.Error()})
+			}
+		}
+	}
+	return ps
+}
+
+// EnvNames lists every environment variable applyEnv reads.
+func EnvNames() []string {
+	var names []string
+	t := reflect.TypeOf(Config{})
+	for i := 0; i < t.NumField(); i++ {
+		if t.Field(i).Type.Kind() != reflect.Struct {
+			continue
+		}
+		sec := t.Field(i).Type
+		for j := 0; j < sec.NumField(); j++ {
+			names = append(names, "CDC_"+strings.ToUpper(yamlName(t.Field(i))+"_"+yamlName(sec.Field(j))))
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+func yamlName(f reflect.StructField) string {
+	n, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	return n
+}
+
+func setScalar(f reflect.Value, s string) error {
+	if f.Kind() == reflect.Pointer {
+		nv := reflect.New(f.Type().Elem())
+		if err := setScalar(nv.Elem(), s); err != nil {
+			return err
+		}
+		f.Set(nv)
+		return nil
+	}
+	switch {
+	case f.Type() == reflect.TypeOf(time.Duration(0)):
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration such as 10s", s)
+		}
+		f.SetInt(int64(d))
+	case f.Kind() == reflect.String:
+		f.SetString(s)
+	case f.Kind() == reflect.Int:
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", s)
+		}
+		f.SetInt(int64(n))
+	case f.Kind() == reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", s)
+		}
+		f.SetBool(b)
+	default:
+		return fmt.Errorf("cannot be set from the environment")
+	}
+	return nil
+}
+
+// locator finds the line and column of a dotted path in the YAML tree.
+type locator struct {
+	file string
+	root *yaml.Node
+}
+
+var pathRE = regexp.MustCompile(`([a-z_]+)|\[(\d+)\]`)
+
+func (l locator) where(path string) string {
+	n := l.root
+	var found *yaml.Node
+	for _, m := range pathRE.FindAllStringSubmatch(path, -1) {
+		if n == nil {
+			break
+		}
+		var next *yaml.Node
+		if m[1] != "" && n.Kind == yaml.MappingNode {
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if n.Content[i].Value == m[1] {
+					next = n.Content[i+1]
+					if next.Kind != yaml.ScalarNode || next.Value != "" {
+						found = next
+					} else {
+						found = n.Content[i]
+					}
+				}
+			}
+		} else if m[2] != "" && n.Kind == yaml.SequenceNode {
+			idx, _ := strconv.Atoi(m[2])
+			if idx < len(n.Content) {
+				next = n.Content[idx]
+				found = next
+			}
+		}
+		n = next
+	}
+	if found == nil {
+		return fmt.Sprintf("%s (%s)", l.file, path)
+	}
+	return fmt.Sprintf("%s:%d:%d (%s)", l.file, found.Line, found.Column, path)
+}
+
+var userinfoRE = regexp.MustCompile(`(://[^:/@\s]*:)[^@\s]*@`)
+var passwordKVRE = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+
+// Redact removes passwords from connection strings and messages that may
+// quote them.
+func Redact(s string) string {
+	s = userinfoRE.ReplaceAllString(s, "${1}xxxxx@")
+	return passwordKVRE.ReplaceAllString(s, "${1}xxxxx")
+}

@@ -1,0 +1,374 @@
+// Package engine wires cdcinvalidate together: it prepares PostgreSQL (checks
+// the rules against the catalog, creates the publication and the slot when
+// absent), connects Redis, and runs the replication stream and the sink
+// until the context ends or a permanent error happens.
+//
+// Start-up fails with an error that names every problem and its fix before
+// anything streams; a clean shutdown confirms what was applied.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cdcinvalidate/cdcinvalidate/checkpoint"
+	"github.com/cdcinvalidate/cdcinvalidate/config"
+	"github.com/cdcinvalidate/cdcinvalidate/mapping"
+	"github.com/cdcinvalidate/cdcinvalidate/replication"
+	"github.com/cdcinvalidate/cdcinvalidate/sink"
+)
+
+// Engine is one configured cdcinvalidate.
+type Engine struct {
+	cfg    *config.Config
+	file   string
+	log    *zap.Logger
+	mapper *mapping.Mapper
+	Sink   *sink.Sink // set once Run has connected; for statistics
+}
+
+// New validates the rules and returns an engine. file names the
+// configuration in messages.
+func New(cfg *config.Config, file string, log *zap.Logger) (*Engine, error) {
+	m, err := mapping.New(cfg.MappingRules(file))
+	if err != nil {
+		return nil, err
+	}
+	return &Engine{cfg: cfg, file: file, log: log, mapper: m}, nil
+}
+
+// SetupError is a start-up problem the operator must fix; retrying does not help.
+type SetupError struct{ Problems []string }
+
+func (e *SetupError) Error() string {
+	if len(e.Problems) == 1 {
+		return "cannot start: " + e.Problems[0]
+	}
+	return "cannot start, " + fmt.Sprint(len(e.Problems)) + " problems:\n  - " + strings.Join(e.Problems, "\n  - ")
+}
+
+// Run prepares PostgreSQL and Redis and streams until ctx ends (returns
+// nil after a clean shutdown) or a permanent error.
+func (e *Engine) Run(ctx context.Context) error {
+	pgcfg, err := pgconn.ParseConfig(e.cfg.Postgres.DSN)
+	if err != nil {
+		return &SetupError{[]string{"postgres.dsn: " + config.Redact(err.Error())}}
+	}
+	e.log.Info("starting",
+		zap.String("postgres", fmt.Sprintf("%s@%s:%d/%s", pgcfg.User, pgcfg.Host, pgcfg.Port, pgcfg.Database)),
+		zap.String("redis", e.cfg.Redis.Addr), zap.Int("redis_db", e.cfg.Redis.DB),
+		zap.String("slot", e.cfg.Postgres.Slot), zap.String("publication", e.cfg.Postgres.Publication),
+		zap.Strings("tables", e.mapper.Tables()))
+
+	start, err := e.preparePostgres(ctx, pgcfg)
+	if err != nil {
+		return err
+	}
+	rdb := redis.NewClient(&redis.Options{
+		Addr: e.cfg.Redis.Addr, DB: e.cfg.Redis.DB,
+		Username: e.cfg.Redis.Username, Password: e.cfg.Redis.Password,
+		DialTimeout: e.cfg.Redis.DialTimeout, ReadTimeout: e.cfg.Redis.ReadTimeout, WriteTimeout: e.cfg.Redis.WriteTimeout,
+		MaxRetries: -1, // the sink retries whole batches itself
+	})
+	defer rdb.Close()
+	if err := e.pingRedis(ctx, rdb); err != nil {
+		return err
+	}
+
+	tracker := checkpoint.NewTracker(start)
+	events := make(chan replication.Event, 64)
+	st := replication.New(replication.Config{
+		Conn: pgcfg, Slot: e.cfg.Postgres.Slot, Publication: e.cfg.Postgres.Publication,
+		StatusInterval: e.cfg.Postgres.StatusInterval, Streaming: e.cfg.Postgres.StreamingEnabled(),
+		TxnMemoryBytes: e.cfg.Postgres.TxnBufferMB << 20, SpillDir: e.cfg.Postgres.SpillDir,
+		MaxBackoff: e.cfg.Postgres.MaxBackoff, Logger: e.log.Named("replication"),
+	}, e.mapper, tracker, events)
+	sk := sink.New(sink.Config{
+		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == "del",
+		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
+	}, tracker)
+	e.Sink = sk
+
+	// The sink outlives the stream: at shutdown the stream stops reading,
+	// waits for the sink to apply what it handed over, confirms, and closes
+	// the channel; only then is the sink's context cancelled.
+	sinkCtx, cancelSink := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSink()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer cancelSink()
+		return st.Run(gctx)
+	})
+	g.Go(func() error {
+		err := sk.Run(sinkCtx, events)
+		if errors.Is(err, context.Canceled) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("redis: %w", err)
+		}
+		return nil
+	})
+	err = g.Wait()
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+func (e *Engine) pingRedis(ctx context.Context, rdb *redis.Client) error {
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := rdb.Ping(ctx).Err()
+		if err == nil {
+			return nil
+		}
+		msg := err.Error()
+		if strings.HasPrefix(msg, "WRONGPASS") || strings.HasPrefix(msg, "NOAUTH") || strings.HasPrefix(msg, "NOPERM") {
+			return &SetupError{[]string{fmt.Sprintf("redis at %s refused authentication: %s (check redis.username and redis.password or CDC_REDIS_PASSWORD)", e.cfg.Redis.Addr, msg)}}
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			e.log.Warn("redis not reachable yet; retrying", zap.String("addr", e.cfg.Redis.Addr), zap.Error(err), zap.Int("attempt", attempt))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// connectRetry connects, retrying errors that waiting can fix.
+func (e *Engine) connectRetry(ctx context.Context, connect func() error, what string) error {
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := connect()
+		if err == nil {
+			return nil
+		}
+		if replication.IsPermanent(err) || ctx.Err() != nil {
+			return explainPgError(err)
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			e.log.Warn(what+" failed; retrying", zap.String("error", config.Redact(err.Error())), zap.Int("attempt", attempt))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, e.cfg.Postgres.MaxBackoff)
+	}
+}
+
+func explainPgError(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "28P01", "28000":
+			return &SetupError{[]string{"postgres refused the login: " + config.Redact(err.Error()) + " (check the user and password in postgres.dsn / CDC_POSTGRES_DSN, and pg_hba.conf; the role needs LOGIN REPLICATION)"}}
+		case "3D000":
+			return &SetupError{[]string{"postgres: " + config.Redact(err.Error()) + " (check the database name in postgres.dsn)"}}
+		}
+	}
+	return err
+}
+
+// preparePostgres checks the server and the rules, creates the publication
+// and the slot when absent, and returns the slot's confirmed position.
+func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (replication.LSN, error) {
+	ccfg, err := pgx.ParseConfig(e.cfg.Postgres.DSN)
+	if err != nil {
+		return 0, &SetupError{[]string{"postgres.dsn: " + config.Redact(err.Error())}}
+	}
+	if ccfg.RuntimeParams == nil {
+		ccfg.RuntimeParams = map[string]string{}
+	}
+	ccfg.RuntimeParams["application_name"] = "cdcinvalidate-setup"
+	var conn *pgx.Conn
+	if err := e.connectRetry(ctx, func() (err error) {
+		conn, err = pgx.ConnectConfig(ctx, ccfg)
+		return err
+	}, "connect to postgres"); err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.Background())
+
+	var walLevel string
+	var version int
+	if err := conn.QueryRow(ctx, "SELECT current_setting('wal_level'), current_setting('server_version_num')::int").Scan(&walLevel, &version); err != nil {
+		return 0, fmt.Errorf("read server settings: %w", err)
+	}
+	var problems []string
+	if walLevel != "logical" {
+		problems = append(problems, fmt.Sprintf("the server runs with wal_level=%s; logical replication needs wal_level=logical (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)", walLevel))
+	}
+	for _, t := range e.mapper.Tables() {
+		info, err := tableInfo(ctx, conn, t)
+		if err != nil {
+			return 0, err
+		}
+		for _, r := range e.mapper.Rules(t) {
+			problems = append(problems, mapping.CheckTable(r, info)...)
+		}
+	}
+	if len(problems) > 0 {
+		return 0, &SetupError{problems}
+	}
+	if err := e.ensurePublication(ctx, conn, version); err != nil {
+		return 0, err
+	}
+	return e.ensureSlot(ctx, conn, pgcfg)
+}
+
+func tableInfo(ctx context.Context, conn *pgx.Conn, qualified string) (mapping.TableInfo, error) {
+	schema, table := config.SplitTable(qualified)
+	var info mapping.TableInfo
+	var kind, ident string
+	err := conn.QueryRow(ctx, `
+SELECT c.relkind::text, c.relreplident::text,
+       array(SELECT a.attname::text FROM pg_attribute a
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+       array(SELECT a.attname::text FROM pg_index i
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+             WHERE i.indrelid = c.oid
+               AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relname = $2`, schema, table).Scan(&kind, &ident, &info.Columns, &info.IdentityColumns)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return info, nil
+	}
+	if err != nil {
+		return info, fmt.Errorf("read catalog of %s: %w", qualified, err)
+	}
+	info.Exists = true
+	info.Kind = kind[0]
+	info.ReplicaIdentity = ident[0]
+	return info, nil
+}
+
+func (e *Engine) ensurePublication(ctx context.Context, conn *pgx.Conn, version int) error {
+	pub := e.cfg.Postgres.Publication
+	var exists, ins, upd, del, trunc bool
+	err := conn.QueryRow(ctx, `SELECT true, pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1`, pub).Scan(&exists, &ins, &upd, &del, &trunc)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("read publication %q: %w", pub, err)
+	}
+	tables := e.mapper.Tables()
+	if !exists {
+		quoted := make([]string, len(tables))
+		for i, t := range tables {
+			s, n := config.SplitTable(t)
+			quoted[i] = pgx.Identifier{s, n}.Sanitize()
+		}
+		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", pgx.Identifier{pub}.Sanitize(), strings.Join(quoted, ", "))
+		if version >= 130000 {
+			sql += " WITH (publish_via_partition_root = true)"
+		}
+		if _, err := conn.Exec(ctx, sql); err != nil {
+			return &SetupError{[]string{fmt.Sprintf("create publication %q: %s (the role must own the tables, or create it as the owner: %s)", pub, err, sql)}}
+		}
+		e.log.Info("created publication", zap.String("publication", pub), zap.Strings("tables", tables))
+		return nil
+	}
+	var problems []string
+	var missingOps []string
+	for _, op := range []struct {
+		on   bool
+		name string
+	}{{ins, "insert"}, {upd, "update"}, {del, "delete"}, {trunc, "truncate"}} {
+		if !op.on {
+			missingOps = append(missingOps, op.name)
+		}
+	}
+	if len(missingOps) > 0 {
+		problems = append(problems, fmt.Sprintf("publication %q does not publish %s, so those changes would never invalidate anything; run ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate')", pub, strings.Join(missingOps, ", "), pub))
+	}
+	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, pub)
+	if err != nil {
+		return fmt.Errorf("read tables of publication %q: %w", pub, err)
+	}
+	published, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("read tables of publication %q: %w", pub, err)
+	}
+	have := map[string]bool{}
+	for _, t := range published {
+		have[t] = true
+	}
+	for _, t := range tables {
+		if !have[t] {
+			problems = append(problems, fmt.Sprintf("publication %q does not include table %s, which a rule names, so its changes would be missed; run ALTER PUBLICATION %s ADD TABLE %s", pub, t, pub, t))
+		}
+	}
+	if len(problems) > 0 {
+		return &SetupError{problems}
+	}
+	return nil
+}
+
+func (e *Engine) ensureSlot(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.Config) (replication.LSN, error) {
+	slot := e.cfg.Postgres.Slot
+	var plugin, slotType, db string
+	var confirmed *string
+	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), slot_type, coalesce(database, ''), confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, &db, &confirmed)
+	if err == nil {
+		var problems []string
+		if slotType != "logical" || plugin != "pgoutput" {
+			problems = append(problems, fmt.Sprintf("slot %q exists but is a %s slot with plugin %q; cdcinvalidate needs a logical slot with plugin pgoutput: choose another postgres.slot, or drop it (SELECT pg_drop_replication_slot('%s')) if nothing uses it", slot, slotType, plugin, slot))
+		} else if db != pgcfg.Database {
+			problems = append(problems, fmt.Sprintf("slot %q belongs to database %q, not %q; choose another postgres.slot", slot, db, pgcfg.Database))
+		}
+		if len(problems) > 0 {
+			return 0, &SetupError{problems}
+		}
+		lsn, err := pglogrepl.ParseLSN(*confirmed)
+		if err != nil {
+			return 0, fmt.Errorf("parse confirmed position of slot %q: %w", slot, err)
+		}
+		e.log.Info("using existing slot", zap.String("slot", slot), zap.Stringer("confirmed_lsn", lsn))
+		return lsn, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("read slot %q: %w", slot, err)
+	}
+	rcfg := pgcfg.Copy()
+	if rcfg.RuntimeParams == nil {
+		rcfg.RuntimeParams = map[string]string{}
+	}
+	rcfg.RuntimeParams["replication"] = "database"
+	rcfg.RuntimeParams["application_name"] = "cdcinvalidate-setup"
+	rconn, err := pgconn.ConnectConfig(ctx, rcfg)
+	if err != nil {
+		return 0, explainPgError(fmt.Errorf("connect for replication: %w", err))
+	}
+	defer rconn.Close(context.Background())
+	res, err := pglogrepl.CreateReplicationSlot(ctx, rconn, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+			return 0, &SetupError{[]string{fmt.Sprintf("create slot %q: %s (the role needs the REPLICATION attribute: ALTER ROLE %s REPLICATION)", slot, err, pgcfg.User)}}
+		}
+		return 0, fmt.Errorf("create slot %q: %w", slot, err)
+	}
+	lsn, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+	if err != nil {
+		return 0, fmt.Errorf("parse consistent point of new slot %q: %w", slot, err)
+	}
+	e.log.Info("created slot", zap.String("slot", slot), zap.Stringer("consistent_lsn", lsn))
+	return lsn, nil
+}

@@ -1,0 +1,19 @@
+// Package mapping turns row changes into cache keys through the rules of
+// rules.yaml.
+//
+// A rule names a table and key templates such as "user:{id}" or
+// "user:email:{email}". For an INSERT the keys of the new row are produced,
+// for an UPDATE the keys of the old row and of the new row (so a changed
+// email invalidates both the old and the new key), for a DELETE the keys of
+// the old row, and for a TRUNCATE one SCAN pattern per template.
+//
+// Guarantees:
+//   - A key is never rendered from a value the change does not carry. When an
+//     old value is unavailable (a column outside the replica identity) the
+//     change is refused with an error that names the fix, unless the rule
+//     opted in with unsafe_allow_stale_old_keys, in which case that one key
+//     is skipped and counted.
+//   - Unchanged TOASTed values ('u') are taken from the old row image.
+//   - A NULL value makes no key (never the text "<nil>" or "null").
+//   - Values are inserted once and never re-expanded.
+package mapping

@@ -1,0 +1,644 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/cdcinvalidate/cdcinvalidate/checkpoint"
+)
+
+// Event is one unit of work for the sink, handed over in commit order.
+type Event struct {
+	// Keys to invalidate.
+	Keys []string
+	// Globs are SCAN patterns covering every key of a truncated table.
+	Globs []string
+	// End, when non-zero, says that every change below End has been handed
+	// over: once the sink applied this event and all before it, End may be
+	// confirmed to PostgreSQL. It is a transaction's end LSN, or the server's
+	// position from a keepalive while no transaction was open.
+	End LSN
+	// CommitTime is the commit time of the transaction that End closes.
+	CommitTime time.Time
+}
+
+// Mapper turns changes into keys. The stream calls it from its one goroutine.
+type Mapper interface {
+	// Bind is called for every Relation message (the first one of a table
+	// in a session, and again after ALTER TABLE). An error stops the engine:
+	// the rules do not fit the table any more.
+	Bind(rel *Relation) error
+	// AppendKeys appends the keys of a row change.
+	AppendKeys(dst []string, ch *Change) ([]string, error)
+	// AppendGlobs appends SCAN patterns for a truncated table.
+	AppendGlobs(dst []string, rel *Relation) []string
+}
+
+// Positions is where the stream learns what the sink has applied.
+type Positions interface {
+	Applied() LSN
+	WaitApplied(lsn LSN, deadline time.Time) bool
+}
+
+// Config configures a Stream.
+type Config struct {
+	// Conn is the connection configuration; the stream sets the
+	// replication=database and application_name parameters itself.
+	Conn        *pgconn.Config
+	Slot        string
+	Publication string
+	// StatusInterval is the longest time between standby status updates.
+	StatusInterval time.Duration
+	// Streaming asks for in-progress transactions (protocol version 2, PostgreSQL 14+).
+	Streaming bool
+	// TxnMemoryBytes bounds the memory holding keys of streamed transactions
+	// before they spill to files in SpillDir ("" = the system temp dir).
+	TxnMemoryBytes int
+	SpillDir       string
+	// ChunkKeys is how many keys of one transaction go into one event.
+	ChunkKeys int
+	// MinBackoff and MaxBackoff bound the wait between reconnects.
+	MinBackoff, MaxBackoff time.Duration
+	// ShutdownWait is how long to wait at shutdown for the sink to apply
+	// what was handed over, before confirming the last applied position.
+	ShutdownWait time.Duration
+	Logger       *zap.Logger
+}
+
+// Stream reads the slot and hands events to the sink. One goroutine (Run)
+// owns the replication connection: pgconn is not safe for concurrent use.
+type Stream struct {
+	cfg    Config
+	mapper Mapper
+	pos    Positions
+	out    chan<- Event
+	log    *zap.Logger
+}
+
+// New returns a stream that sends events to out and closes out when Run returns.
+func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
+	if cfg.StatusInterval <= 0 {
+		cfg.StatusInterval = 10 * time.Second
+	}
+	if cfg.ChunkKeys <= 0 {
+		cfg.ChunkKeys = 2048
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = 10 * time.Second
+	}
+	if cfg.ShutdownWait <= 0 {
+		cfg.ShutdownWait = 5 * time.Second
+	}
+	if cfg.TxnMemoryBytes <= 0 {
+		cfg.TxnMemoryBytes = 64 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	return &Stream{cfg: cfg, mapper: m, pos: pos, out: out, log: cfg.Logger}
+}
+
+// PermanentError marks an error that reconnecting cannot fix: the engine
+// stops and says what to do.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+func permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	var p *PermanentError
+	if errors.As(err, &p) {
+		return err
+	}
+	return &PermanentError{Err: err}
+}
+
+// IsPermanent reports whether err must stop the engine instead of a reconnect.
+func IsPermanent(err error) bool {
+	var p *PermanentError
+	if errors.As(err, &p) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "28P01", "28000": // invalid password, invalid authorization
+			return true
+		case "42704": // undefined object: slot or publication missing
+			return true
+		case "42501": // insufficient privilege
+			return true
+		case "3D000": // database does not exist
+			return true
+		case "55000": // object not in prerequisite state (e.g. wal_level, slot invalidated)
+			return true
+		}
+	}
+	return false
+}
+
+// Run streams until ctx is cancelled (then it returns nil after confirming
+// what the sink applied) or a permanent error happens. Connection losses are
+// retried with capped exponential backoff from the slot's confirmed
+// position. Run closes the output channel when it returns.
+func (s *Stream) Run(ctx context.Context) error {
+	defer close(s.out)
+	backoff := s.cfg.MinBackoff
+	for {
+		started := time.Now()
+		err := s.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			err = errors.New("replication stream ended")
+		}
+		if IsPermanent(err) {
+			return err
+		}
+		if time.Since(started) > time.Minute {
+			backoff = s.cfg.MinBackoff
+		}
+		s.log.Warn("replication connection lost; reconnecting from the slot's confirmed position",
+			zap.Error(err), zap.Duration("retry_in", backoff))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, s.cfg.MaxBackoff)
+	}
+}
+
+// session is the state of one replication connection.
+type session struct {
+	s      *Stream
+	ctx    context.Context
+	conn   *pgconn.PgConn
+	rep    checkpoint.Reporter
+	dec    decoder
+	rels   map[uint32]*Relation
+	change Change
+
+	inTxn      bool
+	commitTime time.Time
+	keys       []string
+
+	inStream  bool
+	streamXid uint32
+	streams   map[uint32]*txnBuffer
+	budget    int
+
+	lastEnd LSN // highest End handed to the sink
+	timer   *time.Timer
+}
+
+func (s *Stream) session(ctx context.Context) (err error) {
+	ccfg := s.cfg.Conn.Copy()
+	if ccfg.RuntimeParams == nil {
+		ccfg.RuntimeParams = map[string]string{}
+	}
+	ccfg.RuntimeParams["replication"] = "database"
+	if ccfg.RuntimeParams["application_name"] == "" {
+		ccfg.RuntimeParams["application_name"] = "cdcinvalidate"
+	}
+	conn, err := pgconn.ConnectConfig(ctx, ccfg)
+	if err != nil {
+		return fmt.Errorf("connect for replication to %s:%d: %w", ccfg.Host, ccfg.Port, err)
+	}
+	defer conn.Close(context.Background())
+
+	version, err := serverVersion(ctx, conn)
+	if err != nil {
+		return err
+	}
+	confirmed, active, err := slotState(ctx, conn, s.cfg.Slot)
+	if err != nil {
+		return err
+	}
+	if active != "" {
+		return fmt.Errorf("replication slot %q is active for PID %s (another cdcinvalidate or consumer is streaming from it); retrying", s.cfg.Slot, active)
+	}
+
+	args := []string{fmt.Sprintf("publication_names '%s'", s.cfg.Publication)}
+	streaming := false
+	if version >= 140000 {
+		args = append([]string{"proto_version '2'"}, args...)
+		args = append(args, "messages 'true'")
+		if s.cfg.Streaming {
+			args = append(args, "streaming 'on'")
+			streaming = true
+		}
+	} else {
+		args = append([]string{"proto_version '1'"}, args...)
+	}
+	// Start at 0/0: the server resumes at the slot's confirmed_flush_lsn,
+	// never at a position this process remembers.
+	if err := pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
+		return fmt.Errorf("start replication from slot %q: %w", s.cfg.Slot, err)
+	}
+	s.log.Info("streaming",
+		zap.String("slot", s.cfg.Slot), zap.String("publication", s.cfg.Publication),
+		zap.Stringer("confirmed_lsn", confirmed), zap.Int("server_version", version),
+		zap.Bool("streaming_in_progress", streaming))
+
+	ss := &session{
+		s: s, ctx: ctx, conn: conn,
+		rep:     checkpoint.Reporter{Interval: s.cfg.StatusInterval, Prompt: 100 * time.Millisecond},
+		rels:    map[uint32]*Relation{},
+		streams: map[uint32]*txnBuffer{},
+		budget:  s.cfg.TxnMemoryBytes,
+		lastEnd: confirmed,
+		timer:   time.NewTimer(time.Hour),
+	}
+	ss.rep.Received(confirmed)
+	defer ss.close()
+
+	// Wake the receive call when ctx ends; it blocks with no context to keep
+	// pgconn from starting a goroutine per message.
+	stop := context.AfterFunc(ctx, func() { _ = conn.Conn().SetReadDeadline(time.Now()) })
+	defer stop()
+
+	err = ss.loop()
+	if ctx.Err() != nil {
+		ss.shutdown()
+		return nil
+	}
+	return err
+}
+
+func (ss *session) close() {
+	ss.timer.Stop()
+	for xid, b := range ss.streams {
+		b.release(&ss.budget)
+		delete(ss.streams, xid)
+	}
+}
+
+// shutdown waits briefly for the sink to apply what it was handed, confirms
+// the applied position and ends the stream cleanly.
+func (ss *session) shutdown() {
+	applied := ss.s.pos.Applied()
+	if ss.lastEnd > applied {
+		ss.s.pos.WaitApplied(ss.lastEnd, time.Now().Add(ss.s.cfg.ShutdownWait))
+		applied = ss.s.pos.Applied()
+	}
+	_ = ss.conn.Conn().SetDeadline(time.Now().Add(2 * time.Second))
+	if err := ss.sendStatus(time.Now()); err != nil {
+		ss.s.log.Warn("could not confirm the final position at shutdown; it will be replayed", zap.Error(err))
+		return
+	}
+	// CopyDone and wait for the server's reply, so the confirmation was
+	// processed before the connection closes.
+	if _, err := pglogrepl.SendStandbyCopyDone(context.Background(), ss.conn); err != nil {
+		ss.s.log.Debug("end of stream", zap.Error(err))
+	}
+	ss.s.log.Info("stopped", zap.Stringer("confirmed_lsn", applied))
+}
+
+func (ss *session) sendStatus(now time.Time) error {
+	w, f, a := ss.rep.Status(ss.s.pos.Applied())
+	err := pglogrepl.SendStandbyStatusUpdate(ss.ctx, ss.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: w, WALFlushPosition: f, WALApplyPosition: a, ClientTime: now,
+	})
+	if err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	ss.rep.Sent(now, f)
+	return nil
+}
+
+func (ss *session) loop() error {
+	netConn := ss.conn.Conn()
+	for {
+		now := time.Now()
+		applied := ss.s.pos.Applied()
+		if ss.rep.Due(now, applied) {
+			if err := ss.sendStatus(now); err != nil {
+				return err
+			}
+		}
+		wake := ss.rep.Next(ss.s.pos.Applied())
+		if ss.lastEnd > applied {
+			// Work is in flight: look at the applied position again soon.
+			wake = minTime(wake, now.Add(50*time.Millisecond))
+		}
+		if err := netConn.SetReadDeadline(wake); err != nil {
+			return fmt.Errorf("set read deadline: %w", err)
+		}
+		if ss.ctx.Err() != nil {
+			return ss.ctx.Err()
+		}
+		msg, err := ss.conn.ReceiveMessage(context.Background())
+		if err != nil {
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("receive: %w", err)
+		}
+		switch msg := msg.(type) {
+		case *pgproto3.CopyData:
+			if err := ss.handleCopyData(msg.Data); err != nil {
+				return err
+			}
+		case *pgproto3.ErrorResponse:
+			return pgconn.ErrorResponseToPgError(msg)
+		case *pgproto3.CopyDone:
+			return errors.New("server ended the replication stream")
+		default:
+			// NoticeResponse, ParameterStatus and the like: nothing to do.
+		}
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func (ss *session) handleCopyData(data []byte) error {
+	if len(data) == 0 {
+		return permanent(fmt.Errorf("%w: empty CopyData", ErrMalformed))
+	}
+	switch data[0] {
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return permanent(fmt.Errorf("%w: keepalive: %v", ErrMalformed, err))
+		}
+		ss.rep.Received(ka.ServerWALEnd)
+		// Nothing open: every transaction that commits below ServerWALEnd was
+		// sent, so the position may be confirmed once the sink caught up.
+		if !ss.inTxn && len(ss.streams) == 0 && ka.ServerWALEnd > ss.lastEnd {
+			if err := ss.emit(Event{End: ka.ServerWALEnd}); err != nil {
+				return err
+			}
+		}
+		if ka.ReplyRequested {
+			return ss.sendStatus(time.Now())
+		}
+		return nil
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return permanent(fmt.Errorf("%w: XLogData: %v", ErrMalformed, err))
+		}
+		ss.rep.Received(xld.WALStart)
+		if err := ss.handleMessage(xld.WALData); err != nil {
+			return err
+		}
+		return nil
+	}
+	return nil
+}
+
+func (ss *session) handleMessage(data []byte) error {
+	m, err := ss.dec.decode(data, ss.inStream)
+	if err != nil {
+		return permanent(err)
+	}
+	switch m.kind {
+	case msgBegin:
+		ss.inTxn = true
+		ss.commitTime = m.time
+	case msgCommit:
+		ss.inTxn = false
+		keys := ss.keys
+		ss.keys = nil
+		return ss.emit(Event{Keys: keys, End: m.endLSN, CommitTime: m.time})
+	case msgRelation:
+		ss.rels[m.relation.ID] = m.relation
+		if err := ss.s.mapper.Bind(m.relation); err != nil {
+			return permanent(err)
+		}
+	case msgInsert, msgUpdate, msgDelete:
+		return ss.handleChange(m)
+	case msgTruncate:
+		var globs []string
+		for _, id := range m.truncRelIDs {
+			rel := ss.rels[id]
+			if rel == nil {
+				return permanent(fmt.Errorf("%w: TRUNCATE of unknown relation %d", ErrMalformed, id))
+			}
+			globs = ss.s.mapper.AppendGlobs(globs, rel)
+		}
+		if len(globs) == 0 {
+			return nil
+		}
+		if ss.inStream {
+			b := ss.stream(ss.streamXid)
+			for _, g := range globs {
+				if err := b.add(bufEntry{subXid: m.xid, glob: true, text: g}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if len(ss.keys) > 0 {
+			keys := ss.keys
+			ss.keys = nil
+			if err := ss.emit(Event{Keys: keys}); err != nil {
+				return err
+			}
+		}
+		return ss.emit(Event{Globs: globs})
+	case msgStreamStart:
+		ss.inStream = true
+		ss.streamXid = m.xid
+		ss.stream(m.xid)
+	case msgStreamStop:
+		ss.inStream = false
+	case msgStreamCommit:
+		return ss.streamCommit(m.xid, m.endLSN, m.time)
+	case msgStreamAbort:
+		b := ss.streams[m.xid]
+		if b == nil {
+			return nil // tolerated: an abort of a transaction never started here
+		}
+		if m.subXid == m.xid {
+			b.release(&ss.budget)
+			delete(ss.streams, m.xid)
+		} else {
+			b.abortSub(m.subXid)
+		}
+	case msgMessage, msgOrigin, msgType:
+		// Logical decoding messages, origins and types need no invalidation.
+	}
+	return nil
+}
+
+func (ss *session) stream(xid uint32) *txnBuffer {
+	b := ss.streams[xid]
+	if b == nil {
+		b = &txnBuffer{xid: xid}
+		ss.streams[xid] = b
+	}
+	return b
+}
+
+func (ss *session) handleChange(m *message) error {
+	rel := ss.rels[m.relID]
+	if rel == nil {
+		return permanent(fmt.Errorf("%w: change of relation %d before its Relation message", ErrMalformed, m.relID))
+	}
+	ch := &ss.change
+	ch.Rel = rel
+	ch.Op = Op(m.kind)
+	ch.HasOld = m.oldKind != 0 && m.kind != msgInsert
+	ch.OldKind = m.oldKind
+	ch.Old = m.old
+	ch.New = m.new
+	if m.kind == msgDelete {
+		ch.New = Tuple{}
+	}
+	if !ss.inStream {
+		keys, err := ss.s.mapper.AppendKeys(ss.keys, ch)
+		ss.keys = keys
+		if err != nil {
+			return permanent(err)
+		}
+		if len(ss.keys) >= ss.s.cfg.ChunkKeys {
+			// The transaction is committed (pgoutput sends it after commit),
+			// so its keys may be applied before its Commit arrives; the
+			// position only moves at Commit.
+			keys := ss.keys
+			ss.keys = nil
+			return ss.emit(Event{Keys: keys})
+		}
+		return nil
+	}
+	keys, err := ss.s.mapper.AppendKeys(ss.keys[:0], ch)
+	ss.keys = keys[:0]
+	if err != nil {
+		return permanent(err)
+	}
+	b := ss.stream(ss.streamXid)
+	for _, k := range keys {
+		if err := b.add(bufEntry{subXid: m.xid, text: k}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (ss *session) streamCommit(xid uint32, end LSN, commitTime time.Time) error {
+	b := ss.streams[xid]
+	delete(ss.streams, xid)
+	if b == nil {
+		return ss.emit(Event{End: end, CommitTime: commitTime})
+	}
+	defer b.release(&ss.budget)
+	var keys []string
+	err := b.each(func(e bufEntry) error {
+		if e.glob {
+			if len(keys) > 0 {
+				if err := ss.emit(Event{Keys: keys}); err != nil {
+					return err
+				}
+				keys = nil
+			}
+			return ss.emit(Event{Globs: []string{e.text}})
+		}
+		keys = append(keys, e.text)
+		if len(keys) >= ss.s.cfg.ChunkKeys {
+			if err := ss.emit(Event{Keys: keys}); err != nil {
+				return err
+			}
+			keys = nil
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return ss.emit(Event{Keys: keys, End: end, CommitTime: commitTime})
+}
+
+// emit hands an event to the sink. While the sink is busy (Redis slow or
+// down) it keeps sending standby status updates, so the server does not
+// time the connection out, and it never drops the event.
+func (ss *session) emit(ev Event) error {
+	select {
+	case ss.s.out <- ev:
+	default:
+		for {
+			now := time.Now()
+			applied := ss.s.pos.Applied()
+			if ss.rep.Due(now, applied) {
+				if err := ss.sendStatus(now); err != nil {
+					return err
+				}
+			}
+			ss.timer.Reset(time.Until(ss.rep.Next(ss.s.pos.Applied())) + time.Millisecond)
+			select {
+			case ss.s.out <- ev:
+			case <-ss.ctx.Done():
+				return ss.ctx.Err()
+			case <-ss.timer.C:
+				continue
+			}
+			break
+		}
+	}
+	if ev.End > ss.lastEnd {
+		ss.lastEnd = ev.End
+	}
+	return nil
+}
+
+func serverVersion(ctx context.Context, conn *pgconn.PgConn) (int, error) {
+	res, err := conn.Exec(ctx, "SHOW server_version_num").ReadAll()
+	if err != nil {
+		return 0, fmt.Errorf("read server_version_num: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
+		return 0, errors.New("read server_version_num: unexpected result")
+	}
+	v, err := strconv.Atoi(string(res[0].Rows[0][0]))
+	if err != nil {
+		return 0, fmt.Errorf("read server_version_num: %w", err)
+	}
+	return v, nil
+}
+
+// ErrSlotMissing says the replication slot does not exist (any more).
+var ErrSlotMissing = errors.New("replication slot does not exist")
+
+// slotState reads the slot's confirmed position and the PID streaming from it.
+// The slot name was validated as an identifier, so it can be quoted literally.
+func slotState(ctx context.Context, conn *pgconn.PgConn, slot string) (LSN, string, error) {
+	q := "SELECT confirmed_flush_lsn, coalesce(active_pid::text, '') FROM pg_replication_slots WHERE slot_name = '" + strings.ReplaceAll(slot, "'", "''") + "'"
+	res, err := conn.Exec(ctx, q).ReadAll()
+	if err != nil {
+		return 0, "", fmt.Errorf("read state of slot %q: %w", slot, err)
+	}
+	if len(res) != 1 || len(res[0].Rows) == 0 {
+		return 0, "", permanent(fmt.Errorf("%w: slot %q is gone (dropped by someone else?). Changes since it was dropped are lost to it, so cached keys may be stale: flush the managed keys in Redis, then restart cdcinvalidate to create the slot again", ErrSlotMissing, slot))
+	}
+	row := res[0].Rows[0]
+	if row[0] == nil {
+		return 0, "", permanent(fmt.Errorf("slot %q has no confirmed position: is it a physical slot? use a logical slot with plugin pgoutput", slot))
+	}
+	lsn, err := pglogrepl.ParseLSN(string(row[0]))
+	if err != nil {
+		return 0, "", fmt.Errorf("parse confirmed position of slot %q: %w", slot, err)
+	}
+	return lsn, string(row[1]), nil
+}

@@ -1,0 +1,304 @@
+// Package sink applies invalidations to Redis in commit order.
+//
+// It reads events from the replication stream, groups as many as are queued
+// into one batch (keys deduplicated, many transactions per round trip),
+// deletes the keys with UNLINK (or DEL) in one pipeline, and only after Redis
+// acknowledged the whole batch reports the batch's last transaction end to
+// the checkpoint. A TRUNCATE pattern is applied on its own, in order, with
+// SCAN + UNLINK (never KEYS).
+//
+// Guarantees: no event is skipped. Transient Redis errors (connection loss,
+// timeouts, LOADING, READONLY, OOM, a stalled server) are retried with
+// capped exponential backoff, forever, until the context ends; permanent
+// errors (NOPERM, WRONGPASS, WRONGTYPE, unknown command) stop the sink with
+// an error that says what to fix. Every action is idempotent, so a replay
+// after a crash is harmless.
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/cdcinvalidate/cdcinvalidate/replication"
+)
+
+// Acker receives the positions whose invalidations Redis acknowledged.
+type Acker interface {
+	Ack(lsn replication.LSN)
+}
+
+// Config configures a Sink.
+type Config struct {
+	Client redis.UniversalClient
+	// MaxBatchKeys bounds the keys of one pipeline (default 10000).
+	MaxBatchKeys int
+	// KeysPerCommand is how many keys one UNLINK carries (default 256).
+	KeysPerCommand int
+	// UseDel deletes with DEL instead of UNLINK.
+	UseDel bool
+	// ScanCount is the COUNT hint of SCAN for TRUNCATE patterns (default 1000).
+	ScanCount int
+	// MinBackoff and MaxBackoff bound the wait between retries (100ms, 5s).
+	MinBackoff, MaxBackoff time.Duration
+	Logger                 *zap.Logger
+}
+
+// Stats are running totals, safe to read at any time.
+type Stats struct {
+	Batches     atomic.Uint64
+	Keys        atomic.Uint64 // keys sent for deletion (after deduplication)
+	Deleted     atomic.Uint64 // keys that existed
+	Globs       atomic.Uint64
+	Retries     atomic.Uint64
+	LastApplied atomic.Uint64
+}
+
+// Sink applies events to Redis.
+type Sink struct {
+	cfg   Config
+	ack   Acker
+	log   *zap.Logger
+	Stats Stats
+
+	seen  map[string]struct{}
+	batch []string
+}
+
+// New returns a sink.
+func New(cfg Config, ack Acker) *Sink {
+	if cfg.MaxBatchKeys <= 0 {
+		cfg.MaxBatchKeys = 10000
+	}
+	if cfg.KeysPerCommand <= 0 {
+		cfg.KeysPerCommand = 256
+	}
+	if cfg.ScanCount <= 0 {
+		cfg.ScanCount = 1000
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 100 * time.Millisecond
+	}
+	if cfg.MaxBackoff < cfg.MinBackoff {
+		cfg.MaxBackoff = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
+	}
+	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}}
+}
+
+// PermanentError is a Redis error that retrying cannot fix.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Run applies events from in until in is closed (it returns nil), ctx ends
+// (it returns ctx's error) or a permanent Redis error happens.
+func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
+	var pending *replication.Event // a TRUNCATE event that ended the last batch
+	for {
+		var ev replication.Event
+		if pending != nil {
+			ev, pending = *pending, nil
+		} else {
+			var ok bool
+			select {
+			case ev, ok = <-in:
+				if !ok {
+					return nil
+				}
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		if len(ev.Globs) > 0 {
+			if err := s.applyGlobs(ctx, ev); err != nil {
+				return err
+			}
+			continue
+		}
+		// Gather what is queued behind this event into one batch.
+		end := ev.End
+		s.startBatch()
+		s.addKeys(ev.Keys)
+		closed := false
+	gather:
+		for len(s.batch) < s.cfg.MaxBatchKeys {
+			select {
+			case next, ok := <-in:
+				if !ok {
+					closed = true
+					break gather
+				}
+				if len(next.Globs) > 0 {
+					pending = &next
+					break gather
+				}
+				s.addKeys(next.Keys)
+				if next.End > end {
+					end = next.End
+				}
+			default:
+				break gather
+			}
+		}
+		if err := s.applyKeys(ctx, s.batch); err != nil {
+			return err
+		}
+		if end != 0 {
+			s.ack.Ack(end)
+			s.Stats.LastApplied.Store(uint64(end))
+		}
+		if closed {
+			return nil
+		}
+	}
+}
+
+func (s *Sink) startBatch() {
+	clear(s.seen)
+	s.batch = s.batch[:0]
+}
+
+func (s *Sink) addKeys(keys []string) {
+	for _, k := range keys {
+		if _, dup := s.seen[k]; dup {
+			continue
+		}
+		s.seen[k] = struct{}{}
+		s.batch = append(s.batch, k)
+	}
+}
+
+func (s *Sink) applyKeys(ctx context.Context, keys []string) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	err := s.retry(ctx, "delete keys", func() error {
+		cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i := 0; i < len(keys); i += s.cfg.KeysPerCommand {
+				chunk := keys[i:min(i+s.cfg.KeysPerCommand, len(keys))]
+				if s.cfg.UseDel {
+					p.Del(ctx, chunk...)
+				} else {
+					p.Unlink(ctx, chunk...)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		var n uint64
+		for _, c := range cmds {
+			n += uint64(c.(*redis.IntCmd).Val())
+		}
+		s.Stats.Deleted.Add(n)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.Stats.Batches.Add(1)
+	s.Stats.Keys.Add(uint64(len(keys)))
+	return nil
+}
+
+func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
+	for _, g := range ev.Globs {
+		err := s.retry(ctx, "delete keys matching "+g, func() error {
+			var cursor uint64
+			for {
+				keys, next, err := s.cfg.Client.Scan(ctx, cursor, g, int64(s.cfg.ScanCount)).Result()
+				if err != nil {
+					return err
+				}
+				if len(keys) > 0 {
+					del := s.cfg.Client.Unlink
+					if s.cfg.UseDel {
+						del = s.cfg.Client.Del
+					}
+					n, err := del(ctx, keys...).Result()
+					if err != nil {
+						return err
+					}
+					s.Stats.Deleted.Add(uint64(n))
+				}
+				if next == 0 {
+					return nil
+				}
+				cursor = next
+			}
+		})
+		if err != nil {
+			return err
+		}
+		s.Stats.Globs.Add(1)
+	}
+	if ev.End != 0 {
+		s.ack.Ack(ev.End)
+	}
+	return nil
+}
+
+// retry runs op until it succeeds, ctx ends or the error is permanent.
+func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
+	backoff := s.cfg.MinBackoff
+	for attempt := 1; ; attempt++ {
+		err := op()
+		if err == nil {
+			if attempt > 1 {
+				s.log.Info("redis recovered", zap.String("action", what), zap.Int("attempts", attempt))
+			}
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if perm := classify(err); perm != nil {
+			return perm
+		}
+		s.Stats.Retries.Add(1)
+		if attempt == 1 || attempt%10 == 0 {
+			s.log.Warn("redis unavailable; retrying, nothing is skipped and the position waits",
+				zap.String("action", what), zap.Int("attempt", attempt), zap.Duration("retry_in", backoff), zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, s.cfg.MaxBackoff)
+	}
+}
+
+// classify returns a PermanentError for errors that retrying cannot fix.
+func classify(err error) error {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return nil
+	}
+	msg := rerr.Error()
+	prefix, _, _ := strings.Cut(msg, " ")
+	switch prefix {
+	case "NOPERM":
+		return &PermanentError{fmt.Errorf("redis refused a command: %w (grant the ACL user +unlink +del +scan on the managed key patterns)", err)}
+	case "WRONGPASS", "NOAUTH":
+		return &PermanentError{fmt.Errorf("redis authentication failed: %w (check redis.username and redis.password / CDC_REDIS_PASSWORD)", err)}
+	case "WRONGTYPE":
+		return &PermanentError{fmt.Errorf("redis: %w", err)}
+	case "ERR":
+		if strings.Contains(msg, "unknown command") {
+			return &PermanentError{fmt.Errorf("redis does not support a command cdcinvalidate needs: %w (Redis older than 4.0 has no UNLINK: set sink.delete_command: del)", err)}
+		}
+	}
+	return nil
+}
