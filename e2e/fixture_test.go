@@ -1,0 +1,440 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/cdcinvalidate/cdcinvalidate/config"
+	"github.com/cdcinvalidate/cdcinvalidate/engine"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
+)
+
+// schema is the sample schema every test starts with. users and orders use
+// REPLICA IDENTITY FULL because their templates use non-key columns.
+const schema = `
+CREATE TABLE users (id bigint PRIMARY KEY, email text, name text, bio text);
+ALTER TABLE users REPLICA IDENTITY FULL;
+CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint, note text);
+ALTER TABLE orders REPLICA IDENTITY FULL;
+CREATE TABLE big (id bigint PRIMARY KEY, payload text);
+CREATE TABLE barrier (id bigint PRIMARY KEY);
+CREATE TABLE other (id bigserial PRIMARY KEY, v text);
+`
+
+const rules = `
+rules:
+  - table: users
+    keys: ["user:{id}", "user:email:{email}"]
+  - table: orders
+    keys: ["order:{id}", "user:{user_id}:orders"]
+  - table: big
+    keys: ["big:{id}"]
+  - table: public.barrier
+    keys: ["barrier:{id}"]
+`
+
+type fixtureOpts struct {
+	pgSettings map[string]string
+	redisArgs  []string
+	extra      string // more YAML for the configuration (postgres/sink/log sections)
+	noSchema   bool
+}
+
+type fixture struct {
+	t        *testing.T
+	pg       *harness.Postgres
+	rd       *harness.Redis
+	rdb      *redis.Client
+	db       *pgxpool.Pool
+	cfgPath  string
+	barrierN atomic.Int64
+}
+
+func newFixture(t *testing.T, o fixtureOpts) *fixture {
+	t.Helper()
+	f := &fixture{t: t}
+	f.pg = harness.PostgresT(t, harness.PostgresOptions{Settings: o.pgSettings})
+	f.rd = harness.RedisT(t, harness.RedisOptions{Args: o.redisArgs})
+	f.rdb = redis.NewClient(&redis.Options{Addr: f.rd.Addr(), MaxRetries: -1, ReadTimeout: 5 * time.Second})
+	t.Cleanup(func() { _ = f.rdb.Close() })
+	ctx := f.ctx()
+	db, err := pgxpool.New(ctx, f.pg.DSN("postgres"))
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(db.Close)
+	f.db = db
+	if !o.noSchema {
+		f.exec(schema)
+	}
+	f.cfgPath = f.writeConfig(fmt.Sprintf("postgres:\n  dsn: %q\n  status_interval: 1s\nredis:\n  addr: %q\n%s%s", f.pg.DSN("postgres"), f.rd.Addr(), o.extra, rules))
+	return f
+}
+
+func (f *fixture) writeConfig(text string) string {
+	f.t.Helper()
+	p := filepath.Join(f.t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		f.t.Fatal(err)
+	}
+	return p
+}
+
+func (f *fixture) ctx() context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	f.t.Cleanup(cancel)
+	return ctx
+}
+
+func (f *fixture) exec(sql string, args ...any) {
+	f.t.Helper()
+	if _, err := f.db.Exec(context.Background(), sql, args...); err != nil {
+		f.t.Fatalf("exec %q: %v", firstLine(sql), err)
+	}
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " ..."
+	}
+	return s
+}
+
+func (f *fixture) lsn(sql string) pglogrepl.LSN {
+	f.t.Helper()
+	var s *string
+	if err := f.db.QueryRow(context.Background(), sql).Scan(&s); err != nil {
+		f.t.Fatalf("%s: %v", sql, err)
+	}
+	if s == nil {
+		return 0
+	}
+	l, err := pglogrepl.ParseLSN(*s)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return l
+}
+
+func (f *fixture) confirmed() pglogrepl.LSN {
+	return f.lsn(`SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'cdcinvalidate'`)
+}
+
+func (f *fixture) currentLSN() pglogrepl.LSN { return f.lsn(`SELECT pg_current_wal_lsn()::text`) }
+
+// set fills cache keys the way an application's cache-aside reads would.
+func (f *fixture) set(keys ...string) {
+	f.t.Helper()
+	ctx := context.Background()
+	for i := 0; i < len(keys); i += 1000 {
+		pipe := f.rdb.Pipeline()
+		for _, k := range keys[i:min(i+1000, len(keys))] {
+			pipe.Set(ctx, k, "cached", 0)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			f.t.Fatalf("fill cache: %v", err)
+		}
+	}
+}
+
+func (f *fixture) exists(key string) bool {
+	f.t.Helper()
+	n, err := f.rdb.Exists(context.Background(), key).Result()
+	if err != nil {
+		f.t.Fatalf("exists %q: %v", key, err)
+	}
+	return n == 1
+}
+
+// present returns which of keys exist.
+func (f *fixture) present(keys ...string) []string {
+	f.t.Helper()
+	var out []string
+	for _, k := range keys {
+		if f.exists(k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func (f *fixture) wantGone(keys ...string) {
+	f.t.Helper()
+	if p := f.present(keys...); len(p) > 0 {
+		f.t.Errorf("keys still cached after their rows changed: %q", p)
+	}
+}
+
+func (f *fixture) wantKept(keys ...string) {
+	f.t.Helper()
+	var gone []string
+	for _, k := range keys {
+		if !f.exists(k) {
+			gone = append(gone, k)
+		}
+	}
+	if len(gone) > 0 {
+		f.t.Errorf("keys deleted although nothing invalidated them: %q", gone)
+	}
+}
+
+// barrier commits a marker row after everything written so far and waits
+// until the engine deleted its key: the engine applies in commit order, so
+// every earlier transaction has been applied too.
+func (f *fixture) barrier() {
+	f.t.Helper()
+	f.barrierTimeout(60 * time.Second)
+}
+
+func (f *fixture) barrierTimeout(d time.Duration) {
+	f.t.Helper()
+	id := f.barrierN.Add(1)
+	key := fmt.Sprintf("barrier:%d", id)
+	f.set(key)
+	f.exec(`INSERT INTO barrier VALUES ($1)`, id)
+	deadline := time.Now().Add(d)
+	for f.exists(key) {
+		if time.Now().After(deadline) {
+			f.t.Fatalf("barrier %d not applied within %s", id, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// engineRun is an engine running in this process.
+type engineRun struct {
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func (f *fixture) start() *engineRun {
+	return f.startWith(f.cfgPath, zaptest.NewLogger(f.t, zaptest.Level(zap.InfoLevel)))
+}
+
+func (f *fixture) startWith(path string, log *zap.Logger) *engineRun {
+	f.t.Helper()
+	cfg, err := config.Load(path, func(string) (string, bool) { return "", false })
+	if err != nil {
+		f.t.Fatalf("config: %v", err)
+	}
+	eng, err := engine.New(cfg, path, log)
+	if err != nil {
+		f.t.Fatalf("engine: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &engineRun{cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- eng.Run(ctx) }()
+	f.t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(15 * time.Second):
+			f.t.Error("engine did not stop within 15s")
+		}
+	})
+	f.waitStreaming(r.done)
+	return r
+}
+
+// waitStreaming waits until the engine streams from its slot: changes
+// committed before the slot exists are not part of its history.
+func (f *fixture) waitStreaming(done <-chan error) {
+	f.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var n int
+		err := f.db.QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cdcinvalidate' AND active`).Scan(&n)
+		if err == nil && n == 1 {
+			return
+		}
+		select {
+		case err := <-done:
+			f.t.Fatalf("engine stopped before streaming: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatal("engine not streaming after 60s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop stops the engine and returns what Run returned.
+func (r *engineRun) stop(t *testing.T) error {
+	t.Helper()
+	r.cancel()
+	select {
+	case err := <-r.done:
+		r.done <- err // for the cleanup
+		return err
+	case <-time.After(15 * time.Second):
+		t.Fatal("engine did not stop within 15s")
+		return nil
+	}
+}
+
+// wait returns what Run returned, failing after d.
+func (r *engineRun) wait(t *testing.T, d time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-r.done:
+		r.done <- err
+		return err
+	case <-time.After(d):
+		t.Fatalf("engine still running after %s", d)
+		return nil
+	}
+}
+
+// proc is the engine binary running as a child process.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (f *fixture) startBinary(path string, env ...string) *proc {
+	f.t.Helper()
+	bin := harness.BuildEngine(f.t)
+	p := &proc{out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(bin, "run", "--config", path)
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout = p.out
+	p.cmd.Stderr = p.out
+	if err := p.cmd.Start(); err != nil {
+		f.t.Fatalf("start engine: %v", err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	f.t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+		if f.t.Failed() {
+			f.t.Logf("engine output:\n%s", p.out.String())
+		}
+	})
+	return p
+}
+
+// startBinaryStreaming starts the binary and waits until it streams.
+func (f *fixture) startBinaryStreaming(path string, env ...string) *proc {
+	f.t.Helper()
+	p := f.startBinary(path, env...)
+	done := make(chan error, 1)
+	go func() {
+		<-p.done
+		done <- fmt.Errorf("exit code %d; output:\n%s", p.exitCode(), p.out.String())
+	}()
+	f.waitStreaming(done)
+	return p
+}
+
+func (p *proc) kill9(t *testing.T) {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// term sends SIGTERM and returns the exit code and how long the exit took.
+func (p *proc) term(t *testing.T) (int, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("engine did not exit within 30s of SIGTERM")
+	}
+	return p.exitCode(), time.Since(start)
+}
+
+func (p *proc) wait(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		t.Fatalf("engine still running after %s; output:\n%s", d, p.out.String())
+	}
+	return p.exitCode()
+}
+
+func (p *proc) exitCode() int {
+	var ee *exec.ExitError
+	if errors.As(p.err, &ee) {
+		return ee.ExitCode()
+	}
+	if p.err != nil {
+		return -1
+	}
+	return 0
+}
+
+// peakRSS returns the process's peak resident set size (VmHWM) in bytes.
+func (p *proc) peakRSS() int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:")), "%d", &kb)
+			return kb * 1024
+		}
+	}
+	return -1
+}
+
+// waitFor polls cond until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,102 @@
+package harness
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// enginePkg is the engine's main package, relative to the module root.
+const enginePkg = "./cmd/cdcinvalidate"
+
+var engineBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// BuildEngine builds ./cmd/cdcinvalidate of this module with go build -o,
+// once per test process, and returns the binary's path. A failed build
+// fails the test with the compiler output. The binary's temporary
+// directory is named after the test process and outlives it (no hook runs
+// at process exit); each build removes those of processes that are gone.
+func BuildEngine(t testing.TB) string {
+	t.Helper()
+	engineBuild.once.Do(func() {
+		engineBuild.path, engineBuild.err = buildEngine()
+	})
+	if engineBuild.err != nil {
+		t.Fatalf("harness: %v", engineBuild.err)
+	}
+	return engineBuild.path
+}
+
+func buildEngine() (string, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return "", fmt.Errorf("build engine: %w", err)
+	}
+	removeStaleBuilds()
+	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-*", buildDirPrefix, os.Getpid()))
+	if err != nil {
+		return "", fmt.Errorf("build engine: %w", err)
+	}
+	bin := filepath.Join(dir, "cdcinvalidate")
+	cmd := exec.Command("go", "build", "-o", bin, enginePkg)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		_ = os.RemoveAll(dir)
+		return "", fmt.Errorf("build engine: go build %s in %s: %w\n%s", enginePkg, root, err, bytes.TrimSpace(out))
+	}
+	return bin, nil
+}
+
+const buildDirPrefix = "cdcinvalidate-bin-"
+
+// removeStaleBuilds removes the build directories of earlier test
+// processes that no longer exist (judged by /proc/PID, so only on Linux;
+// nothing is ever signalled).
+func removeStaleBuilds() {
+	if _, err := os.Stat("/proc/self"); err != nil {
+		return
+	}
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), buildDirPrefix+"*-*"))
+	for _, d := range dirs {
+		pidStr, _, _ := strings.Cut(strings.TrimPrefix(filepath.Base(d), buildDirPrefix), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join("/proc", pidStr)); errors.Is(err, os.ErrNotExist) {
+			_ = os.RemoveAll(d)
+		}
+	}
+}
+
+// ModuleRoot is the nearest directory, from the working directory up,
+// that holds a go.mod.
+func ModuleRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("module root: %w", err)
+	}
+	for dir := wd; ; dir = filepath.Dir(dir) {
+		fi, err := os.Stat(filepath.Join(dir, "go.mod"))
+		if err == nil && !fi.IsDir() {
+			return dir, nil
+		}
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("module root: %w", err)
+		}
+		if dir == filepath.Dir(dir) {
+			return "", fmt.Errorf("module root: no go.mod in %s or any parent", wd)
+		}
+	}
+}
