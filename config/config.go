@@ -149,15 +149,22 @@ func Parse(name string, data []byte, env func(string) (string, bool)) (*Config, 
 	e := &Error{File: name}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		e.Problems = append(e.Problems, Problem{Where: name, Msg: strings.TrimPrefix(err.Error(), "yaml: ")})
+		e.Problems = append(e.Problems, yamlProblem(name, strings.TrimPrefix(err.Error(), "yaml: "), nil, ""))
 		return nil, e
 	}
 	if len(root.Content) == 0 {
 		e.Problems = append(e.Problems, Problem{Where: name, Msg: "the file is empty; see rules.yaml in the repository for an example"})
 		return nil, e
 	}
-	if err := checkAliases(&root); err != nil {
-		e.Problems = append(e.Problems, Problem{Where: name, Msg: err.Error()})
+	// One document only: a second one ("---") would otherwise be ignored silently.
+	docs := yaml.NewDecoder(strings.NewReader(string(data)))
+	var first, second yaml.Node
+	if docs.Decode(&first) == nil && docs.Decode(&second) == nil {
+		e.Problems = append(e.Problems, Problem{Where: fmt.Sprintf("%s:%d", name, second.Line), Msg: "a second YAML document (after ---) would be ignored: keep the whole configuration in one document"})
+		return nil, e
+	}
+	if a := findAlias(&root); a != nil {
+		e.Problems = append(e.Problems, Problem{Where: fmt.Sprintf("%s:%d:%d", name, a.Line, a.Column), Msg: "YAML aliases (*name) are not allowed in the configuration"})
 		return nil, e
 	}
 	var cfg Config
@@ -165,10 +172,10 @@ func Parse(name string, data []byte, env func(string) (string, bool)) (*Config, 
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
 			for _, m := range te.Errors {
-				e.Problems = append(e.Problems, Problem{Where: name, Msg: m})
+				e.Problems = append(e.Problems, yamlProblem(name, m, nil, ""))
 			}
 		} else {
-			e.Problems = append(e.Problems, Problem{Where: name, Msg: err.Error()})
+			e.Problems = append(e.Problems, yamlProblem(name, err.Error(), nil, ""))
 		}
 	}
 	// Strict: unknown fields are mistakes (a misspelt option must not be ignored).
@@ -180,7 +187,11 @@ func Parse(name string, data []byte, env func(string) (string, bool)) (*Config, 
 		if errors.As(err, &te) {
 			for _, m := range te.Errors {
 				if strings.Contains(m, "not found in type") {
-					e.Problems = append(e.Problems, Problem{Where: name, Msg: unknownField(m)})
+					var key string
+					if g := fieldRE.FindStringSubmatch(m); g != nil {
+						key = g[1]
+					}
+					e.Problems = append(e.Problems, yamlProblem(name, unknownField(m), root.Content[0], key))
 				}
 			}
 		}
@@ -204,15 +215,56 @@ func unknownField(m string) string {
 	return m
 }
 
-// checkAliases refuses YAML aliases: a configuration has no use for them and
-// they allow "billion laughs" expansion.
-func checkAliases(n *yaml.Node) error {
-	if n.Kind == yaml.AliasNode {
-		return fmt.Errorf("line %d: YAML aliases (*name) are not allowed in the configuration", n.Line)
+var yamlLineRE = regexp.MustCompile(`^line (\d+): `)
+
+// yamlProblem places a message of the YAML library ("line 3: ...") at
+// "file:3", or at "file:3:COL" when key names a mapping key of root found on
+// that line.
+func yamlProblem(name, msg string, root *yaml.Node, key string) Problem {
+	g := yamlLineRE.FindStringSubmatch(msg)
+	if g == nil {
+		return Problem{Where: name, Msg: msg}
+	}
+	line, err := strconv.Atoi(g[1])
+	if err != nil {
+		return Problem{Where: name, Msg: msg}
+	}
+	where := fmt.Sprintf("%s:%d", name, line)
+	if k := findKey(root, key, line); k != nil {
+		where = fmt.Sprintf("%s:%d:%d", name, line, k.Column)
+	}
+	return Problem{Where: where, Msg: msg[len(g[0]):]}
+}
+
+// findKey returns the mapping key node named key on the given line.
+func findKey(n *yaml.Node, key string, line int) *yaml.Node {
+	if n == nil || key == "" {
+		return nil
+	}
+	if n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; k.Value == key && k.Line == line {
+				return k
+			}
+		}
 	}
 	for _, c := range n.Content {
-		if err := checkAliases(c); err != nil {
-			return err
+		if k := findKey(c, key, line); k != nil {
+			return k
+		}
+	}
+	return nil
+}
+
+// findAlias returns the first YAML alias: a configuration has no use for
+// them and they allow "billion laughs" expansion, so they are refused.
+func findAlias(n *yaml.Node) *yaml.Node {
+	if n.Kind == yaml.AliasNode {
+		return n
+	}
+	for _, c := range n.Content {
+		if a := findAlias(c); a != nil {
+			return a
 		}
 	}
 	return nil
@@ -287,6 +339,13 @@ func (c *Config) validate(loc locator) []Problem {
 	if c.Postgres.DSN == "" {
 		add("postgres.dsn", "postgres.dsn is required (or set CDC_POSTGRES_DSN), e.g. postgres://app@127.0.0.1:5432/app?sslmode=disable")
 	} else if _, err := pgconn.ParseConfig(c.Postgres.DSN); err != nil {
+		// pgconn quotes the connection string after its own best-effort
+		// redaction, which misses passwords such as "p@ss" in a URL or
+		// "se\ cret" in keyword/value form: redact it first.
+		var pe *pgconn.ParseConfigError
+		if errors.As(err, &pe) {
+			pe.ConnString = Redact(pe.ConnString)
+		}
 		add("postgres.dsn", "postgres.dsn is not a valid connection string: %s", Redact(err.Error()))
 	}
 	if !slotRE.MatchString(c.Postgres.Slot) {
@@ -319,6 +378,12 @@ func (c *Config) validate(loc locator) []Problem {
 	}
 	if c.Sink.MaxBatchKeys < 1 {
 		add("sink.max_batch_keys", "max_batch_keys must be at least 1")
+	}
+	if c.Sink.MaxBackoff < 0 {
+		add("sink.max_backoff", "max_backoff must not be negative")
+	}
+	if c.Postgres.TxnBufferMB > 1<<20 {
+		add("postgres.txn_buffer_mb", "txn_buffer_mb %d is larger than 1 TiB", c.Postgres.TxnBufferMB)
 	}
 	if c.Sink.ScanCount < 1 {
 		add("sink.scan_count", "scan_count must be at least 1")
@@ -508,8 +573,15 @@ func (l locator) where(path string) string {
 	return fmt.Sprintf("%s:%d:%d (%s)", l.file, found.Line, found.Column, path)
 }
 
-var userinfoRE = regexp.MustCompile(`(://[^:/@\s]*:)[^@\s]*@`)
-var passwordKVRE = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+// userinfoRE matches the password of a URL up to the last '@' before the
+// path, as url.Parse (and so pgconn) reads it: "postgres://u:p@ss@h/db" has
+// the password "p@ss".
+var userinfoRE = regexp.MustCompile(`(://[^:/@\s]*:)[^/\s]*@`)
+
+// passwordKVRE matches a keyword/value password: quoted, or unquoted where a
+// backslash escapes the next character (libpq reads password=se\ cret as
+// "se cret").
+var passwordKVRE = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|(?:\\.|[^\s\\])+\\?)`)
 
 // Redact removes passwords from connection strings and messages that may
 // quote them.

@@ -53,7 +53,8 @@ rules:
 type fixtureOpts struct {
 	pgSettings map[string]string
 	redisArgs  []string
-	extra      string // more YAML for the configuration (postgres/sink/log sections)
+	pgExtra    string // more YAML lines for the postgres section, indented by two spaces
+	extra      string // more top-level YAML sections (sink, log)
 	noSchema   bool
 }
 
@@ -84,7 +85,7 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	if !o.noSchema {
 		f.exec(schema)
 	}
-	f.cfgPath = f.writeConfig(fmt.Sprintf("postgres:\n  dsn: %q\n  status_interval: 1s\nredis:\n  addr: %q\n%s%s", f.pg.DSN("postgres"), f.rd.Addr(), o.extra, rules))
+	f.cfgPath = f.writeConfig(fmt.Sprintf("postgres:\n  dsn: %q\n  status_interval: 1s\n%sredis:\n  addr: %q\n%s%s", f.pg.DSN("postgres"), o.pgExtra, f.rd.Addr(), o.extra, rules))
 	return f
 }
 

@@ -264,7 +264,10 @@ next:
 				continue next
 			case valueUnknown:
 				m.buf = buf
-				if s == sideOld && bt.rule.AllowStaleOldKeys {
+				// With the opt-in, a key whose value the change cannot carry
+				// (an old value outside the replica identity, or an unchanged
+				// TOASTed value with no old image) is skipped and counted.
+				if bt.rule.AllowStaleOldKeys {
 					m.skippedOldKeys.Add(1)
 					continue next
 				}

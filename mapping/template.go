@@ -82,8 +82,8 @@ func ParseTemplate(src string) (*Template, error) {
 		}
 	}
 	flushLit()
-	if !t.hasLiteral() {
-		return nil, fmt.Errorf("%w %q: a template needs some literal text (a prefix such as \"user:\"); without it TRUNCATE would have to delete every key in Redis", ErrTemplate, src)
+	if len(t.parts) == 0 || t.parts[0].isCol {
+		return nil, fmt.Errorf("%w %q: a template must start with literal text (a prefix such as \"user:\"); without one, TRUNCATE's pattern would match keys of other rules and applications", ErrTemplate, src)
 	}
 	return t, nil
 }
@@ -102,15 +102,6 @@ func (t *Template) Columns() []string {
 		}
 	}
 	return cols
-}
-
-func (t *Template) hasLiteral() bool {
-	for _, p := range t.parts {
-		if !p.isCol && p.lit != "" {
-			return true
-		}
-	}
-	return false
 }
 
 // Glob returns a Redis SCAN MATCH pattern that matches every key the template
