@@ -60,6 +60,14 @@ func (e *SetupError) Error() string {
 // Run prepares PostgreSQL and Redis and streams until ctx ends (returns
 // nil after a clean shutdown) or a permanent error.
 func (e *Engine) Run(ctx context.Context) error {
+	err := e.run(ctx)
+	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return nil // stopped while connecting or retrying: a clean stop
+	}
+	return err
+}
+
+func (e *Engine) run(ctx context.Context) error {
 	pgcfg, err := pgconn.ParseConfig(e.cfg.Postgres.DSN)
 	if err != nil {
 		return &SetupError{[]string{"postgres.dsn: " + config.Redact(err.Error())}}
@@ -119,11 +127,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	err = g.Wait()
-	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
-		return nil
-	}
-	return err
+	return g.Wait()
 }
 
 func (e *Engine) pingRedis(ctx context.Context, rdb *redis.Client) error {
