@@ -28,7 +28,18 @@ type Config struct {
 	Redis    Redis    `yaml:"redis"`
 	Rules    []Rule   `yaml:"rules"`
 	Sink     Sink     `yaml:"sink"`
+	Client   Client   `yaml:"client"`
 	Log      Log      `yaml:"log"`
+}
+
+// Client turns on the engine's side of the cacheaside client library.
+type Client struct {
+	// Leases deletes the cacheaside lease of every invalidated key with it,
+	// so a fill that started before the commit is refused. Default false.
+	Leases bool `yaml:"leases"`
+	// PublishChannel, when set, receives one JSON message per applied batch
+	// ({"lsn":"0/16B3748","keys":[...]}) for in-process (L1) caches. Default "".
+	PublishChannel string `yaml:"publish_channel"`
 }
 
 // Postgres is where changes come from.

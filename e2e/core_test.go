@@ -5,9 +5,13 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cdcinvalidate/cdcinvalidate/cacheaside"
 )
 
 func TestInsertUpdateDeleteInvalidateOldAndNewKeys(t *testing.T) {
@@ -168,4 +172,44 @@ func TestAlterTableKeepsWorkingAndDroppedColumnStops(t *testing.T) {
 		t.Fatalf("engine error = %v, want one that names the dropped column \"email\"", err)
 	}
 	t.Logf("engine stopped with: %v", err)
+}
+
+// TestLeasesAndPublish checks the engine's side of the client library:
+// with client.leases the lease key goes with the key, and with
+// client.publish_channel every applied batch is announced with its keys.
+func TestLeasesAndPublish(t *testing.T) {
+	f := newFixture(t, fixtureOpts{extra: "client:\n  leases: true\n  publish_channel: cdc-invalidations\n"})
+	sub := f.rdb.Subscribe(f.ctx(), "cdc-invalidations")
+	defer sub.Close()
+	if _, err := sub.Receive(f.ctx()); err != nil { // the subscription confirmation
+		t.Fatal(err)
+	}
+	f.start()
+	f.barrier()
+	f.set("user:1", cacheaside.LeaseKey("user:1"), cacheaside.LeaseKey("user:2"))
+	f.exec(`INSERT INTO users VALUES (1, 'a@x', '', '')`)
+	f.barrier()
+	f.wantGone("user:1", cacheaside.LeaseKey("user:1"))
+	f.wantKept(cacheaside.LeaseKey("user:2"))
+	var got []string
+	for !slices.Contains(got, "user:1") || !slices.Contains(got, "user:email:a@x") {
+		m, err := sub.ReceiveMessage(f.ctx())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var payload struct {
+			LSN  string   `json:"lsn"`
+			Keys []string `json:"keys"`
+		}
+		if err := json.Unmarshal([]byte(m.Payload), &payload); err != nil {
+			t.Fatalf("payload %q: %v", m.Payload, err)
+		}
+		if payload.LSN == "" {
+			t.Fatalf("payload %q has no lsn", m.Payload)
+		}
+		got = append(got, payload.Keys...)
+	}
+	if slices.Contains(got, cacheaside.LeaseKey("user:1")) {
+		t.Errorf("lease keys are published too: %q", got)
+	}
 }

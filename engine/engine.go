@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/cdcinvalidate/cdcinvalidate/cacheaside"
 	"github.com/cdcinvalidate/cdcinvalidate/checkpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/config"
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
@@ -101,9 +102,14 @@ func (e *Engine) run(ctx context.Context) error {
 		TxnMemoryBytes: e.cfg.Postgres.TxnBufferMB << 20, SpillDir: e.cfg.Postgres.SpillDir,
 		MaxBackoff: e.cfg.Postgres.MaxBackoff, Logger: e.log.Named("replication"),
 	}, e.mapper, tracker, events)
+	var companion func(string) string
+	if e.cfg.Client.Leases {
+		companion = cacheaside.LeaseKey
+	}
 	sk := sink.New(sink.Config{
 		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == "del",
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
+		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion,
 	}, tracker)
 	e.Sink = sk
 

@@ -17,6 +17,7 @@ package sink
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -47,7 +48,14 @@ type Config struct {
 	ScanCount int
 	// MinBackoff and MaxBackoff bound the wait between retries (100ms, 5s).
 	MinBackoff, MaxBackoff time.Duration
-	Logger                 *zap.Logger
+	// Companion, when set, names one more key to delete with every
+	// invalidated key (the client library's lease key).
+	Companion func(key string) string
+	// PublishChannel, when set, receives one message per applied batch in
+	// the same pipeline as the deletes: {"lsn":"0/16B3748","keys":[...]},
+	// for in-process caches that must drop the same keys.
+	PublishChannel string
+	Logger         *zap.Logger
 }
 
 // Stats are running totals, safe to read at any time.
@@ -69,6 +77,8 @@ type Sink struct {
 
 	seen  map[string]struct{}
 	batch []string
+	extra []string // companion keys of the batch
+	msg   []byte   // reused publish payload
 }
 
 // New returns a sink.
@@ -150,7 +160,7 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 				break gather
 			}
 		}
-		if err := s.applyKeys(ctx, s.batch); err != nil {
+		if err := s.applyKeys(ctx, s.batch, end); err != nil {
 			return err
 		}
 		if end != 0 {
@@ -166,6 +176,7 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 func (s *Sink) startBatch() {
 	clear(s.seen)
 	s.batch = s.batch[:0]
+	s.extra = s.extra[:0]
 }
 
 func (s *Sink) addKeys(keys []string) {
@@ -175,22 +186,36 @@ func (s *Sink) addKeys(keys []string) {
 		}
 		s.seen[k] = struct{}{}
 		s.batch = append(s.batch, k)
+		if s.cfg.Companion != nil {
+			s.extra = append(s.extra, s.cfg.Companion(k))
+		}
 	}
 }
 
-func (s *Sink) applyKeys(ctx context.Context, keys []string) error {
+func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) {
+	for i := 0; i < len(keys); i += s.cfg.KeysPerCommand {
+		chunk := keys[i:min(i+s.cfg.KeysPerCommand, len(keys))]
+		if s.cfg.UseDel {
+			p.Del(ctx, chunk...)
+		} else {
+			p.Unlink(ctx, chunk...)
+		}
+	}
+}
+
+func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN) error {
 	if len(keys) == 0 {
 		return nil
 	}
+	if s.cfg.PublishChannel != "" {
+		s.msg = appendMessage(s.msg[:0], end, keys)
+	}
 	err := s.retry(ctx, "delete keys", func() error {
 		cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i := 0; i < len(keys); i += s.cfg.KeysPerCommand {
-				chunk := keys[i:min(i+s.cfg.KeysPerCommand, len(keys))]
-				if s.cfg.UseDel {
-					p.Del(ctx, chunk...)
-				} else {
-					p.Unlink(ctx, chunk...)
-				}
+			s.del(ctx, p, keys)
+			s.del(ctx, p, s.extra)
+			if s.cfg.PublishChannel != "" {
+				p.Publish(ctx, s.cfg.PublishChannel, s.msg)
 			}
 			return nil
 		})
@@ -198,7 +223,7 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string) error {
 			return err
 		}
 		var n uint64
-		for _, c := range cmds {
+		for _, c := range cmds[:(len(keys)+s.cfg.KeysPerCommand-1)/s.cfg.KeysPerCommand] {
 			n += uint64(c.(*redis.IntCmd).Val())
 		}
 		s.Stats.Deleted.Add(n)
@@ -301,4 +326,19 @@ func classify(err error) error {
 		}
 	}
 	return nil
+}
+
+// appendMessage appends the publish payload {"lsn":"X/Y","keys":[...]}.
+func appendMessage(dst []byte, end replication.LSN, keys []string) []byte {
+	dst = append(dst, `{"lsn":"`...)
+	dst = append(dst, end.String()...)
+	dst = append(dst, `","keys":[`...)
+	for i, k := range keys {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		b, _ := json.Marshal(k) // a string always marshals
+		dst = append(dst, b...)
+	}
+	return append(dst, "]}"...)
 }
