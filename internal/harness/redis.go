@@ -260,6 +260,9 @@ func (r *Redis) start(ctx context.Context) (portInUse bool, err error) {
 	cmd := exec.Command(r.bin, args...)
 	cmd.Dir = r.dir
 	cmd.Stdout, cmd.Stderr = out, out // *os.File: no copying goroutine
+	// Its own process group: a Ctrl-C in the terminal must not reach the
+	// server before the owner stops it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	err = cmd.Start()
 	out.Close() // the child has its own copy
 	if err != nil {
