@@ -28,6 +28,15 @@ type Tracker struct {
 	applied atomic.Uint64
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced on every advance
+	// pending holds the transactions handed to the sink and not yet
+	// applied, oldest first (bounded by the sink's queue), for the lag.
+	pending     []handed
+	appliedTime time.Time // commit time of the last applied transaction
+}
+
+type handed struct {
+	end        LSN
+	commitTime time.Time
 }
 
 // NewTracker returns a tracker whose applied position starts at start (the
@@ -50,9 +59,51 @@ func (t *Tracker) Ack(lsn LSN) {
 		}
 	}
 	t.mu.Lock()
+	i := 0
+	for ; i < len(t.pending) && t.pending[i].end <= lsn; i++ {
+		if !t.pending[i].commitTime.IsZero() {
+			t.appliedTime = t.pending[i].commitTime
+		}
+	}
+	t.pending = t.pending[i:]
+	if len(t.pending) == 0 {
+		t.pending = nil // let the backing array go
+	}
 	close(t.changed)
 	t.changed = make(chan struct{})
 	t.mu.Unlock()
+}
+
+// Handed records that the transaction ending at end, committed at
+// commitTime, was handed to the sink. It feeds Lag.
+func (t *Tracker) Handed(end LSN, commitTime time.Time) {
+	if LSN(t.applied.Load()) >= end {
+		return
+	}
+	t.mu.Lock()
+	t.pending = append(t.pending, handed{end: end, commitTime: commitTime})
+	t.mu.Unlock()
+}
+
+// Lag returns how long ago the oldest transaction that was handed over
+// but not yet applied committed (0 when everything handed over is applied),
+// and how many transactions are waiting.
+func (t *Tracker) Lag(now time.Time) (time.Duration, int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, h := range t.pending {
+		if !h.commitTime.IsZero() {
+			return max(now.Sub(h.commitTime), 0), len(t.pending)
+		}
+	}
+	return 0, len(t.pending)
+}
+
+// AppliedCommitTime returns the commit time of the last applied transaction.
+func (t *Tracker) AppliedCommitTime() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.appliedTime
 }
 
 // Applied returns the highest position acknowledged so far.

@@ -264,3 +264,33 @@ func TestReporterSent(t *testing.T) {
 		t.Error("not due an Interval after the last Sent")
 	}
 }
+
+func TestTrackerLag(t *testing.T) {
+	t.Parallel()
+	tr := NewTracker(100)
+	now := time.Date(2026, 1, 1, 0, 0, 10, 0, time.UTC)
+	if lag, n := tr.Lag(now); lag != 0 || n != 0 {
+		t.Fatalf("idle lag = %s, %d; want 0, 0", lag, n)
+	}
+	tr.Handed(90, now.Add(-20*time.Second)) // already applied: ignored
+	tr.Handed(200, now.Add(-5*time.Second))
+	tr.Handed(300, now.Add(-2*time.Second))
+	tr.Handed(350, time.Time{}) // a keepalive position has no commit time
+	if lag, n := tr.Lag(now); lag != 5*time.Second || n != 3 {
+		t.Fatalf("lag = %s, %d; want 5s, 3", lag, n)
+	}
+	tr.Ack(250)
+	if lag, n := tr.Lag(now); lag != 2*time.Second || n != 2 {
+		t.Fatalf("after Ack(250) lag = %s, %d; want 2s, 2", lag, n)
+	}
+	if got := tr.AppliedCommitTime(); !got.Equal(now.Add(-5 * time.Second)) {
+		t.Fatalf("applied commit time = %s", got)
+	}
+	tr.Ack(350)
+	if lag, n := tr.Lag(now); lag != 0 || n != 0 {
+		t.Fatalf("caught up: lag = %s, %d; want 0, 0", lag, n)
+	}
+	if got := tr.AppliedCommitTime(); !got.Equal(now.Add(-2 * time.Second)) {
+		t.Fatalf("applied commit time = %s, want the last one with a commit time", got)
+	}
+}

@@ -29,7 +29,21 @@ type Config struct {
 	Rules    []Rule   `yaml:"rules"`
 	Sink     Sink     `yaml:"sink"`
 	Client   Client   `yaml:"client"`
+	Metrics  Metrics  `yaml:"metrics"`
 	Log      Log      `yaml:"log"`
+}
+
+// Metrics configures the HTTP endpoint for Prometheus and health checks.
+type Metrics struct {
+	// Listen is the address of /metrics, /healthz and /readyz, e.g.
+	// "127.0.0.1:9187" or ":9187". Default "": no HTTP server.
+	Listen string `yaml:"listen"`
+	// ReadyMaxLag is the lag above which /readyz answers 503. Default 30s.
+	ReadyMaxLag time.Duration `yaml:"ready_max_lag"`
+	// SlotPollInterval is how often the slot's statistics are read. Default 15s.
+	SlotPollInterval time.Duration `yaml:"slot_poll_interval"`
+	// Pprof serves /debug/pprof/ on the same address. Default false.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Client turns on the engine's side of the cacheaside client library.
@@ -321,6 +335,12 @@ func (c *Config) setDefaults() {
 	if s.MaxBackoff == 0 {
 		s.MaxBackoff = 5 * time.Second
 	}
+	if c.Metrics.ReadyMaxLag == 0 {
+		c.Metrics.ReadyMaxLag = 30 * time.Second
+	}
+	if c.Metrics.SlotPollInterval == 0 {
+		c.Metrics.SlotPollInterval = 15 * time.Second
+	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -398,6 +418,17 @@ func (c *Config) validate(loc locator) []Problem {
 	}
 	if c.Sink.ScanCount < 1 {
 		add("sink.scan_count", "scan_count must be at least 1")
+	}
+	if c.Metrics.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+			add("metrics.listen", "metrics.listen %q is not host:port (e.g. 127.0.0.1:9187 or :9187)", c.Metrics.Listen)
+		}
+	}
+	if c.Metrics.ReadyMaxLag < 0 {
+		add("metrics.ready_max_lag", "ready_max_lag must not be negative")
+	}
+	if c.Metrics.SlotPollInterval < time.Second {
+		add("metrics.slot_poll_interval", "slot_poll_interval must be at least 1s")
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

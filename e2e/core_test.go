@@ -212,4 +212,29 @@ func TestLeasesAndPublish(t *testing.T) {
 	if slices.Contains(got, cacheaside.LeaseKey("user:1")) {
 		t.Errorf("lease keys are published too: %q", got)
 	}
+
+	// TRUNCATE deletes the leases of the table's keys and announces its patterns.
+	f.set("user:5", cacheaside.LeaseKey("user:5"), "order:1", cacheaside.LeaseKey("order:1"))
+	f.exec(`TRUNCATE users`)
+	f.barrier()
+	f.wantGone("user:5", cacheaside.LeaseKey("user:5"))
+	f.wantKept("order:1", cacheaside.LeaseKey("order:1"))
+	for {
+		m, err := sub.ReceiveMessage(f.ctx())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var payload struct {
+			Patterns []string `json:"patterns"`
+		}
+		if err := json.Unmarshal([]byte(m.Payload), &payload); err != nil {
+			t.Fatalf("payload %q: %v", m.Payload, err)
+		}
+		if len(payload.Patterns) > 0 {
+			if !slices.Contains(payload.Patterns, "user:*") {
+				t.Fatalf("TRUNCATE message %q lacks the pattern user:*", m.Payload)
+			}
+			break
+		}
+	}
 }

@@ -25,18 +25,22 @@ import (
 	"github.com/cdcinvalidate/cdcinvalidate/checkpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/config"
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
+	"github.com/cdcinvalidate/cdcinvalidate/metrics"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 	"github.com/cdcinvalidate/cdcinvalidate/sink"
 )
 
 // Engine is one configured cdcinvalidate.
 type Engine struct {
-	cfg    *config.Config
-	file   string
-	log    *zap.Logger
-	mapper *mapping.Mapper
-	Sink   *sink.Sink // set once Run has connected; for statistics
+	cfg     *config.Config
+	file    string
+	log     *zap.Logger
+	mapper  *mapping.Mapper
+	Metrics *metrics.Metrics
 }
+
+// Version is reported in logs and in cdcinvalidate_build_info.
+var Version = "dev"
 
 // New validates the rules and returns an engine. file names the
 // configuration in messages.
@@ -45,7 +49,7 @@ func New(cfg *config.Config, file string, log *zap.Logger) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Engine{cfg: cfg, file: file, log: log, mapper: m}, nil
+	return &Engine{cfg: cfg, file: file, log: log, mapper: m, Metrics: metrics.New(Version, cfg.Metrics.ReadyMaxLag)}, nil
 }
 
 // SetupError is a start-up problem the operator must fix; retrying does not help.
@@ -61,9 +65,25 @@ func (e *SetupError) Error() string {
 // Run prepares PostgreSQL and Redis and streams until ctx ends (returns
 // nil after a clean shutdown) or a permanent error.
 func (e *Engine) Run(ctx context.Context) error {
+	if e.cfg.Metrics.Listen != "" {
+		sctx, stop := context.WithCancel(ctx)
+		addr, wait, err := metrics.Serve(sctx, e.cfg.Metrics.Listen, e.Metrics.Handler(e.cfg.Metrics.Pprof))
+		if err != nil {
+			stop()
+			return &SetupError{[]string{fmt.Sprintf("metrics.listen %q: %v (choose another address, or leave it empty to serve no metrics)", e.cfg.Metrics.Listen, err)}}
+		}
+		e.log.Info("serving metrics and health checks", zap.Stringer("addr", addr), zap.Bool("pprof", e.cfg.Metrics.Pprof))
+		defer func() {
+			stop()
+			_ = wait()
+		}()
+	}
 	err := e.run(ctx)
 	if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		return nil // stopped while connecting or retrying: a clean stop
+	}
+	if err != nil {
+		e.Metrics.SetFailed()
 	}
 	return err
 }
@@ -100,8 +120,9 @@ func (e *Engine) run(ctx context.Context) error {
 		Conn: pgcfg, Slot: e.cfg.Postgres.Slot, Publication: e.cfg.Postgres.Publication,
 		StatusInterval: e.cfg.Postgres.StatusInterval, Streaming: e.cfg.Postgres.StreamingEnabled(),
 		TxnMemoryBytes: e.cfg.Postgres.TxnBufferMB << 20, SpillDir: e.cfg.Postgres.SpillDir,
-		MaxBackoff: e.cfg.Postgres.MaxBackoff, Logger: e.log.Named("replication"),
+		MaxBackoff: e.cfg.Postgres.MaxBackoff, Logger: e.log.Named("replication"), Observer: e.Metrics,
 	}, e.mapper, tracker, events)
+	e.Metrics.Attach(tracker, st)
 	var companion func(string) string
 	if e.cfg.Client.Leases {
 		companion = cacheaside.LeaseKey
@@ -109,9 +130,8 @@ func (e *Engine) run(ctx context.Context) error {
 	sk := sink.New(sink.Config{
 		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == "del",
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
-		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion,
+		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, Observer: e.Metrics,
 	}, tracker)
-	e.Sink = sk
 
 	// The sink outlives the stream: at shutdown the stream stops reading,
 	// waits for the sink to apply what it handed over, confirms, and closes
@@ -122,6 +142,10 @@ func (e *Engine) run(ctx context.Context) error {
 	g.Go(func() error {
 		defer cancelSink()
 		return st.Run(gctx)
+	})
+	g.Go(func() error {
+		e.pollSlot(gctx, sinkCtx)
+		return nil
 	})
 	g.Go(func() error {
 		err := sk.Run(sinkCtx, events)
@@ -201,17 +225,9 @@ func explainPgError(err error) error {
 // preparePostgres checks the server and the rules, creates the publication
 // and the slot when absent, and returns the slot's confirmed position.
 func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (replication.LSN, error) {
-	ccfg, err := pgx.ParseConfig(e.cfg.Postgres.DSN)
-	if err != nil {
-		return 0, &SetupError{[]string{"postgres.dsn: " + config.Redact(err.Error())}}
-	}
-	if ccfg.RuntimeParams == nil {
-		ccfg.RuntimeParams = map[string]string{}
-	}
-	ccfg.RuntimeParams["application_name"] = "cdcinvalidate-setup"
 	var conn *pgx.Conn
 	if err := e.connectRetry(ctx, func() (err error) {
-		conn, err = pgx.ConnectConfig(ctx, ccfg)
+		conn, err = e.setupConn(ctx, "cdcinvalidate-setup")
 		return err
 	}, "connect to postgres"); err != nil {
 		return 0, err
@@ -381,4 +397,17 @@ func (e *Engine) ensureSlot(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.C
 	}
 	e.log.Info("created slot", zap.String("slot", slot), zap.Stringer("consistent_lsn", lsn))
 	return lsn, nil
+}
+
+// setupConn opens an ordinary (non-replication) connection.
+func (e *Engine) setupConn(ctx context.Context, appName string) (*pgx.Conn, error) {
+	ccfg, err := pgx.ParseConfig(e.cfg.Postgres.DSN)
+	if err != nil {
+		return nil, &SetupError{[]string{"postgres.dsn: " + config.Redact(err.Error())}}
+	}
+	if ccfg.RuntimeParams == nil {
+		ccfg.RuntimeParams = map[string]string{}
+	}
+	ccfg.RuntimeParams["application_name"] = appName
+	return pgx.ConnectConfig(ctx, ccfg)
 }

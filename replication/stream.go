@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -43,11 +44,41 @@ type Mapper interface {
 	AppendGlobs(dst []string, rel *Relation) []string
 }
 
-// Positions is where the stream learns what the sink has applied.
+// Positions is where the stream learns what the sink has applied, and
+// records what it handed over (for the lag).
 type Positions interface {
 	Applied() LSN
 	WaitApplied(lsn LSN, deadline time.Time) bool
+	Handed(end LSN, commitTime time.Time)
 }
+
+// Observer receives the stream's measurements. Table is called once per
+// Relation message; the returned counter is called for every change.
+type Observer interface {
+	Table(qualifiedName string) TableObserver
+	State(state string)
+	Reconnect(err error)
+}
+
+// TableObserver counts one table's changes and the keys they produced.
+type TableObserver interface {
+	Change(op Op, keys int)
+}
+
+// States reported to the Observer.
+const (
+	StateConnecting = "connecting"
+	StateStreaming  = "streaming"
+	StateBackingOff = "backing_off"
+	StateStopped    = "stopped"
+)
+
+type nopObserver struct{}
+
+func (nopObserver) Table(string) TableObserver { return nopObserver{} }
+func (nopObserver) State(string)               {}
+func (nopObserver) Reconnect(error)            {}
+func (nopObserver) Change(Op, int)             {}
 
 // Config configures a Stream.
 type Config struct {
@@ -72,6 +103,7 @@ type Config struct {
 	// what was handed over, before confirming the last applied position.
 	ShutdownWait time.Duration
 	Logger       *zap.Logger
+	Observer     Observer
 }
 
 // Stream reads the slot and hands events to the sink. One goroutine (Run)
@@ -82,7 +114,17 @@ type Stream struct {
 	pos    Positions
 	out    chan<- Event
 	log    *zap.Logger
+	obs    Observer
+
+	received  atomic.Uint64 // highest position the server reported
+	serverEnd atomic.Uint64 // the server's WAL end in its last message
 }
+
+// Received returns the highest WAL position received from the server.
+func (s *Stream) Received() LSN { return LSN(s.received.Load()) }
+
+// ServerWALEnd returns the server's WAL end as of its last message.
+func (s *Stream) ServerWALEnd() LSN { return LSN(s.serverEnd.Load()) }
 
 // New returns a stream that sends events to out and closes out when Run returns.
 func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
@@ -107,7 +149,10 @@ func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	return &Stream{cfg: cfg, mapper: m, pos: pos, out: out, log: cfg.Logger}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
+	return &Stream{cfg: cfg, mapper: m, pos: pos, out: out, log: cfg.Logger, obs: cfg.Observer}
 }
 
 // PermanentError marks an error that reconnecting cannot fix: the engine
@@ -158,9 +203,11 @@ func IsPermanent(err error) bool {
 // position. Run closes the output channel when it returns.
 func (s *Stream) Run(ctx context.Context) error {
 	defer close(s.out)
+	defer s.obs.State(StateStopped)
 	backoff := s.cfg.MinBackoff
 	for {
 		started := time.Now()
+		s.obs.State(StateConnecting)
 		err := s.session(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -174,6 +221,8 @@ func (s *Stream) Run(ctx context.Context) error {
 		if time.Since(started) > time.Minute {
 			backoff = s.cfg.MinBackoff
 		}
+		s.obs.Reconnect(err)
+		s.obs.State(StateBackingOff)
 		s.log.Warn("replication connection lost; reconnecting from the slot's confirmed position",
 			zap.Error(err), zap.Duration("retry_in", backoff))
 		select {
@@ -193,6 +242,7 @@ type session struct {
 	rep    checkpoint.Reporter
 	dec    decoder
 	rels   map[uint32]*Relation
+	tables map[uint32]TableObserver
 	change Change
 
 	inTxn      bool
@@ -252,6 +302,7 @@ func (s *Stream) session(ctx context.Context) (err error) {
 	if err := pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
 		return fmt.Errorf("start replication from slot %q: %w", s.cfg.Slot, err)
 	}
+	s.obs.State(StateStreaming)
 	s.log.Info("streaming",
 		zap.String("slot", s.cfg.Slot), zap.String("publication", s.cfg.Publication),
 		zap.Stringer("confirmed_lsn", confirmed), zap.Int("server_version", version),
@@ -261,6 +312,7 @@ func (s *Stream) session(ctx context.Context) (err error) {
 		s: s, ctx: ctx, conn: conn,
 		rep:     checkpoint.Reporter{Interval: s.cfg.StatusInterval, Prompt: 100 * time.Millisecond},
 		rels:    map[uint32]*Relation{},
+		tables:  map[uint32]TableObserver{},
 		streams: map[uint32]*txnBuffer{},
 		budget:  s.cfg.TxnMemoryBytes,
 		lastEnd: confirmed,
@@ -383,7 +435,7 @@ func (ss *session) handleCopyData(data []byte) error {
 		if err != nil {
 			return permanent(fmt.Errorf("%w: keepalive: %v", ErrMalformed, err))
 		}
-		ss.rep.Received(ka.ServerWALEnd)
+		ss.received(ka.ServerWALEnd, ka.ServerWALEnd)
 		// Nothing open: every transaction that commits below ServerWALEnd was
 		// sent, so the position may be confirmed once the sink caught up.
 		if !ss.inTxn && len(ss.streams) == 0 && ka.ServerWALEnd > ss.lastEnd {
@@ -400,13 +452,21 @@ func (ss *session) handleCopyData(data []byte) error {
 		if err != nil {
 			return permanent(fmt.Errorf("%w: XLogData: %v", ErrMalformed, err))
 		}
-		ss.rep.Received(xld.WALStart)
+		ss.received(xld.WALStart, xld.ServerWALEnd)
 		if err := ss.handleMessage(xld.WALData); err != nil {
 			return err
 		}
 		return nil
 	}
 	return nil
+}
+
+func (ss *session) received(lsn, serverEnd LSN) {
+	ss.rep.Received(lsn)
+	if uint64(lsn) > ss.s.received.Load() {
+		ss.s.received.Store(uint64(lsn))
+	}
+	ss.s.serverEnd.Store(uint64(serverEnd))
 }
 
 func (ss *session) handleMessage(data []byte) error {
@@ -425,6 +485,7 @@ func (ss *session) handleMessage(data []byte) error {
 		return ss.emit(Event{Keys: keys, End: m.endLSN, CommitTime: m.time})
 	case msgRelation:
 		ss.rels[m.relation.ID] = m.relation
+		ss.tables[m.relation.ID] = ss.s.obs.Table(m.relation.QualifiedName())
 		if err := ss.s.mapper.Bind(m.relation); err != nil {
 			return permanent(err)
 		}
@@ -509,11 +570,13 @@ func (ss *session) handleChange(m *message) error {
 		ch.New = Tuple{}
 	}
 	if !ss.inStream {
+		before := len(ss.keys)
 		keys, err := ss.s.mapper.AppendKeys(ss.keys, ch)
 		ss.keys = keys
 		if err != nil {
 			return permanent(err)
 		}
+		ss.tables[m.relID].Change(ch.Op, len(keys)-before)
 		if len(ss.keys) >= ss.s.cfg.ChunkKeys {
 			// The transaction is committed (pgoutput sends it after commit),
 			// so its keys may be applied before its Commit arrives; the
@@ -529,6 +592,7 @@ func (ss *session) handleChange(m *message) error {
 	if err != nil {
 		return permanent(err)
 	}
+	ss.tables[m.relID].Change(ch.Op, len(keys))
 	b := ss.stream(ss.streamXid)
 	for _, k := range keys {
 		if err := b.add(bufEntry{subXid: m.xid, text: k}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
@@ -575,6 +639,9 @@ func (ss *session) streamCommit(xid uint32, end LSN, commitTime time.Time) error
 // down) it keeps sending standby status updates, so the server does not
 // time the connection out, and it never drops the event.
 func (ss *session) emit(ev Event) error {
+	if ev.End > ss.lastEnd {
+		ss.s.pos.Handed(ev.End, ev.CommitTime)
+	}
 	select {
 	case ss.s.out <- ev:
 	default:

@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -53,10 +54,32 @@ type Config struct {
 	Companion func(key string) string
 	// PublishChannel, when set, receives one message per applied batch in
 	// the same pipeline as the deletes: {"lsn":"0/16B3748","keys":[...]},
-	// for in-process caches that must drop the same keys.
+	// and one per TRUNCATE after its keys are gone:
+	// {"lsn":...,"patterns":["user:*"]}, for in-process caches that must
+	// drop the same keys.
 	PublishChannel string
 	Logger         *zap.Logger
+	Observer       Observer
 }
+
+// Observer receives the sink's measurements; nil means none.
+type Observer interface {
+	// Batch reports one applied pipeline: keys sent, keys that existed, round trip.
+	Batch(keys, deleted int, rtt time.Duration)
+	// Truncate reports one applied TRUNCATE pattern.
+	Truncate(deleted int, took time.Duration)
+	// Applied reports the commit times of the transactions a batch completed.
+	Applied(now time.Time, commitTimes []time.Time)
+	// RedisError reports a failed attempt; permanent ones stop the sink.
+	RedisError(err error, permanent bool)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Batch(int, int, time.Duration)  {}
+func (nopObserver) Truncate(int, time.Duration)    {}
+func (nopObserver) Applied(time.Time, []time.Time) {}
+func (nopObserver) RedisError(error, bool)         {}
 
 // Stats are running totals, safe to read at any time.
 type Stats struct {
@@ -66,6 +89,8 @@ type Stats struct {
 	Globs       atomic.Uint64
 	Retries     atomic.Uint64
 	LastApplied atomic.Uint64
+	// Waiting is true while Redis fails and the sink backs off.
+	Waiting atomic.Bool
 }
 
 // Sink applies events to Redis.
@@ -75,10 +100,12 @@ type Sink struct {
 	log   *zap.Logger
 	Stats Stats
 
-	seen  map[string]struct{}
-	batch []string
-	extra []string // companion keys of the batch
-	msg   []byte   // reused publish payload
+	seen    map[string]struct{}
+	batch   []string
+	extra   []string    // companion keys of the batch
+	msg     []byte      // reused publish payload
+	commits []time.Time // commit times of the transactions in the batch
+	obs     Observer
 }
 
 // New returns a sink.
@@ -101,7 +128,10 @@ func New(cfg Config, ack Acker) *Sink {
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
 	}
-	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}}
+	if cfg.Observer == nil {
+		cfg.Observer = nopObserver{}
+	}
+	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}, obs: cfg.Observer}
 }
 
 // PermanentError is a Redis error that retrying cannot fix.
@@ -138,7 +168,7 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 		// Gather what is queued behind this event into one batch.
 		end := ev.End
 		s.startBatch()
-		s.addKeys(ev.Keys)
+		s.addEvent(ev)
 		closed := false
 	gather:
 		for len(s.batch) < s.cfg.MaxBatchKeys {
@@ -152,7 +182,7 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 					pending = &next
 					break gather
 				}
-				s.addKeys(next.Keys)
+				s.addEvent(next)
 				if next.End > end {
 					end = next.End
 				}
@@ -166,6 +196,7 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 		if end != 0 {
 			s.ack.Ack(end)
 			s.Stats.LastApplied.Store(uint64(end))
+			s.obs.Applied(time.Now(), s.commits)
 		}
 		if closed {
 			return nil
@@ -177,6 +208,14 @@ func (s *Sink) startBatch() {
 	clear(s.seen)
 	s.batch = s.batch[:0]
 	s.extra = s.extra[:0]
+	s.commits = s.commits[:0]
+}
+
+func (s *Sink) addEvent(ev replication.Event) {
+	s.addKeys(ev.Keys)
+	if ev.End != 0 && !ev.CommitTime.IsZero() {
+		s.commits = append(s.commits, ev.CommitTime)
+	}
 }
 
 func (s *Sink) addKeys(keys []string) {
@@ -208,9 +247,10 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN
 		return nil
 	}
 	if s.cfg.PublishChannel != "" {
-		s.msg = appendMessage(s.msg[:0], end, keys)
+		s.msg = appendMessage(s.msg[:0], end, "keys", keys)
 	}
 	err := s.retry(ctx, "delete keys", func() error {
+		start := time.Now()
 		cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			s.del(ctx, p, keys)
 			s.del(ctx, p, s.extra)
@@ -227,6 +267,7 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN
 			n += uint64(c.(*redis.IntCmd).Val())
 		}
 		s.Stats.Deleted.Add(n)
+		s.obs.Batch(len(keys), int(n), time.Since(start))
 		return nil
 	})
 	if err != nil {
@@ -238,8 +279,19 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN
 }
 
 func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
-	for _, g := range ev.Globs {
+	globs := ev.Globs
+	if s.cfg.Companion != nil {
+		// LeaseKey wraps the key without glob characters of its own, so the
+		// lease keys of a pattern's keys match the wrapped pattern.
+		globs = slices.Clone(ev.Globs)
+		for _, g := range ev.Globs {
+			globs = append(globs, s.cfg.Companion(g))
+		}
+	}
+	for _, g := range globs {
 		err := s.retry(ctx, "delete keys matching "+g, func() error {
+			start := time.Now()
+			deleted := 0
 			var cursor uint64
 			for {
 				keys, next, err := s.cfg.Client.Scan(ctx, cursor, g, int64(s.cfg.ScanCount)).Result()
@@ -256,8 +308,10 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 						return err
 					}
 					s.Stats.Deleted.Add(uint64(n))
+					deleted += int(n)
 				}
 				if next == 0 {
+					s.obs.Truncate(deleted, time.Since(start))
 					return nil
 				}
 				cursor = next
@@ -268,8 +322,18 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		}
 		s.Stats.Globs.Add(1)
 	}
+	if s.cfg.PublishChannel != "" {
+		s.msg = appendMessage(s.msg[:0], ev.End, "patterns", ev.Globs)
+		err := s.retry(ctx, "publish TRUNCATE patterns", func() error {
+			return s.cfg.Client.Publish(ctx, s.cfg.PublishChannel, s.msg).Err()
+		})
+		if err != nil {
+			return err
+		}
+	}
 	if ev.End != 0 {
 		s.ack.Ack(ev.End)
+		s.Stats.LastApplied.Store(uint64(ev.End))
 	}
 	return nil
 }
@@ -277,6 +341,7 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 // retry runs op until it succeeds, ctx ends or the error is permanent.
 func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 	backoff := s.cfg.MinBackoff
+	defer s.Stats.Waiting.Store(false)
 	for attempt := 1; ; attempt++ {
 		err := op()
 		if err == nil {
@@ -289,8 +354,11 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 			return ctx.Err()
 		}
 		if perm := classify(err); perm != nil {
+			s.obs.RedisError(err, true)
 			return perm
 		}
+		s.obs.RedisError(err, false)
+		s.Stats.Waiting.Store(true)
 		s.Stats.Retries.Add(1)
 		if attempt == 1 || attempt%10 == 0 {
 			s.log.Warn("redis unavailable; retrying, nothing is skipped and the position waits",
@@ -328,11 +396,20 @@ func classify(err error) error {
 	return nil
 }
 
-// appendMessage appends the publish payload {"lsn":"X/Y","keys":[...]}.
-func appendMessage(dst []byte, end replication.LSN, keys []string) []byte {
-	dst = append(dst, `{"lsn":"`...)
-	dst = append(dst, end.String()...)
-	dst = append(dst, `","keys":[`...)
+// appendMessage appends the publish payload {"lsn":"X/Y","keys":[...]}
+// (field "patterns" for TRUNCATE). "lsn" is the end of the last transaction
+// the batch completes; it is left out when the batch holds only part of a
+// large transaction.
+func appendMessage(dst []byte, end replication.LSN, field string, keys []string) []byte {
+	dst = append(dst, '{')
+	if end != 0 {
+		dst = append(dst, `"lsn":"`...)
+		dst = append(dst, end.String()...)
+		dst = append(dst, `",`...)
+	}
+	dst = append(dst, '"')
+	dst = append(dst, field...)
+	dst = append(dst, `":[`...)
 	for i, k := range keys {
 		if i > 0 {
 			dst = append(dst, ',')
