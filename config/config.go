@@ -117,6 +117,17 @@ type Sink struct {
 	ScanCount int `yaml:"scan_count"`
 	// MaxBackoff caps the wait between Redis retries. Default 5s.
 	MaxBackoff time.Duration `yaml:"max_backoff"`
+	// Watermark keeps the key cdcinvalidate:<slot>:lsn at the end LSN of the
+	// last applied transaction (never lowered). Default true.
+	Watermark *bool `yaml:"watermark"`
+}
+
+// WatermarkKey returns the watermark key name, or "" when it is off.
+func (c *Config) WatermarkKey() string {
+	if c.Sink.Watermark != nil && !*c.Sink.Watermark {
+		return ""
+	}
+	return "cdcinvalidate:" + c.Postgres.Slot + ":lsn"
 }
 
 // Log configures logging.

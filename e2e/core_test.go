@@ -10,6 +10,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
 
 	"github.com/cdcinvalidate/cdcinvalidate/cacheaside"
 )
@@ -236,5 +239,48 @@ func TestLeasesAndPublish(t *testing.T) {
 			}
 			break
 		}
+	}
+}
+
+// TestWatermarkFollowsAppliedPosition checks the watermark key: it reaches
+// the LSN of a commit once that commit is invalidated (also for commits to
+// tables outside the rules, through keepalives), so an application can wait
+// for its own write; and it never moves back.
+func TestWatermarkFollowsAppliedPosition(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	f.start()
+	f.barrier()
+	const key = "cdcinvalidate:cdcinvalidate:lsn"
+	watermark := func() pglogrepl.LSN {
+		s, err := f.rdb.Get(f.ctx(), key).Result()
+		if err != nil {
+			return 0
+		}
+		l, err := pglogrepl.ParseLSN(s)
+		if err != nil {
+			t.Fatalf("watermark %q: %v", s, err)
+		}
+		return l
+	}
+	// Read-your-writes: the writer takes its commit's position and waits.
+	f.set("user:1")
+	f.exec(`INSERT INTO users VALUES (1, 'a@x', '', '')`)
+	mine := f.currentLSN()
+	waitFor(t, 30*time.Second, "watermark to reach the insert", func() bool { return watermark() >= mine })
+	if f.exists("user:1") {
+		t.Fatal("watermark passed the commit but its key is still cached")
+	}
+	f.exec(`INSERT INTO other (v) VALUES ('x')`)
+	mine = f.currentLSN()
+	waitFor(t, 30*time.Second, "watermark to follow a commit outside the rules", func() bool { return watermark() >= mine })
+
+	// Never lowered: a value above anything applied stays.
+	if err := f.rdb.Set(f.ctx(), key, "FF/0", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.exec(`INSERT INTO users VALUES (2, 'b@x', '', '')`)
+	f.barrier()
+	if got := watermark(); got != pglogrepl.LSN(0xFF<<32) {
+		t.Fatalf("watermark = %s after a lower position was applied, want FF/0 kept", got)
 	}
 }

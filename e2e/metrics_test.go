@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -117,4 +118,34 @@ func TestMetricsAndHealth(t *testing.T) {
 		code, _ := httpGet(t, base+"/readyz")
 		return code == 200
 	})
+}
+
+func TestStatusCommand(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	bin := harness.BuildEngine(t)
+	status := func() string {
+		out, err := exec.Command(bin, "status", "--config", f.cfgPath).CombinedOutput()
+		if err != nil {
+			t.Fatalf("status: %v\n%s", err, out)
+		}
+		return string(out)
+	}
+	out := status()
+	for _, want := range []string{"does not exist (the engine creates it at its first start)", "server WAL position"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status before the first start lacks %q:\n%s", want, out)
+		}
+	}
+	f.start()
+	f.barrier()
+	out = status()
+	for _, want := range []string{
+		"streaming", "yes, walsender PID", "confirmed position", "WAL retained by the slot",
+		"publication", "public.users", "watermark", "cdcinvalidate:cdcinvalidate:lsn = ",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	t.Logf("status:\n%s", out)
 }

@@ -131,6 +131,7 @@ func (e *Engine) run(ctx context.Context) error {
 		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == "del",
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, Observer: e.Metrics,
+		WatermarkKey: e.cfg.WatermarkKey(),
 	}, tracker)
 
 	// The sink outlives the stream: at shutdown the stream stops reading,

@@ -58,8 +58,12 @@ type Config struct {
 	// {"lsn":...,"patterns":["user:*"]}, for in-process caches that must
 	// drop the same keys.
 	PublishChannel string
-	Logger         *zap.Logger
-	Observer       Observer
+	// WatermarkKey, when set, is raised to the end LSN ("X/Y") of the last
+	// applied transaction in the same pipeline as its deletes, so an
+	// application can wait until its own commit has been invalidated.
+	WatermarkKey string
+	Logger       *zap.Logger
+	Observer     Observer
 }
 
 // Observer receives the sink's measurements; nil means none.
@@ -243,10 +247,11 @@ func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) {
 }
 
 func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN) error {
-	if len(keys) == 0 {
+	mark := s.cfg.WatermarkKey != "" && end != 0
+	if len(keys) == 0 && !mark {
 		return nil
 	}
-	if s.cfg.PublishChannel != "" {
+	if s.cfg.PublishChannel != "" && len(keys) > 0 {
 		s.msg = appendMessage(s.msg[:0], end, "keys", keys)
 	}
 	err := s.retry(ctx, "delete keys", func() error {
@@ -254,8 +259,11 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN
 		cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			s.del(ctx, p, keys)
 			s.del(ctx, p, s.extra)
-			if s.cfg.PublishChannel != "" {
+			if s.cfg.PublishChannel != "" && len(keys) > 0 {
 				p.Publish(ctx, s.cfg.PublishChannel, s.msg)
+			}
+			if mark {
+				s.watermark(ctx, p, end)
 			}
 			return nil
 		})
@@ -332,10 +340,44 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		}
 	}
 	if ev.End != 0 {
+		if s.cfg.WatermarkKey != "" {
+			err := s.retry(ctx, "set watermark", func() error {
+				_, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+					s.watermark(ctx, p, ev.End)
+					return nil
+				})
+				return err
+			})
+			if err != nil {
+				return err
+			}
+		}
 		s.ack.Ack(ev.End)
 		s.Stats.LastApplied.Store(uint64(ev.End))
 	}
 	return nil
+}
+
+// watermarkScript raises the watermark key to ARGV[1] ("X/Y") and never
+// lowers it, so a replay after a restart does not move it back.
+var watermarkScript = redis.NewScript(`
+local function num(s)
+  if not s then return -1 end
+  local hi, lo = string.match(s, '^(%x+)/(%x+)$')
+  if not hi then return -1 end
+  return tonumber(hi, 16) * 4294967296 + tonumber(lo, 16)
+end
+local cur = redis.call('GET', KEYS[1])
+if num(cur) < num(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0`)
+
+func (s *Sink) watermark(ctx context.Context, p redis.Pipeliner, end replication.LSN) {
+	// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT, and a
+	// Redis restarted empty has no scripts.
+	watermarkScript.Eval(ctx, p, []string{s.cfg.WatermarkKey}, end.String())
 }
 
 // retry runs op until it succeeds, ctx ends or the error is permanent.

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -26,6 +27,7 @@ const usage = `cdcinvalidate keeps Redis caches consistent with PostgreSQL throu
 
 Usage:
   cdcinvalidate run --config FILE [--log-level LEVEL] [--log-format json|console]
+  cdcinvalidate status --config FILE
   cdcinvalidate version
 
 Environment variables override the file: CDC_POSTGRES_DSN, CDC_REDIS_ADDR,
@@ -46,6 +48,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		return runEngine(args[1:], stderr)
+	case "status":
+		return runStatus(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "cdcinvalidate", version)
 		return 0
@@ -135,4 +139,34 @@ func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
 	}
 	core := zapcore.NewCore(enc, zapcore.AddSync(w), lvl)
 	return zap.New(core), nil
+}
+
+// runStatus prints the slot, the publication and the applied watermark.
+func runStatus(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("config", "", "configuration file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *file == "" {
+		fmt.Fprintln(stderr, "cdcinvalidate status: --config FILE is required")
+		return 2
+	}
+	cfg, err := config.Load(*file, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, config.Redact(err.Error()))
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := engine.ReadStatus(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "cdcinvalidate status:", config.Redact(err.Error()))
+		return 1
+	}
+	st.Print(stdout)
+	return 0
 }
