@@ -24,13 +24,14 @@ import (
 
 // Config is the whole configuration.
 type Config struct {
-	Postgres Postgres `yaml:"postgres"`
-	Redis    Redis    `yaml:"redis"`
-	Rules    []Rule   `yaml:"rules"`
-	Sink     Sink     `yaml:"sink"`
-	Client   Client   `yaml:"client"`
-	Metrics  Metrics  `yaml:"metrics"`
-	Log      Log      `yaml:"log"`
+	Postgres    Postgres    `yaml:"postgres"`
+	Redis       Redis       `yaml:"redis"`
+	Rules       []Rule      `yaml:"rules"`
+	Sink        Sink        `yaml:"sink"`
+	Client      Client      `yaml:"client"`
+	Metrics     Metrics     `yaml:"metrics"`
+	Consistency Consistency `yaml:"consistency"`
+	Log         Log         `yaml:"log"`
 }
 
 // Metrics configures the HTTP endpoint for Prometheus and health checks.
@@ -78,6 +79,22 @@ type Postgres struct {
 	SpillDir string `yaml:"spill_dir"`
 	// MaxBackoff caps the wait between reconnects. Default 10s.
 	MaxBackoff time.Duration `yaml:"max_backoff"`
+	// StandbyRetry is how often a standby instance (the slot is active for
+	// another one) tries to take it over. Default 1s.
+	StandbyRetry time.Duration `yaml:"standby_retry"`
+	// WALSenderTimeout sets wal_sender_timeout for the replication
+	// connection (PostgreSQL 12+). Default 0: the server's setting.
+	WALSenderTimeout time.Duration `yaml:"wal_sender_timeout"`
+}
+
+// Consistency says what to do when the engine cannot prove it saw every change.
+type Consistency struct {
+	// OnHistoryLost: "flush" (default) deletes every key the rules manage,
+	// then streams on; "stop" exits with an error that says what happened.
+	OnHistoryLost string `yaml:"on_history_lost"`
+	// OnFirstStart: "flush" (default) deletes every managed key when the
+	// slot is created, since cached values may predate it; "keep" trusts them.
+	OnFirstStart string `yaml:"on_first_start"`
 }
 
 // Redis is where keys are invalidated.
@@ -323,6 +340,15 @@ func (c *Config) setDefaults() {
 	if p.MaxBackoff == 0 {
 		p.MaxBackoff = 10 * time.Second
 	}
+	if p.StandbyRetry == 0 {
+		p.StandbyRetry = time.Second
+	}
+	if c.Consistency.OnHistoryLost == "" {
+		c.Consistency.OnHistoryLost = "flush"
+	}
+	if c.Consistency.OnFirstStart == "" {
+		c.Consistency.OnFirstStart = "flush"
+	}
 	r := &c.Redis
 	if r.DialTimeout == 0 {
 		r.DialTimeout = 5 * time.Second
@@ -404,6 +430,22 @@ func (c *Config) validate(loc locator) []Problem {
 	}
 	if c.Postgres.MaxBackoff < 0 {
 		add("postgres.max_backoff", "max_backoff must not be negative")
+	}
+	if c.Postgres.StandbyRetry < 100*time.Millisecond {
+		add("postgres.standby_retry", "standby_retry must be at least 100ms")
+	}
+	if w := c.Postgres.WALSenderTimeout; w != 0 && w < 2*c.Postgres.StatusInterval {
+		add("postgres.wal_sender_timeout", "wal_sender_timeout %s must be at least twice status_interval (%s), or the server drops the engine between two status updates", w, c.Postgres.StatusInterval)
+	}
+	switch c.Consistency.OnHistoryLost {
+	case "flush", "stop":
+	default:
+		add("consistency.on_history_lost", "on_history_lost %q is not one of flush, stop", c.Consistency.OnHistoryLost)
+	}
+	switch c.Consistency.OnFirstStart {
+	case "flush", "keep":
+	default:
+		add("consistency.on_first_start", "on_first_start %q is not one of flush, keep", c.Consistency.OnFirstStart)
 	}
 	if c.Redis.Addr == "" {
 		add("redis.addr", "redis.addr is required (or set CDC_REDIS_ADDR), e.g. 127.0.0.1:6379")

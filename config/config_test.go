@@ -96,13 +96,15 @@ func TestLoadFull(t *testing.T) {
 	}
 	want := Config{
 		Postgres: Postgres{DSN: "host=db user=app dbname=app sslmode=disable", Slot: "my_slot", Publication: "my_pub",
-			StatusInterval: 2 * time.Second, Streaming: cfg.Postgres.Streaming, TxnBufferMB: 16, SpillDir: "/var/tmp", MaxBackoff: 30 * time.Second},
-		Redis:   Redis{Addr: "redis:6380", DB: 3, Username: "cdc", Password: "pw", DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 3 * time.Second},
-		Rules:   []Rule{{Table: "users", Keys: []string{"user:{id}"}}},
-		Sink:    Sink{DeleteCommand: "del", MaxBatchKeys: 500, ScanCount: 50, MaxBackoff: time.Second},
-		Client:  Client{Leases: true, PublishChannel: "cdc-events"},
-		Metrics: Metrics{Listen: "127.0.0.1:9187", ReadyMaxLag: 5 * time.Second, SlotPollInterval: 3 * time.Second, Pprof: true},
-		Log:     Log{Level: "debug", Format: "console"},
+			StatusInterval: 2 * time.Second, Streaming: cfg.Postgres.Streaming, TxnBufferMB: 16, SpillDir: "/var/tmp", MaxBackoff: 30 * time.Second,
+			StandbyRetry: 2 * time.Second, WALSenderTimeout: 20 * time.Second},
+		Redis:       Redis{Addr: "redis:6380", DB: 3, Username: "cdc", Password: "pw", DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 3 * time.Second},
+		Rules:       []Rule{{Table: "users", Keys: []string{"user:{id}"}}},
+		Sink:        Sink{DeleteCommand: "del", MaxBatchKeys: 500, ScanCount: 50, MaxBackoff: time.Second},
+		Client:      Client{Leases: true, PublishChannel: "cdc-events"},
+		Metrics:     Metrics{Listen: "127.0.0.1:9187", ReadyMaxLag: 5 * time.Second, SlotPollInterval: 3 * time.Second, Pprof: true},
+		Consistency: Consistency{OnHistoryLost: "stop", OnFirstStart: "keep"},
+		Log:         Log{Level: "debug", Format: "console"},
 	}
 	if fmt.Sprint(*cfg) != fmt.Sprint(want) {
 		t.Errorf("config =\n%+v\nwant\n%+v", *cfg, want)

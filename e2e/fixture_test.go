@@ -165,6 +165,20 @@ func (f *fixture) exists(key string) bool {
 	return n == 1
 }
 
+// count returns how many keys match a SCAN pattern.
+func (f *fixture) count(pattern string) int {
+	f.t.Helper()
+	n := 0
+	iter := f.rdb.Scan(context.Background(), 0, pattern, 1000).Iterator()
+	for iter.Next(context.Background()) {
+		n++
+	}
+	if err := iter.Err(); err != nil {
+		f.t.Fatalf("scan %s: %v", pattern, err)
+	}
+	return n
+}
+
 // present returns which of keys exist.
 func (f *fixture) present(keys ...string) []string {
 	f.t.Helper()

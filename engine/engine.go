@@ -114,13 +114,14 @@ func (e *Engine) run(ctx context.Context) error {
 		return err
 	}
 
-	tracker := checkpoint.NewTracker(start)
+	tracker := checkpoint.NewTracker(start.confirmed)
 	events := make(chan replication.Event, 64)
 	st := replication.New(replication.Config{
 		Conn: pgcfg, Slot: e.cfg.Postgres.Slot, Publication: e.cfg.Postgres.Publication,
 		StatusInterval: e.cfg.Postgres.StatusInterval, Streaming: e.cfg.Postgres.StreamingEnabled(),
 		TxnMemoryBytes: e.cfg.Postgres.TxnBufferMB << 20, SpillDir: e.cfg.Postgres.SpillDir,
 		MaxBackoff: e.cfg.Postgres.MaxBackoff, Logger: e.log.Named("replication"), Observer: e.Metrics,
+		StandbyRetry: e.cfg.Postgres.StandbyRetry, WALSenderTimeout: e.cfg.Postgres.WALSenderTimeout,
 	}, e.mapper, tracker, events)
 	e.Metrics.Attach(tracker, st)
 	var companion func(string) string
@@ -131,8 +132,11 @@ func (e *Engine) run(ctx context.Context) error {
 		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == "del",
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, Observer: e.Metrics,
-		WatermarkKey: e.cfg.WatermarkKey(),
+		WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
 	}, tracker)
+	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {
+		return err
+	}
 
 	// The sink outlives the stream: at shutdown the stream stops reading,
 	// waits for the sink to apply what it handed over, confirms, and closes
@@ -225,20 +229,20 @@ func explainPgError(err error) error {
 
 // preparePostgres checks the server and the rules, creates the publication
 // and the slot when absent, and returns the slot's confirmed position.
-func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (replication.LSN, error) {
+func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (slotState, error) {
 	var conn *pgx.Conn
 	if err := e.connectRetry(ctx, func() (err error) {
 		conn, err = e.setupConn(ctx, "cdcinvalidate-setup")
 		return err
 	}, "connect to postgres"); err != nil {
-		return 0, err
+		return slotState{}, err
 	}
 	defer conn.Close(context.Background())
 
 	var walLevel string
 	var version int
 	if err := conn.QueryRow(ctx, "SELECT current_setting('wal_level'), current_setting('server_version_num')::int").Scan(&walLevel, &version); err != nil {
-		return 0, fmt.Errorf("read server settings: %w", err)
+		return slotState{}, fmt.Errorf("read server settings: %w", err)
 	}
 	var problems []string
 	if walLevel != "logical" {
@@ -247,17 +251,17 @@ func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (rep
 	for _, t := range e.mapper.Tables() {
 		info, err := tableInfo(ctx, conn, t)
 		if err != nil {
-			return 0, err
+			return slotState{}, err
 		}
 		for _, r := range e.mapper.Rules(t) {
 			problems = append(problems, mapping.CheckTable(r, info)...)
 		}
 	}
 	if len(problems) > 0 {
-		return 0, &SetupError{problems}
+		return slotState{}, &SetupError{problems}
 	}
 	if err := e.ensurePublication(ctx, conn, version); err != nil {
-		return 0, err
+		return slotState{}, err
 	}
 	return e.ensureSlot(ctx, conn, pgcfg)
 }
@@ -348,11 +352,20 @@ func (e *Engine) ensurePublication(ctx context.Context, conn *pgx.Conn, version 
 	return nil
 }
 
-func (e *Engine) ensureSlot(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.Config) (replication.LSN, error) {
+// slotState is what ensureSlot found or made.
+type slotState struct {
+	confirmed replication.LSN
+	created   bool   // the slot did not exist and was created now
+	lost      string // why the slot's history is known to be lost ("" if not)
+}
+
+func (e *Engine) ensureSlot(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.Config) (slotState, error) {
 	slot := e.cfg.Postgres.Slot
-	var plugin, slotType, db string
+	var plugin, slotType, db, walStatus string
 	var confirmed *string
-	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), slot_type, coalesce(database, ''), confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, &db, &confirmed)
+	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), slot_type, coalesce(database, ''), confirmed_flush_lsn::text,
+       coalesce((to_jsonb(s) ->> 'wal_status'), '')
+FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, &db, &confirmed, &walStatus)
 	if err == nil {
 		var problems []string
 		if slotType != "logical" || plugin != "pgoutput" {
@@ -361,18 +374,44 @@ func (e *Engine) ensureSlot(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.C
 			problems = append(problems, fmt.Sprintf("slot %q belongs to database %q, not %q; choose another postgres.slot", slot, db, pgcfg.Database))
 		}
 		if len(problems) > 0 {
-			return 0, &SetupError{problems}
+			return slotState{}, &SetupError{problems}
+		}
+		if walStatus == "lost" || confirmed == nil {
+			// PostgreSQL removed WAL the slot needed (max_slot_wal_keep_size):
+			// the changes in between are gone for good.
+			why := fmt.Sprintf("slot %q was invalidated by PostgreSQL (wal_status = lost: it fell behind by more than max_slot_wal_keep_size), so the changes it missed are gone", slot)
+			if e.cfg.Consistency.OnHistoryLost != "flush" {
+				return slotState{}, &SetupError{[]string{why + fmt.Sprintf("; flush the keys the rules manage, then drop the slot (SELECT pg_drop_replication_slot('%s')) and start again, or set consistency.on_history_lost: flush to let cdcinvalidate do both", slot)}}
+			}
+			e.log.Error("slot invalidated; dropping and recreating it, then flushing every managed key", zap.String("slot", slot))
+			if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
+				return slotState{}, fmt.Errorf("drop invalidated slot %q: %w", slot, err)
+			}
+			st, err := e.createSlot(ctx, pgcfg)
+			st.lost = why
+			return st, err
 		}
 		lsn, err := pglogrepl.ParseLSN(*confirmed)
 		if err != nil {
-			return 0, fmt.Errorf("parse confirmed position of slot %q: %w", slot, err)
+			return slotState{}, fmt.Errorf("parse confirmed position of slot %q: %w", slot, err)
 		}
 		e.log.Info("using existing slot", zap.String("slot", slot), zap.Stringer("confirmed_lsn", lsn))
-		return lsn, nil
+		return slotState{confirmed: lsn}, nil
 	}
 	if !errors.Is(err, pgx.ErrNoRows) {
-		return 0, fmt.Errorf("read slot %q: %w", slot, err)
+		return slotState{}, fmt.Errorf("read slot %q: %w", slot, err)
 	}
+	st, err := e.createSlot(ctx, pgcfg)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42710" {
+		// Another instance created it at the same moment: use it.
+		return e.ensureSlot(ctx, conn, pgcfg)
+	}
+	return st, err
+}
+
+func (e *Engine) createSlot(ctx context.Context, pgcfg *pgconn.Config) (slotState, error) {
+	slot := e.cfg.Postgres.Slot
 	rcfg := pgcfg.Copy()
 	if rcfg.RuntimeParams == nil {
 		rcfg.RuntimeParams = map[string]string{}
@@ -381,23 +420,23 @@ func (e *Engine) ensureSlot(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.C
 	rcfg.RuntimeParams["application_name"] = "cdcinvalidate-setup"
 	rconn, err := pgconn.ConnectConfig(ctx, rcfg)
 	if err != nil {
-		return 0, explainPgError(fmt.Errorf("connect for replication: %w", err))
+		return slotState{}, explainPgError(fmt.Errorf("connect for replication: %w", err))
 	}
 	defer rconn.Close(context.Background())
 	res, err := pglogrepl.CreateReplicationSlot(ctx, rconn, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
-			return 0, &SetupError{[]string{fmt.Sprintf("create slot %q: %s (the role needs the REPLICATION attribute: ALTER ROLE %s REPLICATION)", slot, err, pgcfg.User)}}
+			return slotState{}, &SetupError{[]string{fmt.Sprintf("create slot %q: %s (the role needs the REPLICATION attribute: ALTER ROLE %s REPLICATION)", slot, err, pgcfg.User)}}
 		}
-		return 0, fmt.Errorf("create slot %q: %w", slot, err)
+		return slotState{}, fmt.Errorf("create slot %q: %w", slot, err)
 	}
 	lsn, err := pglogrepl.ParseLSN(res.ConsistentPoint)
 	if err != nil {
-		return 0, fmt.Errorf("parse consistent point of new slot %q: %w", slot, err)
+		return slotState{}, fmt.Errorf("parse consistent point of new slot %q: %w", slot, err)
 	}
 	e.log.Info("created slot", zap.String("slot", slot), zap.Stringer("consistent_lsn", lsn))
-	return lsn, nil
+	return slotState{confirmed: lsn, created: true}, nil
 }
 
 // setupConn opens an ordinary (non-replication) connection.

@@ -51,7 +51,7 @@ type SlotStats struct {
 
 // States of the engine as a whole.
 var states = []string{
-	replication.StateConnecting, replication.StateStreaming, replication.StateBackingOff,
+	replication.StateConnecting, replication.StateStreaming, replication.StateBackingOff, replication.StateStandby,
 	replication.StateStopped, "redis_unavailable", "failed",
 }
 

@@ -70,6 +70,7 @@ const (
 	StateConnecting = "connecting"
 	StateStreaming  = "streaming"
 	StateBackingOff = "backing_off"
+	StateStandby    = "standby"
 	StateStopped    = "stopped"
 )
 
@@ -102,7 +103,14 @@ type Config struct {
 	// ShutdownWait is how long to wait at shutdown for the sink to apply
 	// what was handed over, before confirming the last applied position.
 	ShutdownWait time.Duration
-	Logger       *zap.Logger
+	// StandbyRetry is how often a standby (the slot is active for another
+	// process) tries to take the slot over. Default 1s.
+	StandbyRetry time.Duration
+	// WALSenderTimeout, when non-zero, sets wal_sender_timeout for this
+	// connection (PostgreSQL 12+): how soon the server drops a consumer that
+	// stopped answering, which bounds the takeover time after a freeze.
+	WALSenderTimeout time.Duration
+	Logger           *zap.Logger
 	Observer     Observer
 }
 
@@ -143,6 +151,9 @@ func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
 	if cfg.ShutdownWait <= 0 {
 		cfg.ShutdownWait = 5 * time.Second
 	}
+	if cfg.StandbyRetry <= 0 {
+		cfg.StandbyRetry = time.Second
+	}
 	if cfg.TxnMemoryBytes <= 0 {
 		cfg.TxnMemoryBytes = 64 << 20
 	}
@@ -171,6 +182,13 @@ func permanent(err error) error {
 		return err
 	}
 	return &PermanentError{Err: err}
+}
+
+// isSlotActive recognises the server's refusal to start streaming from a
+// slot another process holds (SQLSTATE 55006, object_in_use).
+func isSlotActive(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55006"
 }
 
 // IsPermanent reports whether err must stop the engine instead of a reconnect.
@@ -205,6 +223,7 @@ func (s *Stream) Run(ctx context.Context) error {
 	defer close(s.out)
 	defer s.obs.State(StateStopped)
 	backoff := s.cfg.MinBackoff
+	standby := false
 	for {
 		started := time.Now()
 		s.obs.State(StateConnecting)
@@ -218,6 +237,24 @@ func (s *Stream) Run(ctx context.Context) error {
 		if IsPermanent(err) {
 			return err
 		}
+		var active *slotActiveError
+		if errors.As(err, &active) || isSlotActive(err) {
+			// Standby: another instance streams. Poll at a fixed pace, so a
+			// takeover after its death takes about one StandbyRetry.
+			if !standby {
+				s.log.Info("slot in use by another process; waiting as standby", zap.Error(err), zap.Duration("poll", s.cfg.StandbyRetry))
+				standby = true
+			}
+			s.obs.State(StateStandby)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(s.cfg.StandbyRetry):
+			}
+			backoff = s.cfg.MinBackoff
+			continue
+		}
+		standby = false
 		if time.Since(started) > time.Minute {
 			backoff = s.cfg.MinBackoff
 		}
@@ -267,6 +304,9 @@ func (s *Stream) session(ctx context.Context) (err error) {
 	if ccfg.RuntimeParams["application_name"] == "" {
 		ccfg.RuntimeParams["application_name"] = "cdcinvalidate"
 	}
+	if s.cfg.WALSenderTimeout > 0 {
+		ccfg.RuntimeParams["wal_sender_timeout"] = strconv.Itoa(int(s.cfg.WALSenderTimeout.Milliseconds()))
+	}
 	conn, err := pgconn.ConnectConfig(ctx, ccfg)
 	if err != nil {
 		return fmt.Errorf("connect for replication to %s:%d: %w", ccfg.Host, ccfg.Port, err)
@@ -282,7 +322,7 @@ func (s *Stream) session(ctx context.Context) (err error) {
 		return err
 	}
 	if active != "" {
-		return fmt.Errorf("replication slot %q is active for PID %s (another cdcinvalidate or consumer is streaming from it); retrying", s.cfg.Slot, active)
+		return &slotActiveError{slot: s.cfg.Slot, pid: active}
 	}
 
 	args := []string{fmt.Sprintf("publication_names '%s'", s.cfg.Publication)}
@@ -683,6 +723,14 @@ func serverVersion(ctx context.Context, conn *pgconn.PgConn) (int, error) {
 		return 0, fmt.Errorf("read server_version_num: %w", err)
 	}
 	return v, nil
+}
+
+// slotActiveError says another process streams from the slot: this engine
+// waits as a standby and takes over when the slot is free.
+type slotActiveError struct{ slot, pid string }
+
+func (e *slotActiveError) Error() string {
+	return fmt.Sprintf("replication slot %q is active for PID %s (another cdcinvalidate or consumer streams from it)", e.slot, e.pid)
 }
 
 // ErrSlotMissing says the replication slot does not exist (any more).

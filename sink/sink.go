@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
@@ -62,8 +63,15 @@ type Config struct {
 	// applied transaction in the same pipeline as its deletes, so an
 	// application can wait until its own commit has been invalidated.
 	WatermarkKey string
-	Logger       *zap.Logger
-	Observer     Observer
+	// FlushPatterns cover every key the rules manage (and their leases);
+	// Flush deletes them. They are also used when Redis is seen losing
+	// acknowledged writes: the watermark moved back.
+	FlushPatterns []string
+	// OnHistoryLost is "flush" (delete FlushPatterns, then go on) or "stop"
+	// (a PermanentError) when Redis lost acknowledged writes.
+	OnHistoryLost string
+	Logger        *zap.Logger
+	Observer      Observer
 }
 
 // Observer receives the sink's measurements; nil means none.
@@ -95,6 +103,8 @@ type Stats struct {
 	LastApplied atomic.Uint64
 	// Waiting is true while Redis fails and the sink backs off.
 	Waiting atomic.Bool
+	// Flushes counts flushes of every managed key after Redis lost writes.
+	Flushes atomic.Uint64
 }
 
 // Sink applies events to Redis.
@@ -110,6 +120,11 @@ type Sink struct {
 	msg     []byte      // reused publish payload
 	commits []time.Time // commit times of the transactions in the batch
 	obs     Observer
+	// lastMark is the highest watermark this sink set; Redis showing a lower
+	// one later means it lost acknowledged writes.
+	lastMark  replication.LSN
+	markCmd   *redis.Cmd
+	mustFlush string // why a flush is owed ("" when none)
 }
 
 // New returns a sink.
@@ -270,6 +285,11 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN
 		if err != nil {
 			return err
 		}
+		if mark {
+			if err := s.checkMark(ctx, end); err != nil {
+				return err
+			}
+		}
 		var n uint64
 		for _, c := range cmds[:(len(keys)+s.cfg.KeysPerCommand-1)/s.cfg.KeysPerCommand] {
 			n += uint64(c.(*redis.IntCmd).Val())
@@ -346,7 +366,10 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 					s.watermark(ctx, p, ev.End)
 					return nil
 				})
-				return err
+				if err != nil {
+					return err
+				}
+				return s.checkMark(ctx, ev.End)
 			})
 			if err != nil {
 				return err
@@ -370,14 +393,78 @@ end
 local cur = redis.call('GET', KEYS[1])
 if num(cur) < num(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1])
-  return 1
 end
-return 0`)
+return cur`)
 
 func (s *Sink) watermark(ctx context.Context, p redis.Pipeliner, end replication.LSN) {
 	// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT, and a
 	// Redis restarted empty has no scripts.
-	watermarkScript.Eval(ctx, p, []string{s.cfg.WatermarkKey}, end.String())
+	s.markCmd = watermarkScript.Eval(ctx, p, []string{s.cfg.WatermarkKey}, end.String())
+}
+
+// ErrHistoryLost is wrapped when Redis lost writes it had acknowledged.
+var ErrHistoryLost = errors.New("redis lost acknowledged invalidations")
+
+// checkMark compares the watermark Redis had before this batch with the
+// highest one this sink set. Lower (or gone) means Redis went back in time
+// (a restart without persistence, a failover to a lagging replica, a
+// restore): keys this engine deleted may be back with old values.
+func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
+	prev, err := s.markCmd.Text()
+	var had replication.LSN
+	switch {
+	case errors.Is(err, redis.Nil):
+	case err != nil:
+		return err
+	default:
+		had, _ = pglogrepl.ParseLSN(prev)
+	}
+	if s.lastMark != 0 && had < s.lastMark && s.mustFlush == "" {
+		// Remembered until the flush succeeded: the retried pipeline has
+		// already raised the watermark again and would hide the loss.
+		s.mustFlush = fmt.Sprintf("the watermark %s in Redis was %s, below %s which this engine had set: Redis lost writes it had acknowledged (restart without persistence, failover to a lagging replica, restore from a backup, FLUSHALL), so deleted keys may be back with old values",
+			s.cfg.WatermarkKey, orNone(prev, err), s.lastMark)
+	}
+	if end > s.lastMark {
+		s.lastMark = end
+	}
+	if s.mustFlush == "" {
+		return nil
+	}
+	if s.cfg.OnHistoryLost != "flush" {
+		return &PermanentError{fmt.Errorf("%w: %s; flush the managed keys and restart, or set consistency.on_history_lost: flush", ErrHistoryLost, s.mustFlush)}
+	}
+	s.log.Error("redis went back in time; flushing every managed key", zap.String("reason", s.mustFlush), zap.Strings("patterns", s.cfg.FlushPatterns))
+	if err := s.Flush(ctx); err != nil {
+		return err
+	}
+	s.mustFlush = ""
+	s.Stats.Flushes.Add(1)
+	return nil
+}
+
+func orNone(v string, err error) string {
+	if err != nil {
+		return "missing"
+	}
+	return v
+}
+
+// Flush deletes every key FlushPatterns cover (SCAN + UNLINK), retrying
+// transient errors, and announces the patterns on the publish channel.
+func (s *Sink) Flush(ctx context.Context) error {
+	return s.applyGlobs(ctx, replication.Event{Globs: s.cfg.FlushPatterns})
+}
+
+// SetWatermark sets the watermark to lsn unconditionally (after a flush at
+// start-up, so that it matches the slot's position again).
+func (s *Sink) SetWatermark(ctx context.Context, lsn replication.LSN) error {
+	if s.cfg.WatermarkKey == "" {
+		return nil
+	}
+	return s.retry(ctx, "set watermark", func() error {
+		return s.cfg.Client.Set(ctx, s.cfg.WatermarkKey, lsn.String(), 0).Err()
+	})
 }
 
 // retry runs op until it succeeds, ctx ends or the error is permanent.
@@ -394,6 +481,10 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		var already *PermanentError
+		if errors.As(err, &already) {
+			return err
 		}
 		if perm := classify(err); perm != nil {
 			s.obs.RedisError(err, true)
