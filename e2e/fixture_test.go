@@ -276,7 +276,10 @@ func (f *fixture) waitStreaming(done <-chan error) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		var n int
-		err := f.db.QueryRow(context.Background(), `SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'cdcinvalidate' AND active`).Scan(&n)
+		// The streaming connection, not the set-up one that creates the slot
+		// (the slot is active while it is being created, too).
+		err := f.db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
+WHERE s.slot_name = 'cdcinvalidate' AND r.application_name = 'cdcinvalidate' AND r.state IN ('streaming', 'catchup')`).Scan(&n)
 		if err == nil && n == 1 {
 			return
 		}

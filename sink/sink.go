@@ -20,7 +20,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -116,7 +115,7 @@ type Sink struct {
 
 	seen    map[string]struct{}
 	batch   []string
-	extra   []string    // companion keys of the batch
+	extra   []string    // with Companion: the batch as lease, key, lease, key, ...
 	msg     []byte      // reused publish payload
 	commits []time.Time // commit times of the transactions in the batch
 	obs     Observer
@@ -245,20 +244,32 @@ func (s *Sink) addKeys(keys []string) {
 		s.seen[k] = struct{}{}
 		s.batch = append(s.batch, k)
 		if s.cfg.Companion != nil {
-			s.extra = append(s.extra, s.cfg.Companion(k))
+			// The lease goes in the same UNLINK as its key, before it: a
+			// fill that checks the lease can never land between the two.
+			s.extra = append(s.extra, s.cfg.Companion(k), k)
 		}
 	}
 }
 
-func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) {
-	for i := 0; i < len(keys); i += s.cfg.KeysPerCommand {
-		chunk := keys[i:min(i+s.cfg.KeysPerCommand, len(keys))]
+// del queues the deletes of keys, KeysPerCommand (rounded to even, so a
+// lease and its key stay in one command) keys per command, and returns how
+// many commands it queued.
+func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
+	per := s.cfg.KeysPerCommand
+	if s.cfg.Companion != nil {
+		per = max(2, per&^1)
+	}
+	n := 0
+	for i := 0; i < len(keys); i += per {
+		chunk := keys[i:min(i+per, len(keys))]
 		if s.cfg.UseDel {
 			p.Del(ctx, chunk...)
 		} else {
 			p.Unlink(ctx, chunk...)
 		}
+		n++
 	}
+	return n
 }
 
 func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN) error {
@@ -269,11 +280,15 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN
 	if s.cfg.PublishChannel != "" && len(keys) > 0 {
 		s.msg = appendMessage(s.msg[:0], end, "keys", keys)
 	}
+	dels := keys
+	if s.cfg.Companion != nil {
+		dels = s.extra
+	}
 	err := s.retry(ctx, "delete keys", func() error {
 		start := time.Now()
+		var ndel int
 		cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
-			s.del(ctx, p, keys)
-			s.del(ctx, p, s.extra)
+			ndel = s.del(ctx, p, dels)
 			if s.cfg.PublishChannel != "" && len(keys) > 0 {
 				p.Publish(ctx, s.cfg.PublishChannel, s.msg)
 			}
@@ -282,7 +297,9 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN
 			}
 			return nil
 		})
-		if err != nil {
+		// The watermark script answers nil when there was no watermark:
+		// that is for checkMark to judge, not an error of the pipeline.
+		if err != nil && !errors.Is(err, redis.Nil) {
 			return err
 		}
 		if mark {
@@ -291,7 +308,7 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN
 			}
 		}
 		var n uint64
-		for _, c := range cmds[:(len(keys)+s.cfg.KeysPerCommand-1)/s.cfg.KeysPerCommand] {
+		for _, c := range cmds[:ndel] {
 			n += uint64(c.(*redis.IntCmd).Val())
 		}
 		s.Stats.Deleted.Add(n)
@@ -311,10 +328,13 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 	if s.cfg.Companion != nil {
 		// LeaseKey wraps the key without glob characters of its own, so the
 		// lease keys of a pattern's keys match the wrapped pattern.
-		globs = slices.Clone(ev.Globs)
+		// Leases first: a fill that still finds its lease writes before the
+		// key pattern is scanned, and that scan deletes it.
+		globs = make([]string, 0, 2*len(ev.Globs))
 		for _, g := range ev.Globs {
 			globs = append(globs, s.cfg.Companion(g))
 		}
+		globs = append(globs, ev.Globs...)
 	}
 	for _, g := range globs {
 		err := s.retry(ctx, "delete keys matching "+g, func() error {
@@ -366,7 +386,7 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 					s.watermark(ctx, p, ev.End)
 					return nil
 				})
-				if err != nil {
+				if err != nil && !errors.Is(err, redis.Nil) {
 					return err
 				}
 				return s.checkMark(ctx, ev.End)

@@ -1,0 +1,104 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// activePID returns the walsender PID streaming from the slot, 0 if none.
+func (f *fixture) activePID() int {
+	f.t.Helper()
+	var pid *int
+	if err := f.db.QueryRow(context.Background(), `SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'cdcinvalidate'`).Scan(&pid); err != nil {
+		f.t.Fatal(err)
+	}
+	if pid == nil {
+		return 0
+	}
+	return *pid
+}
+
+// invalidationWorks commits a change and waits until its key is gone.
+func (f *fixture) invalidationWorks(id int, within time.Duration) time.Duration {
+	f.t.Helper()
+	key := fmt.Sprintf("user:%d", id)
+	f.set(key)
+	start := time.Now()
+	f.exec(`UPDATE users SET name = name || 'x' WHERE id = $1`, id)
+	waitFor(f.t, within, key+" invalidated", func() bool { return !f.exists(key) })
+	return time.Since(start)
+}
+
+// TestStandbyTakesOverAfterKill9 runs two engines on one slot: one streams,
+// the other waits as a standby and takes over when the leader is killed.
+// The takeover time is reported.
+func TestStandbyTakesOverAfterKill9(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	f.seedUsers(100)
+	a := f.startBinaryStreaming(f.cfgPath)
+	b := f.startBinary(f.cfgPath)
+	waitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
+		return strings.Contains(b.out.String(), "waiting as standby")
+	})
+	f.invalidationWorks(1, 10*time.Second)
+	leaderPID := f.activePID()
+
+	a.kill9(t)
+	killed := time.Now()
+	waitFor(t, 30*time.Second, "the standby to take the slot", func() bool {
+		pid := f.activePID()
+		return pid != 0 && pid != leaderPID
+	})
+	took := f.invalidationWorks(2, 30*time.Second)
+	t.Logf("takeover after kill -9 of the leader: slot taken %s after the kill; first invalidation %s after its commit",
+		time.Since(killed)-took, took)
+	f.barrier()
+	if code, _ := b.term(t); code != 0 {
+		t.Fatalf("standby-turned-leader exit code %d", code)
+	}
+}
+
+// TestStandbyTakesOverAfterLeaderFreezes stops the leader with SIGSTOP. Its
+// walsender is dropped after wal_sender_timeout (set per connection by the
+// engine), the standby takes over, and when the old leader wakes up it
+// becomes a standby without undoing anything.
+func TestStandbyTakesOverAfterLeaderFreezes(t *testing.T) {
+	f := newFixture(t, fixtureOpts{pgExtra: "  wal_sender_timeout: 3s\n"})
+	f.seedUsers(100)
+	a := f.startBinaryStreaming(f.cfgPath)
+	b := f.startBinary(f.cfgPath)
+	waitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
+		return strings.Contains(b.out.String(), "waiting as standby")
+	})
+	leaderPID := f.activePID()
+	if err := a.cmd.Process.Signal(sigStop); err != nil {
+		t.Fatal(err)
+	}
+	frozen := time.Now()
+	waitFor(t, 30*time.Second, "the standby to take the slot from the frozen leader", func() bool {
+		pid := f.activePID()
+		return pid != 0 && pid != leaderPID
+	})
+	t.Logf("takeover after SIGSTOP of the leader (wal_sender_timeout 3s): %s", time.Since(frozen).Round(10*time.Millisecond))
+	for i := 3; i < 20; i++ {
+		f.invalidationWorks(i, 30*time.Second)
+	}
+	if err := a.cmd.Process.Signal(sigCont); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the woken leader to step back as standby", func() bool {
+		return strings.Contains(a.out.String(), "waiting as standby")
+	})
+	for i := 20; i < 30; i++ {
+		f.invalidationWorks(i, 30*time.Second)
+	}
+	f.barrier()
+	for _, p := range []*proc{a, b} {
+		if code, _ := p.term(t); code != 0 {
+			t.Fatalf("exit code %d; output:\n%s", code, p.out.String())
+		}
+	}
+}

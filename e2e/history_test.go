@@ -1,0 +1,105 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestFirstStartFlushesCachedValues: values cached before the slot existed
+// may be stale (their changes are not in the slot's history), so the first
+// start deletes every key the rules manage, and only those.
+func TestFirstStartFlushesCachedValues(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	f.set("user:1", "user:email:a@x", "order:9", "user:3:orders")
+	f.set("unmanaged:1", "session:abc")
+	f.start()
+	f.wantGone("user:1", "user:email:a@x", "order:9", "user:3:orders")
+	f.wantKept("unmanaged:1", "session:abc")
+}
+
+func TestFirstStartKeepTrustsCachedValues(t *testing.T) {
+	f := newFixture(t, fixtureOpts{extra: "consistency:\n  on_first_start: keep\n"})
+	f.set("user:1")
+	f.start()
+	f.barrier()
+	f.wantKept("user:1")
+}
+
+// TestDroppedSlotIsDetected: the slot is dropped while the engine is down
+// (by an operator, or a failover to a standby without it). Changes made in
+// between are not in the new slot, so a stale key would stay: the engine
+// must flush, or stop when told to.
+func TestDroppedSlotIsDetected(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	f.seedUsers(3)
+	p := f.startBinaryStreaming(f.cfgPath)
+	f.barrier()
+	if code, _ := p.term(t); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	f.exec(`SELECT pg_drop_replication_slot('cdcinvalidate')`)
+	f.set("user:1")
+	f.exec(`UPDATE users SET name = 'changed while nobody listened' WHERE id = 1`)
+
+	out := f.startFails(mustRead(t, f.cfgPath)+"consistency:\n  on_history_lost: stop\n", []string{"did not exist although Redis holds the watermark", "on_history_lost: flush"})
+	t.Logf("refusal:\n%s", lastLines(out, 2))
+	if !f.exists("user:1") {
+		t.Fatal("on_history_lost: stop deleted keys")
+	}
+
+	f.startBinaryStreaming(f.cfgPath) // default: flush
+	waitFor(t, 30*time.Second, "the stale key to be flushed", func() bool { return !f.exists("user:1") })
+	f.barrier()
+}
+
+// TestRedisBackInTimeIsDetected: Redis loses acknowledged deletes (here: a
+// stale value comes back and the watermark is lowered, as after a restore
+// or a failover to a lagging replica). The engine flushes at its next
+// start, and also while it runs.
+func TestRedisBackInTimeIsDetected(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	f.seedUsers(3)
+	run := f.start()
+	f.barrier()
+	const mark = "cdcinvalidate:cdcinvalidate:lsn"
+
+	// While running: the watermark disappears and a stale value is back.
+	f.set("user:2")
+	if err := f.rdb.Del(context.Background(), mark).Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.exec(`UPDATE users SET name = 'y' WHERE id = 3`) // any change: its batch sees the watermark gone
+	waitFor(t, 30*time.Second, "the stale key to be flushed while running", func() bool { return !f.exists("user:2") })
+	f.barrier()
+
+	// At start: a watermark below the slot's confirmed position.
+	if err := run.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.rdb.Set(context.Background(), mark, "0/1", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.set("user:1")
+	f.start()
+	waitFor(t, 30*time.Second, "the stale key to be flushed at start", func() bool { return !f.exists("user:1") })
+	f.barrier()
+}
+
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := readFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,93 @@
+package sink
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
+	"github.com/cdcinvalidate/cdcinvalidate/replication"
+)
+
+type ackRecorder struct{ acked []replication.LSN }
+
+func (a *ackRecorder) Ack(l replication.LSN) { a.acked = append(a.acked, l) }
+
+// monitor returns the commands Redis executes, read through MONITOR.
+func monitor(t *testing.T, addr string) <-chan string {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write([]byte("MONITOR\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "+OK") {
+		t.Fatalf("MONITOR: %q %v", line, err)
+	}
+	out := make(chan string, 1000)
+	go func() {
+		defer close(out)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			out <- strings.TrimSpace(line)
+		}
+	}()
+	return out
+}
+
+// TestLeaseGoesWithItsKey checks the ordering the client library relies
+// on: each lease is deleted in the same command as its key, before it, and
+// TRUNCATE scans lease patterns before key patterns. Otherwise a fill that
+// loaded the old row could land between the key's and the lease's delete.
+func TestLeaseGoesWithItsKey(t *testing.T) {
+	rd := harness.RedisT(t, harness.RedisOptions{})
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	defer rdb.Close()
+	mon := monitor(t, rd.Addr())
+	ack := &ackRecorder{}
+	s := New(Config{Client: rdb, KeysPerCommand: 3, Companion: func(k string) string { return "lease:{" + k + "}" }}, ack)
+	in := make(chan replication.Event, 4)
+	in <- replication.Event{Keys: []string{"a", "b", "c"}, End: 10}
+	in <- replication.Event{Globs: []string{"t:*"}, End: 20}
+	close(in)
+	if err := s.Run(context.Background(), in); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(ack.acked) != "[0/A 0/14]" {
+		t.Fatalf("acked %v", ack.acked)
+	}
+	var cmds []string
+	deadline := time.After(5 * time.Second)
+	for len(cmds) < 4 {
+		select {
+		case line := <-mon:
+			if i := strings.Index(line, `"`); i >= 0 && (strings.Contains(line, `"unlink"`) || strings.Contains(line, `"scan"`)) {
+				cmds = append(cmds, line[i:])
+			}
+		case <-deadline:
+			t.Fatalf("commands seen: %q", cmds)
+		}
+	}
+	want := []string{
+		`"unlink" "lease:{a}" "a"`, `"unlink" "lease:{b}" "b"`, `"unlink" "lease:{c}" "c"`,
+		`"scan" "0" "match" "lease:{t:*}" "count" "1000"`,
+	}
+	for i, w := range want {
+		if cmds[i] != w {
+			t.Errorf("command %d = %s, want %s", i, cmds[i], w)
+		}
+	}
+}
