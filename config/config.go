@@ -11,6 +11,7 @@ import (
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -122,6 +123,18 @@ type Rule struct {
 	// identity; keys of the old row that need them are then skipped, which
 	// can leave stale entries until their TTL.
 	UnsafeAllowStaleOldKeys bool `yaml:"unsafe_allow_stale_old_keys"`
+	// Ops are the operations the rule applies to: insert, update, delete,
+	// truncate. Default (absent): all of them.
+	Ops []string `yaml:"ops"`
+	// WhenChanged limits UPDATEs to those that change at least one of these
+	// columns (a column whose old value the change does not carry counts as
+	// changed). INSERT and DELETE are not filtered.
+	WhenChanged []string `yaml:"when_changed"`
+	// When is a CEL condition over op, old and new; changes for which it is
+	// false invalidate nothing through this rule.
+	When string `yaml:"when"`
+
+	cond *mapping.Condition // When, compiled by validate
 }
 
 // Sink tunes how keys are deleted.
@@ -134,6 +147,9 @@ type Sink struct {
 	ScanCount int `yaml:"scan_count"`
 	// MaxBackoff caps the wait between Redis retries. Default 5s.
 	MaxBackoff time.Duration `yaml:"max_backoff"`
+	// MaxKeyBytes is the longest key sent; longer ones are logged, counted
+	// and not invalidated. Default 65536.
+	MaxKeyBytes int `yaml:"max_key_bytes"`
 	// Watermark keeps the key cdcinvalidate:<slot>:lsn at the end LSN of the
 	// last applied transaction (never lowered). Default true.
 	Watermark *bool `yaml:"watermark"`
@@ -369,6 +385,9 @@ func (c *Config) setDefaults() {
 	if s.ScanCount == 0 {
 		s.ScanCount = 1000
 	}
+	if s.MaxKeyBytes == 0 {
+		s.MaxKeyBytes = 64 << 10
+	}
 	if s.MaxBackoff == 0 {
 		s.MaxBackoff = 5 * time.Second
 	}
@@ -469,6 +488,9 @@ func (c *Config) validate(loc locator) []Problem {
 	if c.Postgres.TxnBufferMB > 1<<20 {
 		add("postgres.txn_buffer_mb", "txn_buffer_mb %d is larger than 1 TiB", c.Postgres.TxnBufferMB)
 	}
+	if c.Sink.MaxKeyBytes < 1 {
+		add("sink.max_key_bytes", "max_key_bytes must be at least 1")
+	}
 	if c.Sink.ScanCount < 1 {
 		add("sink.scan_count", "scan_count must be at least 1")
 	}
@@ -521,6 +543,65 @@ func (c *Config) validate(loc locator) []Problem {
 				add(kp, "%s", err.Error())
 			}
 		}
+		ps = append(ps, c.validateRuleOptions(loc, i)...)
+	}
+	return ps
+}
+
+// validateRuleOptions checks ops, when_changed and when of rule i, and
+// compiles when.
+func (c *Config) validateRuleOptions(loc locator, i int) []Problem {
+	var ps []Problem
+	r := &c.Rules[i]
+	base := fmt.Sprintf("rules[%d]", i)
+	add := func(path, format string, args ...any) {
+		ps = append(ps, Problem{Where: loc.where(path), Msg: fmt.Sprintf(format, args...)})
+	}
+	var ops mapping.OpSet
+	if r.Ops != nil && len(r.Ops) == 0 {
+		add(base+".ops", "ops is empty, so the rule would never invalidate anything: list some of %s, or leave ops out for all of them", mapping.OpNames)
+	}
+	for j, o := range r.Ops {
+		op, ok := mapping.ParseOp(o)
+		switch {
+		case !ok:
+			add(fmt.Sprintf("%s.ops[%d]", base, j), "unknown operation %q in ops: use %s", o, mapping.OpNames)
+		case ops&op != 0:
+			add(fmt.Sprintf("%s.ops[%d]", base, j), "operation %q is listed twice in ops", o)
+		}
+		ops |= op
+	}
+	if r.WhenChanged != nil && len(r.WhenChanged) == 0 {
+		add(base+".when_changed", "when_changed is empty, so no UPDATE would invalidate anything through this rule: name columns, or leave when_changed out")
+	}
+	seen := map[string]bool{}
+	for j, col := range r.WhenChanged {
+		p := fmt.Sprintf("%s.when_changed[%d]", base, j)
+		switch {
+		case strings.TrimSpace(col) == "":
+			add(p, "when_changed has an empty column name")
+		case seen[col]:
+			add(p, "column %q is listed twice in when_changed", col)
+		}
+		seen[col] = true
+	}
+	if len(r.WhenChanged) > 0 && !ops.Has(mapping.OnUpdate) {
+		add(base+".when_changed", "when_changed filters UPDATEs only, but the rule's ops %v leave out update: remove when_changed or add update to ops", r.Ops)
+	}
+	if r.When != "" {
+		cond, err := mapping.CompileCondition(r.When)
+		var ce *mapping.ConditionError
+		switch {
+		case errors.As(err, &ce):
+			for _, is := range ce.Issues {
+				ps = append(ps, Problem{Where: loc.whereKey(base + ".when"),
+					Msg: fmt.Sprintf("when condition %q: %s (line %d, column %d of the condition)", r.When, is.Msg, is.Line, is.Column)})
+			}
+		case err != nil:
+			ps = append(ps, Problem{Where: loc.whereKey(base + ".when"), Msg: err.Error()})
+		default:
+			r.cond = cond
+		}
 	}
 	return ps
 }
@@ -536,6 +617,15 @@ func (c *Config) MappingRules(file string) []mapping.Rule {
 			if err == nil {
 				mr.Templates = append(mr.Templates, tpl)
 			}
+		}
+		for _, o := range r.Ops {
+			op, _ := mapping.ParseOp(o)
+			mr.Ops |= op
+		}
+		mr.WhenChanged = slices.Clone(r.WhenChanged)
+		mr.When = r.cond
+		if mr.When == nil && r.When != "" {
+			mr.When, _ = mapping.CompileCondition(r.When)
 		}
 		out = append(out, mr)
 	}
@@ -666,6 +756,42 @@ func (l locator) where(path string) string {
 		return fmt.Sprintf("%s (%s)", l.file, path)
 	}
 	return fmt.Sprintf("%s:%d:%d (%s)", l.file, found.Line, found.Column, path)
+}
+
+// whereKey is like where, but for path's last element (such as
+// rules[0].when) it gives the place of the mapping key, not of its value.
+func (l locator) whereKey(path string) string {
+	dot := strings.LastIndexByte(path, '.')
+	if dot < 0 {
+		return l.where(path)
+	}
+	parent, key := path[:dot], path[dot+1:]
+	n := l.root
+	for _, m := range pathRE.FindAllStringSubmatch(parent, -1) {
+		var next *yaml.Node
+		switch {
+		case n == nil:
+		case m[1] != "" && n.Kind == yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if n.Content[i].Value == m[1] {
+					next = n.Content[i+1]
+				}
+			}
+		case m[2] != "" && n.Kind == yaml.SequenceNode:
+			if idx, _ := strconv.Atoi(m[2]); idx < len(n.Content) {
+				next = n.Content[idx]
+			}
+		}
+		n = next
+	}
+	if n != nil && n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; k.Value == key {
+				return fmt.Sprintf("%s:%d:%d (%s)", l.file, k.Line, k.Column, path)
+			}
+		}
+	}
+	return l.where(path)
 }
 
 // userinfoRE matches the password of a URL up to the last '@' before the

@@ -45,7 +45,7 @@ var Version = "dev"
 // New validates the rules and returns an engine. file names the
 // configuration in messages.
 func New(cfg *config.Config, file string, log *zap.Logger) (*Engine, error) {
-	m, err := mapping.New(cfg.MappingRules(file))
+	m, err := mapping.New(cfg.MappingRules(file), mapping.WithLogger(log))
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +132,7 @@ func (e *Engine) run(ctx context.Context) error {
 		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == "del",
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, Observer: e.Metrics,
-		WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
+		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
 	}, tracker)
 	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {
 		return err
@@ -239,116 +239,37 @@ func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (slo
 	}
 	defer conn.Close(context.Background())
 
-	var walLevel string
-	var version int
-	if err := conn.QueryRow(ctx, "SELECT current_setting('wal_level'), current_setting('server_version_num')::int").Scan(&walLevel, &version); err != nil {
-		return slotState{}, fmt.Errorf("read server settings: %w", err)
+	cat, err := checkCatalog(ctx, conn, e.mapper) // check.go, shared with `cdcinvalidate check`
+	if err != nil {
+		return slotState{}, err
 	}
-	var problems []string
-	if walLevel != "logical" {
-		problems = append(problems, fmt.Sprintf("the server runs with wal_level=%s; logical replication needs wal_level=logical (ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL)", walLevel))
-	}
-	for _, t := range e.mapper.Tables() {
-		info, err := tableInfo(ctx, conn, t)
-		if err != nil {
-			return slotState{}, err
-		}
-		for _, r := range e.mapper.Rules(t) {
-			problems = append(problems, mapping.CheckTable(r, info)...)
-		}
-	}
-	if len(problems) > 0 {
-		return slotState{}, &SetupError{problems}
-	}
-	if err := e.ensurePublication(ctx, conn, version); err != nil {
+	if err := e.ensurePublication(ctx, conn, cat.version, cat.infos, cat.problems); err != nil {
 		return slotState{}, err
 	}
 	return e.ensureSlot(ctx, conn, pgcfg)
 }
 
-func tableInfo(ctx context.Context, conn *pgx.Conn, qualified string) (mapping.TableInfo, error) {
-	schema, table := config.SplitTable(qualified)
-	var info mapping.TableInfo
-	var kind, ident string
-	err := conn.QueryRow(ctx, `
-SELECT c.relkind::text, c.relreplident::text,
-       array(SELECT a.attname::text FROM pg_attribute a
-             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-       array(SELECT a.attname::text FROM pg_index i
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-             WHERE i.indrelid = c.oid
-               AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident)))
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE n.nspname = $1 AND c.relname = $2`, schema, table).Scan(&kind, &ident, &info.Columns, &info.IdentityColumns)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return info, nil
-	}
-	if err != nil {
-		return info, fmt.Errorf("read catalog of %s: %w", qualified, err)
-	}
-	info.Exists = true
-	info.Kind = kind[0]
-	info.ReplicaIdentity = ident[0]
-	return info, nil
-}
-
-func (e *Engine) ensurePublication(ctx context.Context, conn *pgx.Conn, version int) error {
+// ensurePublication checks the publication, or creates it when absent.
+// problems are those found so far: with any, nothing is created, and they
+// are reported with the publication's own.
+func (e *Engine) ensurePublication(ctx context.Context, conn *pgx.Conn, version int, infos map[string]mapping.TableInfo, problems []mapping.Problem) error {
 	pub := e.cfg.Postgres.Publication
-	var exists, ins, upd, del, trunc bool
-	err := conn.QueryRow(ctx, `SELECT true, pubinsert, pubupdate, pubdelete, pubtruncate FROM pg_publication WHERE pubname = $1`, pub).Scan(&exists, &ins, &upd, &del, &trunc)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return fmt.Errorf("read publication %q: %w", pub, err)
-	}
 	tables := e.mapper.Tables()
-	if !exists {
-		quoted := make([]string, len(tables))
-		for i, t := range tables {
-			s, n := config.SplitTable(t)
-			quoted[i] = pgx.Identifier{s, n}.Sanitize()
-		}
-		sql := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", pgx.Identifier{pub}.Sanitize(), strings.Join(quoted, ", "))
-		if version >= 130000 {
-			sql += " WITH (publish_via_partition_root = true)"
-		}
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			return &SetupError{[]string{fmt.Sprintf("create publication %q: %s (the role must own the tables, or create it as the owner: %s)", pub, err, sql)}}
-		}
-		e.log.Info("created publication", zap.String("publication", pub), zap.Strings("tables", tables))
+	p, err := readPublication(ctx, conn, pub, version) // check.go
+	if err != nil {
+		return err
+	}
+	if problems = append(problems, publicationProblems(pub, p, version, tables, infos)...); len(problems) > 0 {
+		return &SetupError{mapping.Strings(problems)}
+	}
+	if p.Exists {
 		return nil
 	}
-	var problems []string
-	var missingOps []string
-	for _, op := range []struct {
-		on   bool
-		name string
-	}{{ins, "insert"}, {upd, "update"}, {del, "delete"}, {trunc, "truncate"}} {
-		if !op.on {
-			missingOps = append(missingOps, op.name)
-		}
+	sql := createPublicationSQL(pub, tables, version)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return &SetupError{[]string{fmt.Sprintf("create publication %q: %s (the role must own the tables, or create it as the owner: %s)", pub, err, sql)}}
 	}
-	if len(missingOps) > 0 {
-		problems = append(problems, fmt.Sprintf("publication %q does not publish %s, so those changes would never invalidate anything; run ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate')", pub, strings.Join(missingOps, ", "), pub))
-	}
-	rows, err := conn.Query(ctx, `SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1`, pub)
-	if err != nil {
-		return fmt.Errorf("read tables of publication %q: %w", pub, err)
-	}
-	published, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("read tables of publication %q: %w", pub, err)
-	}
-	have := map[string]bool{}
-	for _, t := range published {
-		have[t] = true
-	}
-	for _, t := range tables {
-		if !have[t] {
-			problems = append(problems, fmt.Sprintf("publication %q does not include table %s, which a rule names, so its changes would be missed; run ALTER PUBLICATION %s ADD TABLE %s", pub, t, pub, t))
-		}
-	}
-	if len(problems) > 0 {
-		return &SetupError{problems}
-	}
+	e.log.Info("created publication", zap.String("publication", pub), zap.Strings("tables", tables))
 	return nil
 }
 

@@ -112,3 +112,108 @@ func TestCheckTableAgreesWithBind(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckTablePartitionsAndConditions(t *testing.T) {
+	t.Parallel()
+	cols := []string{"id", "email", "status"}
+	base := func(ident byte, idCols []string, parts ...PartitionInfo) TableInfo {
+		return TableInfo{Exists: true, Kind: 'p', Columns: cols, ReplicaIdentity: ident, IdentityColumns: idCols, Partitions: parts}
+	}
+	full := func(n string) PartitionInfo { return PartitionInfo{Name: n, ReplicaIdentity: 'f'} }
+	def := func(n string) PartitionInfo {
+		return PartitionInfo{Name: n, ReplicaIdentity: 'd', IdentityColumns: []string{"id"}}
+	}
+	tests := []struct {
+		name        string
+		keys        []string
+		whenChanged []string
+		when        string
+		info        TableInfo
+		want        [][]string
+		warnings    [][]string
+	}{
+		{name: "partitions FULL", keys: []string{"e:{email}"}, info: base('f', nil, full("public.e_1"), full("public.e_2"))},
+		{
+			name: "a partition without FULL", keys: []string{"e:{id}", "e:{email}"}, info: base('f', nil, full("public.e_1"), def("public.e_2")),
+			want: [][]string{{"partition public.e_2 of public.users", `column "email"`, "ALTER TABLE public.e_2 REPLICA IDENTITY FULL", "not inherited"}},
+		},
+		{name: "key columns under DEFAULT partitions", keys: []string{"e:{id}"}, info: base('d', []string{"id"}, def("public.e_1"))},
+		{
+			name: "partition with NOTHING", keys: []string{"e:{id}"}, info: base('d', []string{"id"}, PartitionInfo{Name: "public.e_1", ReplicaIdentity: 'n'}),
+			want: [][]string{{"partition public.e_1 of public.users has REPLICA IDENTITY NOTHING", "ALTER TABLE public.e_1 REPLICA IDENTITY FULL"}},
+		},
+		{
+			name: "when_changed and when columns must exist", keys: []string{"e:{id}"}, whenChanged: []string{"status", "nope"}, when: `new.gone == "x" && old.status == "y"`,
+			info: base('d', []string{"id"}),
+			want: [][]string{{`when_changed names column "nope"`}, {`uses column "gone"`, "when condition"}},
+			warnings: [][]string{
+				{`when_changed column "status" is outside the replica identity`, "REPLICA IDENTITY FULL"},
+				{"old.status", "unknown"},
+			},
+		},
+		{name: "FULL needs no warning", keys: []string{"e:{id}"}, whenChanged: []string{"status"}, when: `old.status == "y"`, info: base('f', nil, full("public.e_1"))},
+		{
+			name: "a DEFAULT partition makes when_changed inexact", keys: []string{"e:{id}"}, whenChanged: []string{"status"},
+			info:     base('f', nil, full("public.e_1"), def("public.e_2")),
+			warnings: [][]string{{`when_changed column "status"`}},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			r := &Rule{Schema: "public", Table: "users", Templates: mustTemplates(t, tc.keys...), WhenChanged: tc.whenChanged, Where: "rules[0]"}
+			if tc.when != "" {
+				r.When = mustCondition(t, tc.when)
+			}
+			check := func(what string, got []Problem, want [][]string) {
+				t.Helper()
+				if len(got) != len(want) {
+					t.Fatalf("%s: %d, want %d:\n%s", what, len(got), len(want), strings.Join(Strings(got), "\n"))
+				}
+				for i, subs := range want {
+					if got[i].Where != "rules[0]" || got[i].Fix == "" {
+						t.Errorf("%s %d: %+v lacks its place or fix", what, i, got[i])
+					}
+					for _, s := range subs {
+						if !strings.Contains(got[i].String(), s) {
+							t.Errorf("%s %d %q does not mention %q", what, i, got[i], s)
+						}
+					}
+				}
+			}
+			check("problems", CheckTableProblems(r, tc.info), tc.want)
+			check("warnings", TableWarnings(r, tc.info), tc.warnings)
+		})
+	}
+}
+
+func TestSettingDependentTypes(t *testing.T) {
+	t.Parallel()
+	for typ, want := range map[string]string{
+		"timestamp with time zone":    "TimeZone",
+		"timestamp(3) with time zone": "TimeZone",
+		"timestamp without time zone": "DateStyle",
+		"date":                        "DateStyle",
+		"interval":                    "IntervalStyle",
+		"double precision":            "extra_float_digits",
+		"real[]":                      "extra_float_digits",
+		"money":                       "lc_monetary",
+		"bytea":                       "bytea_output",
+		"time without time zone":      "",
+		"time with time zone":         "",
+		"bigint":                      "",
+		"numeric(10,2)":               "",
+		"text":                        "",
+		"uuid":                        "",
+		"boolean":                     "",
+	} {
+		if got := settingDependent(typ); (want == "") != (got == "") || !strings.Contains(got, want) {
+			t.Errorf("settingDependent(%q) = %q, want %q", typ, got, want)
+		}
+	}
+	r := &Rule{Schema: "public", Table: "t", Templates: mustTemplates(t, "t:{id}", "t:at:{at}"), Where: "rules[0]"}
+	ws := TableWarnings(r, TableInfo{Exists: true, Kind: 'r', Columns: []string{"id", "at"}, Types: []string{"bigint", "timestamp with time zone"}, ReplicaIdentity: 'f'})
+	if len(ws) != 1 || !strings.Contains(ws[0].Msg, `column "at" of type timestamp with time zone`) {
+		t.Errorf("warnings %v", ws)
+	}
+}

@@ -1,14 +1,78 @@
 package mapping
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync/atomic"
 
+	"cel.dev/cel-go/common/types"
+	"go.uber.org/zap"
+
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
+
+// OpSet is a set of the operations a rule applies to. The zero value means
+// every operation.
+type OpSet uint8
+
+// Operations of an OpSet.
+const (
+	OnInsert OpSet = 1 << iota
+	OnUpdate
+	OnDelete
+	OnTruncate
+
+	AllOps = OnInsert | OnUpdate | OnDelete | OnTruncate
+)
+
+var opNames = []struct {
+	op   OpSet
+	name string
+}{{OnInsert, "insert"}, {OnUpdate, "update"}, {OnDelete, "delete"}, {OnTruncate, "truncate"}}
+
+// OpNames is the list of operation names, as rules.yaml spells them.
+const OpNames = "insert, update, delete, truncate"
+
+// ParseOp returns the operation of a name such as "insert".
+func ParseOp(name string) (OpSet, bool) {
+	for _, o := range opNames {
+		if o.name == name {
+			return o.op, true
+		}
+	}
+	return 0, false
+}
+
+// Has reports whether the set contains op; the zero set contains every operation.
+func (s OpSet) Has(op OpSet) bool { return s == 0 || s&op != 0 }
+
+func (s OpSet) String() string {
+	if s == 0 {
+		s = AllOps
+	}
+	var names []string
+	for _, o := range opNames {
+		if s&o.op != 0 {
+			names = append(names, o.name)
+		}
+	}
+	return "[" + strings.Join(names, ", ") + "]"
+}
+
+func opOf(op replication.Op) OpSet {
+	switch op {
+	case replication.OpInsert:
+		return OnInsert
+	case replication.OpUpdate:
+		return OnUpdate
+	case replication.OpDelete:
+		return OnDelete
+	}
+	return 0
+}
 
 // Rule maps one table to key templates.
 type Rule struct {
@@ -19,6 +83,15 @@ type Rule struct {
 	// for templates that use columns outside the replica identity; such
 	// keys are skipped (and counted) instead of stopping the engine.
 	AllowStaleOldKeys bool
+	// Ops are the operations the rule applies to; zero means all.
+	Ops OpSet
+	// WhenChanged, when set, limits UPDATEs to those that change at least
+	// one of these columns. An unchanged TOASTed value ('u') is unchanged;
+	// a column whose old value the change does not carry counts as changed.
+	WhenChanged []string
+	// When, when set, is evaluated for every INSERT, UPDATE and DELETE the
+	// rule would otherwise apply to; false skips the change for this rule.
+	When *Condition
 	// Where names the rule for messages, e.g. "rules[1] (rules.yaml:12)".
 	Where string
 }
@@ -35,20 +108,49 @@ var ErrOldValueUnavailable = errors.New("old value not in the change")
 // identity changed).
 var ErrRuleBinding = errors.New("rule does not fit the table")
 
+// ErrCondition is wrapped when a rule's when condition fails to evaluate.
+var ErrCondition = errors.New("when condition failed")
+
 // Mapper renders keys for changes. It is used by one goroutine (the
 // replication stream); only its counters may be read concurrently.
 type Mapper struct {
 	byTable map[string][]*Rule
+	rules   []*Rule // in the order given
 	bound   map[uint32]*boundRelation
 	buf     []byte
+	sc      scratch
+	log     *zap.Logger
+
+	nullWarned map[*Rule]bool
 
 	skippedOldKeys atomic.Uint64
 	nullKeys       atomic.Uint64
+	skippedRules   atomic.Uint64
+}
+
+// Option configures a Mapper.
+type Option func(*Mapper)
+
+// WithLogger sets the logger for warnings (a NULL that made no key is
+// logged once per rule). The default logs nothing.
+func WithLogger(l *zap.Logger) Option {
+	return func(m *Mapper) {
+		if l != nil {
+			m.log = l
+		}
+	}
 }
 
 type boundRelation struct {
-	rel       *replication.Relation
+	rel     *replication.Relation
+	rules   []boundRule
+	hasWhen bool
+}
+
+type boundRule struct {
+	rule      *Rule
 	templates []boundTemplate
+	changed   []int // column indexes of WhenChanged
 }
 
 type boundTemplate struct {
@@ -59,8 +161,11 @@ type boundTemplate struct {
 }
 
 // New builds a mapper from rules.
-func New(rules []Rule) (*Mapper, error) {
-	m := &Mapper{byTable: map[string][]*Rule{}, bound: map[uint32]*boundRelation{}}
+func New(rules []Rule, opts ...Option) (*Mapper, error) {
+	m := &Mapper{byTable: map[string][]*Rule{}, bound: map[uint32]*boundRelation{}, log: zap.NewNop(), nullWarned: map[*Rule]bool{}}
+	for _, o := range opts {
+		o(m)
+	}
 	for i := range rules {
 		r := &rules[i]
 		if r.Schema == "" {
@@ -70,9 +175,13 @@ func New(rules []Rule) (*Mapper, error) {
 			return nil, fmt.Errorf("%s: a rule needs a table and at least one key template", r.Where)
 		}
 		m.byTable[r.QualifiedTable()] = append(m.byTable[r.QualifiedTable()], r)
+		m.rules = append(m.rules, r)
 	}
 	return m, nil
 }
+
+// AllRules returns every rule, in the order New was given them.
+func (m *Mapper) AllRules() []*Rule { return m.rules }
 
 // Tables returns the qualified names of the tables the rules cover, sorted.
 func (m *Mapper) Tables() []string {
@@ -99,6 +208,10 @@ func (m *Mapper) SkippedOldKeys() uint64 { return m.skippedOldKeys.Load() }
 // NullKeys counts keys not produced because a template column was NULL.
 func (m *Mapper) NullKeys() uint64 { return m.nullKeys.Load() }
 
+// SkippedRules counts changes a rule let pass because of its ops,
+// when_changed or when.
+func (m *Mapper) SkippedRules() uint64 { return m.skippedRules.Load() }
+
 // Bind prepares the rules of a relation the server announced. It is called
 // for every Relation message, so a changed table definition is checked
 // again; an error means the rules cannot be applied correctly to the table
@@ -116,6 +229,7 @@ func (m *Mapper) Bind(rel *replication.Relation) error {
 	br := &boundRelation{rel: rel}
 	var problems []string
 	for _, r := range rules {
+		bR := boundRule{rule: r}
 		for _, t := range r.Templates {
 			bt := boundTemplate{t: t, rule: r, colIdx: make([]int, len(t.parts))}
 			for i, p := range t.parts {
@@ -136,12 +250,30 @@ func (m *Mapper) Bind(rel *replication.Relation) error {
 			if bt.usesNonKey && !r.AllowStaleOldKeys {
 				problems = append(problems, fmt.Sprintf("%s: key template %q uses a column outside the replica identity of %s (replica identity %s), so keys of the old row cannot be computed on UPDATE and DELETE; run ALTER TABLE %s REPLICA IDENTITY FULL, or set unsafe_allow_stale_old_keys: true on the rule to accept stale old keys", r.Where, t.src, rel.QualifiedName(), identityName(rel.ReplicaIdentity), rel.QualifiedName()))
 			}
-			br.templates = append(br.templates, bt)
+			bR.templates = append(bR.templates, bt)
 		}
+		for _, c := range r.WhenChanged {
+			idx, ok := colIndex[c]
+			if !ok {
+				problems = append(problems, fmt.Sprintf("%s: table %s has no column %q named in when_changed (was it dropped or renamed? fix rules.yaml and restart)", r.Where, rel.QualifiedName(), c))
+				continue
+			}
+			bR.changed = append(bR.changed, idx)
+		}
+		if r.When != nil {
+			br.hasWhen = true
+			oldCols, newCols := r.When.Columns()
+			for _, c := range slices.Concat(oldCols, newCols) {
+				if _, ok := colIndex[c]; !ok {
+					problems = append(problems, fmt.Sprintf("%s: table %s has no column %q used by the when condition %q (was it dropped or renamed? fix rules.yaml and restart)", r.Where, rel.QualifiedName(), c, r.When.src))
+				}
+			}
+		}
+		br.rules = append(br.rules, bR)
 	}
 	if len(problems) > 0 {
 		delete(m.bound, rel.ID)
-		return fmt.Errorf("%w: %s", ErrRuleBinding, strings.Join(problems, "; "))
+		return fmt.Errorf("%w: %s", ErrRuleBinding, strings.Join(slices.Compact(problems), "; "))
 	}
 	m.bound[rel.ID] = br
 	return nil
@@ -167,6 +299,13 @@ const (
 	sideOld side = iota
 	sideNew
 )
+
+func (s side) String() string {
+	if s == sideNew {
+		return "new"
+	}
+	return "old"
+}
 
 type valueState int
 
@@ -208,7 +347,14 @@ func value(ch *replication.Change, s side, idx int) ([]byte, valueState) {
 		case replication.ValueText, replication.ValueBinary:
 			return v.Data, valueOK
 		case replication.ValueNull:
-			if ch.OldKind == 'O' || (idx < len(rel.Columns) && rel.Columns[idx].Key) {
+			// Only a whole old row ('O') says that a column is NULL. A 'K'
+			// image carries the replica identity columns, which are never
+			// NULL (primary key, or an index on NOT NULL columns): a NULL
+			// there is a column the image leaves out. This also holds when
+			// a partition's identity is narrower than its root's
+			// (publish_via_partition_root), where the root's key flags
+			// would claim more than the image carries.
+			if ch.OldKind == 'O' {
 				return nil, valueNull
 			}
 		}
@@ -222,6 +368,36 @@ func value(ch *replication.Change, s side, idx int) ([]byte, valueState) {
 	return nil, valueUnknown
 }
 
+// columnChanged reports whether an UPDATE changed column idx, counting a
+// column whose old value is unknown as changed.
+func columnChanged(ch *replication.Change, idx int) bool {
+	if idx >= len(ch.New.Values) {
+		return true
+	}
+	nv := ch.New.Values[idx]
+	if nv.Kind == replication.ValueUnchanged {
+		return false
+	}
+	ov, st := value(ch, sideOld, idx)
+	switch st {
+	case valueUnknown:
+		return true
+	case valueNull:
+		return nv.Kind != replication.ValueNull
+	}
+	return nv.Kind == replication.ValueNull || !bytes.Equal(ov, nv.Data)
+}
+
+// skip says why a rule let a change pass.
+type skip uint8
+
+const (
+	skipNone skip = iota
+	skipOp
+	skipUnchanged
+	skipWhenFalse
+)
+
 // AppendKeys appends the keys of a row change to dst. Keys are unique within
 // one call. Changes of tables without rules produce nothing.
 func (m *Mapper) AppendKeys(dst []string, ch *replication.Change) ([]string, error) {
@@ -229,41 +405,122 @@ func (m *Mapper) AppendKeys(dst []string, ch *replication.Change) ([]string, err
 	if br == nil {
 		return dst, nil
 	}
+	if opOf(ch.Op) == 0 {
+		return dst, fmt.Errorf("unknown change op %v", ch.Op)
+	}
 	start := len(dst)
+	var vars map[string]any
+	for ri := range br.rules {
+		r := &br.rules[ri]
+		why, _, err := m.decide(br, r, ch, &vars)
+		if err != nil {
+			return dst, err
+		}
+		if why != skipNone {
+			m.skippedRules.Add(1)
+			continue
+		}
+		if dst, err = m.appendRule(dst, start, br, r, ch, nil); err != nil {
+			return dst, err
+		}
+	}
+	return dst, nil
+}
+
+// decide returns why rule r lets the change pass (skipNone: it applies).
+// vars caches the condition variables across the rules of one change.
+func (m *Mapper) decide(br *boundRelation, r *boundRule, ch *replication.Change, vars *map[string]any) (skip, condResult, error) {
+	if !r.rule.Ops.Has(opOf(ch.Op)) {
+		return skipOp, condTrue, nil
+	}
+	if ch.Op == replication.OpUpdate && len(r.changed) > 0 {
+		changed := false
+		for _, idx := range r.changed {
+			if columnChanged(ch, idx) {
+				changed = true
+				break
+			}
+		}
+		if !changed {
+			return skipUnchanged, condTrue, nil
+		}
+	}
+	if r.rule.When == nil {
+		return skipNone, condTrue, nil
+	}
+	if *vars == nil {
+		*vars = conditionVars(br.rel, ch)
+	}
+	res, err := r.rule.When.eval(*vars)
+	if err != nil {
+		return skipNone, res, fmt.Errorf("%w: %s: when condition %q on %s of %s: %v (fix the condition, e.g. guard with new.col != null, and restart; the change is not skipped)",
+			ErrCondition, r.rule.Where, r.rule.When.src, ch.Op, br.rel.QualifiedName(), err)
+	}
+	if res == condFalse {
+		return skipWhenFalse, res, nil
+	}
+	return skipNone, res, nil
+}
+
+// conditionVars builds op, old and new for a condition.
+func conditionVars(rel *replication.Relation, ch *replication.Change) map[string]any {
+	oldRow := make(map[string]any, len(rel.Columns))
+	newRow := make(map[string]any, len(rel.Columns))
+	fill := func(row map[string]any, s side) {
+		for i, c := range rel.Columns {
+			if (s == sideOld && ch.Op == replication.OpInsert) || (s == sideNew && ch.Op == replication.OpDelete) {
+				row[c.Name] = unknownValue
+				continue
+			}
+			v, st := value(ch, s, i)
+			switch st {
+			case valueOK:
+				row[c.Name] = types.String(v)
+			case valueNull:
+				row[c.Name] = types.NullValue
+			default:
+				row[c.Name] = unknownValue
+			}
+		}
+	}
+	fill(oldRow, sideOld)
+	fill(newRow, sideNew)
+	return map[string]any{"op": ch.Op.String(), "old": oldRow, "new": newRow}
+}
+
+func (m *Mapper) appendRule(dst []string, start int, br *boundRelation, r *boundRule, ch *replication.Change, tr *RuleTrace) ([]string, error) {
 	var err error
 	switch ch.Op {
 	case replication.OpInsert:
-		dst, err = m.appendSide(dst, start, br, ch, sideNew)
+		dst, err = m.appendSide(dst, start, br, r, ch, sideNew, tr)
 	case replication.OpUpdate:
-		if dst, err = m.appendSide(dst, start, br, ch, sideOld); err == nil {
-			dst, err = m.appendSide(dst, start, br, ch, sideNew)
+		if dst, err = m.appendSide(dst, start, br, r, ch, sideOld, tr); err == nil {
+			dst, err = m.appendSide(dst, start, br, r, ch, sideNew, tr)
 		}
 	case replication.OpDelete:
-		dst, err = m.appendSide(dst, start, br, ch, sideOld)
-	default:
-		err = fmt.Errorf("unknown change op %v", ch.Op)
+		dst, err = m.appendSide(dst, start, br, r, ch, sideOld, tr)
 	}
 	return dst, err
 }
 
-func (m *Mapper) appendSide(dst []string, start int, br *boundRelation, ch *replication.Change, s side) ([]string, error) {
+func (m *Mapper) appendSide(dst []string, start int, br *boundRelation, r *boundRule, ch *replication.Change, s side, tr *RuleTrace) ([]string, error) {
 next:
-	for ti := range br.templates {
-		bt := &br.templates[ti]
+	for ti := range r.templates {
+		bt := &r.templates[ti]
 		buf := m.buf[:0]
-		for pi, p := range bt.t.parts {
+		for pi := range bt.t.parts {
+			p := &bt.t.parts[pi]
 			if !p.isCol {
 				buf = append(buf, p.lit...)
 				continue
 			}
 			v, st := value(ch, s, bt.colIdx[pi])
-			switch st {
-			case valueNull:
-				m.nullKeys.Add(1)
+			if st == valueUnknown {
 				m.buf = buf
-				continue next
-			case valueUnknown:
-				m.buf = buf
+				if tr != nil {
+					tr.Notes = append(tr.Notes, fmt.Sprintf("template %q makes no key for the %s row: the change does not carry column %q", bt.t.src, s, p.col))
+					continue next
+				}
 				// With the opt-in, a key whose value the change cannot carry
 				// (an old value outside the replica identity, or an unchanged
 				// TOASTed value with no old image) is skipped and counted.
@@ -271,16 +528,30 @@ next:
 					m.skippedOldKeys.Add(1)
 					continue next
 				}
-				which := "old"
-				if s == sideNew {
-					which = "new"
-				}
 				return dst, fmt.Errorf("%w: %s of %s: key template %q needs column %q of the %s row, which the change does not carry (replica identity %s); run ALTER TABLE %s REPLICA IDENTITY FULL",
-					ErrOldValueUnavailable, ch.Op, br.rel.QualifiedName(), bt.t.src, p.col, which, identityName(br.rel.ReplicaIdentity), br.rel.QualifiedName())
+					ErrOldValueUnavailable, ch.Op, br.rel.QualifiedName(), bt.t.src, p.col, s, identityName(br.rel.ReplicaIdentity), br.rel.QualifiedName())
 			}
-			buf = append(buf, v...)
+			ok := st == valueOK
+			if len(p.filters) == 0 {
+				buf = append(buf, v...)
+			} else {
+				buf, ok = m.sc.appendValue(buf, p, v, st == valueNull)
+			}
+			if !ok {
+				m.buf = buf
+				if tr != nil {
+					tr.Notes = append(tr.Notes, fmt.Sprintf("template %q makes no key for the %s row: column %q is NULL (add |default:TEXT to key NULLs)", bt.t.src, s, p.col))
+					continue next
+				}
+				m.nullKeys.Add(1)
+				m.warnNull(bt, p.col, br.rel, ch)
+				continue next
+			}
 		}
 		m.buf = buf
+		if tr != nil {
+			tr.Keys = append(tr.Keys, KeyTrace{Key: string(buf), Template: bt.t.src, Row: s.String()})
+		}
 		for _, k := range dst[start:] {
 			if k == string(buf) {
 				continue next
@@ -291,11 +562,26 @@ next:
 	return dst, nil
 }
 
+// warnNull logs, once per rule, that a NULL made no key.
+func (m *Mapper) warnNull(bt *boundTemplate, col string, rel *replication.Relation, ch *replication.Change) {
+	if m.nullWarned[bt.rule] {
+		return
+	}
+	m.nullWarned[bt.rule] = true
+	m.log.Warn("a key template's column is NULL, so it makes no key for that row (logged once per rule; add |default:TEXT to the placeholder to key NULLs)",
+		zap.String("rule", bt.rule.Where), zap.String("table", rel.QualifiedName()), zap.String("template", bt.t.src),
+		zap.String("column", col), zap.Stringer("op", ch.Op))
+}
+
 // AppendGlobs appends the SCAN patterns that cover every key of a truncated
-// relation's rules. Relations without rules produce nothing.
+// relation's rules (those whose ops include truncate). Relations without
+// rules produce nothing.
 func (m *Mapper) AppendGlobs(dst []string, rel *replication.Relation) []string {
 	start := len(dst)
 	for _, r := range m.byTable[rel.QualifiedName()] {
+		if !r.Ops.Has(OnTruncate) {
+			continue
+		}
 		for _, t := range r.Templates {
 			if g := t.Glob(); !slices.Contains(dst[start:], g) {
 				dst = append(dst, g)

@@ -66,8 +66,18 @@ func TestParseTemplateInvalid(t *testing.T) {
 		{"user:}", "unmatched '}'"},
 		{"user:{id}}", "unmatched '}'"},
 		{"}", "unmatched '}'"},
-		{"{a|lower}", "filters"},
-		{"user:{a|lower}", "filters"},
+		{"{a|lower}", "must start with literal text"},
+		{"user:{a|upper}", `unknown filter "upper"`},
+		{"user:{a|upper}", "known filters: lower, trim, urlencode, sha1, default:TEXT"},
+		{"user:{a|lower|bogus}", `unknown filter "bogus"`},
+		{"user:{a|}", "empty filter"},
+		{"user:{a||lower}", "empty filter"},
+		{"user:{|lower}", "no column name"},
+		{"user:{ | lower}", "no column name"},
+		{"user:{a|default}", "default:TEXT"},
+		{"user:{a|default:x|default:y}", "two default filters"},
+		{"user:{a|Lower}", `unknown filter "Lower"`},
+		{"user:{a|default :x}", `unknown filter "default :x"`},
 		{"user:{a{b}", "inside a placeholder"},
 		{"{a{b}", "inside a placeholder"},
 		{"user:{a{{b}", "inside a placeholder"},
@@ -183,6 +193,8 @@ func FuzzParseTemplate(f *testing.F) {
 		"user:{id}", "{{literal}}:{id}", "a:{ id }", "user:{id}:email:{email}", "pair:{id}:{id}",
 		"", "{id}", "{}", "{id", "}", "{a|lower}", "{a{b}", "a*b?[c]\\:{x}{y}", "{{{id}}}", "x{a}{b}y",
 		"}}", "{{", "a:{ }", "\xff{\xfe}",
+		"user:{a|lower}", "user:{a|trim|lower|urlencode|sha1}", "u:{a|default:x}", "u:{a|default:}", "u:{|x}",
+		"u:{a|bogus}", "u:{a| default: y |lower}", "u:{a|default:x|default:y}", "u:{a|}", "u:{a|sha1}{b|urlencode}",
 	} {
 		f.Add(s, "42", "é:*")
 	}
@@ -228,6 +240,31 @@ func FuzzParseTemplate(f *testing.F) {
 				t.Fatalf("glob %q of %q does not match rendered key %q", glob, src, key)
 			}
 		}
+		// A NULL in every column: a key exactly when every placeholder has a
+		// default, and then it matches the glob too.
+		var sc scratch
+		var b []byte
+		allDefault, made := true, true
+		for i := range tpl.parts {
+			p := &tpl.parts[i]
+			if !p.isCol {
+				b = append(b, p.lit...)
+				continue
+			}
+			if !slices.ContainsFunc(p.filters, func(f filter) bool { return f.kind == filterDefault }) {
+				allDefault = false
+			}
+			var ok bool
+			if b, ok = sc.appendValue(b, p, nil, true); !ok {
+				made = false
+			}
+		}
+		if made != allDefault {
+			t.Fatalf("NULL rendering of %q made a key: %v, every placeholder has a default: %v", src, made, allDefault)
+		}
+		if made && !redisGlobMatch(glob, string(b)) {
+			t.Fatalf("glob %q of %q does not match the NULL rendering %q", glob, src, b)
+		}
 		if len(cols) == 0 {
 			// Without placeholders the glob matches exactly the literal text.
 			lit := renderWith(tpl, nil)
@@ -259,17 +296,19 @@ func hasAdjacentStars(glob string) bool {
 }
 
 // renderWith renders a template the way the mapper does, taking each
-// placeholder's value from val.
+// placeholder's value from val (never NULL) through its filters.
 func renderWith(t *Template, val func(col string) string) string {
-	var b strings.Builder
-	for _, p := range t.parts {
+	var sc scratch
+	var b []byte
+	for i := range t.parts {
+		p := &t.parts[i]
 		if p.isCol {
-			b.WriteString(val(p.col))
+			b, _ = sc.appendValue(b, p, []byte(val(p.col)), false)
 		} else {
-			b.WriteString(p.lit)
+			b = append(b, p.lit...)
 		}
 	}
-	return b.String()
+	return string(b)
 }
 
 // globToken is one element of a Redis glob: a star, or a matcher of one byte.

@@ -69,6 +69,7 @@ type Metrics struct {
 	redisRTT     prometheus.Histogram
 	commitApply  prometheus.Histogram
 	errors       *prometheus.CounterVec
+	tooLong      prometheus.Counter
 
 	state      atomic.Value // string
 	redisDown  atomic.Bool
@@ -107,11 +108,13 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
 	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "errors_total",
 		Help: "Errors by class: redis_transient (retried), redis_permanent (stops), replication (reconnects)."}, []string{"class"})
+	m.tooLong = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "keys_too_long_total",
+		Help: "Keys longer than sink.max_key_bytes, not invalidated (use a digest filter in the template)."})
 	for _, c := range []string{"redis_transient", "redis_permanent", "replication"} {
 		m.errors.WithLabelValues(c)
 	}
 	for _, c := range []prometheus.Collector{m.changes, m.keysRendered, m.batches, m.batchKeys, m.keysSent, m.keysDeleted,
-		m.truncates, m.redisRTT, m.commitApply, m.errors} {
+		m.truncates, m.redisRTT, m.commitApply, m.errors, m.tooLong} {
 		f(c)
 	}
 	f(collectors.NewGoCollector())
@@ -219,6 +222,9 @@ func (m *Metrics) Applied(now time.Time, commitTimes []time.Time) {
 		m.commitApply.Observe(max(now.Sub(t), 0).Seconds())
 	}
 }
+
+// KeyTooLong counts a key that was too long to send.
+func (m *Metrics) KeyTooLong() { m.tooLong.Inc() }
 
 // RedisError counts a failed Redis attempt.
 func (m *Metrics) RedisError(_ error, permanent bool) {

@@ -2,8 +2,11 @@ package replication
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -15,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cdcinvalidate/cdcinvalidate/checkpoint"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
 )
 
 // Event is one unit of work for the sink, handed over in commit order.
@@ -111,7 +115,7 @@ type Config struct {
 	// stopped answering, which bounds the takeover time after a freeze.
 	WALSenderTimeout time.Duration
 	Logger           *zap.Logger
-	Observer     Observer
+	Observer         Observer
 }
 
 // Stream reads the slot and hands events to the sink. One goroutine (Run)
@@ -405,6 +409,9 @@ func (ss *session) shutdown() {
 
 func (ss *session) sendStatus(now time.Time) error {
 	w, f, a := ss.rep.Status(ss.s.pos.Applied())
+	if failpoint.Unsafe("confirm-received") {
+		f, a = w, w // the bug a negative control must catch
+	}
 	err := pglogrepl.SendStandbyStatusUpdate(ss.ctx, ss.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: w, WALFlushPosition: f, WALApplyPosition: a, ClientTime: now,
 	})
@@ -566,6 +573,7 @@ func (ss *session) handleMessage(data []byte) error {
 		ss.stream(m.xid)
 	case msgStreamStop:
 		ss.inStream = false
+		failpoint.Hit("stream-after-stop")
 	case msgStreamCommit:
 		return ss.streamCommit(m.xid, m.endLSN, m.time)
 	case msgStreamAbort:
@@ -579,10 +587,104 @@ func (ss *session) handleMessage(data []byte) error {
 		} else {
 			b.abortSub(m.subXid)
 		}
-	case msgMessage, msgOrigin, msgType:
-		// Logical decoding messages, origins and types need no invalidation.
+	case msgMessage:
+		// Explicit invalidations: pg_logical_emit_message(true, 'cdcinvalidate', ...).
+		if m.prefix != explicitPrefix {
+			return nil // other applications' messages
+		}
+		if !m.transactional {
+			ss.s.log.Warn("ignored a non-transactional logical decoding message with prefix cdcinvalidate: it is not ordered with commits; emit it with pg_logical_emit_message(true, 'cdcinvalidate', ...)",
+				zap.Stringer("lsn", m.lsn))
+			return nil
+		}
+		keys, globs, err := parseExplicit(m.content)
+		if err != nil {
+			txn := ""
+			if ss.inStream {
+				txn = fmt.Sprintf(" of streamed transaction %d", ss.streamXid)
+			}
+			return permanent(fmt.Errorf("invalidation message (prefix %q) at LSN %s%s is malformed: %v; nothing of its transaction is skipped, so the engine stops: fix the application that emits it, and to get past this transaction flush the keys the rules manage and advance the slot beyond its commit (pg_replication_slot_advance)",
+				explicitPrefix, m.lsn, txn, err))
+		}
+		if ss.inStream {
+			b := ss.stream(ss.streamXid)
+			for i, text := range slices.Concat(keys, globs) {
+				if err := b.add(bufEntry{subXid: m.xid, glob: i >= len(keys), text: text}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		ss.keys = append(ss.keys, keys...)
+		if len(globs) > 0 || len(ss.keys) >= ss.s.cfg.ChunkKeys {
+			// As for TRUNCATE and large transactions: keys before the
+			// patterns go first; the position moves only at Commit.
+			keys := ss.keys
+			ss.keys = nil
+			if len(keys) > 0 {
+				if err := ss.emit(Event{Keys: keys}); err != nil {
+					return err
+				}
+			}
+			if len(globs) > 0 {
+				return ss.emit(Event{Globs: globs})
+			}
+		}
+	case msgOrigin, msgType:
+		// Origins and types need no invalidation.
 	}
 	return nil
+}
+
+// explicitPrefix is the prefix of logical decoding messages that carry
+// explicit invalidations.
+const explicitPrefix = "cdcinvalidate"
+
+// parseExplicit reads the content of an explicit invalidation message:
+// JSON when it starts with '[' or '{' (["k1","k2"] or
+// {"keys":[...],"patterns":[...]}), else one key per line (each line
+// trimmed of surrounding white space, blank lines ignored; JSON keeps a
+// key's spaces). A pattern must start with a literal character, as a
+// template's TRUNCATE pattern does.
+func parseExplicit(content []byte) (keys, globs []string, err error) {
+	text := strings.TrimLeft(string(content), " \t\r\n")
+	if text == "" || (text[0] != '[' && text[0] != '{') {
+		for _, line := range strings.Split(string(content), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				keys = append(keys, line)
+			}
+		}
+		return keys, nil, nil
+	}
+	dec := json.NewDecoder(strings.NewReader(text))
+	dec.DisallowUnknownFields()
+	if text[0] == '[' {
+		err = dec.Decode(&keys)
+	} else {
+		var o struct {
+			Keys     []string `json:"keys"`
+			Patterns []string `json:"patterns"`
+		}
+		err = dec.Decode(&o)
+		keys, globs = o.Keys, o.Patterns
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf(`not valid JSON for ["key", ...] or {"keys": [...], "patterns": [...]}: %v`, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, nil, errors.New("text after the JSON value")
+	}
+	for i, k := range keys {
+		if k == "" {
+			return nil, nil, fmt.Errorf("key %d is empty", i)
+		}
+	}
+	for i, g := range globs {
+		if g == "" || strings.ContainsRune("*?[", rune(g[0])) {
+			return nil, nil, fmt.Errorf("pattern %d %q does not start with literal text (such as \"user:\"); a pattern without a prefix would match keys of other rules and applications", i, g)
+		}
+	}
+	return keys, globs, nil
 }
 
 func (ss *session) stream(xid uint32) *txnBuffer {

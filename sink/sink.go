@@ -28,6 +28,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
 
@@ -69,8 +70,12 @@ type Config struct {
 	// OnHistoryLost is "flush" (delete FlushPatterns, then go on) or "stop"
 	// (a PermanentError) when Redis lost acknowledged writes.
 	OnHistoryLost string
-	Logger        *zap.Logger
-	Observer      Observer
+	// MaxKeyBytes bounds the length of a key (default 65536). A longer key
+	// (a template over a huge value: use a digest filter) is not sent,
+	// logged and counted in Stats.KeysTooLong.
+	MaxKeyBytes int
+	Logger      *zap.Logger
+	Observer    Observer
 }
 
 // Observer receives the sink's measurements; nil means none.
@@ -83,6 +88,8 @@ type Observer interface {
 	Applied(now time.Time, commitTimes []time.Time)
 	// RedisError reports a failed attempt; permanent ones stop the sink.
 	RedisError(err error, permanent bool)
+	// KeyTooLong reports a key longer than MaxKeyBytes that was not sent.
+	KeyTooLong()
 }
 
 type nopObserver struct{}
@@ -91,6 +98,7 @@ func (nopObserver) Batch(int, int, time.Duration)  {}
 func (nopObserver) Truncate(int, time.Duration)    {}
 func (nopObserver) Applied(time.Time, []time.Time) {}
 func (nopObserver) RedisError(error, bool)         {}
+func (nopObserver) KeyTooLong()                    {}
 
 // Stats are running totals, safe to read at any time.
 type Stats struct {
@@ -104,6 +112,8 @@ type Stats struct {
 	Waiting atomic.Bool
 	// Flushes counts flushes of every managed key after Redis lost writes.
 	Flushes atomic.Uint64
+	// KeysTooLong counts keys longer than MaxKeyBytes, not sent.
+	KeysTooLong atomic.Uint64
 }
 
 // Sink applies events to Redis.
@@ -148,6 +158,9 @@ func New(cfg Config, ack Acker) *Sink {
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
+	}
+	if cfg.MaxKeyBytes <= 0 {
+		cfg.MaxKeyBytes = 64 << 10
 	}
 	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}, obs: cfg.Observer}
 }
@@ -211,6 +224,11 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 		if err := s.applyKeys(ctx, s.batch, end); err != nil {
 			return err
 		}
+		if end == 0 {
+			failpoint.Hit("sink-mid-txn")
+		} else {
+			failpoint.Hit("sink-after-ack")
+		}
 		if end != 0 {
 			s.ack.Ack(end)
 			s.Stats.LastApplied.Store(uint64(end))
@@ -238,6 +256,14 @@ func (s *Sink) addEvent(ev replication.Event) {
 
 func (s *Sink) addKeys(keys []string) {
 	for _, k := range keys {
+		if len(k) > s.cfg.MaxKeyBytes {
+			s.obs.KeyTooLong()
+			if s.Stats.KeysTooLong.Add(1)%1000 == 1 {
+				s.log.Error("key longer than sink.max_key_bytes not invalidated: a template renders a huge value; use a digest filter such as {col|sha1}",
+					zap.Int("bytes", len(k)), zap.String("prefix", k[:min(len(k), 64)]), zap.Uint64("total", s.Stats.KeysTooLong.Load()))
+			}
+			continue
+		}
 		if _, dup := s.seen[k]; dup {
 			continue
 		}

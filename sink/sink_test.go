@@ -91,3 +91,29 @@ func TestLeaseGoesWithItsKey(t *testing.T) {
 		}
 	}
 }
+
+func TestTooLongKeyIsCountedNotSent(t *testing.T) {
+	rd := harness.RedisT(t, harness.RedisOptions{})
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	defer rdb.Close()
+	huge := "k:" + strings.Repeat("x", 100)
+	if err := rdb.Set(context.Background(), huge, "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Set(context.Background(), "k:1", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s := New(Config{Client: rdb, MaxKeyBytes: 50}, &ackRecorder{})
+	in := make(chan replication.Event, 1)
+	in <- replication.Event{Keys: []string{huge, "k:1"}, End: 5}
+	close(in)
+	if err := s.Run(context.Background(), in); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Stats.KeysTooLong.Load(); n != 1 {
+		t.Fatalf("KeysTooLong = %d, want 1", n)
+	}
+	if n, _ := rdb.Exists(context.Background(), "k:1").Result(); n != 0 {
+		t.Fatal("the ordinary key of the same batch was not deleted")
+	}
+}

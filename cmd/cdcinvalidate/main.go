@@ -19,8 +19,10 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/cdcinvalidate/cdcinvalidate/bench"
 	"github.com/cdcinvalidate/cdcinvalidate/config"
 	"github.com/cdcinvalidate/cdcinvalidate/engine"
+	"github.com/cdcinvalidate/cdcinvalidate/mapping"
 )
 
 const usage = `cdcinvalidate keeps Redis caches consistent with PostgreSQL through logical replication.
@@ -28,6 +30,10 @@ const usage = `cdcinvalidate keeps Redis caches consistent with PostgreSQL throu
 Usage:
   cdcinvalidate run --config FILE [--log-level LEVEL] [--log-format json|console]
   cdcinvalidate status --config FILE
+  cdcinvalidate check --config FILE    (check rules, database, slot and Redis; changes nothing)
+  cdcinvalidate explain --config FILE --table T [--op OP] [--old JSON] [--new JSON]
+                                       (the keys the rules produce for one change)
+  cdcinvalidate bench [FLAGS]          (measure the engine; cdcinvalidate bench --help)
   cdcinvalidate version
 
 Environment variables override the file: CDC_POSTGRES_DSN, CDC_REDIS_ADDR,
@@ -50,6 +56,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return runEngine(args[1:], stderr)
 	case "status":
 		return runStatus(args[1:], stdout, stderr)
+	case "check":
+		return runCheck(args[1:], stdout, stderr)
+	case "explain":
+		return runExplain(args[1:], stdout, stderr)
+	case "bench":
+		return runBench(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "cdcinvalidate", version)
 		return 0
@@ -168,5 +180,116 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	st.Print(stdout)
+	return 0
+}
+
+// runBench measures the engine against pg_recvlogical (see bench/doc.go).
+func runBench(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var opts bench.Options
+	opts.RegisterFlags(fs)
+	fs.Usage = func() {} // a bad flag gets its error and a pointer to --help
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, bench.Usage)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0
+		}
+		fmt.Fprintln(stderr, "see cdcinvalidate bench --help")
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "cdcinvalidate bench: unexpected argument %q (see cdcinvalidate bench --help)\n", fs.Arg(0))
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return bench.Command(ctx, opts, stdout, stderr)
+}
+
+// runCheck checks the rules, the database, the slot and Redis without
+// changing anything; exit status 1 when any finding is an ERROR.
+func runCheck(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("config", "", "configuration file (YAML)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *file == "" {
+		fmt.Fprintln(stderr, "cdcinvalidate check: --config FILE is required")
+		return 2
+	}
+	cfg, err := config.Load(*file, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, config.Redact(err.Error()))
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	rep, err := engine.Check(ctx, cfg, *file)
+	rep.Print(stdout)
+	if err != nil {
+		fmt.Fprintln(stderr, "cdcinvalidate check:", config.Redact(err.Error()))
+		return 1
+	}
+	if rep.Failed() {
+		return 1
+	}
+	return 0
+}
+
+// runExplain prints the keys the rules produce for one change, without
+// connecting to anything. Exit status 2 on bad input, 1 when the engine
+// would stop on the change (a when condition fails to evaluate).
+func runExplain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	file := fs.String("config", "", "configuration file (YAML)")
+	table := fs.String("table", "", "table of the change: table or schema.table")
+	op := fs.String("op", "", "insert, update, delete or truncate (default: insert with --new, delete with --old, update with both)")
+	oldRow := fs.String("old", "", `old row as a JSON object, e.g. '{"id":1,"email":"a@x"}'; absent columns are unknown`)
+	newRow := fs.String("new", "", "new row as a JSON object; on update, absent columns are unchanged")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *file == "" || *table == "" {
+		fmt.Fprintln(stderr, "cdcinvalidate explain: --config FILE and --table T are required")
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "cdcinvalidate explain: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	cfg, err := config.Load(*file, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, config.Redact(err.Error()))
+		return 2
+	}
+	m, err := mapping.New(cfg.MappingRules(*file))
+	if err != nil {
+		fmt.Fprintln(stderr, "cdcinvalidate explain:", err)
+		return 2
+	}
+	ch, err := m.ChangeFromJSON(*table, *op, *oldRow, *newRow)
+	if err != nil {
+		fmt.Fprintln(stderr, "cdcinvalidate explain:", err)
+		return 2
+	}
+	var ex *mapping.Explanation
+	if *op == "truncate" {
+		ex = m.ExplainTruncate(ch.Rel)
+	} else if ex, err = m.Explain(ch); err != nil {
+		fmt.Fprintln(stderr, "cdcinvalidate explain:", err)
+		return 2
+	}
+	ex.Print(stdout)
+	if ex.Failed {
+		return 1
+	}
 	return 0
 }

@@ -755,6 +755,11 @@ func (d *demo) showCache(ctx context.Context) error {
 	var have []string
 	iter := d.rdb.Scan(ctx, 0, "*", 1000).Iterator()
 	for iter.Next(ctx) {
+		// The engine's own bookkeeping (its applied-position watermark
+		// cdcinvalidate:<slot>:lsn) is not part of the application's cache.
+		if strings.HasPrefix(iter.Val(), "cdcinvalidate:") {
+			continue
+		}
 		have = append(have, iter.Val())
 	}
 	if err := iter.Err(); err != nil {

@@ -1,0 +1,72 @@
+// Package bench is `cdcinvalidate bench`: it measures the engine against
+// the ceiling of any logical replication consumer, the walsender, which
+// decodes the WAL of one slot on one core. pg_recvlogical reading the same
+// slot into /dev/null shows how fast that is; the engine should keep up
+// with it while it also maps rows to keys and waits for Redis.
+//
+// The bench starts a throwaway PostgreSQL and Redis (internal/harness, as
+// the tests do) or uses given ones; then everything it creates is named
+// cdcbench_* (table cdcbench_items, publication cdcbench_pub, slots
+// cdcbench_engine and cdcbench_recv) and dropped at the end, also after an
+// error or an interrupt. The rule is cdcbench_items -> item:{id}. The
+// engine runs as a child process (this executable, or --engine, with
+// run --config FILE; metrics off, log level warn), so what is measured is
+// the real binary with its start-up and shutdown.
+//
+// # Catch-up throughput
+//
+// For each workload, --rows single-row UPDATEs of the bench table, either
+// --batch rows per transaction or one row per transaction (written by a
+// DO block that commits in a loop, then flushed with a synchronous
+// commit): two slots (plugin pgoutput) are created at the same point
+// before the workload; the end is pg_current_wal_lsn() after it. Then, one
+// after the other over the same WAL range:
+//
+//   - the engine, with Redis holding the keys item:1..item:ROWS (so the
+//     deletes do real work), from its start until the slot's
+//     confirmed_flush_lsn >= end (polled every 10 ms); then SIGTERM, and
+//     the exit status must be 0;
+//   - pg_recvlogical -d DSN --slot S --start --endpos END -f /dev/null
+//     --no-loop with the pgoutput options the engine uses
+//     (replication/stream.go: proto_version 2, messages and streaming on
+//     PostgreSQL 14+, else proto_version 1), from its start to its exit.
+//
+// Each measurement runs --repeat times with fresh slots and a fresh
+// workload; the report quotes the medians of the times and the median of
+// the runs' engine/pg_recvlogical ratios (each run's two consumers read
+// the same WAL moments apart, so the ratio of a run is less disturbed by
+// the machine's load than either time). Also per run: the time until the
+// slot was active (start-up), the engine's CPU time (user+system from its
+// exit status) and peak RSS, the Redis commands and Redis CPU during the
+// engine's run, and, with throwaway servers, the CPU time of the
+// walsender serving each consumer (/proc/PID/stat of the slot's
+// active_pid), which shows whether the walsender was the bottleneck.
+// Target: the engine within 1.15x of pg_recvlogical for both workloads.
+//
+// # Commit-to-invalidation latency
+//
+// With the engine streaming, writers issue single-row UPDATEs in
+// autocommit at each of --rates commits per second for --duration, paced
+// evenly (a late write goes at once and the schedule is kept, so a stall
+// does not lower the average rate); one connection per 1,000 commits/s,
+// and --max-conns unpaced connections for "max". Before each write its
+// key is SET in Redis. Redis reports deletions through keyspace
+// notifications (notify-keyspace-events gets K and g, restored at the
+// end; PSUBSCRIBE __keyspace@DB__:item:*); the latency of a write is from
+// its Exec returning (the commit acknowledged) to its key's del event
+// (UNLINK also sends del), 0 if the event came first. A write whose key
+// is not seen deleted within 5 s is lost, and must not happen. Reported:
+// achieved rate, p50, p99, p99.9 and max (nearest rank), and lost writes.
+// Target: p99 <= 5 ms at 2,000 commits/s.
+//
+// # Peak memory
+//
+// With the engine streaming on a fresh slot, one INSERT ... SELECT
+// generate_series of --big-rows rows commits; the engine's VmHWM
+// (/proc/PID/status) once it confirmed the transaction is its peak RSS.
+// Target: 150 MB (10^6 bytes) through 2,000,000 rows.
+//
+// Targets are printed next to the figures and judged; a missed target is
+// not an error (exit 0). Lost invalidations and keys the engine left
+// behind are problems (exit 1).
+package bench

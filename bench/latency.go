@@ -1,0 +1,357 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
+)
+
+// latency runs the engine on a fresh slot and measures, at each rate, the
+// time from a commit to the deletion of its key as Redis reports it.
+func (b *bench) latency(ctx context.Context) ([]Latency, error) {
+	b.prog.Step("latency: starting the engine")
+	created, err := b.createSlot(ctx, engineSlot)
+	if err != nil {
+		return nil, err
+	}
+	// With --profile the engine serves pprof, and each rate's writes
+	// are profiled.
+	pprofAddr := ""
+	if b.opts.ProfileDir != "" {
+		if err := os.MkdirAll(b.opts.ProfileDir, 0o755); err != nil {
+			return nil, err
+		}
+		port, err := harness.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		pprofAddr = "127.0.0.1:" + strconv.Itoa(port)
+	}
+	eng, err := b.startEngine(ctx, engineSlot, created, pprofAddr)
+	if err != nil {
+		return nil, err
+	}
+	defer eng.kill()
+	if _, err := b.waitActive(ctx, eng, engineSlot); err != nil {
+		return nil, err
+	}
+
+	// Keyspace notifications for generic commands (del, also sent for
+	// unlink), added to what the server already notifies.
+	old, err := b.rdb.ConfigGet(ctx, "notify-keyspace-events").Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis: CONFIG GET notify-keyspace-events: %w", err)
+	}
+	flags := old["notify-keyspace-events"]
+	b.keyspaceOld = &flags
+	if err := b.rdb.ConfigSet(ctx, "notify-keyspace-events", keyspaceFlags(flags)).Err(); err != nil {
+		return nil, fmt.Errorf("redis: CONFIG SET notify-keyspace-events: %w", err)
+	}
+	channelPrefix := fmt.Sprintf("__keyspace@%d__:", b.opts.RedisDB)
+	sub := b.rdb.PSubscribe(ctx, channelPrefix+keyPrefix+"*")
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		return nil, fmt.Errorf("redis: PSUBSCRIBE: %w", err)
+	}
+	tr := newTracker()
+	go func() {
+		for {
+			msg, err := sub.ReceiveMessage(context.Background())
+			if err != nil {
+				return // closed
+			}
+			at := time.Now()
+			if msg.Payload == "del" || msg.Payload == "unlink" {
+				tr.deleted(strings.TrimPrefix(msg.Channel, channelPrefix), at)
+			}
+		}
+	}()
+
+	var out []Latency
+	for _, r := range b.opts.Rates {
+		l, err := b.latencyAt(ctx, r, tr, eng, pprofAddr)
+		if err != nil {
+			return out, fmt.Errorf("rate %s: %w", r, err)
+		}
+		out = append(out, l)
+	}
+	if err := eng.stop(30 * time.Second); err != nil {
+		return out, err
+	}
+	return out, b.dropSlot(ctx, engineSlot)
+}
+
+// keyspaceFlags adds K (keyspace channel) and g (generic commands) to the
+// server's notify-keyspace-events flags, unless they are covered already.
+func keyspaceFlags(old string) string {
+	out := old
+	if !strings.Contains(out, "K") {
+		out += "K"
+	}
+	if !strings.Contains(out, "g") && !strings.Contains(out, "A") {
+		out += "g"
+	}
+	return out
+}
+
+// writerConns is how many connections write at a rate: one per 1,000
+// commits/s (a single connection's round trips would otherwise limit the
+// rate on a busy machine), at most 4; maxConns for max.
+func writerConns(r Rate, maxConns int) int {
+	if r.Max {
+		return maxConns
+	}
+	return min(max(int(math.Ceil(r.PerSecond/1000)), 1), 4)
+}
+
+func (b *bench) latencyAt(ctx context.Context, r Rate, tr *tracker, eng *child, pprofAddr string) (Latency, error) {
+	l := Latency{Rate: r.String(), TargetPerSecond: r.PerSecond, Conns: writerConns(r, b.opts.MaxConns)}
+	b.prog.Step("latency at %s commits/s for %s", r, b.opts.Duration)
+	conns := make([]*pgx.Conn, l.Conns)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				_ = c.Close(context.WithoutCancel(ctx))
+			}
+		}
+	}()
+	const update = `UPDATE ` + table + ` SET n = n + 1 WHERE id = $1`
+	for i := range conns {
+		c, err := pgx.Connect(ctx, b.dsn)
+		if err != nil {
+			return l, err
+		}
+		conns[i] = c
+		if _, err := c.Prepare(ctx, "update", update); err != nil {
+			return l, err
+		}
+	}
+
+	var profiled chan error
+	if pprofAddr != "" {
+		profiled = make(chan error, 1)
+		secs := max(int(b.opts.Duration.Seconds()), 1)
+		path := filepath.Join(b.opts.ProfileDir, "engine-cpu-latency-"+r.String()+".pprof")
+		go func() {
+			profiled <- fetchProfile(ctx, "http://"+pprofAddr+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), path)
+		}()
+		l.CPUProfile = path
+	}
+
+	start := time.Now().Add(20 * time.Millisecond)
+	deadline := start.Add(b.opts.Duration)
+	p := pacer{start: start, rate: r.PerSecond}
+	var seq, nextID, writes atomic.Int64
+	var lastDone atomic.Int64 // unix nanoseconds
+	g, gctx := errgroup.WithContext(ctx)
+	for _, conn := range conns {
+		g.Go(func() error {
+			for {
+				i := seq.Add(1) - 1
+				if !r.Max && !p.due(i).Before(deadline) {
+					return nil
+				}
+				if d := p.wait(i, time.Now()); d > 0 {
+					select {
+					case <-gctx.Done():
+						return gctx.Err()
+					case <-time.After(d):
+					}
+				}
+				if r.Max && !time.Now().Before(deadline) {
+					return nil
+				}
+				// The next row whose key is not still awaited; when every
+				// row's is (a small table at a high rate), wait for one.
+				var id int64
+				var key string
+				for tries := 1; ; tries++ {
+					id = nextID.Add(1)%int64(b.opts.Rows) + 1
+					key = keyPrefix + strconv.FormatInt(id, 10)
+					if tr.begin(key) {
+						break
+					}
+					if tries%b.opts.Rows == 0 {
+						if !time.Now().Before(deadline.Add(lostAfter)) {
+							return fmt.Errorf("every one of the %d rows still has a write awaiting invalidation after %s", b.opts.Rows, lostAfter)
+						}
+						select {
+						case <-gctx.Done():
+							return gctx.Err()
+						case <-time.After(time.Millisecond):
+						}
+					}
+				}
+				if err := b.rdb.Set(gctx, key, "cached", 0).Err(); err != nil {
+					return fmt.Errorf("redis: SET %s: %w", key, err)
+				}
+				if _, err := conn.Exec(gctx, "update", id); err != nil {
+					return fmt.Errorf("UPDATE: %w", err)
+				}
+				now := time.Now()
+				tr.committed(key, now)
+				writes.Add(1)
+				for {
+					last := lastDone.Load()
+					if now.UnixNano() <= last || lastDone.CompareAndSwap(last, now.UnixNano()) {
+						break
+					}
+				}
+			}
+		})
+	}
+	// Progress while the writers run.
+	stopProgress := make(chan struct{})
+	progressDone := make(chan struct{})
+	go func() {
+		defer close(progressDone)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopProgress:
+				return
+			case <-t.C:
+				b.prog.Detail("%s writes, %d awaiting invalidation", thousands(writes.Load()), tr.pendingCount())
+			}
+		}
+	}()
+	err := g.Wait()
+	close(stopProgress)
+	<-progressDone
+	if err != nil {
+		return l, err
+	}
+	if eng.exited() {
+		return l, eng.failed()
+	}
+	if profiled != nil {
+		if err := <-profiled; err != nil {
+			return l, fmt.Errorf("CPU profile: %w", err)
+		}
+	}
+	l.Writes = int(writes.Load())
+	l.AchievedPerSecond = rate(l.Writes, time.Unix(0, lastDone.Load()).Sub(start))
+
+	b.prog.Detail("waiting up to %s for the last invalidations", lostAfter)
+	lost, lat := tr.drain(ctx, lostAfter)
+	l.Lost = lost
+	ps := summarise(lat)
+	l.P50Ms, l.P99Ms, l.P999Ms, l.MaxMs = ms(ps.P50), ms(ps.P99), ms(ps.P999), ms(ps.Max)
+	if !r.Max && r.PerSecond == TargetP99Rate {
+		met := ps.P99 <= TargetP99 && len(lat) > 0
+		l.TargetP99Ms = ms(TargetP99)
+		l.Met = &met
+	}
+	return l, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// tracker matches writes to the deletions of their keys. A deletion may be
+// seen before the writer's Exec returned (the engine can be that quick):
+// its latency then counts as 0.
+type tracker struct {
+	mu      sync.Mutex
+	pending map[string]*awaited
+	lat     []time.Duration
+}
+
+type awaited struct {
+	committed, deleted time.Time
+}
+
+func newTracker() *tracker { return &tracker{pending: map[string]*awaited{}} }
+
+// begin registers a write of key before it happens; false if a write of
+// key is still awaiting its invalidation.
+func (t *tracker) begin(key string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, busy := t.pending[key]; busy {
+		return false
+	}
+	t.pending[key] = &awaited{}
+	return true
+}
+
+// committed records when the write of key was acknowledged.
+func (t *tracker) committed(key string, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a := t.pending[key]
+	if a == nil {
+		return
+	}
+	a.committed = at
+	if !a.deleted.IsZero() {
+		t.done(key, a)
+	}
+}
+
+// deleted records that Redis reported key deleted.
+func (t *tracker) deleted(key string, at time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	a := t.pending[key]
+	if a == nil || !a.deleted.IsZero() {
+		return // a key the bench does not await, or a second event
+	}
+	a.deleted = at
+	if !a.committed.IsZero() {
+		t.done(key, a)
+	}
+}
+
+func (t *tracker) done(key string, a *awaited) {
+	t.lat = append(t.lat, max(a.deleted.Sub(a.committed), 0))
+	delete(t.pending, key)
+}
+
+func (t *tracker) pendingCount() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.pending)
+}
+
+// drain waits until every committed write was seen invalidated or is
+// older than after, then returns how many were not (and forgets them),
+// and the latencies recorded since the last drain.
+func (t *tracker) drain(ctx context.Context, after time.Duration) (lost int, lat []time.Duration) {
+	for {
+		t.mu.Lock()
+		now := time.Now()
+		waiting := false
+		for _, a := range t.pending {
+			if !a.committed.IsZero() && now.Sub(a.committed) < after {
+				waiting = true
+				break
+			}
+		}
+		if !waiting || ctx.Err() != nil {
+			for k, a := range t.pending {
+				if !a.committed.IsZero() {
+					lost++
+				}
+				delete(t.pending, k)
+			}
+			lat, t.lat = t.lat, nil
+			t.mu.Unlock()
+			return lost, lat
+		}
+		t.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,148 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
+)
+
+// memory runs the engine on a fresh slot, commits one INSERT ... SELECT
+// generate_series of BigRows rows, and reads the engine's VmHWM once it
+// confirmed the transaction.
+func (b *bench) memory(ctx context.Context) (*Memory, error) {
+	m := &Memory{Rows: b.opts.BigRows, BaselineRSSBytes: -1, PeakRSSBytes: -1}
+	if b.opts.BigRows == TargetRSSRows {
+		m.TargetRSSBytes = TargetRSSBytes
+	}
+	b.prog.Step("memory: starting the engine")
+	start, err := b.createSlot(ctx, engineSlot)
+	if err != nil {
+		return m, err
+	}
+	pprofAddr := ""
+	if b.opts.ProfileDir != "" {
+		if err := os.MkdirAll(b.opts.ProfileDir, 0o755); err != nil {
+			return m, err
+		}
+		port, err := harness.FreePort()
+		if err != nil {
+			return m, err
+		}
+		pprofAddr = "127.0.0.1:" + strconv.Itoa(port)
+	}
+	eng, err := b.startEngine(ctx, engineSlot, start, pprofAddr)
+	if err != nil {
+		return m, err
+	}
+	defer eng.kill()
+	if _, err := b.waitActive(ctx, eng, engineSlot); err != nil {
+		return m, err
+	}
+	pid := eng.cmd.Process.Pid
+	if hwm, _, err := procMem(pid); err == nil {
+		m.BaselineRSSBytes = hwm
+	}
+
+	b.prog.Step("memory: one transaction of %s rows", thousands(int64(b.opts.BigRows)))
+	conn, err := pgx.Connect(ctx, b.dsn)
+	if err != nil {
+		return m, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	// New ids after the table's rows; one statement in autocommit is one
+	// transaction, committed synchronously.
+	insert := fmt.Sprintf(`INSERT INTO %s (id, payload) SELECT g, 'item ' || g || ' ' || md5(g::text) FROM generate_series(%d, %d) g`,
+		table, b.opts.Rows+1, b.opts.Rows+b.opts.BigRows)
+	done := make(chan error, 1)
+	t0 := time.Now()
+	go func() {
+		_, err := conn.Exec(ctx, insert)
+		done <- err
+	}()
+	if err := b.watchRSS(ctx, eng, done, "inserting"); err != nil {
+		return m, fmt.Errorf("INSERT of %d rows: %w", b.opts.BigRows, err)
+	}
+	committed := time.Now()
+	m.InsertSeconds = committed.Sub(t0).Seconds()
+	end, err := b.flushedEnd(ctx, conn)
+	if err != nil {
+		return m, err
+	}
+	m.WALBytes = walBytes(start, end)
+
+	b.prog.Step("memory: waiting for the engine to confirm the transaction")
+	deadline := time.Now().Add(consumerTimeout)
+	for {
+		st, err := b.readSlot(ctx, engineSlot)
+		if err != nil {
+			return m, err
+		}
+		if st.confirmed >= end {
+			break
+		}
+		if eng.exited() {
+			return m, eng.failed()
+		}
+		if time.Now().After(deadline) {
+			return m, fmt.Errorf("engine did not confirm the transaction within %s", consumerTimeout)
+		}
+		if hwm, rss, err := procMem(pid); err == nil {
+			b.prog.Detail("RSS %s, peak %s", megabytes(rss), megabytes(hwm))
+		}
+		select {
+		case <-ctx.Done():
+			return m, ctx.Err()
+		case <-time.After(pollEvery):
+		}
+	}
+	m.ConfirmedSeconds = time.Since(committed).Seconds()
+	if hwm, _, err := procMem(pid); err == nil {
+		m.PeakRSSBytes = hwm
+	}
+	if pprofAddr != "" {
+		path := filepath.Join(b.opts.ProfileDir, "engine-heap-memory.pprof")
+		if err := fetchProfile(ctx, "http://"+pprofAddr+"/debug/pprof/heap", path); err != nil {
+			return m, fmt.Errorf("heap profile: %w", err)
+		}
+		m.HeapProfile = path
+	}
+	if err := eng.stop(30 * time.Second); err != nil {
+		return m, err
+	}
+	if m.PeakRSSBytes < 0 {
+		m.PeakRSSBytes = eng.maxRSS() // without /proc: getrusage after the exit
+	}
+	if m.TargetRSSBytes > 0 && m.PeakRSSBytes > 0 {
+		met := m.PeakRSSBytes <= m.TargetRSSBytes
+		m.Met = &met
+	}
+	return m, b.dropSlot(ctx, engineSlot)
+}
+
+// watchRSS shows the engine's RSS until done delivers, and fails early
+// when the engine exits.
+func (b *bench) watchRSS(ctx context.Context, eng *child, done <-chan error, what string) error {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-eng.done:
+			return eng.failed()
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+			if hwm, rss, err := procMem(eng.cmd.Process.Pid); err == nil {
+				b.prog.Detail("%s; engine RSS %s, peak %s", what, megabytes(rss), megabytes(hwm))
+			}
+		}
+	}
+}

@@ -1,0 +1,367 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Targets the figures are compared against.
+const (
+	// TargetCatchUpRatio: the engine's catch-up time at most this many
+	// times pg_recvlogical's, for both workloads.
+	TargetCatchUpRatio = 1.15
+	// TargetP99 at TargetP99Rate commits per second.
+	TargetP99     = 5 * time.Millisecond
+	TargetP99Rate = 2000
+	// TargetRSSBytes: the engine's peak RSS through one transaction of
+	// TargetRSSRows rows (MB = 10^6 bytes).
+	TargetRSSBytes = 150_000_000
+	TargetRSSRows  = 2_000_000
+	// lostAfter: a write whose key was not seen deleted this long after its
+	// commit counts as lost.
+	lostAfter = 5 * time.Second
+)
+
+// Report is the result of a bench run. Times are in seconds unless the
+// name says otherwise; JSON uses the same names.
+type Report struct {
+	Started     time.Time   `json:"started"`
+	Environment Environment `json:"environment"`
+	Settings    Settings    `json:"settings"`
+	CatchUp     []CatchUp   `json:"catch_up,omitempty"`
+	Latency     []Latency   `json:"latency,omitempty"`
+	Memory      *Memory     `json:"memory,omitempty"`
+	// Problems are failed checks (lost invalidations, keys left behind);
+	// a report with problems makes the command exit 1.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// Environment says what was measured, where.
+type Environment struct {
+	EngineBinary  string `json:"engine_binary"`
+	GoVersion     string `json:"go_version"`
+	Platform      string `json:"platform"`
+	CPUs          int    `json:"cpus"`
+	Postgres      string `json:"postgres"`       // version
+	Redis         string `json:"redis"`          // version
+	Throwaway     bool   `json:"throwaway"`      // servers started by the bench
+	PgRecvLogical string `json:"pg_recvlogical"` // the binary
+	// PluginOptions are the pgoutput options both consumers used.
+	PluginOptions []string `json:"plugin_options"`
+	// LoadAverage is the machine's 1-minute load average (/proc/loadavg)
+	// at the start and at the end: other work on the machine competes with
+	// the servers, the engine and pg_recvlogical for the same CPUs.
+	LoadAverage [2]float64 `json:"load_average"`
+}
+
+// Settings are the options of the run.
+type Settings struct {
+	Rows            int      `json:"rows"`
+	Batch           int      `json:"batch"`
+	Repeat          int      `json:"repeat"`
+	Rates           []string `json:"rates"`
+	DurationSeconds float64  `json:"duration_seconds"`
+	MaxConns        int      `json:"max_conns"`
+	BigRows         int      `json:"big_rows"`
+}
+
+// CatchUp is the catch-up measurement of one workload.
+type CatchUp struct {
+	Workload     string `json:"workload"` // "batched" or "single"
+	Description  string `json:"description"`
+	Changes      int    `json:"changes"`
+	Transactions int    `json:"transactions"`
+	WALBytes     uint64 `json:"wal_bytes"` // of the last run
+	// Medians over the runs.
+	EngineSeconds float64 `json:"engine_seconds"`
+	RecvSeconds   float64 `json:"pg_recvlogical_seconds"`
+	EngineRate    float64 `json:"engine_changes_per_second"`
+	RecvRate      float64 `json:"pg_recvlogical_changes_per_second"`
+	// Ratio is the median of the runs' engine/pg_recvlogical time ratios.
+	Ratio            float64      `json:"ratio"`
+	EngineCPUPer100k float64      `json:"engine_cpu_seconds_per_100k_changes"`
+	TargetRatio      float64      `json:"target_ratio"`
+	CPUProfile       string       `json:"cpu_profile,omitempty"` // engine CPU profile of an extra run
+	Met              bool         `json:"target_met"`
+	Runs             []CatchUpRun `json:"runs"`
+}
+
+// CatchUpRun is one run of a catch-up measurement. Startup is the time
+// from the process start until the slot was active (the consumer
+// connected and started streaming). Walsender CPU is the CPU time of the
+// walsender serving the consumer (throwaway servers only; -1 when
+// unknown).
+type CatchUpRun struct {
+	EngineSeconds        float64 `json:"engine_seconds"`
+	EngineStartupSeconds float64 `json:"engine_startup_seconds"`
+	EngineCPUSeconds     float64 `json:"engine_cpu_seconds"`
+	EngineWalsenderCPU   float64 `json:"engine_walsender_cpu_seconds"`
+	RecvSeconds          float64 `json:"pg_recvlogical_seconds"`
+	RecvStartupSeconds   float64 `json:"pg_recvlogical_startup_seconds"`
+	RecvCPUSeconds       float64 `json:"pg_recvlogical_cpu_seconds"`
+	RecvWalsenderCPU     float64 `json:"pg_recvlogical_walsender_cpu_seconds"`
+	Ratio                float64 `json:"ratio"`
+	KeysLeft             int     `json:"keys_left"` // prefilled keys the engine did not delete
+	// Flushed: the engine deleted item:0, which no row maps to: it flushed
+	// the managed keys instead of (or before) deleting what changed.
+	Flushed           bool  `json:"flushed,omitempty"`
+	EngineMaxRSSBytes int64 `json:"engine_max_rss_bytes"`
+	// Redis work during the engine run (INFO stats and cpu; -1 unknown):
+	// commands processed, and Redis's own CPU time.
+	RedisCommands   int64   `json:"redis_commands"`
+	RedisCPUSeconds float64 `json:"redis_cpu_seconds"`
+}
+
+// Latency is the latency measurement at one commit rate.
+type Latency struct {
+	Rate              string  `json:"rate"` // "500" or "max"
+	TargetPerSecond   float64 `json:"target_per_second"`
+	Conns             int     `json:"conns"`
+	Writes            int     `json:"writes"`
+	AchievedPerSecond float64 `json:"achieved_per_second"`
+	P50Ms             float64 `json:"p50_ms"`
+	P99Ms             float64 `json:"p99_ms"`
+	P999Ms            float64 `json:"p999_ms"`
+	MaxMs             float64 `json:"max_ms"`
+	// Lost writes: their key was not seen deleted within 5 s.
+	Lost int `json:"lost"`
+	// TargetP99Ms is set for the rate the target is for.
+	TargetP99Ms float64 `json:"target_p99_ms,omitempty"`
+	Met         *bool   `json:"target_met,omitempty"`
+	// CPUProfile is the engine's CPU profile during the writes (--profile).
+	CPUProfile string `json:"cpu_profile,omitempty"`
+}
+
+// Memory is the memory measurement.
+type Memory struct {
+	Rows     int    `json:"rows"`
+	WALBytes uint64 `json:"wal_bytes"`
+	// InsertSeconds is the INSERT ... SELECT until its commit returned.
+	InsertSeconds float64 `json:"insert_seconds"`
+	// ConfirmedSeconds is from the commit until the engine confirmed it.
+	ConfirmedSeconds float64 `json:"confirmed_after_commit_seconds"`
+	BaselineRSSBytes int64   `json:"baseline_rss_bytes"` // VmHWM while streaming, before the transaction
+	PeakRSSBytes     int64   `json:"peak_rss_bytes"`     // VmHWM once the engine confirmed it
+	TargetRSSBytes   int64   `json:"target_rss_bytes,omitempty"`
+	Met              *bool   `json:"target_met,omitempty"`
+	// HeapProfile is the engine's heap profile after the transaction (--profile).
+	HeapProfile string `json:"heap_profile,omitempty"`
+}
+
+// WriteJSON writes the report as indented JSON.
+func (r *Report) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// WriteTable writes the report as text tables.
+func (r *Report) WriteTable(w io.Writer) error {
+	var b strings.Builder
+	e := r.Environment
+	where := "given servers"
+	if e.Throwaway {
+		where = "throwaway servers on 127.0.0.1"
+	}
+	fmt.Fprintf(&b, "cdcinvalidate bench, %s\n", r.Started.UTC().Format(time.RFC3339))
+	fmt.Fprintf(&b, "engine %s (%s, %s, %d CPUs); PostgreSQL %s, Redis %s (%s)\n", e.EngineBinary, e.GoVersion, e.Platform, e.CPUs, e.Postgres, e.Redis, where)
+	if e.LoadAverage != [2]float64{} {
+		fmt.Fprintf(&b, "load average (1 min) %.2f at the start, %.2f at the end, on %d CPUs\n", e.LoadAverage[0], e.LoadAverage[1], e.CPUs)
+	}
+	if len(e.PluginOptions) > 0 {
+		fmt.Fprintf(&b, "pgoutput options of both consumers: %s\n", strings.Join(e.PluginOptions, ", "))
+	}
+
+	if len(r.CatchUp) > 0 {
+		s := r.Settings
+		fmt.Fprintf(&b, "\nCatch-up: %s row changes (UPDATE) already in the slot; engine = start until its slot's confirmed_flush_lsn >= end (deleting prefilled keys), pg_recvlogical = start until --endpos, into /dev/null. Median of %d run%s.\n",
+			thousands(int64(s.Rows)), s.Repeat, plural(s.Repeat))
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "workload\tchanges\ttxns\tWAL\tengine\tchanges/s\tpg_recvlogical\tchanges/s\tratio\ttarget\tengine CPU/100k\t")
+		for _, c := range r.CatchUp {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2fx\t%s\t%s\t\n",
+				c.Description, thousands(int64(c.Changes)), thousands(int64(c.Transactions)), megabytes(int64(c.WALBytes)),
+				seconds(c.EngineSeconds), thousands(round(c.EngineRate)), seconds(c.RecvSeconds), thousands(round(c.RecvRate)),
+				c.Ratio, verdict(fmt.Sprintf("<= %.2fx", c.TargetRatio), &c.Met), seconds(c.EngineCPUPer100k))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintln(&b, "\nruns (startup = until the slot was active; CPU = user+system time of the process; walsender = CPU of the walsender serving it; redis = during the engine run):")
+		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "workload\trun\tengine\tstartup\tCPU\twalsender\tmax RSS\tredis cmds\tredis CPU\tpg_recvlogical\tstartup\tCPU\twalsender\tratio\tkeys left\t")
+		for _, c := range r.CatchUp {
+			for i, run := range c.Runs {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.2fx\t%d\t\n",
+					c.Workload, i+1, seconds(run.EngineSeconds), seconds(run.EngineStartupSeconds), seconds(run.EngineCPUSeconds),
+					cpu(run.EngineWalsenderCPU), megabytes(run.EngineMaxRSSBytes), count(run.RedisCommands), cpu(run.RedisCPUSeconds),
+					seconds(run.RecvSeconds), seconds(run.RecvStartupSeconds), cpu(run.RecvCPUSeconds), cpu(run.RecvWalsenderCPU), run.Ratio, run.KeysLeft)
+			}
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+
+	if len(r.Latency) > 0 {
+		fmt.Fprintf(&b, "\nCommit-to-invalidation latency: single-row UPDATEs in autocommit, %s per rate; from Exec returning to the key's del event in Redis.\n",
+			time.Duration(r.Settings.DurationSeconds*float64(time.Second)))
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "rate\tconns\twrites\tachieved/s\tp50\tp99\tp99.9\tmax\tlost\ttarget\t")
+		for _, l := range r.Latency {
+			target := ""
+			if l.Met != nil {
+				target = verdict(fmt.Sprintf("p99 <= %s ms", trimFloat(l.TargetP99Ms)), l.Met)
+			}
+			rateName := l.Rate
+			if rateName != "max" {
+				rateName += "/s"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t\n",
+				rateName, l.Conns, thousands(int64(l.Writes)), thousands(round(l.AchievedPerSecond)),
+				millis(l.P50Ms), millis(l.P99Ms), millis(l.P999Ms), millis(l.MaxMs), l.Lost, target)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+
+	if m := r.Memory; m != nil {
+		fmt.Fprintf(&b, "\nPeak memory: one INSERT ... SELECT generate_series of %s rows (%s of WAL), engine streaming.\n", thousands(int64(m.Rows)), megabytes(int64(m.WALBytes)))
+		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "rows\tinsert\tconfirmed after commit\tRSS before\tpeak RSS (VmHWM)\ttarget\t")
+		target := ""
+		if m.Met != nil {
+			target = verdict("<= "+megabytes(m.TargetRSSBytes), m.Met)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", thousands(int64(m.Rows)), seconds(m.InsertSeconds), seconds(m.ConfirmedSeconds),
+			megabytes(m.BaselineRSSBytes), megabytes(m.PeakRSSBytes), target)
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+
+	var profiles []string
+	for _, c := range r.CatchUp {
+		if c.CPUProfile != "" {
+			profiles = append(profiles, c.CPUProfile)
+		}
+	}
+	for _, l := range r.Latency {
+		if l.CPUProfile != "" {
+			profiles = append(profiles, l.CPUProfile)
+		}
+	}
+	if r.Memory != nil && r.Memory.HeapProfile != "" {
+		profiles = append(profiles, r.Memory.HeapProfile)
+	}
+	if len(profiles) > 0 {
+		fmt.Fprintf(&b, "\nengine profiles (go tool pprof %s FILE):\n  %s\n", r.Environment.EngineBinary, strings.Join(profiles, "\n  "))
+	}
+
+	if len(r.Problems) > 0 {
+		fmt.Fprintln(&b, "\nPROBLEMS:")
+		for _, p := range r.Problems {
+			fmt.Fprintf(&b, "  - %s\n", p)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+func verdict(target string, met *bool) string {
+	switch {
+	case met == nil:
+		return target
+	case *met:
+		return target + " ok"
+	default:
+		return target + " MISSED"
+	}
+}
+
+func round(f float64) int64 { return int64(math.Round(f)) }
+
+// thousands formats n with commas: 1234567 -> "1,234,567".
+func thousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	if neg {
+		s = s[1:]
+	}
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+// seconds formats seconds with a precision that suits the magnitude.
+func seconds(s float64) string {
+	switch {
+	case s < 0:
+		return "-"
+	case s < 0.1:
+		return fmt.Sprintf("%.3f s", s)
+	case s < 100:
+		return fmt.Sprintf("%.2f s", s)
+	default:
+		return fmt.Sprintf("%.0f s", s)
+	}
+}
+
+func millis(ms float64) string {
+	if ms < 10 {
+		return fmt.Sprintf("%.2f ms", ms)
+	}
+	return fmt.Sprintf("%.1f ms", ms)
+}
+
+// cpu formats CPU seconds; negative means unknown.
+func cpu(s float64) string {
+	if s < 0 {
+		return "-"
+	}
+	return seconds(s)
+}
+
+// megabytes formats bytes as MB (10^6 bytes); negative means unknown.
+func megabytes(n int64) string {
+	switch {
+	case n < 0:
+		return "-"
+	case n < 10_000_000:
+		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+	default:
+		return fmt.Sprintf("%.0f MB", float64(n)/1e6)
+	}
+}
+
+// count formats a count; negative means unknown.
+func count(n int64) string {
+	if n < 0 {
+		return "-"
+	}
+	return thousands(n)
+}
+
+func trimFloat(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }

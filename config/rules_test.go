@@ -1,0 +1,175 @@
+package config
+
+import (
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cdcinvalidate/cdcinvalidate/mapping"
+)
+
+func TestLoadRuleOptions(t *testing.T) {
+	t.Parallel()
+	cfg, err := loadTestdata(t, "config-rules.yaml", noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := cfg.MappingRules("config-rules.yaml")
+	if len(rules) != 4 {
+		t.Fatalf("%d rules", len(rules))
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"rules[0].ops", rules[0].Ops, mapping.OpSet(0)},
+		{"rules[0].ops has truncate", rules[0].Ops.Has(mapping.OnTruncate), true},
+		{"rules[1].ops", rules[1].Ops, mapping.OnInsert | mapping.OnDelete | mapping.OnTruncate},
+		{"rules[2].schema", rules[2].Schema, "shop"},
+		{"rules[2].when_changed", strings.Join(rules[2].WhenChanged, ","), "status,user_id"},
+		{"rules[2].when", rules[2].When == nil, true},
+		{"rules[3].ops", rules[3].Ops, mapping.OnInsert | mapping.OnUpdate | mapping.OnDelete},
+		{"rules[3].when", rules[3].When != nil && strings.Contains(rules[3].When.String(), "new.published"), true},
+		{"rules[0] template", rules[0].Templates[1].String(), "user:email:{email|trim|lower}"},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+	// The condition compiled by validation is the one the rule gets.
+	if cfg.Rules[3].cond == nil || rules[3].When != cfg.Rules[3].cond {
+		t.Error("when is compiled again instead of once")
+	}
+	if _, err := mapping.New(rules); err != nil {
+		t.Fatalf("mapping.New: %v", err)
+	}
+	// Rules built in code without validation still get their condition.
+	c := Config{Rules: []Rule{{Table: "t", Keys: []string{"t:{id}"}, When: `op == "insert"`}}}
+	if r := c.MappingRules("x"); r[0].When == nil {
+		t.Error("MappingRules without validate dropped when")
+	}
+}
+
+func TestRuleOptionProblems(t *testing.T) {
+	t.Parallel()
+	const head = "postgres:\n  dsn: \"postgres://h/db\"\nredis:\n  addr: \"h:6379\"\nrules:\n  - table: users\n    keys: [\"user:{id}\"]\n"
+	tests := []struct {
+		name  string
+		rule  string // lines after "    keys: ..." of a second rule (line 9 on)
+		want  string // "" = valid
+		place string // "LINE:COL" of the problem
+	}{
+		{"ops", "    ops: [insert, update]\n", "", ""},
+		{"all ops", "    ops: [insert, update, delete, truncate]\n", "", ""},
+		{"unknown op", "    ops: [insert, upsert]\n", `unknown operation "upsert" in ops: use insert, update, delete, truncate`, "10:19"},
+		{"upper-case op", "    ops:\n      - INSERT\n", `unknown operation "INSERT"`, "11:9"},
+		{"duplicate op", "    ops: [delete, delete]\n", `operation "delete" is listed twice`, "10:19"},
+		{"empty ops", "    ops: []\n", "ops is empty", "10:10"},
+		{"ops scalar", "    ops: insert\n", "cannot unmarshal", "10"},
+		{"when_changed", "    when_changed: [email, name]\n", "", ""},
+		{"empty when_changed", "    when_changed: []\n", "when_changed is empty", "10:19"},
+		{"duplicate when_changed", "    when_changed: [a, b, a]\n", `column "a" is listed twice in when_changed`, "10:26"},
+		{"blank when_changed", "    when_changed: [\"\"]\n", "empty column name", "10:20"},
+		{"when_changed without update", "    ops: [insert, delete]\n    when_changed: [email]\n", "when_changed filters UPDATEs only", "11:19"},
+		{"when", "    when: new.status != old.status || new.published == \"t\"\n", "", ""},
+		{"when block", "    when: |\n      op == \"insert\" ||\n      new.x == \"1\"\n", "", ""},
+		{"when syntax error", "    when: new.status ==\n", "Syntax error", "10:5"},
+		{"when unknown variable", "    when: row.status == \"x\"\n", "undeclared reference to 'row' (line 1, column 1 of the condition)", "10:5"},
+		{"when block error on its second line", "    when: |\n      op == \"insert\" ||\n      nope(new.x)\n", "(line 2, column 5 of the condition)", "10:5"},
+		{"when not boolean", "    when: new.status\n", "must be a boolean", "10:5"},
+		{"when type error", "    when: op == 3\n", "no matching overload", "10:5"},
+		{"when as a list", "    when: [a]\n", "cannot unmarshal", "10"},
+		{"unknown rule option", "    when_change: [a]\n", `unknown option "when_change" in rule`, "10:5"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			text := head + "  - table: orders\n    keys: [\"order:{id}\"]\n" + tc.rule
+			cfg, err := Parse("c.yaml", []byte(text), noEnv)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("Parse: %v", err)
+				}
+				if _, err := mapping.New(cfg.MappingRules("c.yaml")); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			ce := configError(t, err)
+			i := slices.IndexFunc(ce.Problems, func(p Problem) bool { return strings.Contains(p.Msg, tc.want) })
+			if i < 0 {
+				t.Fatalf("no problem mentions %q:\n%v", tc.want, err)
+			}
+			if where := ce.Problems[i].Where; !strings.HasPrefix(where, "c.yaml:"+tc.place+" ") && where != "c.yaml:"+tc.place {
+				t.Errorf("problem at %q, want c.yaml:%s", where, tc.place)
+			}
+		})
+	}
+}
+
+// FuzzRules builds rules from arbitrary keys, ops, when_changed and when:
+// Parse never panics, and a rule it accepts always becomes a working mapper
+// rule with its condition compiled.
+func FuzzRules(f *testing.F) {
+	f.Add("user:{id|lower}", "insert", "email", `new.status != old.status`)
+	f.Add("user:{id}", "", "", "")
+	f.Add("{id}", "upsert", "", "op ==")
+	f.Add("u:{a|default:x|sha1}", "truncate", "a", `new.a == "t"`)
+	f.Add("u:{a|bogus}", "update", "b", `op == 1`)
+	f.Add("u:{a}", "delete", "", `int(new.a) > 0`)
+	f.Fuzz(func(t *testing.T, key, op, changed, when string) {
+		var b strings.Builder
+		b.WriteString("postgres:\n  dsn: \"postgres://h/db\"\nredis:\n  addr: \"h:1\"\nrules:\n  - table: t\n")
+		fmt.Fprintf(&b, "    keys: [%s]\n", strconv.Quote(key))
+		if op != "" {
+			fmt.Fprintf(&b, "    ops: [%s]\n", strconv.Quote(op))
+		}
+		if changed != "" {
+			fmt.Fprintf(&b, "    when_changed: [%s]\n", strconv.Quote(changed))
+		}
+		if when != "" {
+			fmt.Fprintf(&b, "    when: %s\n", strconv.Quote(when))
+		}
+		cfg, err := Parse("fuzz.yaml", []byte(b.String()), noEnv)
+		if err != nil {
+			if cfg != nil {
+				t.Fatal("config returned with an error")
+			}
+			return
+		}
+		rules := cfg.MappingRules("fuzz.yaml")
+		if len(rules) != 1 || len(rules[0].Templates) != 1 {
+			t.Fatalf("rules %+v", rules)
+		}
+		r := rules[0]
+		if (cfg.Rules[0].When != "") != (r.When != nil) {
+			t.Fatalf("when %q compiled to %v", cfg.Rules[0].When, r.When)
+		}
+		if op != "" {
+			if o, ok := mapping.ParseOp(op); !ok || r.Ops != o {
+				t.Fatalf("ops %q became %v", op, r.Ops)
+			}
+		}
+		if _, err := mapping.New(rules); err != nil {
+			t.Fatalf("mapping.New: %v", err)
+		}
+	})
+}
+
+// The files in testdata that hold good configurations load.
+func TestGoodTestdataLoads(t *testing.T) {
+	t.Parallel()
+	files, _ := filepath.Glob(filepath.Join("testdata", "config-[gfr]*.yaml"))
+	if len(files) < 3 {
+		t.Fatalf("found %q", files)
+	}
+	for _, f := range files {
+		if _, err := Load(f, noEnv); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}

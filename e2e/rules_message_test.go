@@ -1,0 +1,112 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// emit is the one-line SQL of an explicit invalidation.
+const emit = `SELECT pg_logical_emit_message(true, 'cdcinvalidate', $1)`
+
+// TestRulesExplicitMessages checks invalidations that applications emit
+// from SQL: applied with their transaction's commit (never on ROLLBACK),
+// in every content format, and inside a large streamed transaction.
+func TestRulesExplicitMessages(t *testing.T) {
+	f := newFixture(t, fixtureOpts{pgSettings: map[string]string{"logical_decoding_work_mem": "64kB"}})
+	run := f.start()
+	f.barrier()
+
+	// Newline-separated keys, in a transaction of its own.
+	f.set("feed:1", "feed:2", "feed:3")
+	f.exec(emit, "feed:1\n  feed:2  \n")
+	f.barrier()
+	f.wantGone("feed:1", "feed:2")
+	f.wantKept("feed:3")
+
+	// JSON: an array of keys, and an object with keys and patterns.
+	f.set("feed:1", "feed:2", "stats:a", "stats:b", "statsx", "other:1")
+	f.exec(emit, `["feed:1", "feed:2"]`)
+	f.exec(emit, `{"keys": ["other:1"], "patterns": ["stats:*"]}`)
+	f.barrier()
+	f.wantGone("feed:1", "feed:2", "other:1", "stats:a", "stats:b")
+	f.wantKept("statsx")
+
+	// With row changes in one transaction: applied at its commit.
+	f.set("user:1", "feed:9")
+	f.exec(`BEGIN; INSERT INTO users VALUES (1, 'a@x', '', ''); SELECT pg_logical_emit_message(true, 'cdcinvalidate', 'feed:9'); COMMIT`)
+	f.barrier()
+	f.wantGone("user:1", "feed:9")
+
+	// ROLLBACK: nothing. A rolled-back savepoint inside a committed
+	// transaction: only the committed part.
+	f.set("feed:1", "feed:2", "feed:3")
+	f.exec(`BEGIN; SELECT pg_logical_emit_message(true, 'cdcinvalidate', 'feed:1'); ROLLBACK`)
+	f.exec(`BEGIN; SELECT pg_logical_emit_message(true, 'cdcinvalidate', 'feed:2');
+SAVEPOINT s; SELECT pg_logical_emit_message(true, 'cdcinvalidate', 'feed:3'); ROLLBACK TO s; COMMIT`)
+	f.barrier()
+	f.wantKept("feed:1", "feed:3")
+	f.wantGone("feed:2")
+
+	// Non-transactional messages with the prefix are ignored (they are not
+	// ordered with commits), and so are other prefixes.
+	f.exec(`SELECT pg_logical_emit_message(false, 'cdcinvalidate', 'feed:1')`)
+	f.exec(`SELECT pg_logical_emit_message(true, 'someone-else', 'feed:1')`)
+	f.barrier()
+	f.wantKept("feed:1")
+
+	// A large transaction, streamed while in progress (64kB of decoding
+	// memory): its message's keys wait for the commit.
+	streamed := func(commit bool) {
+		ctx := context.Background()
+		tx, err := f.db.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback(ctx)
+		if _, err := tx.Exec(ctx, emit, `{"keys": ["big:msg"], "patterns": ["bigp:*"]}`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO other (v) SELECT repeat('x', 100) FROM generate_series(1, 20000)`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, emit, "big:msg2"); err != nil {
+			t.Fatal(err)
+		}
+		// The server streams the transaction before its end; nothing of it
+		// may be applied yet.
+		waitFor(t, 30*time.Second, "the transaction to be streamed", func() bool {
+			var n int64
+			err := f.db.QueryRow(ctx, `SELECT coalesce(sum(stream_txns), 0) FROM pg_stat_replication_slots WHERE slot_name = 'cdcinvalidate'`).Scan(&n)
+			return err == nil && n > 0
+		})
+		time.Sleep(300 * time.Millisecond)
+		f.wantKept("big:msg", "big:msg2", "bigp:1")
+		if commit {
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+		f.barrier()
+	}
+	f.set("big:msg", "big:msg2", "bigp:1", "bigp:2")
+	streamed(false)
+	f.wantKept("big:msg", "big:msg2", "bigp:1", "bigp:2")
+	streamed(true)
+	f.wantGone("big:msg", "big:msg2", "bigp:1", "bigp:2")
+
+	// Malformed content stops the engine with an error naming the
+	// message's LSN, instead of skipping it.
+	var lsn string
+	if err := f.db.QueryRow(context.Background(), `SELECT pg_logical_emit_message(true, 'cdcinvalidate', '["unterminated')::text`).Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	err := run.wait(t, 30*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "malformed") || !strings.Contains(err.Error(), "LSN "+lsn) {
+		t.Fatalf("engine error = %v, want a malformed message at LSN %s", err, lsn)
+	}
+	t.Logf("engine stopped with: %v", err)
+}

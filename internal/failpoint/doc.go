@@ -1,0 +1,19 @@
+// Package failpoint lets fault-injection tests stop the engine at exact
+// points, and run deliberately broken variants as negative controls.
+//
+// It is compiled in only with the build tag "failpoints"; without it every
+// function is an empty stub the compiler removes, so release builds carry
+// no test hooks. With the tag, the environment variable CDC_FAILPOINT
+// selects a point and what happens there:
+//
+//	CDC_FAILPOINT=sink-after-ack          SIGKILL itself at the first hit
+//	CDC_FAILPOINT=sink-after-ack:3        ... at the third hit
+//
+// Points: sink-after-ack (Redis acknowledged a batch, the position is not
+// yet recorded), sink-mid-txn (a chunk of a large transaction was applied,
+// its commit not yet), stream-after-stop (a Stream Stop arrived while a
+// streamed transaction is open, before its Stream Commit).
+//
+// CDC_UNSAFE=confirm-received makes the stream confirm the received
+// position instead of the applied one: the bug the checker must catch.
+package failpoint
