@@ -83,6 +83,9 @@ type Postgres struct {
 	// StandbyRetry is how often a standby instance (the slot is active for
 	// another one) tries to take it over. Default 1s.
 	StandbyRetry time.Duration `yaml:"standby_retry"`
+	// WarnRetainedWALMB logs a warning (every 10 minutes) while the slot
+	// retains more WAL than this. Default 4096; a negative value turns it off.
+	WarnRetainedWALMB int `yaml:"warn_retained_wal_mb"`
 	// WALSenderTimeout sets wal_sender_timeout for the replication
 	// connection (PostgreSQL 12+). Default 0: the server's setting.
 	WALSenderTimeout time.Duration `yaml:"wal_sender_timeout"`
@@ -355,6 +358,9 @@ func (c *Config) setDefaults() {
 	}
 	if p.MaxBackoff == 0 {
 		p.MaxBackoff = 10 * time.Second
+	}
+	if p.WarnRetainedWALMB == 0 {
+		p.WarnRetainedWALMB = 4096
 	}
 	if p.StandbyRetry == 0 {
 		p.StandbyRetry = time.Second

@@ -239,6 +239,7 @@ func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (slo
 	}
 	defer conn.Close(context.Background())
 
+	e.warnIfSyncStandby(ctx, conn)
 	cat, err := checkCatalog(ctx, conn, e.mapper) // check.go, shared with `cdcinvalidate check`
 	if err != nil {
 		return slotState{}, err

@@ -26,6 +26,7 @@ func (e *Engine) pollSlot(streamCtx, sinkCtx context.Context) {
 			_ = conn.Close(context.Background())
 		}
 	}()
+	warn := retainedWarner{threshold: int64(e.cfg.Postgres.WarnRetainedWALMB) << 20, every: 10 * time.Minute}
 	tick := time.NewTicker(e.cfg.Metrics.SlotPollInterval)
 	defer tick.Stop()
 	for {
@@ -47,6 +48,7 @@ func (e *Engine) pollSlot(streamCtx, sinkCtx context.Context) {
 				conn = nil
 			} else {
 				e.Metrics.SetSlot(st)
+				warn.check(e.log, st.RetainedBytes, time.Now())
 			}
 		}
 		select {

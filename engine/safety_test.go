@@ -1,0 +1,52 @@
+package engine
+
+import (
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+func TestSyncStandbyMatch(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		setting string
+		want    bool
+	}{
+		{"", false},
+		{"*", true},
+		{"replica1, replica2", false},
+		{"replica1, cdcinvalidate", true},
+		{"FIRST 1 (replica1, *)", true},
+		{"ANY 2 (a, b, CDCInvalidate)", true},
+		{`2 ("cdcinvalidate", b)`, true},
+		{`FIRST 1 ("CDCinvalidate")`, false}, // quoted names are case-sensitive
+		{"FIRST 1 (replica1)", false},
+	} {
+		if got := syncStandbyMatch(c.setting, "cdcinvalidate"); got != c.want {
+			t.Errorf("syncStandbyMatch(%q) = %v, want %v", c.setting, got, c.want)
+		}
+	}
+}
+
+func TestRetainedWarner(t *testing.T) {
+	t.Parallel()
+	w := retainedWarner{threshold: 100, every: time.Minute}
+	now := time.Now()
+	log := zap.NewNop()
+	if w.check(log, 99, now) {
+		t.Error("warned below the threshold")
+	}
+	if !w.check(log, 100, now) {
+		t.Error("no warning at the threshold")
+	}
+	if w.check(log, 500, now.Add(30*time.Second)) {
+		t.Error("warned again within the interval")
+	}
+	if !w.check(log, 500, now.Add(61*time.Second)) {
+		t.Error("no warning after the interval")
+	}
+	if (&retainedWarner{}).check(log, 1<<40, now) {
+		t.Error("warned with the warning off")
+	}
+}
