@@ -129,3 +129,30 @@ func TestPublicationMissingARuleTableIsRefused(t *testing.T) {
 		"ALTER PUBLICATION cdcinvalidate ADD TABLE public.orders",
 	})
 }
+
+// TestRedisPermissionErrorStopsWithTheFix: an ACL user without UNLINK is a
+// permanent error: the engine stops (exit 1) and says what to grant; the
+// Redis password never appears in the output.
+func TestRedisPermissionErrorStopsWithTheFix(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	const secret = "redis-S3cret"
+	if err := f.rdb.Do(f.ctx(), "ACL", "SETUSER", "cdc", "on", ">"+secret, "~*", "+@all", "-unlink", "-del").Err(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("postgres:\n  dsn: %q\nredis:\n  addr: %q\n  username: cdc\n%s", f.pg.DSN("postgres"), f.rd.Addr(), rules)
+	p := f.startBinaryStreaming(f.writeConfig(cfg), "CDC_REDIS_PASSWORD="+secret)
+	f.exec(`INSERT INTO users VALUES (1, 'a@x', '', '')`) // its delete is refused
+	code := p.wait(t, 60*time.Second)
+	out := p.out.String()
+	if code != 1 {
+		t.Fatalf("exit code %d, want 1; output:\n%s", code, out)
+	}
+	for _, want := range []string{"NOPERM", "grant the ACL user +unlink"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, secret) {
+		t.Fatalf("the Redis password appears in the output:\n%s", out)
+	}
+}
