@@ -114,6 +114,26 @@ type Redis struct {
 	DialTimeout  time.Duration `yaml:"dial_timeout"`
 	ReadTimeout  time.Duration `yaml:"read_timeout"`
 	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// TLS connects with TLS (Redis 6+ tls-port; "rediss"). Default false.
+	TLS bool `yaml:"tls"`
+	// TLSCAFile verifies the server against this CA bundle (PEM) instead of
+	// the system roots; setting it turns TLS on.
+	TLSCAFile string `yaml:"tls_ca_file"`
+	// TLSServerName is the name the server certificate must carry. Default:
+	// the host of addr.
+	TLSServerName string `yaml:"tls_server_name"`
+	// TLSCertFile and TLSKeyFile are a client certificate (PEM) for servers
+	// that require one (tls-auth-clients yes).
+	TLSCertFile string `yaml:"tls_cert_file"`
+	TLSKeyFile  string `yaml:"tls_key_file"`
+	// TLSInsecureSkipVerify accepts any server certificate: encryption
+	// without authentication, for tests only. Default false.
+	TLSInsecureSkipVerify bool `yaml:"tls_insecure_skip_verify"`
+}
+
+// TLSEnabled reports whether Redis is reached over TLS.
+func (r Redis) TLSEnabled() bool {
+	return r.TLS || r.TLSCAFile != "" || r.TLSCertFile != "" || r.TLSInsecureSkipVerify
 }
 
 // Rule maps one table to cache keys.
@@ -476,6 +496,19 @@ func (c *Config) validate(loc locator) []Problem {
 		add("redis.addr", "redis.addr is required (or set CDC_REDIS_ADDR), e.g. 127.0.0.1:6379")
 	} else if _, _, err := net.SplitHostPort(c.Redis.Addr); err != nil {
 		add("redis.addr", "redis.addr %q is not host:port", c.Redis.Addr)
+	}
+	for _, f := range []struct{ path, name string }{
+		{c.Redis.TLSCAFile, "redis.tls_ca_file"}, {c.Redis.TLSCertFile, "redis.tls_cert_file"}, {c.Redis.TLSKeyFile, "redis.tls_key_file"},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			add(f.name, "%s: %v", f.name, err)
+		}
+	}
+	if (c.Redis.TLSCertFile == "") != (c.Redis.TLSKeyFile == "") {
+		add("redis.tls_cert_file", "tls_cert_file and tls_key_file go together: set both for a client certificate, or neither")
 	}
 	if c.Redis.DB < 0 {
 		add("redis.db", "redis.db must not be negative")

@@ -73,20 +73,25 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	f := &fixture{t: t}
 	f.pg = harness.PostgresT(t, harness.PostgresOptions{Settings: o.pgSettings})
 	f.rd = harness.RedisT(t, harness.RedisOptions{Args: o.redisArgs})
-	f.rdb = redis.NewClient(&redis.Options{Addr: f.rd.Addr(), MaxRetries: -1, ReadTimeout: 5 * time.Second})
-	t.Cleanup(func() { _ = f.rdb.Close() })
-	ctx := f.ctx()
-	db, err := pgxpool.New(ctx, f.pg.DSN("postgres"))
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	t.Cleanup(db.Close)
-	f.db = db
+	f.connect()
 	if !o.noSchema {
 		f.exec(schema)
 	}
 	f.cfgPath = f.writeConfig(fmt.Sprintf("postgres:\n  dsn: %q\n  status_interval: 1s\n%sredis:\n  addr: %q\n%s%s", f.pg.DSN("postgres"), o.pgExtra, f.rd.Addr(), o.extra, rules))
 	return f
+}
+
+// connect opens the test's own clients of f.pg and f.rd.
+func (f *fixture) connect() {
+	f.t.Helper()
+	f.rdb = redis.NewClient(&redis.Options{Addr: f.rd.Addr(), MaxRetries: -1, ReadTimeout: 5 * time.Second})
+	f.t.Cleanup(func() { _ = f.rdb.Close() })
+	db, err := pgxpool.New(f.ctx(), f.pg.DSN("postgres"))
+	if err != nil {
+		f.t.Fatalf("connect: %v", err)
+	}
+	f.t.Cleanup(db.Close)
+	f.db = db
 }
 
 func (f *fixture) writeConfig(text string) string {

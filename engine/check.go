@@ -518,14 +518,17 @@ FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, 
 }
 
 func (e *Engine) checkRedis(ctx context.Context, rep *CheckReport) {
-	rdb := redis.NewClient(&redis.Options{
-		Addr: e.cfg.Redis.Addr, DB: e.cfg.Redis.DB, Username: e.cfg.Redis.Username, Password: e.cfg.Redis.Password,
-		DialTimeout: e.cfg.Redis.DialTimeout, ReadTimeout: e.cfg.Redis.ReadTimeout, WriteTimeout: e.cfg.Redis.WriteTimeout, MaxRetries: -1,
-	})
+	subject := "redis " + e.cfg.Redis.Addr
+	ropts, err := redisOptions(e.cfg.Redis)
+	if err != nil {
+		rep.add(SeverityError, subject, err.Error(), "fix the redis.tls_* files")
+		return
+	}
+	ropts.MaxRetries = -1
+	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	subject := "redis " + e.cfg.Redis.Addr
 	if err := rdb.Ping(rctx).Err(); err != nil {
 		rep.add(SeverityError, subject, "PING failed: "+err.Error(), "check redis.addr, that Redis runs, and redis.username / redis.password")
 		return

@@ -99,16 +99,17 @@ func (e *Engine) run(ctx context.Context) error {
 		zap.String("slot", e.cfg.Postgres.Slot), zap.String("publication", e.cfg.Postgres.Publication),
 		zap.Strings("tables", e.mapper.Tables()))
 
+	e.warnPlaintext(pgcfg)
 	start, err := e.preparePostgres(ctx, pgcfg)
 	if err != nil {
 		return err
 	}
-	rdb := redis.NewClient(&redis.Options{
-		Addr: e.cfg.Redis.Addr, DB: e.cfg.Redis.DB,
-		Username: e.cfg.Redis.Username, Password: e.cfg.Redis.Password,
-		DialTimeout: e.cfg.Redis.DialTimeout, ReadTimeout: e.cfg.Redis.ReadTimeout, WriteTimeout: e.cfg.Redis.WriteTimeout,
-		MaxRetries: -1, // the sink retries whole batches itself
-	})
+	ropts, err := redisOptions(e.cfg.Redis)
+	if err != nil {
+		return err
+	}
+	ropts.MaxRetries = -1 // the sink retries whole batches itself
+	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 	if err := e.pingRedis(ctx, rdb); err != nil {
 		return err
@@ -176,6 +177,9 @@ func (e *Engine) pingRedis(ctx context.Context, rdb *redis.Client) error {
 		if strings.HasPrefix(msg, "WRONGPASS") || strings.HasPrefix(msg, "NOAUTH") || strings.HasPrefix(msg, "NOPERM") {
 			return &SetupError{[]string{fmt.Sprintf("redis at %s refused authentication: %s (check redis.username and redis.password or CDC_REDIS_PASSWORD)", e.cfg.Redis.Addr, msg)}}
 		}
+		if p := tlsProblem(err); p != "" {
+			return &SetupError{[]string{fmt.Sprintf("redis at %s: %s", e.cfg.Redis.Addr, p)}}
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -201,6 +205,9 @@ func (e *Engine) connectRetry(ctx context.Context, connect func() error, what st
 		}
 		if replication.IsPermanent(err) || ctx.Err() != nil {
 			return explainPgError(err)
+		}
+		if msg := tlsProblem(err); msg != "" {
+			return &SetupError{[]string{"postgres: " + msg}}
 		}
 		if attempt == 1 || attempt%10 == 0 {
 			e.log.Warn(what+" failed; retrying", zap.String("error", config.Redact(err.Error())), zap.Int("attempt", attempt))

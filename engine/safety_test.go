@@ -50,3 +50,15 @@ func TestRetainedWarner(t *testing.T) {
 		t.Error("warned with the warning off")
 	}
 }
+
+func TestIsLoopback(t *testing.T) {
+	t.Parallel()
+	for host, want := range map[string]bool{
+		"127.0.0.1": true, "::1": true, "localhost": true, "/var/run/postgresql": true, "": true,
+		"10.0.0.5": false, "db.internal": false, "192.168.1.2": false,
+	} {
+		if got := isLoopback(host); got != want {
+			t.Errorf("isLoopback(%q) = %v, want %v", host, got, want)
+		}
+	}
+}

@@ -86,8 +86,12 @@ FROM pg_replication_slots WHERE slot_name = $1`, st.Slot).Scan(&st.Plugin, &st.A
 		return nil, fmt.Errorf("read publication %q: %w", st.Publication, err)
 	}
 	if st.WatermarkKey != "" {
-		rdb := redis.NewClient(&redis.Options{Addr: cfg.Redis.Addr, DB: cfg.Redis.DB, Username: cfg.Redis.Username,
-			Password: cfg.Redis.Password, DialTimeout: cfg.Redis.DialTimeout, ReadTimeout: cfg.Redis.ReadTimeout, MaxRetries: 1})
+		ropts, err := redisOptions(cfg.Redis)
+		if err != nil {
+			return nil, err
+		}
+		ropts.MaxRetries = 1
+		rdb := redis.NewClient(ropts)
 		defer rdb.Close()
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()

@@ -34,6 +34,10 @@ type PostgresOptions struct {
 	// LogPath and start errors still work), from a goroutine owned by the
 	// Postgres value: Log must be safe to write while the caller reads it.
 	Log io.Writer
+	// Files are written into the data directory (mode 0600, owned by the
+	// server's OS user) before the server starts, e.g. "server.crt" and
+	// "server.key" for Settings ssl = on.
+	Files map[string][]byte
 }
 
 // Postgres is a throwaway PostgreSQL server on a loopback port, with its own
@@ -142,6 +146,14 @@ func startPostgres(ctx context.Context, opts PostgresOptions) (_ *Postgres, err 
 	}
 	if err := os.WriteFile(filepath.Join(dir, "pg_hba.conf"), []byte(pgHBA), 0o600); err != nil {
 		return nil, fmt.Errorf("write pg_hba.conf: %w", err)
+	}
+	for name, data := range opts.Files {
+		if name != filepath.Base(name) || name == "." || name == ".." {
+			return nil, fmt.Errorf("file name %q: want a plain name inside the data dir", name)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return nil, fmt.Errorf("write %s: %w", name, err)
+		}
 	}
 
 	for attempt := 1; ; attempt++ {

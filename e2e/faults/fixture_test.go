@@ -1,0 +1,538 @@
+package faults
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
+)
+
+// Domains of the random workload: ids stay inside them (inserts and primary
+// key changes pick ids in range), so the paused fill can cache every key,
+// including "absent" values for ids without a row. The key space is large
+// compared with what a run writes, so that a lost invalidation is seldom
+// hidden by a later change of the same key.
+const (
+	maxUserID  = 2400
+	seedUsers  = 1600
+	maxOrderID = 3200
+	seedOrders = 2200
+	numEmails  = 300
+)
+
+const schema = `
+CREATE TABLE users (id bigint PRIMARY KEY, email text, name text NOT NULL, rev bigint NOT NULL DEFAULT 0);
+ALTER TABLE users REPLICA IDENTITY FULL;
+CREATE TABLE orders (id bigint PRIMARY KEY, user_id bigint, note text NOT NULL);
+ALTER TABLE orders REPLICA IDENTITY FULL;
+CREATE TABLE big (id bigint PRIMARY KEY, payload text NOT NULL);
+CREATE TABLE barrier (id bigint PRIMARY KEY);
+`
+
+// rules: every template twice, plain (filled while writers pause) and lib:
+// (filled concurrently through cacheaside with leases).
+const rules = `rules:
+  - table: users
+    keys: ["user:{id}", "user:email:{email}", "lib:user:{id}", "lib:email:{email}"]
+  - table: orders
+    keys: ["order:{id}", "orders:user:{user_id}", "lib:order:{id}", "lib:orders:user:{user_id}"]
+  - table: big
+    keys: ["big:{id}", "lib:big:{id}"]
+  - table: barrier
+    keys: ["barrier:{id}"]
+`
+
+// barrierPrefix marks the barrier's logical decoding message; the engine
+// ignores prefixes other than its own.
+const barrierPrefix = "cdcinvalidate-barrier"
+
+type fixtureOpts struct {
+	bigRows          int    // rows of table big (0: none)
+	streaming        string // postgres.streaming ("" = default, on)
+	walSenderTimeout string // postgres.wal_sender_timeout
+	noWatermark      bool   // sink.watermark: false
+	maxBatchKeys     int    // sink.max_batch_keys
+	redisReadTimeout string // redis.read_timeout
+	redisArgs        []string
+	viaProxy         bool // the engine reaches Redis through a proxy of this test
+}
+
+type fixture struct {
+	t     *testing.T
+	o     fixtureOpts
+	name  string // database, slot
+	pg    *harness.Postgres
+	rd    *harness.Redis
+	rdb   *redis.Client
+	db    *pgxpool.Pool // checker, fill, barrier
+	wdb   *pgxpool.Pool // writers
+	rdbPG *pgxpool.Pool // readers' loaders
+	proxy *proxy
+	cfg   string // config file
+
+	barrierN atomic.Int64
+	mu       sync.Mutex
+	procs    []*proc
+}
+
+var dbCounter atomic.Int64
+
+var nonIdent = regexp.MustCompile(`[^a-z0-9]+`)
+
+func newFixture(t *testing.T, o fixtureOpts) *fixture {
+	t.Helper()
+	f := &fixture{t: t, o: o, pg: postgresT(t)}
+	base := strings.Trim(nonIdent.ReplaceAllString(strings.ToLower(strings.TrimPrefix(t.Name(), "Test")), "_"), "_")
+	f.name = fmt.Sprintf("f%d_%s", dbCounter.Add(1), base)
+	if len(f.name) > 40 {
+		f.name = f.name[:40]
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := f.pg.Exec(ctx, `CREATE DATABASE `+f.name); err != nil {
+		t.Fatalf("create database: %v", err)
+	}
+	f.rd = harness.RedisT(t, harness.RedisOptions{Args: o.redisArgs})
+	f.rdb = redis.NewClient(&redis.Options{Addr: f.rd.Addr(), MaxRetries: -1, ReadTimeout: 5 * time.Second})
+	t.Cleanup(func() { _ = f.rdb.Close() })
+	f.db = f.pool("faults-check", 4)
+	f.wdb = f.pool("faults-writer", 8)
+	f.rdbPG = f.pool("faults-reader", 6)
+	f.exec(schema)
+	f.exec(`INSERT INTO users SELECT g, 'e' || (g % $2), 'n' || g, 0 FROM generate_series(1, $1) g`, seedUsers, numEmails)
+	f.exec(`INSERT INTO orders SELECT g, 1 + (g * 7) % $2, 'o' || g FROM generate_series(1, $1) g`, seedOrders, seedUsers)
+	if o.bigRows > 0 {
+		f.exec(`INSERT INTO big SELECT g, 'p' || g FROM generate_series(1, $1) g`, o.bigRows)
+	}
+	redisAddr := f.rd.Addr()
+	if o.viaProxy {
+		f.proxy = startProxy(t, f.rd.Addr())
+		redisAddr = f.proxy.Addr()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "postgres:\n  dsn: %q\n  slot: %s\n  status_interval: 1s\n  max_backoff: 1s\n", f.pg.DSN(f.name), f.name)
+	if o.streaming != "" {
+		fmt.Fprintf(&b, "  streaming: %s\n", o.streaming)
+	}
+	if o.walSenderTimeout != "" {
+		fmt.Fprintf(&b, "  wal_sender_timeout: %s\n", o.walSenderTimeout)
+	}
+	fmt.Fprintf(&b, "redis:\n  addr: %q\n", redisAddr)
+	if o.redisReadTimeout != "" {
+		fmt.Fprintf(&b, "  read_timeout: %s\n", o.redisReadTimeout)
+	}
+	b.WriteString("sink:\n  max_backoff: 1s\n")
+	if o.noWatermark {
+		b.WriteString("  watermark: false\n")
+	}
+	if o.maxBatchKeys > 0 {
+		fmt.Fprintf(&b, "  max_batch_keys: %d\n", o.maxBatchKeys)
+	}
+	b.WriteString("client:\n  leases: true\n")
+	b.WriteString(rules)
+	f.cfg = filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(f.cfg, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Cleanups run last-in first-out: the engines stop (registered by
+	// startEngine, later) before the slot is dropped.
+	t.Cleanup(f.dropSlot)
+	return f
+}
+
+// pool opens a connection pool to the test's database.
+func (f *fixture) pool(app string, size int32) *pgxpool.Pool {
+	f.t.Helper()
+	cfg, err := pgxpool.ParseConfig(f.pg.DSN(f.name))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	cfg.MaxConns = size
+	cfg.ConnConfig.RuntimeParams["application_name"] = app
+	cfg.ConnConfig.RuntimeParams["lock_timeout"] = "1s"
+	cfg.ConnConfig.RuntimeParams["statement_timeout"] = "20s"
+	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
+	p, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(p.Close)
+	return p
+}
+
+func (f *fixture) exec(sql string, args ...any) {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := f.db.Exec(ctx, sql, args...); err != nil {
+		f.t.Fatalf("exec %q: %v", firstLine(sql), err)
+	}
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " ..."
+	}
+	return s
+}
+
+func (f *fixture) lsn(sql string, args ...any) pglogrepl.LSN {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var s *string
+	if err := f.db.QueryRow(ctx, sql, args...).Scan(&s); err != nil {
+		f.t.Fatalf("%s: %v", sql, err)
+	}
+	if s == nil {
+		return 0
+	}
+	l, err := pglogrepl.ParseLSN(*s)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return l
+}
+
+func (f *fixture) confirmed() pglogrepl.LSN {
+	return f.lsn(`SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1`, f.name)
+}
+
+func (f *fixture) currentLSN() pglogrepl.LSN { return f.lsn(`SELECT pg_current_wal_lsn()::text`) }
+
+// walsenderPID is the PID streaming from the test's slot, 0 if none.
+func (f *fixture) walsenderPID() int {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var pid *int
+	err := f.db.QueryRow(ctx, `SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1`, f.name).Scan(&pid)
+	if err != nil {
+		f.t.Fatalf("read walsender pid: %v", err)
+	}
+	if pid == nil {
+		return 0
+	}
+	return *pid
+}
+
+func (f *fixture) markKey() string { return "cdcinvalidate:" + f.name + ":lsn" }
+
+// watermark reads the engine's applied watermark, 0 if absent.
+func (f *fixture) watermark(ctx context.Context) (pglogrepl.LSN, error) {
+	v, err := f.rdb.Get(ctx, f.markKey()).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return pglogrepl.ParseLSN(v)
+}
+
+// barrier commits one transaction after everything the writers committed
+// (they must be stopped): a row of table barrier, whose key the engine
+// deletes, and a transactional logical decoding message
+// (pg_logical_emit_message(true, 'cdcinvalidate-barrier', ...)). It
+// returns once
+//
+//   - the engine deleted the barrier's key: it applies in commit order, so
+//     every earlier transaction has been applied too. The key does not
+//     depend on anything the engine reports about itself, so this holds for
+//     the negative controls too (confirm-received, no watermark);
+//   - with the watermark on, cdcinvalidate:<slot>:lsn reached the message's
+//     LSN, and then the slot's confirmed_flush_lsn reached that watermark.
+//     The second wait matters: the watermark is raised in the same pipeline
+//     as the batch's deletes, before the engine compares the previous
+//     watermark with its own and, if Redis went back in time, flushes every
+//     managed key; the position is confirmed only after that flush.
+func (f *fixture) barrier(within time.Duration) {
+	f.t.Helper()
+	mark := f.barrierMark(within)
+	if f.o.noWatermark {
+		return
+	}
+	waitFor(f.t, within, fmt.Sprintf("the slot's confirmed position to reach the watermark %s", mark), func() bool { return f.confirmed() >= mark })
+}
+
+// barrierMark is the first half of barrier: it returns once the barrier's
+// key is gone and the watermark (if on) passed the message, and returns
+// the watermark then.
+func (f *fixture) barrierMark(within time.Duration) pglogrepl.LSN {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within+30*time.Second)
+	defer cancel()
+	id := f.barrierN.Add(1)
+	key := fmt.Sprintf("barrier:%d", id)
+	if err := f.rdb.Set(ctx, key, "pending", 0).Err(); err != nil {
+		f.t.Fatalf("barrier: %v", err)
+	}
+	var msgLSN string
+	err := pgx.BeginFunc(ctx, f.db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO barrier VALUES ($1)`, id); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `SELECT pg_logical_emit_message(true, $1, $2)::text`, barrierPrefix, key).Scan(&msgLSN)
+	})
+	if err != nil {
+		f.t.Fatalf("barrier transaction: %v", err)
+	}
+	target, _ := pglogrepl.ParseLSN(msgLSN)
+	deadline := time.Now().Add(within)
+	for {
+		n, err := f.rdb.Exists(ctx, key).Result()
+		done := err == nil && n == 0
+		var mark pglogrepl.LSN
+		if done && !f.o.noWatermark {
+			mark, err = f.watermark(ctx)
+			done = err == nil && mark >= target
+		}
+		if done {
+			return mark
+		}
+		if p := f.lastEngine(); p != nil && !p.alive() {
+			f.t.Fatalf("barrier %d: the engine exited (%s); output:\n%s", id, p.state(), lastLines(p.out.String(), 40))
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("barrier %d (message at %s) not applied within %s (key exists: %v, watermark %s, err %v)", id, target, within, n == 1, mark, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitFor polls cond until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (f *fixture) dropSlot() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 0; i < 50; i++ {
+		_, err := f.db.Exec(ctx, `SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, f.name)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond) // still active: its walsender is exiting
+	}
+}
+
+// lastEngine is the engine started last, nil if none.
+func (f *fixture) lastEngine() *proc {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.procs) == 0 {
+		return nil
+	}
+	return f.procs[len(f.procs)-1]
+}
+
+// proc is one run of the engine binary.
+type proc struct {
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	env  []string
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// startEngine starts the engine binary (env adds CDC_* variables) without
+// waiting for it to stream.
+func (f *fixture) startEngine(env ...string) *proc {
+	f.t.Helper()
+	bin := buildEngine(f.t)
+	p := &proc{out: &syncBuffer{}, done: make(chan struct{}), env: env}
+	p.cmd = exec.Command(bin, "run", "--config", f.cfg, "--log-format", "console")
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout = p.out
+	p.cmd.Stderr = p.out
+	if err := p.cmd.Start(); err != nil {
+		f.t.Fatalf("start engine: %v", err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	f.mu.Lock()
+	f.procs = append(f.procs, p)
+	n := len(f.procs)
+	f.mu.Unlock()
+	f.t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-p.done:
+			case <-time.After(15 * time.Second):
+				_ = p.cmd.Process.Kill()
+				<-p.done
+			}
+		}
+		if f.t.Failed() || os.Getenv("CDC_FAULTS_LOGS") != "" {
+			f.t.Logf("engine run %d (env %q, %s) output, last lines:\n%s", n, p.env, p.state(), lastLines(p.out.String(), 60))
+		}
+	})
+	return p
+}
+
+// startStreaming starts the engine and waits until it streams.
+func (f *fixture) startStreaming(env ...string) *proc {
+	f.t.Helper()
+	p := f.startEngine(env...)
+	f.waitStreaming(p, 60*time.Second)
+	return p
+}
+
+// waitStreaming waits until p's replication connection streams from the
+// slot (the set-up connection that creates the slot is not enough).
+func (f *fixture) waitStreaming(p *proc, within time.Duration) {
+	f.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var n int
+		err := f.db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
+WHERE s.slot_name = $1 AND r.application_name = 'cdcinvalidate' AND r.state IN ('streaming', 'catchup')`, f.name).Scan(&n)
+		cancel()
+		if err == nil && n == 1 {
+			return
+		}
+		select {
+		case <-p.done:
+			f.t.Fatalf("engine exited before streaming (%s); output:\n%s", p.state(), lastLines(p.out.String(), 40))
+		default:
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("engine not streaming after %s; output:\n%s", within, lastLines(p.out.String(), 40))
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+func (p *proc) kill9(t *testing.T) {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// term sends SIGTERM and returns the exit code.
+func (p *proc) term(t *testing.T) int {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("engine did not exit within 30s of SIGTERM")
+	}
+	return p.exitCode()
+}
+
+// waitExit waits until the process ends by itself.
+func (p *proc) waitExit(t *testing.T, d time.Duration, what string) {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		t.Fatalf("engine still running %s after %s; output:\n%s", what, d, lastLines(p.out.String(), 30))
+	}
+}
+
+func (p *proc) alive() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+func (p *proc) exitCode() int {
+	var ee *exec.ExitError
+	if errors.As(p.err, &ee) {
+		return ee.ExitCode()
+	}
+	if p.err != nil {
+		return -1
+	}
+	return 0
+}
+
+// killedBySIGKILL reports whether the process ended by SIGKILL.
+func (p *proc) killedBySIGKILL() bool {
+	var ee *exec.ExitError
+	if !errors.As(p.err, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+func (p *proc) state() string {
+	if p.alive() {
+		return "running"
+	}
+	if p.cmd.ProcessState != nil {
+		return p.cmd.ProcessState.String()
+	}
+	return "ended"
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// sleepRand sleeps a random duration in [lo, hi).
+func sleepRand(rng interface{ Int64N(int64) int64 }, lo, hi time.Duration) {
+	d := lo
+	if hi > lo {
+		d += time.Duration(rng.Int64N(int64(hi - lo)))
+	}
+	time.Sleep(d)
+}

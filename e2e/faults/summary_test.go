@@ -1,0 +1,182 @@
+package faults
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// scenario collects what one test did and found, for the summary.
+type scenario struct {
+	t         *testing.T
+	name      string
+	guarantee string
+	negative  bool // a negative control: the checker must find stale keys
+
+	mu      sync.Mutex
+	runs    int
+	faults  map[string]int
+	order   []string
+	stats   loadStats
+	checks  int
+	keys    int
+	stale   int // stale keys found, over all checks
+	staleLb int // of those, library (lib:) keys
+	notes   []string
+	started time.Time
+	took    time.Duration
+	failed  bool
+}
+
+var results struct {
+	mu   sync.Mutex
+	list []*scenario
+}
+
+// newScenario registers the test's scenario; its line is logged when the
+// test ends and it goes into the summary.
+func newScenario(t *testing.T, name, guarantee string, negative bool) *scenario {
+	buildEngine(t) // once per process, not on the first scenario's clock
+	s := &scenario{t: t, name: name, guarantee: guarantee, negative: negative, faults: map[string]int{}, started: time.Now()}
+	results.mu.Lock()
+	results.list = append(results.list, s)
+	results.mu.Unlock()
+	t.Cleanup(func() {
+		s.mu.Lock()
+		s.took = time.Since(s.started)
+		s.failed = t.Failed()
+		s.mu.Unlock()
+		t.Logf("SUMMARY %s", s.line())
+	})
+	return s
+}
+
+func (s *scenario) fault(kind string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.faults[kind] == 0 {
+		s.order = append(s.order, kind)
+	}
+	s.faults[kind]++
+}
+
+func (s *scenario) note(format string, args ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.notes = append(s.notes, fmt.Sprintf(format, args...))
+}
+
+// record adds one check's result. Positive scenarios fail the test on any
+// stale key; negative controls leave the judgement to the caller.
+func (s *scenario) record(label string, r checkResult) {
+	s.t.Helper()
+	s.mu.Lock()
+	s.checks++
+	s.keys += r.plain + r.lib
+	s.stale += r.stale()
+	s.staleLb += len(r.staleLib)
+	s.mu.Unlock()
+	s.t.Logf("%s: %s", label, r)
+	if len(r.unknown) > 0 {
+		s.t.Errorf("%s: keys no rule manages in Redis: %q", label, r.unknown[:min(5, len(r.unknown))])
+	}
+	if !s.negative && r.stale() > 0 {
+		s.t.Errorf("%s: LOST INVALIDATIONS: %d stale keys (%d plain, %d library), e.g.:\n  %s", label, r.stale(), len(r.stalePlain), len(r.staleLib), strings.Join(r.examples(10), "\n  "))
+	}
+}
+
+func (s *scenario) addLoad(st *loadStats) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats.commits.Add(st.commits.Load())
+	s.stats.truncates.Add(st.truncates.Load())
+	s.stats.bulkCommits.Add(st.bulkCommits.Load())
+	s.stats.rollbacks.Add(st.rollbacks.Load())
+	s.stats.failed.Add(st.failed.Load())
+	s.stats.reads.Add(st.reads.Load())
+	s.stats.readErrs.Add(st.readErrs.Load())
+}
+
+func (s *scenario) run() {
+	s.mu.Lock()
+	s.runs++
+	s.mu.Unlock()
+}
+
+func (s *scenario) faultText() string {
+	var parts []string
+	for _, k := range s.order {
+		parts = append(parts, fmt.Sprintf("%s ×%d", k, s.faults[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (s *scenario) verdict() string {
+	switch {
+	case s.negative && s.stale > 0:
+		return fmt.Sprintf("detected: %d stale keys (expected)", s.stale)
+	case s.negative && s.failed:
+		return "FAILED"
+	case s.negative:
+		return "see notes"
+	case s.failed && s.stale > 0:
+		return fmt.Sprintf("LOST: %d stale keys", s.stale)
+	case s.failed:
+		return "FAILED (not a loss; see log)"
+	default:
+		return "0 lost"
+	}
+}
+
+func (s *scenario) line() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	l := fmt.Sprintf("%s: %d runs; faults: %s; %d transactions committed (%d large), %d rolled back, %d failed; %d cache reads through cacheaside; %d checks over %d keys; %s; %s",
+		s.name, s.runs, s.faultText(), s.stats.commits.Load(), s.stats.bulkCommits.Load(), s.stats.rollbacks.Load(), s.stats.failed.Load(),
+		s.stats.reads.Load(), s.checks, s.keys, s.verdict(), s.took.Round(100*time.Millisecond))
+	if len(s.notes) > 0 {
+		l += "; " + strings.Join(s.notes, "; ")
+	}
+	return l
+}
+
+// summaryText is the Markdown summary of every scenario that ran.
+func summaryText() string {
+	results.mu.Lock()
+	list := append([]*scenario(nil), results.list...)
+	results.mu.Unlock()
+	if len(list) == 0 {
+		return ""
+	}
+	sort.SliceStable(list, func(i, j int) bool { return !list[i].negative && list[j].negative })
+	var b strings.Builder
+	b.WriteString("Fault-injection summary (e2e/faults)\n\n")
+	b.WriteString("| Scenario | Guarantee | Runs | Faults injected | Txns committed | Keys compared | Result | Time |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|\n")
+	var total, stalePos int
+	for _, s := range list {
+		s.mu.Lock()
+		fmt.Fprintf(&b, "| %s | %s | %d | %s | %d | %d | %s | %s |\n", s.name, s.guarantee, s.runs, s.faultText(),
+			s.stats.commits.Load(), s.keys, s.verdict(), s.took.Round(time.Second))
+		if !s.negative {
+			total += s.runs
+			stalePos += s.stale
+		}
+		s.mu.Unlock()
+	}
+	fmt.Fprintf(&b, "\nPositive scenarios: %d runs, %d stale keys found (lost invalidations).\n", total, stalePos)
+	for _, s := range list {
+		s.mu.Lock()
+		if len(s.notes) > 0 {
+			fmt.Fprintf(&b, "- %s: %s\n", s.name, strings.Join(s.notes, "; "))
+		}
+		s.mu.Unlock()
+	}
+	return b.String()
+}
