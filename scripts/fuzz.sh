@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every fuzz target of the decoders and parsers for a bounded time each
+# (FUZZTIME, default 15s), one after the other. Plain `go test` already runs
+# their seed corpora; this explores beyond them. New crashers are written to
+# the package's testdata/fuzz/ and make this script fail.
+#   FUZZTIME=5m scripts/fuzz.sh     # a longer session
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+	export PATH="$PATH:/usr/local/go/bin"
+fi
+fuzztime=${FUZZTIME:-15s}
+targets=(
+	"./replication FuzzDecode"
+	"./replication FuzzParseExplicit"
+	"./mapping FuzzParseTemplate"
+	"./mapping FuzzFilters"
+	"./config FuzzParse"
+	"./config FuzzRules"
+)
+for t in "${targets[@]}"; do
+	read -r pkg name <<<"$t"
+	echo "fuzz: $name ($pkg) for $fuzztime"
+	go test "$pkg" -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime"
+done
+echo "fuzz: all targets ran without a failure"
