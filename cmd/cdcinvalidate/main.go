@@ -153,22 +153,33 @@ func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
 	return zap.New(core), nil
 }
 
-// runStatus prints the slot, the publication and the applied watermark.
-func runStatus(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+// loadForCommand parses a command's only flag, --config, and loads the
+// configuration. On failure it has said why and returns nil and the exit
+// status.
+func loadForCommand(name string, args []string, stderr io.Writer) (*config.Config, string, int) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	file := fs.String("config", "", "configuration file (YAML)")
 	if err := fs.Parse(args); err != nil {
-		return 2
+		return nil, "", 2
 	}
 	if *file == "" {
-		fmt.Fprintln(stderr, "cdcinvalidate status: --config FILE is required")
-		return 2
+		fmt.Fprintf(stderr, "cdcinvalidate %s: --config FILE is required\n", name)
+		return nil, "", 2
 	}
 	cfg, err := config.Load(*file, nil)
 	if err != nil {
 		fmt.Fprintln(stderr, config.Redact(err.Error()))
-		return 2
+		return nil, "", 2
+	}
+	return cfg, *file, 0
+}
+
+// runStatus prints the slot, the publication and the applied watermark.
+func runStatus(args []string, stdout, stderr io.Writer) int {
+	cfg, _, code := loadForCommand("status", args, stderr)
+	if cfg == nil {
+		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -212,26 +223,15 @@ func runBench(args []string, stdout, stderr io.Writer) int {
 // runCheck checks the rules, the database, the slot and Redis without
 // changing anything; exit status 1 when any finding is an ERROR.
 func runCheck(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	file := fs.String("config", "", "configuration file (YAML)")
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	if *file == "" {
-		fmt.Fprintln(stderr, "cdcinvalidate check: --config FILE is required")
-		return 2
-	}
-	cfg, err := config.Load(*file, nil)
-	if err != nil {
-		fmt.Fprintln(stderr, config.Redact(err.Error()))
-		return 2
+	cfg, file, code := loadForCommand("check", args, stderr)
+	if cfg == nil {
+		return code
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	rep, err := engine.Check(ctx, cfg, *file)
+	rep, err := engine.Check(ctx, cfg, file)
 	rep.Print(stdout)
 	if err != nil {
 		fmt.Fprintln(stderr, "cdcinvalidate check:", config.Redact(err.Error()))
