@@ -428,7 +428,11 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 }
 
 // watermarkScript raises the watermark key to ARGV[1] ("X/Y") and never
-// lowers it, so a replay after a restart does not move it back.
+// lowers it, so a replay after a restart does not move it back. It returns
+// the value it found. When that value is below ARGV[2], the highest this
+// engine set before (Redis lost acknowledged writes), it leaves the key
+// alone: the watermark must not claim a position before the flush that the
+// loss calls for is done.
 var watermarkScript = redis.NewScript(`
 local function num(s)
   if not s then return -1 end
@@ -437,7 +441,12 @@ local function num(s)
   return tonumber(hi, 16) * 4294967296 + tonumber(lo, 16)
 end
 local cur = redis.call('GET', KEYS[1])
-if num(cur) < num(ARGV[1]) then
+local have = num(cur)
+local mine = num(ARGV[2])
+if mine > 0 and have < mine then
+  return cur
+end
+if have < num(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1])
 end
 return cur`)
@@ -445,7 +454,7 @@ return cur`)
 func (s *Sink) watermark(ctx context.Context, p redis.Pipeliner, end replication.LSN) {
 	// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT, and a
 	// Redis restarted empty has no scripts.
-	s.markCmd = watermarkScript.Eval(ctx, p, []string{s.cfg.WatermarkKey}, end.String())
+	s.markCmd = watermarkScript.Eval(ctx, p, []string{s.cfg.WatermarkKey}, end.String(), s.lastMark.String())
 }
 
 // ErrHistoryLost is wrapped when Redis lost writes it had acknowledged.
@@ -466,8 +475,8 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 		had, _ = pglogrepl.ParseLSN(prev)
 	}
 	if s.lastMark != 0 && had < s.lastMark && s.mustFlush == "" {
-		// Remembered until the flush succeeded: the retried pipeline has
-		// already raised the watermark again and would hide the loss.
+		// The script left the watermark where it was; remembered until the
+		// flush succeeded, then the watermark is raised explicitly.
 		s.mustFlush = fmt.Sprintf("the watermark %s in Redis was %s, below %s which this engine had set: Redis lost writes it had acknowledged (restart without persistence, failover to a lagging replica, restore from a backup, FLUSHALL), so deleted keys may be back with old values",
 			s.cfg.WatermarkKey, orNone(prev, err), s.lastMark)
 	}
@@ -482,6 +491,10 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 	}
 	s.log.Error("redis went back in time; flushing every managed key", zap.String("reason", s.mustFlush), zap.Strings("patterns", s.cfg.FlushPatterns))
 	if err := s.Flush(ctx); err != nil {
+		return err
+	}
+	// Only now may the watermark say that everything up to here is applied.
+	if err := s.cfg.Client.Set(ctx, s.cfg.WatermarkKey, s.lastMark.String(), 0).Err(); err != nil {
 		return err
 	}
 	s.mustFlush = ""

@@ -80,9 +80,10 @@ func TestFailpointStreamAfterStop(t *testing.T) {
 // confirmReceivedRun stops the running engine p (SIGTERM) and starts the
 // deliberately broken one (CDC_UNSAFE=confirm-received: it confirms what
 // it received, not what Redis acknowledged); with every plain key cached
-// it stops Redis, lets the writers commit until the slot's confirmed
-// position has passed transactions Redis never saw, kills the engine with
-// SIGKILL, resumes Redis, starts a correct engine (returned) and checks.
+// it stops Redis, lets the writers commit 120 transactions, waits until
+// the slot's confirmed position has passed transactions Redis never saw
+// (and settled), kills the engine with SIGKILL, resumes Redis, starts a
+// correct engine (returned) and checks.
 func confirmReceivedRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, p *proc, i int) (checkResult, *proc) {
 	t.Helper()
 	if p != nil {
@@ -108,9 +109,20 @@ func confirmReceivedRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, 
 	stalled := f.currentLSN()
 	stats := &loadStats{}
 	l := f.startLoad(rng, loadOpts{writers: 3}, stats)
-	waitFor(t, 30*time.Second, "the broken engine to confirm transactions Redis never saw", func() bool { return f.confirmed() > stalled })
+	// Enough transactions to fill the engine's queue (it stops reading,
+	// and so confirming, when 64 wait for the sink), then let its
+	// confirmed position settle.
+	waitFor(t, 60*time.Second, "120 commits while Redis is stopped", func() bool { return stats.commits.Load() >= 120 })
 	l.stop()
 	sc.addLoad(stats)
+	last, since := f.confirmed(), time.Now()
+	waitFor(t, 60*time.Second, "the broken engine to confirm transactions Redis never saw, and then stop moving", func() bool {
+		c := f.confirmed()
+		if c != last {
+			last, since = c, time.Now()
+		}
+		return c > stalled && time.Since(since) > 2500*time.Millisecond
+	})
 	sc.note("run %d: with Redis stopped at %s, the slot confirmed %s", i, stalled, f.confirmed())
 	p.kill9(t)
 	sc.fault("kill -9")

@@ -23,8 +23,9 @@ type scenario struct {
 	stats   loadStats
 	checks  int
 	keys    int
-	stale   int // stale keys found, over all checks
-	staleLb int // of those, library (lib:) keys
+	stale   int   // stale keys found, over all checks
+	perRun  []int // stale keys found by each check
+	staleLb int   // of those, library (lib:) keys
 	notes   []string
 	started time.Time
 	took    time.Duration
@@ -77,6 +78,7 @@ func (s *scenario) record(label string, r checkResult) {
 	s.checks++
 	s.keys += r.plain + r.lib
 	s.stale += r.stale()
+	s.perRun = append(s.perRun, r.stale())
 	s.staleLb += len(r.staleLib)
 	s.mu.Unlock()
 	s.t.Logf("%s: %s", label, r)
@@ -120,7 +122,17 @@ func (s *scenario) faultText() string {
 func (s *scenario) verdict() string {
 	switch {
 	case s.negative && s.stale > 0:
-		return fmt.Sprintf("detected: %d stale keys (expected)", s.stale)
+		detected, lo, hi := 0, -1, 0
+		for _, n := range s.perRun {
+			if n > 0 {
+				detected++
+			}
+			if lo < 0 || n < lo {
+				lo = n
+			}
+			hi = max(hi, n)
+		}
+		return fmt.Sprintf("loss detected in %d of %d runs (%d-%d stale keys per run), as it must be", detected, len(s.perRun), lo, hi)
 	case s.negative && s.failed:
 		return "FAILED"
 	case s.negative:
@@ -130,7 +142,7 @@ func (s *scenario) verdict() string {
 	case s.failed:
 		return "FAILED (not a loss; see log)"
 	default:
-		return "0 lost"
+		return fmt.Sprintf("0 stale keys in %d checks", s.checks)
 	}
 }
 
@@ -141,9 +153,18 @@ func (s *scenario) line() string {
 		s.name, s.runs, s.faultText(), s.stats.commits.Load(), s.stats.bulkCommits.Load(), s.stats.rollbacks.Load(), s.stats.failed.Load(),
 		s.stats.reads.Load(), s.checks, s.keys, s.verdict(), s.took.Round(100*time.Millisecond))
 	if len(s.notes) > 0 {
-		l += "; " + strings.Join(s.notes, "; ")
+		l += "; " + notesText(s.notes)
 	}
 	return l
+}
+
+// notesText joins notes, the first few only when there are many.
+func notesText(notes []string) string {
+	const most = 4
+	if len(notes) <= most {
+		return strings.Join(notes, "; ")
+	}
+	return fmt.Sprintf("%s; ... (%d more)", strings.Join(notes[:most], "; "), len(notes)-most)
 }
 
 // summaryText is the Markdown summary of every scenario that ran.
@@ -174,7 +195,7 @@ func summaryText() string {
 	for _, s := range list {
 		s.mu.Lock()
 		if len(s.notes) > 0 {
-			fmt.Fprintf(&b, "- %s: %s\n", s.name, strings.Join(s.notes, "; "))
+			fmt.Fprintf(&b, "- %s: %s\n", s.name, notesText(s.notes))
 		}
 		s.mu.Unlock()
 	}
