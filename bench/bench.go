@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -201,8 +202,8 @@ func (b *bench) setup(ctx context.Context, rep *Report) error {
 		if b.engineBin, err = os.Executable(); err != nil {
 			return fmt.Errorf("find this executable to run as the engine: %w (name it with --engine)", err)
 		}
-	} else if !isExecutable(b.engineBin) {
-		return fmt.Errorf("--engine %s is not an executable file", b.engineBin)
+	} else if b.engineBin, err = exec.LookPath(b.engineBin); err != nil {
+		return fmt.Errorf("--engine: %w", err)
 	}
 	// Look for pg_recvlogical before anything starts, to fail fast.
 	if b.recvBin, err = findPgRecvLogical(b.opts.PgRecvLogical); err != nil {
@@ -275,7 +276,7 @@ func (b *bench) setup(ctx context.Context, rep *Report) error {
 		return err
 	}
 	for _, sql := range []string{
-		`CREATE TABLE ` + table + ` (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0, payload text NOT NULL) WITH (fillfactor = 90)`,
+		`CREATE TABLE ` + table + ` (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0, payload text NOT NULL) WITH (fillfactor = 90, autovacuum_enabled = false)`,
 		fmt.Sprintf(`INSERT INTO %s (id, payload) SELECT g, 'item ' || g || ' ' || md5(g::text) FROM generate_series(1, %d) g`, table, b.opts.Rows),
 		`VACUUM ANALYZE ` + table,
 		`CREATE PUBLICATION ` + publication + ` FOR TABLE ` + table,
@@ -336,6 +337,16 @@ func loadAverage() float64 {
 		return -1
 	}
 	return v
+}
+
+// vacuum removes the dead rows of earlier updates before a measurement.
+// Autovacuum is off for the bench table, so that it does not start in the
+// middle of one and compete for the CPUs.
+func (b *bench) vacuum(ctx context.Context) error {
+	if _, err := b.db.Exec(ctx, `VACUUM `+table); err != nil {
+		return fmt.Errorf("postgres: VACUUM %s: %w", table, err)
+	}
+	return nil
 }
 
 func infoField(info, name string) string {

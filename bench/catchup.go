@@ -82,6 +82,24 @@ func summariseCatchUp(c *CatchUp) {
 	if len(cpuPer) > 0 {
 		c.EngineCPUPer100k = median(cpuPer)
 	}
+	per100k := func(get func(CatchUpRun) float64) float64 {
+		var xs []float64
+		for _, r := range c.Runs {
+			v := get(r)
+			if v < 0 || c.Changes <= 0 {
+				return -1
+			}
+			xs = append(xs, v*100_000/float64(c.Changes))
+		}
+		return median(xs)
+	}
+	c.CPU = CPUPer100k{
+		EngineWalsender: per100k(func(r CatchUpRun) float64 { return r.EngineWalsenderCPU }),
+		Engine:          per100k(func(r CatchUpRun) float64 { return r.EngineCPUSeconds }),
+		Redis:           per100k(func(r CatchUpRun) float64 { return r.RedisCPUSeconds }),
+		RecvWalsender:   per100k(func(r CatchUpRun) float64 { return r.RecvWalsenderCPU }),
+		Recv:            per100k(func(r CatchUpRun) float64 { return r.RecvCPUSeconds }),
+	}
 	c.Met = c.Ratio > 0 && c.Ratio <= c.TargetRatio
 }
 
@@ -170,6 +188,9 @@ func cpuSeconds(d time.Duration) float64 {
 // prepareRange creates the slots at the current position, runs the
 // workload and returns the WAL range that holds it.
 func (b *bench) prepareRange(ctx context.Context, w workload, slots ...string) (start, end pglogrepl.LSN, err error) {
+	if err := b.vacuum(ctx); err != nil {
+		return 0, 0, err
+	}
 	for i, s := range slots {
 		lsn, err := b.createSlot(ctx, s)
 		if err != nil {

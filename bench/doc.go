@@ -17,10 +17,12 @@
 //
 // For each workload, --rows single-row UPDATEs of the bench table, either
 // --batch rows per transaction or one row per transaction (written by a
-// DO block that commits in a loop, then flushed with a synchronous
-// commit): two slots (plugin pgoutput) are created at the same point
-// before the workload; the end is pg_current_wal_lsn() after it. Then, one
-// after the other over the same WAL range:
+// DO block that commits in a loop, with synchronous_commit off), two
+// slots (plugin pgoutput) are created at the same point before the
+// workload; the end is pg_current_wal_lsn() after it, once the WAL writer
+// flushed it. Autovacuum is off for the bench table; it is vacuumed
+// before each workload and phase instead, so that no vacuum competes with
+// a measurement. Then, one after the other over the same WAL range:
 //
 //   - the engine, with Redis holding the keys item:1..item:ROWS (so the
 //     deletes do real work), from its start until the slot's
@@ -36,11 +38,14 @@
 // the runs' engine/pg_recvlogical ratios (each run's two consumers read
 // the same WAL moments apart, so the ratio of a run is less disturbed by
 // the machine's load than either time). Also per run: the time until the
-// slot was active (start-up), the engine's CPU time (user+system from its
-// exit status) and peak RSS, the Redis commands and Redis CPU during the
-// engine's run, and, with throwaway servers, the CPU time of the
-// walsender serving each consumer (/proc/PID/stat of the slot's
-// active_pid), which shows whether the walsender was the bottleneck.
+// slot was active (start-up), the CPU time of the engine and of
+// pg_recvlogical (user+system from their exit status), the engine's peak
+// RSS, the Redis commands and Redis CPU during the engine's run, and, with
+// throwaway servers, the CPU time of the walsender serving each consumer
+// (/proc/PID/stat of the slot's active_pid). Per 100,000 changes these
+// add up to the CPU cost of each path (walsender + engine + Redis against
+// walsender + pg_recvlogical): when the machine's cores are all busy, the
+// wall times follow those sums rather than the walsender alone.
 // Target: the engine within 1.15x of pg_recvlogical for both workloads.
 //
 // # Commit-to-invalidation latency
@@ -69,4 +74,14 @@
 // Targets are printed next to the figures and judged; a missed target is
 // not an error (exit 0). Lost invalidations and keys the engine left
 // behind are problems (exit 1).
+//
+// # Profiles
+//
+// With --profile DIR the engine also serves metrics and pprof
+// (metrics.listen on a free loopback port, metrics.pprof) and the bench
+// saves, for go tool pprof: a CPU profile per catch-up workload, from one
+// extra run after the measured ones (not counted in the figures); a CPU
+// profile per latency rate, taken during its writes; and the heap
+// profile (alloc_space shows where the memory came from) once the memory
+// phase's transaction is confirmed.
 package bench

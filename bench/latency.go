@@ -22,6 +22,9 @@ import (
 // time from a commit to the deletion of its key as Redis reports it.
 func (b *bench) latency(ctx context.Context) ([]Latency, error) {
 	b.prog.Step("latency: starting the engine")
+	if err := b.vacuum(ctx); err != nil {
+		return nil, err
+	}
 	created, err := b.createSlot(ctx, engineSlot)
 	if err != nil {
 		return nil, err

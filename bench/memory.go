@@ -22,6 +22,9 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 		m.TargetRSSBytes = TargetRSSBytes
 	}
 	b.prog.Step("memory: starting the engine")
+	if err := b.vacuum(ctx); err != nil {
+		return m, err
+	}
 	start, err := b.createSlot(ctx, engineSlot)
 	if err != nil {
 		return m, err

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"math"
+	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -165,6 +166,11 @@ func (o *Options) Validate() error {
 	}
 	if len(o.Phases) == 0 {
 		errs = append(errs, errors.New("--phases: give at least one of catchup, latency, memory"))
+	}
+	if o.Engine != "" {
+		if _, err := exec.LookPath(o.Engine); err != nil {
+			errs = append(errs, fmt.Errorf("--engine: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -109,6 +109,8 @@ func TestValidate(t *testing.T) {
 		{"max conns", func(o *Options) { o.MaxConns = 0 }, "--max-conns"},
 		{"no phases", func(o *Options) { o.Phases = nil }, "--phases"},
 		{"redis db", func(o *Options) { o.RedisDB = -1 }, "--redis-db"},
+		{"engine", func(o *Options) { o.Engine = "/nonexistent/cdcinvalidate" }, "--engine"},
+		{"engine found", func(o *Options) { o.Engine = "/bin/sh" }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -84,12 +84,40 @@ type CatchUp struct {
 	EngineRate    float64 `json:"engine_changes_per_second"`
 	RecvRate      float64 `json:"pg_recvlogical_changes_per_second"`
 	// Ratio is the median of the runs' engine/pg_recvlogical time ratios.
-	Ratio            float64      `json:"ratio"`
-	EngineCPUPer100k float64      `json:"engine_cpu_seconds_per_100k_changes"`
-	TargetRatio      float64      `json:"target_ratio"`
-	CPUProfile       string       `json:"cpu_profile,omitempty"` // engine CPU profile of an extra run
-	Met              bool         `json:"target_met"`
-	Runs             []CatchUpRun `json:"runs"`
+	Ratio            float64 `json:"ratio"`
+	EngineCPUPer100k float64 `json:"engine_cpu_seconds_per_100k_changes"`
+	// CPU is the CPU time per 100,000 changes of every process on each
+	// path (medians of the runs; -1 unknown).
+	CPU         CPUPer100k   `json:"cpu_seconds_per_100k_changes"`
+	TargetRatio float64      `json:"target_ratio"`
+	CPUProfile  string       `json:"cpu_profile,omitempty"` // engine CPU profile of an extra run
+	Met         bool         `json:"target_met"`
+	Runs        []CatchUpRun `json:"runs"`
+}
+
+// CPUPer100k is CPU seconds per 100,000 changes on the two paths: the
+// walsender, the engine and Redis; the walsender and pg_recvlogical.
+type CPUPer100k struct {
+	EngineWalsender float64 `json:"engine_walsender"`
+	Engine          float64 `json:"engine"`
+	Redis           float64 `json:"redis"`
+	RecvWalsender   float64 `json:"pg_recvlogical_walsender"`
+	Recv            float64 `json:"pg_recvlogical"`
+}
+
+// EngineTotal and RecvTotal sum a path, -1 when a part is unknown.
+func (c CPUPer100k) EngineTotal() float64 { return sumKnown(c.EngineWalsender, c.Engine, c.Redis) }
+func (c CPUPer100k) RecvTotal() float64   { return sumKnown(c.RecvWalsender, c.Recv) }
+
+func sumKnown(xs ...float64) float64 {
+	var t float64
+	for _, x := range xs {
+		if x < 0 {
+			return -1
+		}
+		t += x
+	}
+	return t
 }
 
 // CatchUpRun is one run of a catch-up measurement. Startup is the time
@@ -180,8 +208,14 @@ func (r *Report) WriteTable(w io.Writer) error {
 
 	if len(r.CatchUp) > 0 {
 		s := r.Settings
-		fmt.Fprintf(&b, "\nCatch-up: %s row changes (UPDATE) already in the slot; engine = start until its slot's confirmed_flush_lsn >= end (deleting prefilled keys), pg_recvlogical = start until --endpos, into /dev/null. Median of %d run%s.\n",
-			thousands(int64(s.Rows)), s.Repeat, plural(s.Repeat))
+		runs := fmt.Sprintf("Median of %d run%s.", s.Repeat, plural(s.Repeat))
+		for _, c := range r.CatchUp {
+			if len(c.Runs) != s.Repeat {
+				runs = fmt.Sprintf("Median of the runs that completed (%d requested).", s.Repeat)
+			}
+		}
+		fmt.Fprintf(&b, "\nCatch-up: %s row changes (UPDATE) already in the slot; engine = start until its slot's confirmed_flush_lsn >= end (deleting prefilled keys), pg_recvlogical = start until --endpos, into /dev/null. %s\n",
+			thousands(int64(s.Rows)), runs)
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "workload\tchanges\ttxns\tWAL\tengine\tchanges/s\tpg_recvlogical\tchanges/s\tratio\ttarget\tengine CPU/100k\t")
 		for _, c := range r.CatchUp {
@@ -189,6 +223,21 @@ func (r *Report) WriteTable(w io.Writer) error {
 				c.Description, thousands(int64(c.Changes)), thousands(int64(c.Transactions)), megabytes(int64(c.WALBytes)),
 				seconds(c.EngineSeconds), thousands(round(c.EngineRate)), seconds(c.RecvSeconds), thousands(round(c.RecvRate)),
 				c.Ratio, verdict(fmt.Sprintf("<= %.2fx", c.TargetRatio), &c.Met), seconds(c.EngineCPUPer100k))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintln(&b, "\nCPU seconds per 100,000 changes (medians; on a machine whose cores are all busy, wall time follows the total):")
+		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "workload\twalsender\tengine\tredis\tengine path\twalsender\tpg_recvlogical\tpg_recvlogical path\tratio\t")
+		for _, c := range r.CatchUp {
+			u := c.CPU
+			rt := "-"
+			if u.EngineTotal() > 0 && u.RecvTotal() > 0 {
+				rt = fmt.Sprintf("%.2fx", u.EngineTotal()/u.RecvTotal())
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", c.Workload, cpu(u.EngineWalsender), cpu(u.Engine), cpu(u.Redis),
+				cpu(u.EngineTotal()), cpu(u.RecvWalsender), cpu(u.Recv), cpu(u.RecvTotal()), rt)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

@@ -53,11 +53,11 @@ func sampleReport() *Report {
 			Postgres: "15.13", Redis: "7.0.15", Throwaway: true, PgRecvLogical: "/usr/bin/pg_recvlogical",
 			PluginOptions: []string{"proto_version=2", "publication_names=cdcbench_pub"}, LoadAverage: [2]float64{0.5, 1.25},
 		},
-		Settings: Settings{Rows: 200000, Batch: 1000, Repeat: 3, Rates: []string{"500", "2000", "max"}, DurationSeconds: 10, MaxConns: 2, BigRows: 2000000},
+		Settings: Settings{Rows: 200000, Batch: 1000, Repeat: 1, Rates: []string{"500", "2000", "max"}, DurationSeconds: 10, MaxConns: 2, BigRows: 2000000},
 		CatchUp: []CatchUp{{
 			Workload: "batched", Description: "batched, 1,000 rows/txn", Changes: 200000, Transactions: 200, WALBytes: 24_000_000,
 			EngineSeconds: 1.2, RecvSeconds: 1.0, EngineRate: 166666.7, RecvRate: 200000, Ratio: 1.2, EngineCPUPer100k: 0.35,
-			TargetRatio: 1.15, Met: false,
+			TargetRatio: 1.15, Met: false, CPU: CPUPer100k{EngineWalsender: 0.45, Engine: 0.35, Redis: 0.05, RecvWalsender: 0.475, Recv: 0.125},
 			Runs: []CatchUpRun{{EngineSeconds: 1.2, EngineStartupSeconds: 0.05, EngineCPUSeconds: 0.7, EngineWalsenderCPU: 0.9,
 				RecvSeconds: 1.0, RecvStartupSeconds: 0.01, RecvWalsenderCPU: 0.95, Ratio: 1.2, EngineMaxRSSBytes: 30_000_000}},
 		}},
@@ -81,9 +81,10 @@ func TestWriteTable(t *testing.T) {
 		"PostgreSQL 15.13, Redis 7.0.15 (throwaway servers on 127.0.0.1)",
 		"pgoutput options of both consumers: proto_version=2, publication_names=cdcbench_pub",
 		"load average (1 min) 0.50 at the start, 1.25 at the end, on 2 CPUs",
-		"Median of 3 runs",
+		"Median of 1 run.",
 		"batched, 1,000 rows/txn",
 		"166,667", "200,000", "1.20x", "<= 1.15x MISSED", "0.35 s",
+		"0.85 s", "0.60 s", "1.42x", // CPU paths: 0.45+0.35+0.05, 0.475+0.125, their ratio
 		"500/s", "2000/s", "max", "p99 <= 5 ms ok", "12.5 ms",
 		"2,000,000", "120 MB", "<= 150 MB ok",
 		"PROBLEMS:", "1 of 40000 writes",
@@ -102,9 +103,19 @@ func TestWriteTable(t *testing.T) {
 			break
 		}
 	}
+	// An interrupted run says so.
+	r := sampleReport()
+	r.Settings.Repeat = 2
+	var partial bytes.Buffer
+	if err := r.WriteTable(&partial); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(partial.String(), "Median of the runs that completed (2 requested).") {
+		t.Errorf("partial report:\n%s", partial.String())
+	}
 	// Sections that were not measured are left out.
 	var empty bytes.Buffer
-	r := sampleReport()
+	r = sampleReport()
 	r.CatchUp, r.Latency, r.Memory, r.Problems = nil, nil, nil, nil
 	if err := r.WriteTable(&empty); err != nil {
 		t.Fatal(err)
@@ -159,6 +170,14 @@ func TestSummariseCatchUp(t *testing.T) {
 	}
 	if c.EngineCPUPer100k != 0.45 {
 		t.Errorf("CPU per 100k = %v, want 0.45", c.EngineCPUPer100k)
+	}
+	if c.CPU.Engine != 0.45 || c.CPU.EngineWalsender != 0 || c.CPU.RecvTotal() != 0 {
+		t.Errorf("CPU per 100k = %+v", c.CPU)
+	}
+	c.Runs[1].RedisCPUSeconds = -1
+	summariseCatchUp(c)
+	if c.CPU.Redis != -1 || c.CPU.EngineTotal() != -1 {
+		t.Errorf("an unknown run does not make the median unknown: %+v", c.CPU)
 	}
 	c.Runs = c.Runs[:1]
 	summariseCatchUp(c)
