@@ -133,7 +133,9 @@ type Sink struct {
 	// one later means it lost acknowledged writes.
 	lastMark  replication.LSN
 	markCmd   *redis.Cmd
-	mustFlush string // why a flush is owed ("" when none)
+	mustFlush string          // why a flush is owed ("" when none)
+	held      replication.LSN // applied, not yet watermarked and reported
+	markedAt  time.Time
 }
 
 // New returns a sink.
@@ -184,7 +186,7 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			select {
 			case ev, ok = <-in:
 				if !ok {
-					return nil
+					return s.markHeld(ctx)
 				}
 			case <-ctx.Done():
 				return ctx.Err()
@@ -221,23 +223,60 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 				break gather
 			}
 		}
-		if err := s.applyKeys(ctx, s.batch, end); err != nil {
+		// The watermark (an EVAL: a GET and a SET in Redis) goes with a
+		// batch when nothing is queued behind it, or every markEvery while
+		// catching up. Positions are confirmed only up to the watermark, so
+		// it never falls below the slot's confirmed position.
+		held := max(end, s.held)
+		markNow := s.cfg.WatermarkKey == "" || closed || pending != nil || len(in) == 0 || time.Since(s.markedAt) >= markEvery
+		var mark replication.LSN
+		if markNow {
+			mark = held
+		}
+		if err := s.applyKeys(ctx, s.batch, end, mark); err != nil {
 			return err
 		}
 		if end == 0 {
 			failpoint.Hit("sink-mid-txn")
 		} else {
 			failpoint.Hit("sink-after-ack")
-		}
-		if end != 0 {
-			s.ack.Ack(end)
-			s.Stats.LastApplied.Store(uint64(end))
 			s.obs.Applied(time.Now(), s.commits)
 		}
+		s.held = held
+		if markNow {
+			s.ackHeld()
+		}
 		if closed {
-			return nil
+			return s.markHeld(ctx)
 		}
 	}
+}
+
+// markEvery is how often the watermark is raised while batches queue up.
+const markEvery = 50 * time.Millisecond
+
+// ackHeld reports the applied position held back for the watermark.
+func (s *Sink) ackHeld() {
+	if s.held == 0 {
+		return
+	}
+	s.ack.Ack(s.held)
+	s.Stats.LastApplied.Store(uint64(s.held))
+	s.held = 0
+	s.markedAt = time.Now()
+}
+
+// markHeld raises the watermark to a held position and reports it (at the
+// end of the input).
+func (s *Sink) markHeld(ctx context.Context) error {
+	if s.held == 0 {
+		return nil
+	}
+	if err := s.applyKeys(ctx, nil, 0, s.held); err != nil {
+		return err
+	}
+	s.ackHeld()
+	return nil
 }
 
 func (s *Sink) startBatch() {
@@ -298,8 +337,11 @@ func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
 	return n
 }
 
-func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN) error {
-	mark := s.cfg.WatermarkKey != "" && end != 0
+// applyKeys deletes keys in one pipeline; end is the last transaction end
+// the batch completes (0 inside a transaction), markAt the position to
+// raise the watermark to in the same pipeline (0: not this time).
+func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replication.LSN) error {
+	mark := s.cfg.WatermarkKey != "" && markAt != 0
 	if len(keys) == 0 && !mark {
 		return nil
 	}
@@ -319,7 +361,7 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN
 				p.Publish(ctx, s.cfg.PublishChannel, s.msg)
 			}
 			if mark {
-				s.watermark(ctx, p, end)
+				s.watermark(ctx, p, markAt)
 			}
 			return nil
 		})
@@ -329,7 +371,7 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end replication.LSN
 			return err
 		}
 		if mark {
-			if err := s.checkMark(ctx, end); err != nil {
+			if err := s.checkMark(ctx, markAt); err != nil {
 				return err
 			}
 		}
