@@ -1,7 +1,6 @@
 package cacheaside_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -248,19 +247,4 @@ func (e *env) insertItems(t testing.TB, ids ...int) {
 
 func itemKey(id int) string { return "item:" + strconv.Itoa(id) }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = harness.SyncBuffer

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -189,27 +188,9 @@ func TestPostgres(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for the log copier and the test.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestPostgresLogWriterAndClose(t *testing.T) {
 	ctx := testCtx(t)
-	var logBuf syncBuffer
+	var logBuf SyncBuffer
 	p, err := StartPostgres(ctx, PostgresOptions{Log: &logBuf})
 	if err != nil {
 		t.Fatal(err)
