@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -106,6 +107,7 @@ func runEngine(args []string, stderr io.Writer) int {
 		return 2
 	}
 	defer func() { _ = log.Sync() }()
+	setMemoryLimit(cfg, log)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -292,4 +294,18 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// setMemoryLimit gives the garbage collector a soft limit of the streamed
+// transaction buffer plus 32 MiB, unless GOMEMLIMIT says otherwise: with
+// the default GOGC alone a full 64 MB key buffer let the heap grow to about
+// twice that before a collection (bench --phases memory: peak RSS 148 MB
+// without the limit, 115 MB with it).
+func setMemoryLimit(cfg *config.Config, log *zap.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := int64(cfg.Postgres.TxnBufferMB)<<20 + 32<<20
+	debug.SetMemoryLimit(limit)
+	log.Debug("soft memory limit", zap.Int64("bytes", limit))
 }
