@@ -109,10 +109,7 @@ import (
 	"hash/fnv"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -143,9 +140,6 @@ func TestMain(m *testing.M) {
 		if err := sharedPG.pg.Close(); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 		}
-	}
-	if engineBin.dir != "" {
-		_ = os.RemoveAll(engineBin.dir)
 	}
 	os.Exit(code)
 }
@@ -181,45 +175,15 @@ func postgresT(t *testing.T) *harness.Postgres {
 	return sharedPG.pg
 }
 
-// engineBin is the engine binary, built once per test process: with
+// buildEngine returns the engine binary, built once per test process: with
 // -tags failpoints when this package is (so CDC_FAILPOINT and CDC_UNSAFE
-// work), else the release build of the harness.
-var engineBin struct {
-	once      sync.Once
-	path, dir string
-	err       error
-}
-
+// work), else the release build.
 func buildEngine(t *testing.T) string {
 	t.Helper()
 	if !failpointsBuild {
 		return harness.BuildEngine(t)
 	}
-	engineBin.once.Do(func() {
-		root, err := harness.ModuleRoot()
-		if err != nil {
-			engineBin.err = err
-			return
-		}
-		dir, err := os.MkdirTemp("", "cdcinvalidate-faults-bin-*")
-		if err != nil {
-			engineBin.err = err
-			return
-		}
-		engineBin.dir = dir
-		bin := filepath.Join(dir, "cdcinvalidate")
-		cmd := exec.Command("go", "build", "-tags", "failpoints", "-o", bin, "./cmd/cdcinvalidate")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			engineBin.err = fmt.Errorf("go build -tags failpoints ./cmd/cdcinvalidate: %v\n%s", err, strings.TrimSpace(string(out)))
-			return
-		}
-		engineBin.path = bin
-	})
-	if engineBin.err != nil {
-		t.Fatal(engineBin.err)
-	}
-	return engineBin.path
+	return harness.BuildEngineTags(t, "failpoints")
 }
 
 // runs is how many runs a scenario makes: CDC_FAULTS_RUNS, else def (1 with -short).

@@ -16,11 +16,16 @@ import (
 // enginePkg is the engine's main package, relative to the module root.
 const enginePkg = "./cmd/cdcinvalidate"
 
-var engineBuild struct {
+type build struct {
 	once sync.Once
 	path string
 	err  error
 }
+
+var (
+	buildsMu sync.Mutex
+	builds   = map[string]*build{} // by build tags
+)
 
 // BuildEngine builds ./cmd/cdcinvalidate of this module with go build -o,
 // once per test process, and returns the binary's path. A failed build
@@ -29,16 +34,28 @@ var engineBuild struct {
 // at process exit); each build removes those of processes that are gone.
 func BuildEngine(t testing.TB) string {
 	t.Helper()
-	engineBuild.once.Do(func() {
-		engineBuild.path, engineBuild.err = buildEngine()
-	})
-	if engineBuild.err != nil {
-		t.Fatalf("harness: %v", engineBuild.err)
-	}
-	return engineBuild.path
+	return BuildEngineTags(t, "")
 }
 
-func buildEngine() (string, error) {
+// BuildEngineTags is BuildEngine with go build -tags tags (e.g.
+// "failpoints"), once per test process and set of tags.
+func BuildEngineTags(t testing.TB, tags string) string {
+	t.Helper()
+	buildsMu.Lock()
+	b := builds[tags]
+	if b == nil {
+		b = &build{}
+		builds[tags] = b
+	}
+	buildsMu.Unlock()
+	b.once.Do(func() { b.path, b.err = buildEngine(tags) })
+	if b.err != nil {
+		t.Fatalf("harness: %v", b.err)
+	}
+	return b.path
+}
+
+func buildEngine(tags string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", fmt.Errorf("build engine: %w", err)
@@ -49,11 +66,15 @@ func buildEngine() (string, error) {
 		return "", fmt.Errorf("build engine: %w", err)
 	}
 	bin := filepath.Join(dir, "cdcinvalidate")
-	cmd := exec.Command("go", "build", "-o", bin, enginePkg)
+	args := []string{"build", "-o", bin}
+	if tags != "" {
+		args = append(args, "-tags", tags)
+	}
+	cmd := exec.Command("go", append(args, enginePkg)...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		_ = os.RemoveAll(dir)
-		return "", fmt.Errorf("build engine: go build %s in %s: %w\n%s", enginePkg, root, err, bytes.TrimSpace(out))
+		return "", fmt.Errorf("build engine: go %s in %s: %w\n%s", strings.Join(cmd.Args[1:], " "), root, err, bytes.TrimSpace(out))
 	}
 	return bin, nil
 }
