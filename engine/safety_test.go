@@ -1,10 +1,15 @@
 package engine
 
 import (
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/cdcinvalidate/cdcinvalidate/config"
 )
 
 func TestSyncStandbyMatch(t *testing.T) {
@@ -59,6 +64,41 @@ func TestIsLoopback(t *testing.T) {
 	} {
 		if got := isLoopback(host); got != want {
 			t.Errorf("isLoopback(%q) = %v, want %v", host, got, want)
+		}
+	}
+}
+
+func TestWarnPlaintext(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		dsn, redisAddr string
+		redisTLS       bool
+		want           []string // messages containing these
+	}{
+		{"postgres://u@127.0.0.1/db?sslmode=disable", "127.0.0.1:6379", false, nil},
+		{"postgres://u@db.internal/db?sslmode=disable", "cache.internal:6379", false, []string{"PostgreSQL connection", "Redis connection"}},
+		{"postgres://u@db.internal/db?sslmode=require", "cache.internal:6379", true, []string{"PostgreSQL connection"}},
+		{"postgres://u@db.internal/db?sslmode=verify-full", "127.0.0.1:6379", false, nil},
+	} {
+		core, logs := observer.New(zap.WarnLevel)
+		cfg := &config.Config{Postgres: config.Postgres{DSN: c.dsn}, Redis: config.Redis{Addr: c.redisAddr, TLS: c.redisTLS}}
+		pg, err := pgconn.ParseConfig(c.dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		(&Engine{cfg: cfg, log: zap.New(core)}).warnPlaintext(pg)
+		var got []string
+		for _, e := range logs.All() {
+			got = append(got, e.Message)
+		}
+		if len(got) != len(c.want) {
+			t.Errorf("%s, %s: warnings %q, want ones containing %q", c.dsn, c.redisAddr, got, c.want)
+			continue
+		}
+		for i, w := range c.want {
+			if !strings.Contains(got[i], w) {
+				t.Errorf("%s: warning %q lacks %q", c.dsn, got[i], w)
+			}
 		}
 	}
 }
