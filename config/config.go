@@ -157,7 +157,64 @@ type Rule struct {
 	// false invalidate nothing through this rule.
 	When string `yaml:"when"`
 
+	// Actions is what the rule does with its keys: delete, version,
+	// publish, stream, refresh, generation. Default: [delete].
+	Actions []string `yaml:"actions"`
+	// DeleteCommand overrides sink.delete_command for this rule (unlink, del).
+	DeleteCommand string `yaml:"delete_command"`
+	// VersionKey names the version key of a key, {key} standing for it.
+	// Default "{key}:v".
+	VersionKey string `yaml:"version_key"`
+	// VersionTTL expires version keys; renewed at every raise. Default 0: none.
+	VersionTTL time.Duration `yaml:"version_ttl"`
+	// PublishChannel receives one JSON message per transaction. Default
+	// "cdcinvalidate:changes".
+	PublishChannel string `yaml:"publish_channel"`
+	// StreamKey is the Redis Stream events are appended to. Default
+	// "cdcinvalidate:changes".
+	StreamKey string `yaml:"stream_key"`
+	// StreamMaxLen caps the stream at about this many entries (MAXLEN ~);
+	// 0 means no cap. Default 100000.
+	StreamMaxLen *int64 `yaml:"stream_maxlen"`
+	// RefreshColumns are the columns refresh writes. Default: all.
+	RefreshColumns []string `yaml:"refresh_columns"`
+	// RefreshTTL expires refreshed values. Default 0: no TTL.
+	RefreshTTL time.Duration `yaml:"refresh_ttl"`
+	// RefreshTTLJitter takes up to this fraction of refresh_ttl off at
+	// random (0 to 0.9), so values written together do not expire together.
+	RefreshTTLJitter float64 `yaml:"refresh_ttl_jitter"`
+	// GenerationKey is the key generation increments. Default "gen:<table>"
+	// (with the schema when it is not public).
+	GenerationKey string `yaml:"generation_key"`
+	// OnTruncate is "scan" (SCAN + UNLINK the rule's keys, default) or
+	// "generation" (only increment the generation key).
+	OnTruncate string `yaml:"on_truncate"`
+
 	cond *mapping.Condition // When, compiled by validate
+}
+
+// Rule action names.
+const (
+	ActionDelete     = "delete"
+	ActionVersion    = "version"
+	ActionPublish    = "publish"
+	ActionStream     = "stream"
+	ActionRefresh    = "refresh"
+	ActionGeneration = "generation"
+)
+
+// DefaultChannel is the default publish channel and stream key of rules.
+const DefaultChannel = "cdcinvalidate:changes"
+
+// DefaultStreamMaxLen is the default stream_maxlen.
+const DefaultStreamMaxLen = 100000
+
+// hasAction reports whether the rule lists action a (delete when none are listed).
+func (r *Rule) hasAction(a string) bool {
+	if len(r.Actions) == 0 {
+		return a == ActionDelete
+	}
+	return slices.Contains(r.Actions, a)
 }
 
 // Sink tunes how keys are deleted.
@@ -567,8 +624,8 @@ func (c *Config) validate(loc locator) []Problem {
 				add(base+".table", "table %q is not a plain lower-case name or schema.name", r.Table)
 			}
 		}
-		if len(r.Keys) == 0 {
-			add(base+".keys", "rule for table %q has no keys", r.Table)
+		if len(r.Keys) == 0 && !(len(r.Actions) > 0 && slices.Equal(slices.Compact(slices.Clone(r.Actions)), []string{ActionGeneration})) {
+			add(base+".keys", "rule for table %q has no keys (only a rule whose actions are [generation] may leave keys out)", r.Table)
 		}
 		seen := map[string]bool{}
 		for j, k := range r.Keys {
@@ -627,6 +684,7 @@ func (c *Config) validateRuleOptions(loc locator, i int) []Problem {
 	if len(r.WhenChanged) > 0 && !ops.Has(mapping.OnUpdate) {
 		add(base+".when_changed", "when_changed filters UPDATEs only, but the rule's ops %v leave out update: remove when_changed or add update to ops", r.Ops)
 	}
+	ps = append(ps, c.validateRuleActions(loc, i, ops)...)
 	if r.When != "" {
 		cond, err := mapping.CompileCondition(r.When)
 		var ce *mapping.ConditionError
@@ -641,6 +699,105 @@ func (c *Config) validateRuleOptions(loc locator, i int) []Problem {
 		default:
 			r.cond = cond
 		}
+	}
+	return ps
+}
+
+// validateRuleActions checks the actions of rule i and their options.
+func (c *Config) validateRuleActions(loc locator, i int, ops mapping.OpSet) []Problem {
+	var ps []Problem
+	r := &c.Rules[i]
+	base := fmt.Sprintf("rules[%d]", i)
+	add := func(path, format string, args ...any) {
+		ps = append(ps, Problem{Where: loc.where(path), Msg: fmt.Sprintf(format, args...)})
+	}
+	if r.Actions != nil && len(r.Actions) == 0 {
+		add(base+".actions", "actions is empty, so the rule would do nothing: list some of %s, or leave actions out to delete", mapping.ActionNames)
+	}
+	seen := map[string]bool{}
+	for j, a := range r.Actions {
+		p := fmt.Sprintf("%s.actions[%d]", base, j)
+		switch a {
+		case ActionDelete, ActionVersion, ActionPublish, ActionStream, ActionRefresh, ActionGeneration:
+		default:
+			add(p, "unknown action %q: use %s", a, mapping.ActionNames)
+		}
+		if seen[a] {
+			add(p, "action %q is listed twice", a)
+		}
+		seen[a] = true
+	}
+	if r.hasAction(ActionDelete) && r.hasAction(ActionRefresh) {
+		add(base+".actions", "delete and refresh are both listed: refresh writes the keys that delete would remove (and deletes them when the row goes); keep one")
+	}
+	// An option of an action the rule does not list is a mistake.
+	needs := func(path, action string, set bool) {
+		if set && !r.hasAction(action) {
+			add(base+"."+path, "%s is set, but actions does not list %s: add %s to actions, or remove %s", path, action, action, path)
+		}
+	}
+	needs("delete_command", ActionDelete, r.DeleteCommand != "")
+	needs("version_key", ActionVersion, r.VersionKey != "")
+	needs("version_ttl", ActionVersion, r.VersionTTL != 0)
+	needs("publish_channel", ActionPublish, r.PublishChannel != "")
+	needs("stream_key", ActionStream, r.StreamKey != "")
+	needs("stream_maxlen", ActionStream, r.StreamMaxLen != nil)
+	needs("refresh_columns", ActionRefresh, r.RefreshColumns != nil)
+	needs("refresh_ttl", ActionRefresh, r.RefreshTTL != 0)
+	needs("refresh_ttl_jitter", ActionRefresh, r.RefreshTTLJitter != 0)
+	needs("generation_key", ActionGeneration, r.GenerationKey != "")
+	switch r.DeleteCommand {
+	case "", "unlink", "del":
+	default:
+		add(base+".delete_command", "delete_command %q is not one of unlink, del", r.DeleteCommand)
+	}
+	if r.VersionKey != "" {
+		if err := mapping.CheckVersionKey(r.VersionKey); err != nil {
+			add(base+".version_key", "%v", err)
+		}
+	}
+	if r.VersionTTL < 0 {
+		add(base+".version_ttl", "version_ttl must not be negative")
+	}
+	if r.VersionTTL > 0 && r.VersionTTL < time.Millisecond {
+		add(base+".version_ttl", "version_ttl must be at least 1ms")
+	}
+	if r.StreamMaxLen != nil && *r.StreamMaxLen < 0 {
+		add(base+".stream_maxlen", "stream_maxlen must not be negative (0: no cap)")
+	}
+	if r.RefreshTTL < 0 || (r.RefreshTTL > 0 && r.RefreshTTL < time.Millisecond) {
+		add(base+".refresh_ttl", "refresh_ttl must be 0 (no TTL) or at least 1ms")
+	}
+	if r.RefreshTTLJitter < 0 || r.RefreshTTLJitter > 0.9 {
+		add(base+".refresh_ttl_jitter", "refresh_ttl_jitter %g must be between 0 and 0.9 (a fraction of refresh_ttl)", r.RefreshTTLJitter)
+	} else if r.RefreshTTLJitter > 0 && r.RefreshTTL == 0 {
+		add(base+".refresh_ttl_jitter", "refresh_ttl_jitter needs refresh_ttl")
+	}
+	if r.RefreshColumns != nil && len(r.RefreshColumns) == 0 {
+		add(base+".refresh_columns", "refresh_columns is empty: name columns, or leave it out to write every column")
+	}
+	cols := map[string]bool{}
+	for j, col := range r.RefreshColumns {
+		p := fmt.Sprintf("%s.refresh_columns[%d]", base, j)
+		switch {
+		case strings.TrimSpace(col) == "":
+			add(p, "refresh_columns has an empty column name")
+		case cols[col]:
+			add(p, "column %q is listed twice in refresh_columns", col)
+		}
+		cols[col] = true
+	}
+	switch r.OnTruncate {
+	case "", "scan":
+	case "generation":
+		if !r.hasAction(ActionGeneration) {
+			add(base+".on_truncate", "on_truncate: generation needs generation in actions")
+		}
+		if !ops.Has(mapping.OnTruncate) {
+			add(base+".on_truncate", "on_truncate is set, but the rule's ops %v leave out truncate", r.Ops)
+		}
+	default:
+		add(base+".on_truncate", "on_truncate %q is not one of scan, generation", r.OnTruncate)
 	}
 	return ps
 }
@@ -662,6 +819,7 @@ func (c *Config) MappingRules(file string) []mapping.Rule {
 			mr.Ops |= op
 		}
 		mr.WhenChanged = slices.Clone(r.WhenChanged)
+		mr.Actions = r.mappingActions()
 		mr.When = r.cond
 		if mr.When == nil && r.When != "" {
 			mr.When, _ = mapping.CompileCondition(r.When)
@@ -848,4 +1006,37 @@ var passwordKVRE = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|(
 func Redact(s string) string {
 	s = userinfoRE.ReplaceAllString(s, "${1}xxxxx@")
 	return passwordKVRE.ReplaceAllString(s, "${1}xxxxx")
+}
+
+// mappingActions converts the rule's actions and their options.
+func (r *Rule) mappingActions() mapping.Actions {
+	if len(r.Actions) == 0 && r.DeleteCommand == "" {
+		return mapping.Actions{}
+	}
+	a := mapping.Actions{
+		Delete:        r.hasAction(ActionDelete),
+		DeleteCommand: r.DeleteCommand,
+		Version:       r.hasAction(ActionVersion), VersionKey: r.VersionKey, VersionTTL: r.VersionTTL,
+		Publish: r.hasAction(ActionPublish), PublishChannel: r.PublishChannel,
+		Stream: r.hasAction(ActionStream), StreamKey: r.StreamKey, StreamMaxLen: DefaultStreamMaxLen,
+		Refresh: r.hasAction(ActionRefresh), RefreshColumns: slices.Clone(r.RefreshColumns), RefreshTTL: r.RefreshTTL, RefreshJitter: r.RefreshTTLJitter,
+		Generation: r.hasAction(ActionGeneration), GenerationKey: r.GenerationKey, TruncateGeneration: r.OnTruncate == "generation",
+	}
+	if r.StreamMaxLen != nil {
+		a.StreamMaxLen = *r.StreamMaxLen
+	}
+	if a.Publish && a.PublishChannel == "" {
+		a.PublishChannel = DefaultChannel
+	}
+	if a.Stream && a.StreamKey == "" {
+		a.StreamKey = DefaultChannel
+	}
+	if a.Generation && a.GenerationKey == "" {
+		s, t := SplitTable(r.Table)
+		a.GenerationKey = "gen:" + t
+		if s != "public" {
+			a.GenerationKey = "gen:" + s + "." + t
+		}
+	}
+	return a
 }

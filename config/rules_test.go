@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -47,6 +48,16 @@ func TestLoadRuleOptions(t *testing.T) {
 	if _, err := mapping.New(rules); err != nil {
 		t.Fatalf("mapping.New: %v", err)
 	}
+	// Actions and their defaults.
+	if a := rules[0].Actions; !reflect.DeepEqual(a, mapping.Actions{}) {
+		t.Errorf("rules[0] without actions got %+v", a)
+	}
+	c0 := Config{Rules: []Rule{{Table: "shop.orders", Actions: []string{"publish", "stream", "generation"}}}}
+	a := c0.MappingRules("x")[0].Actions
+	if !a.Publish || a.PublishChannel != DefaultChannel || !a.Stream || a.StreamKey != DefaultChannel ||
+		a.StreamMaxLen != DefaultStreamMaxLen || a.GenerationKey != "gen:shop.orders" || a.Delete {
+		t.Errorf("defaults of actions: %+v", a)
+	}
 	// Rules built in code without validation still get their condition.
 	c := Config{Rules: []Rule{{Table: "t", Keys: []string{"t:{id}"}, When: `op == "insert"`}}}
 	if r := c.MappingRules("x"); r[0].When == nil {
@@ -84,6 +95,24 @@ func TestRuleOptionProblems(t *testing.T) {
 		{"when type error", "    when: op == 3\n", "no matching overload", "10:5"},
 		{"when as a list", "    when: [a]\n", "cannot unmarshal", "10"},
 		{"unknown rule option", "    when_change: [a]\n", `unknown option "when_change" in rule`, "10:5"},
+		{"actions", "    actions: [delete, version, publish, stream, generation]\n    version_key: \"v:{key}\"\n    version_ttl: 24h\n    publish_channel: c\n    stream_key: s\n    stream_maxlen: 0\n    generation_key: g\n    delete_command: del\n", "", ""},
+		{"refresh", "    actions: [refresh]\n    refresh_columns: [id, name]\n    refresh_ttl: 1h\n    refresh_ttl_jitter: 0.2\n", "", ""},
+		{"generation on truncate", "    actions: [generation]\n    on_truncate: generation\n", "", ""},
+		{"unknown action", "    actions: [delete, purge]\n", `unknown action "purge": use delete, version, publish, stream, refresh, generation`, "10:23"},
+		{"duplicate action", "    actions: [version, version]\n", `action "version" is listed twice`, "10:24"},
+		{"empty actions", "    actions: []\n", "actions is empty", "10:14"},
+		{"delete with refresh", "    actions: [delete, refresh]\n", "delete and refresh are both listed", "10:14"},
+		{"option without its action", "    actions: [delete]\n    version_ttl: 1h\n", "version_ttl is set, but actions does not list version", "11:18"},
+		{"option of default delete", "    refresh_ttl: 1h\n", "refresh_ttl is set, but actions does not list refresh", "10:18"},
+		{"bad version key", "    actions: [version]\n    version_key: \"{key}\"\n", "would overwrite the cached value", "11:18"},
+		{"version key without key", "    actions: [version]\n    version_key: v\n", "must contain {key} exactly once", "11:18"},
+		{"bad delete command", "    delete_command: remove\n", `delete_command "remove" is not one of unlink, del`, "10:21"},
+		{"jitter too big", "    actions: [refresh]\n    refresh_ttl: 1h\n    refresh_ttl_jitter: 1.5\n", "must be between 0 and 0.9", "12:25"},
+		{"jitter without ttl", "    actions: [refresh]\n    refresh_ttl_jitter: 0.1\n", "refresh_ttl_jitter needs refresh_ttl", "11:25"},
+		{"negative maxlen", "    actions: [stream]\n    stream_maxlen: -1\n", "stream_maxlen must not be negative", "11:20"},
+		{"truncate generation without action", "    on_truncate: generation\n", "on_truncate: generation needs generation in actions", "10:18"},
+		{"bad on_truncate", "    actions: [generation]\n    on_truncate: wipe\n", `on_truncate "wipe" is not one of scan, generation`, "11:18"},
+		{"duplicate refresh column", "    actions: [refresh]\n    refresh_columns: [a, a]\n", `column "a" is listed twice in refresh_columns`, "11:26"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

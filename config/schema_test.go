@@ -182,6 +182,11 @@ func validate(root map[string]any, node map[string]any, v any, path string) []st
 			_, okType = v.(bool)
 		case "integer":
 			_, okType = v.(int)
+		case "number":
+			switch v.(type) {
+			case int, float64:
+				okType = true
+			}
 		}
 		if !okType {
 			bad("%v (%T) is not of type %s", v, v, typ)
@@ -239,6 +244,13 @@ func validate(root map[string]any, node map[string]any, v any, path string) []st
 		}
 		if m, ok := node["maximum"].(float64); ok && float64(x) > m {
 			bad("%d is above %v", x, m)
+		}
+	case float64:
+		if m, ok := node["minimum"].(float64); ok && x < m {
+			bad("%g is below %v", x, m)
+		}
+		if m, ok := node["maximum"].(float64); ok && x > m {
+			bad("%g is above %v", x, m)
 		}
 	}
 	return ps

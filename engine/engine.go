@@ -125,6 +125,7 @@ func (e *Engine) run(ctx context.Context) error {
 		StandbyRetry: e.cfg.Postgres.StandbyRetry, WALSenderTimeout: e.cfg.Postgres.WALSenderTimeout,
 	}, e.mapper, tracker, events)
 	e.Metrics.Attach(tracker, st)
+	e.Metrics.AttachRules(metrics.RuleSource{Stats: e.mapper.Stats, RefreshFallbacks: e.mapper.RefreshFallbacks})
 	var companion func(string) string
 	if e.cfg.Client.Leases {
 		companion = cacheaside.LeaseKey
@@ -133,7 +134,7 @@ func (e *Engine) run(ctx context.Context) error {
 		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == "del",
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, Observer: e.Metrics,
-		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
+		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
 	}, tracker)
 	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {
 		return err

@@ -81,6 +81,11 @@ func CheckTableProblems(r *Rule, t TableInfo) []Problem {
 			add(fmt.Sprintf("when_changed names column %q, which table %s does not have (its columns: %v)", c, name, t.Columns), "fix the column name")
 		}
 	}
+	for _, c := range r.Actions.RefreshColumns {
+		if !slices.Contains(t.Columns, c) {
+			add(fmt.Sprintf("refresh_columns names column %q, which table %s does not have (its columns: %v)", c, name, t.Columns), "fix the column name")
+		}
+	}
 	if r.When != nil {
 		o, n := r.When.Columns()
 		for _, c := range slices.Compact(slices.Sorted(slices.Values(slices.Concat(o, n)))) {
@@ -178,6 +183,21 @@ func TableWarnings(r *Rule, t TableInfo) []Problem {
 				"key on a column whose text is stable (an id), or make sure the application formats the value exactly as PostgreSQL's text output with the server's settings"})
 		}
 	}
+	if r.Actions.Refresh {
+		cols := r.Actions.RefreshColumns
+		if len(cols) == 0 {
+			cols = t.Columns
+		}
+		for _, c := range cols {
+			i := slices.Index(t.Columns, c)
+			if i < 0 || i >= len(t.Types) || carried(c) || !toastable(t.Types[i]) {
+				continue
+			}
+			ps = append(ps, Problem{r.Where,
+				fmt.Sprintf("refreshed column %q (%s) can be TOASTed, and an UPDATE that leaves a TOASTed value unchanged does not carry it: the refresh then deletes the key instead of writing it (counted in cdcinvalidate_refresh_fallbacks_total)", c, t.Types[i]),
+				fmt.Sprintf("to always write, run ALTER TABLE %s REPLICA IDENTITY FULL, or leave the column out of refresh_columns", name)})
+		}
+	}
 	for _, c := range r.WhenChanged {
 		if slices.Contains(t.Columns, c) && !carried(c) {
 			ps = append(ps, Problem{r.Where,
@@ -224,4 +244,18 @@ func settingDependent(typ string) string {
 		return "the bytea_output setting"
 	}
 	return ""
+}
+
+// toastable reports whether values of a type (as format_type prints it)
+// can be stored out of line: variable-length types.
+func toastable(typ string) bool {
+	if strings.HasSuffix(typ, "[]") {
+		return true
+	}
+	base, _, _ := strings.Cut(typ, "(")
+	switch base {
+	case "text", "bytea", "json", "jsonb", "xml", "character varying", "character", "numeric", "tsvector", "hstore", "path", "polygon":
+		return true
+	}
+	return false
 }

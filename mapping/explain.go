@@ -43,6 +43,9 @@ type Explanation struct {
 	Rules []RuleTrace
 	// Keys are the unique keys to delete, or the patterns for TRUNCATE.
 	Keys []string
+	// Actions describe what else the rules' actions do, in order (version
+	// keys, messages, refreshed values, generation bumps).
+	Actions []string
 	// Failed says the engine would stop on this change (see the rules' Error).
 	Failed bool
 }
@@ -86,7 +89,22 @@ func (m *Mapper) Explain(ch *replication.Change) (*Explanation, error) {
 		}
 		e.Rules = append(e.Rules, tr)
 	}
+	if !e.Failed {
+		keys, acts, err := m.AppendChange(nil, nil, ch)
+		if err == nil {
+			e.Keys = keys
+			e.Actions = describeActions(acts)
+		}
+	}
 	return e, nil
+}
+
+func describeActions(acts []replication.Action) []string {
+	var out []string
+	for i := range acts {
+		out = append(out, DescribeAction(&acts[i]))
+	}
+	return out
 }
 
 // ExplainTruncate traces the SCAN patterns a TRUNCATE of rel produces.
@@ -107,6 +125,9 @@ func (m *Mapper) ExplainTruncate(rel *replication.Relation) *Explanation {
 		}
 		e.Rules = append(e.Rules, tr)
 	}
+	globs, acts := m.AppendTruncate(nil, nil, rel)
+	e.Keys = globs
+	e.Actions = describeActions(acts)
 	return e
 }
 
@@ -145,6 +166,12 @@ func (e *Explanation) Print(w io.Writer) {
 	fmt.Fprintf(w, "\n%s (%d):\n", what, len(e.Keys))
 	for _, k := range e.Keys {
 		fmt.Fprintf(w, "  %s\n", k)
+	}
+	if len(e.Actions) > 0 {
+		fmt.Fprintf(w, "\nother actions (%d):\n", len(e.Actions))
+		for _, a := range e.Actions {
+			fmt.Fprintf(w, "  %s\n", a)
+		}
 	}
 }
 

@@ -92,12 +92,22 @@ type Rule struct {
 	// When, when set, is evaluated for every INSERT, UPDATE and DELETE the
 	// rule would otherwise apply to; false skips the change for this rule.
 	When *Condition
+	// Actions say what the rule does with its keys; the zero value deletes them.
+	Actions Actions
 	// Where names the rule for messages, e.g. "rules[1] (rules.yaml:12)".
 	Where string
+
+	qualified string // schema.table, set by New
+	index     int    // place in the mapper's rules, set by New
 }
 
 // QualifiedTable returns "schema.table".
-func (r *Rule) QualifiedTable() string { return r.Schema + "." + r.Table }
+func (r *Rule) QualifiedTable() string {
+	if r.qualified != "" {
+		return r.qualified
+	}
+	return r.Schema + "." + r.Table
+}
 
 // ErrOldValueUnavailable is wrapped when a key of the old row cannot be
 // computed because the change does not carry a column the template needs.
@@ -123,9 +133,15 @@ type Mapper struct {
 
 	nullWarned map[*Rule]bool
 
-	skippedOldKeys atomic.Uint64
-	nullKeys       atomic.Uint64
-	skippedRules   atomic.Uint64
+	skippedOldKeys   atomic.Uint64
+	nullKeys         atomic.Uint64
+	skippedRules     atomic.Uint64
+	refreshFallbacks atomic.Uint64
+
+	perRule []ruleCounters // by Rule.index
+
+	oldKeys, newKeys []string // keys of one rule's old and new row (non-plain rules)
+	rowBuf           []byte
 }
 
 // Option configures a Mapper.
@@ -148,9 +164,10 @@ type boundRelation struct {
 }
 
 type boundRule struct {
-	rule      *Rule
-	templates []boundTemplate
-	changed   []int // column indexes of WhenChanged
+	rule        *Rule
+	templates   []boundTemplate
+	changed     []int // column indexes of WhenChanged
+	refreshCols []int // column indexes of the refreshed row
 }
 
 type boundTemplate struct {
@@ -171,14 +188,46 @@ func New(rules []Rule, opts ...Option) (*Mapper, error) {
 		if r.Schema == "" {
 			r.Schema = "public"
 		}
-		if r.Table == "" || len(r.Templates) == 0 {
+		if r.Table == "" || (len(r.Templates) == 0 && r.Actions.usesKeys()) {
 			return nil, fmt.Errorf("%s: a rule needs a table and at least one key template", r.Where)
 		}
+		if r.Actions.Generation && r.Actions.GenerationKey == "" {
+			return nil, fmt.Errorf("%s: the generation action needs a generation key", r.Where)
+		}
+		r.qualified = r.Schema + "." + r.Table
+		r.index = len(m.rules)
 		m.byTable[r.QualifiedTable()] = append(m.byTable[r.QualifiedTable()], r)
 		m.rules = append(m.rules, r)
 	}
+	m.perRule = make([]ruleCounters, len(m.rules))
 	return m, nil
 }
+
+type ruleCounters struct {
+	applied, skipped, outputs atomic.Uint64
+}
+
+// RuleStats are running totals of one rule.
+type RuleStats struct {
+	Rule    *Rule
+	Applied uint64 // changes the rule applied to
+	Skipped uint64 // changes its ops, when_changed or when let pass
+	Outputs uint64 // keys and actions it produced (before deduplication)
+}
+
+// Stats returns the totals of every rule, in rule order; safe to call
+// from any goroutine.
+func (m *Mapper) Stats() []RuleStats {
+	out := make([]RuleStats, len(m.rules))
+	for i, r := range m.rules {
+		c := &m.perRule[i]
+		out[i] = RuleStats{Rule: r, Applied: c.applied.Load(), Skipped: c.skipped.Load(), Outputs: c.outputs.Load()}
+	}
+	return out
+}
+
+// Index is the rule's place in its mapper, from 0.
+func (r *Rule) Index() int { return r.index }
 
 // AllRules returns every rule, in the order New was given them.
 func (m *Mapper) AllRules() []*Rule { return m.rules }
@@ -211,6 +260,10 @@ func (m *Mapper) NullKeys() uint64 { return m.nullKeys.Load() }
 // SkippedRules counts changes a rule let pass because of its ops,
 // when_changed or when.
 func (m *Mapper) SkippedRules() uint64 { return m.skippedRules.Load() }
+
+// RefreshFallbacks counts keys the refresh action deleted instead of
+// writing, because the change did not carry every selected column.
+func (m *Mapper) RefreshFallbacks() uint64 { return m.refreshFallbacks.Load() }
 
 // Bind prepares the rules of a relation the server announced. It is called
 // for every Relation message, so a changed table definition is checked
@@ -259,6 +312,21 @@ func (m *Mapper) Bind(rel *replication.Relation) error {
 				continue
 			}
 			bR.changed = append(bR.changed, idx)
+		}
+		if r.Actions.Refresh {
+			if len(r.Actions.RefreshColumns) == 0 {
+				for i := range rel.Columns {
+					bR.refreshCols = append(bR.refreshCols, i)
+				}
+			}
+			for _, c := range r.Actions.RefreshColumns {
+				idx, ok := colIndex[c]
+				if !ok {
+					problems = append(problems, fmt.Sprintf("%s: table %s has no column %q named in refresh_columns (was it dropped or renamed? fix rules.yaml and restart)", r.Where, rel.QualifiedName(), c))
+					continue
+				}
+				bR.refreshCols = append(bR.refreshCols, idx)
+			}
 		}
 		if r.When != nil {
 			br.hasWhen = true
@@ -398,33 +466,62 @@ const (
 	skipWhenFalse
 )
 
-// AppendKeys appends the keys of a row change to dst. Keys are unique within
-// one call. Changes of tables without rules produce nothing.
+// AppendKeys appends the keys a row change deletes with the sink's command
+// to dst (the other actions are dropped). Keys are unique within one call.
 func (m *Mapper) AppendKeys(dst []string, ch *replication.Change) ([]string, error) {
+	dst, _, err := m.AppendChange(dst, nil, ch)
+	return dst, err
+}
+
+// AppendChange appends the keys a row change deletes with the sink's
+// command to keys (unique within one call), and its other actions to acts,
+// in rule order. Changes of tables without rules produce nothing.
+func (m *Mapper) AppendChange(keys []string, acts []replication.Action, ch *replication.Change) ([]string, []replication.Action, error) {
 	br := m.bound[ch.Rel.ID]
 	if br == nil {
-		return dst, nil
+		return keys, acts, nil
 	}
 	if opOf(ch.Op) == 0 {
-		return dst, fmt.Errorf("unknown change op %v", ch.Op)
+		return keys, acts, fmt.Errorf("unknown change op %v", ch.Op)
 	}
-	start := len(dst)
+	start := len(keys)
 	var vars map[string]any
 	for ri := range br.rules {
 		r := &br.rules[ri]
 		why, _, err := m.decide(br, r, ch, &vars)
 		if err != nil {
-			return dst, err
+			return keys, acts, err
 		}
+		c := &m.perRule[r.rule.index]
 		if why != skipNone {
 			m.skippedRules.Add(1)
+			c.skipped.Add(1)
 			continue
 		}
-		if dst, err = m.appendRule(dst, start, br, r, ch, nil); err != nil {
-			return dst, err
+		c.applied.Add(1)
+		before := len(keys) + len(acts)
+		if r.rule.Actions.plain() {
+			if keys, err = m.appendRule(keys, start, br, r, ch, nil); err != nil {
+				return keys, acts, err
+			}
+			c.outputs.Add(uint64(len(keys) - before))
+			continue
 		}
+		m.oldKeys, m.newKeys = m.oldKeys[:0], m.newKeys[:0]
+		if ch.Op != replication.OpInsert {
+			if m.oldKeys, err = m.appendSide(m.oldKeys, 0, br, r, ch, sideOld, nil); err != nil {
+				return keys, acts, err
+			}
+		}
+		if ch.Op != replication.OpDelete {
+			if m.newKeys, err = m.appendSide(m.newKeys, 0, br, r, ch, sideNew, nil); err != nil {
+				return keys, acts, err
+			}
+		}
+		keys, acts = m.appendActions(keys, start, acts, br, r, ch, m.oldKeys, m.newKeys)
+		c.outputs.Add(uint64(len(keys) + len(acts) - before))
 	}
-	return dst, nil
+	return keys, acts, nil
 }
 
 // decide returns why rule r lets the change pass (skipNone: it applies).
@@ -571,22 +668,4 @@ func (m *Mapper) warnNull(bt *boundTemplate, col string, rel *replication.Relati
 	m.log.Warn("a key template's column is NULL, so it makes no key for that row (logged once per rule; add |default:TEXT to the placeholder to key NULLs)",
 		zap.String("rule", bt.rule.Where), zap.String("table", rel.QualifiedName()), zap.String("template", bt.t.src),
 		zap.String("column", col), zap.Stringer("op", ch.Op))
-}
-
-// AppendGlobs appends the SCAN patterns that cover every key of a truncated
-// relation's rules (those whose ops include truncate). Relations without
-// rules produce nothing.
-func (m *Mapper) AppendGlobs(dst []string, rel *replication.Relation) []string {
-	start := len(dst)
-	for _, r := range m.byTable[rel.QualifiedName()] {
-		if !r.Ops.Has(OnTruncate) {
-			continue
-		}
-		for _, t := range r.Templates {
-			if g := t.Glob(); !slices.Contains(dst[start:], g) {
-				dst = append(dst, g)
-			}
-		}
-	}
-	return dst
 }

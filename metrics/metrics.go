@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/cdcinvalidate/cdcinvalidate/mapping"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
 
@@ -70,6 +72,7 @@ type Metrics struct {
 	commitApply  prometheus.Histogram
 	errors       *prometheus.CounterVec
 	tooLong      prometheus.Counter
+	actions      *prometheus.CounterVec
 
 	state      atomic.Value // string
 	redisDown  atomic.Bool
@@ -79,7 +82,19 @@ type Metrics struct {
 	slot       SlotStats
 	readyLag   time.Duration
 	tableCache sync.Map // qualified name -> *tableObserver
+	rules      atomic.Pointer[RuleSource]
 }
+
+// RuleSource reads the per-rule totals of the rules in force (see
+// mapping.Mapper.Stats), at scrape time.
+type RuleSource struct {
+	Stats            func() []mapping.RuleStats
+	RefreshFallbacks func() uint64
+}
+
+// AttachRules sets where per-rule totals are read from; a reload of the
+// rules attaches the new ones (their totals start again from zero).
+func (m *Metrics) AttachRules(src RuleSource) { m.rules.Store(&src) }
 
 // New creates and registers every metric. pos and stream may be set later
 // with Attach; until then position gauges read zero.
@@ -110,11 +125,16 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 		Help: "Errors by class: redis_transient (retried), redis_permanent (stops), replication (reconnects)."}, []string{"class"})
 	m.tooLong = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "keys_too_long_total",
 		Help: "Keys longer than sink.max_key_bytes, not invalidated (use a digest filter in the template)."})
+	m.actions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "actions_total",
+		Help: "Actions besides plain deletes applied in Redis, by action (unlink, del, version, publish, stream, refresh, generation), before deduplication."}, []string{"action"})
+	for k := replication.ActUnlink; k <= replication.ActIncr; k++ {
+		m.actions.WithLabelValues(k.String())
+	}
 	for _, c := range []string{"redis_transient", "redis_permanent", "replication"} {
 		m.errors.WithLabelValues(c)
 	}
 	for _, c := range []prometheus.Collector{m.changes, m.keysRendered, m.batches, m.batchKeys, m.keysSent, m.keysDeleted,
-		m.truncates, m.redisRTT, m.commitApply, m.errors, m.tooLong} {
+		m.truncates, m.redisRTT, m.commitApply, m.errors, m.tooLong, m.actions} {
 		f(c)
 	}
 	f(collectors.NewGoCollector())
@@ -226,6 +246,11 @@ func (m *Metrics) Applied(now time.Time, commitTimes []time.Time) {
 // KeyTooLong counts a key that was too long to send.
 func (m *Metrics) KeyTooLong() { m.tooLong.Inc() }
 
+// Actions counts applied actions of one kind.
+func (m *Metrics) Actions(kind replication.ActionKind, n int) {
+	m.actions.WithLabelValues(kind.String()).Add(float64(n))
+}
+
 // RedisError counts a failed Redis attempt.
 func (m *Metrics) RedisError(_ error, permanent bool) {
 	if permanent {
@@ -253,11 +278,15 @@ var (
 	descSlotActive  = prometheus.NewDesc(ns+"_slot_active", "1 when a walsender streams from the slot.", nil, nil)
 	descSlotStatus  = prometheus.NewDesc(ns+"_slot_wal_status", "1 for the slot's wal_status (reserved, extended, unreserved, lost).", []string{"status"}, nil)
 	descSlotScraped = prometheus.NewDesc(ns+"_slot_stats_timestamp_seconds", "When the slot statistics were read.", nil, nil)
+	descRuleChanges = prometheus.NewDesc(ns+"_rule_changes_total", "Row changes a rule applied to (result applied) or let pass through its ops, when_changed or when (result skipped), by rule (its index in rules) and table; from zero again after a reload.", []string{"rule", "table", "result"}, nil)
+	descRuleOutputs = prometheus.NewDesc(ns+"_rule_outputs_total", "Keys and actions a rule produced, by rule and table; from zero again after a reload.", []string{"rule", "table"}, nil)
+	descFallbacks   = prometheus.NewDesc(ns+"_refresh_fallbacks_total", "Keys the refresh action deleted instead of writing, because the change did not carry every refreshed column (an unchanged TOASTed value).", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descApplied, descReceived, descServerEnd, descLagBytes, descLagSeconds,
-		descPending, descSlotConf, descSlotRetain, descSlotSafe, descSlotActive, descSlotStatus, descSlotScraped} {
+		descPending, descSlotConf, descSlotRetain, descSlotSafe, descSlotActive, descSlotStatus, descSlotScraped,
+		descRuleChanges, descRuleOutputs, descFallbacks} {
 		ch <- d
 	}
 }
@@ -309,6 +338,15 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descSlotStatus, prometheus.GaugeValue, v, s)
 		}
 		ch <- gauge(descSlotScraped, float64(slot.At.Unix()))
+	}
+	if src := m.rules.Load(); src != nil {
+		for _, r := range src.Stats() {
+			idx, table := strconv.Itoa(r.Rule.Index()), r.Rule.QualifiedTable()
+			ch <- prometheus.MustNewConstMetric(descRuleChanges, prometheus.CounterValue, float64(r.Applied), idx, table, "applied")
+			ch <- prometheus.MustNewConstMetric(descRuleChanges, prometheus.CounterValue, float64(r.Skipped), idx, table, "skipped")
+			ch <- prometheus.MustNewConstMetric(descRuleOutputs, prometheus.CounterValue, float64(r.Outputs), idx, table)
+		}
+		ch <- prometheus.MustNewConstMetric(descFallbacks, prometheus.CounterValue, float64(src.RefreshFallbacks()))
 	}
 }
 

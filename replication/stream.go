@@ -23,8 +23,14 @@ import (
 
 // Event is one unit of work for the sink, handed over in commit order.
 type Event struct {
-	// Keys to invalidate.
+	// Keys to delete with the sink's command (UNLINK by default).
 	Keys []string
+	// Actions are the other things the changes ask of Redis, in change order.
+	Actions []Action
+	// LSN is the commit LSN of the transaction the keys and actions belong
+	// to (0 for an event without them): the version that version keys and
+	// events carry.
+	LSN LSN
 	// Globs are SCAN patterns covering every key of a truncated table.
 	Globs []string
 	// End, when non-zero, says that every change below End has been handed
@@ -42,10 +48,12 @@ type Mapper interface {
 	// in a session, and again after ALTER TABLE). An error stops the engine:
 	// the rules do not fit the table any more.
 	Bind(rel *Relation) error
-	// AppendKeys appends the keys of a row change.
-	AppendKeys(dst []string, ch *Change) ([]string, error)
-	// AppendGlobs appends SCAN patterns for a truncated table.
-	AppendGlobs(dst []string, rel *Relation) []string
+	// AppendChange appends the keys to delete and the other actions of a
+	// row change.
+	AppendChange(keys []string, acts []Action, ch *Change) ([]string, []Action, error)
+	// AppendTruncate appends the SCAN patterns and the actions of a
+	// truncated table.
+	AppendTruncate(globs []string, acts []Action, rel *Relation) ([]string, []Action)
 }
 
 // Positions is where the stream learns what the sink has applied, and
@@ -288,7 +296,10 @@ type session struct {
 
 	inTxn      bool
 	commitTime time.Time
+	commitLSN  LSN
+	acts       []Action // actions of the open transaction not yet emitted
 	keys       []string
+	actBuf     []byte // reused encoding of an action for a txnBuffer
 
 	inStream  bool
 	streamXid uint32
@@ -525,11 +536,12 @@ func (ss *session) handleMessage(data []byte) error {
 	case msgBegin:
 		ss.inTxn = true
 		ss.commitTime = m.time
+		ss.commitLSN = m.lsn
 	case msgCommit:
 		ss.inTxn = false
-		keys := ss.keys
-		ss.keys = nil
-		return ss.emit(Event{Keys: keys, End: m.endLSN, CommitTime: m.time})
+		keys, acts := ss.keys, ss.acts
+		ss.keys, ss.acts = nil, nil
+		return ss.emit(Event{Keys: keys, Actions: acts, LSN: m.lsn, End: m.endLSN, CommitTime: m.time})
 	case msgRelation:
 		ss.rels[m.relation.ID] = m.relation
 		ss.tables[m.relation.ID] = ss.s.obs.Table(m.relation.QualifiedName())
@@ -540,33 +552,39 @@ func (ss *session) handleMessage(data []byte) error {
 		return ss.handleChange(m)
 	case msgTruncate:
 		var globs []string
+		var acts []Action
 		for _, id := range m.truncRelIDs {
 			rel := ss.rels[id]
 			if rel == nil {
 				return permanent(fmt.Errorf("%w: TRUNCATE of unknown relation %d", ErrMalformed, id))
 			}
-			globs = ss.s.mapper.AppendGlobs(globs, rel)
+			globs, acts = ss.s.mapper.AppendTruncate(globs, acts, rel)
 		}
-		if len(globs) == 0 {
+		if len(globs) == 0 && len(acts) == 0 {
 			return nil
 		}
 		if ss.inStream {
 			b := ss.stream(ss.streamXid)
 			for _, g := range globs {
-				if err := b.add(bufEntry{subXid: m.xid, glob: true, text: g}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
+				if err := b.add(bufEntry{subXid: m.xid, kind: entryGlob, text: g}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
 					return err
 				}
 			}
-			return nil
+			return ss.bufferActions(b, m.xid, acts)
 		}
-		if len(ss.keys) > 0 {
-			keys := ss.keys
-			ss.keys = nil
-			if err := ss.emit(Event{Keys: keys}); err != nil {
+		// Keys and actions before the patterns go first, in their own
+		// event; the TRUNCATE's own actions (a generation bump, its event
+		// for publish and stream) follow the patterns.
+		if len(globs) > 0 {
+			if err := ss.emitPart(); err != nil {
+				return err
+			}
+			if err := ss.emit(Event{Globs: globs}); err != nil {
 				return err
 			}
 		}
-		return ss.emit(Event{Globs: globs})
+		ss.acts = append(ss.acts, acts...)
+		return nil
 	case msgStreamStart:
 		ss.inStream = true
 		ss.streamXid = m.xid
@@ -575,7 +593,7 @@ func (ss *session) handleMessage(data []byte) error {
 		ss.inStream = false
 		failpoint.Hit("stream-after-stop")
 	case msgStreamCommit:
-		return ss.streamCommit(m.xid, m.endLSN, m.time)
+		return ss.streamCommit(m.xid, m.lsn, m.endLSN, m.time)
 	case msgStreamAbort:
 		b := ss.streams[m.xid]
 		if b == nil {
@@ -609,22 +627,22 @@ func (ss *session) handleMessage(data []byte) error {
 		if ss.inStream {
 			b := ss.stream(ss.streamXid)
 			for i, text := range slices.Concat(keys, globs) {
-				if err := b.add(bufEntry{subXid: m.xid, glob: i >= len(keys), text: text}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
+				kind := entryKey
+				if i >= len(keys) {
+					kind = entryGlob
+				}
+				if err := b.add(bufEntry{subXid: m.xid, kind: kind, text: text}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
 					return err
 				}
 			}
 			return nil
 		}
 		ss.keys = append(ss.keys, keys...)
-		if len(globs) > 0 || len(ss.keys) >= ss.s.cfg.ChunkKeys {
+		if len(globs) > 0 || len(ss.keys)+len(ss.acts) >= ss.s.cfg.ChunkKeys {
 			// As for TRUNCATE and large transactions: keys before the
 			// patterns go first; the position moves only at Commit.
-			keys := ss.keys
-			ss.keys = nil
-			if len(keys) > 0 {
-				if err := ss.emit(Event{Keys: keys}); err != nil {
-					return err
-				}
+			if err := ss.emitPart(); err != nil {
+				return err
 			}
 			if len(globs) > 0 {
 				return ss.emit(Event{Globs: globs})
@@ -712,39 +730,59 @@ func (ss *session) handleChange(m *message) error {
 		ch.New = Tuple{}
 	}
 	if !ss.inStream {
-		before := len(ss.keys)
-		keys, err := ss.s.mapper.AppendKeys(ss.keys, ch)
-		ss.keys = keys
+		before := len(ss.keys) + len(ss.acts)
+		keys, acts, err := ss.s.mapper.AppendChange(ss.keys, ss.acts, ch)
+		ss.keys, ss.acts = keys, acts
 		if err != nil {
 			return permanent(err)
 		}
-		ss.tables[m.relID].Change(ch.Op, len(keys)-before)
-		if len(ss.keys) >= ss.s.cfg.ChunkKeys {
+		ss.tables[m.relID].Change(ch.Op, len(keys)+len(acts)-before)
+		if len(ss.keys)+len(ss.acts) >= ss.s.cfg.ChunkKeys {
 			// The transaction is committed (pgoutput sends it after commit),
 			// so its keys may be applied before its Commit arrives; the
 			// position only moves at Commit.
-			keys := ss.keys
-			ss.keys = nil
-			return ss.emit(Event{Keys: keys})
+			return ss.emitPart()
 		}
 		return nil
 	}
-	keys, err := ss.s.mapper.AppendKeys(ss.keys[:0], ch)
-	ss.keys = keys[:0]
+	keys, acts, err := ss.s.mapper.AppendChange(ss.keys[:0], ss.acts[:0], ch)
+	ss.keys, ss.acts = keys[:0], acts[:0]
 	if err != nil {
 		return permanent(err)
 	}
-	ss.tables[m.relID].Change(ch.Op, len(keys))
+	ss.tables[m.relID].Change(ch.Op, len(keys)+len(acts))
 	b := ss.stream(ss.streamXid)
 	for _, k := range keys {
 		if err := b.add(bufEntry{subXid: m.xid, text: k}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
 			return err
 		}
 	}
+	return ss.bufferActions(b, m.xid, acts)
+}
+
+// bufferActions adds the actions of a streamed transaction's change to its buffer.
+func (ss *session) bufferActions(b *txnBuffer, subXid uint32, acts []Action) error {
+	for i := range acts {
+		ss.actBuf = appendAction(ss.actBuf[:0], &acts[i])
+		if err := b.add(bufEntry{subXid: subXid, kind: entryAction, text: string(ss.actBuf)}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-func (ss *session) streamCommit(xid uint32, end LSN, commitTime time.Time) error {
+// emitPart hands over the keys and actions of the open (non-streamed)
+// transaction gathered so far, before its Commit.
+func (ss *session) emitPart() error {
+	keys, acts := ss.keys, ss.acts
+	ss.keys, ss.acts = nil, nil
+	if len(keys) == 0 && len(acts) == 0 {
+		return nil
+	}
+	return ss.emit(Event{Keys: keys, Actions: acts, LSN: ss.commitLSN})
+}
+
+func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.Time) error {
 	b := ss.streams[xid]
 	delete(ss.streams, xid)
 	if b == nil {
@@ -752,29 +790,40 @@ func (ss *session) streamCommit(xid uint32, end LSN, commitTime time.Time) error
 	}
 	defer b.release(&ss.budget)
 	var keys []string
-	err := b.each(func(e bufEntry) error {
-		if e.glob {
-			if len(keys) > 0 {
-				if err := ss.emit(Event{Keys: keys}); err != nil {
-					return err
-				}
-				keys = nil
-			}
-			return ss.emit(Event{Globs: []string{e.text}})
+	var acts []Action
+	flush := func() error {
+		if len(keys) == 0 && len(acts) == 0 {
+			return nil
 		}
-		keys = append(keys, e.text)
-		if len(keys) >= ss.s.cfg.ChunkKeys {
-			if err := ss.emit(Event{Keys: keys}); err != nil {
+		err := ss.emit(Event{Keys: keys, Actions: acts, LSN: commitLSN})
+		keys, acts = nil, nil
+		return err
+	}
+	err := b.each(func(e bufEntry) error {
+		switch e.kind {
+		case entryGlob:
+			if err := flush(); err != nil {
 				return err
 			}
-			keys = nil
+			return ss.emit(Event{Globs: []string{e.text}})
+		case entryAction:
+			a, err := parseAction([]byte(e.text))
+			if err != nil {
+				return fmt.Errorf("read buffered transaction %d: %w", xid, err)
+			}
+			acts = append(acts, a)
+		default:
+			keys = append(keys, e.text)
+		}
+		if len(keys)+len(acts) >= ss.s.cfg.ChunkKeys {
+			return flush()
 		}
 		return nil
 	})
 	if err != nil {
 		return err
 	}
-	return ss.emit(Event{Keys: keys, End: end, CommitTime: commitTime})
+	return ss.emit(Event{Keys: keys, Actions: acts, LSN: commitLSN, End: end, CommitTime: commitTime})
 }
 
 // emit hands an event to the sink. While the sink is busy (Redis slow or

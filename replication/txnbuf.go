@@ -27,9 +27,17 @@ type txnBuffer struct {
 
 type bufEntry struct {
 	subXid uint32
-	glob   bool
-	text   string
+	kind   entryKind
+	text   string // a key, a pattern, or an Action encoded by appendAction
 }
+
+type entryKind uint8
+
+const (
+	entryKey entryKind = iota
+	entryGlob
+	entryAction
+)
 
 const entryOverhead = 40 // approximate bytes of a bufEntry besides its text
 
@@ -72,9 +80,7 @@ func (b *txnBuffer) spill(budget *int, dir string) error {
 func (b *txnBuffer) write(e bufEntry) error {
 	var hdr [9]byte
 	binary.BigEndian.PutUint32(hdr[0:], e.subXid)
-	if e.glob {
-		hdr[4] = 1
-	}
+	hdr[4] = byte(e.kind)
 	binary.BigEndian.PutUint32(hdr[5:], uint32(len(e.text)))
 	if _, err := b.w.Write(hdr[:]); err != nil {
 		return fmt.Errorf("spill transaction %d: %w", b.xid, err)
@@ -128,7 +134,7 @@ func (b *txnBuffer) each(fn func(e bufEntry) error) error {
 		if _, err := io.ReadFull(r, text); err != nil {
 			return fmt.Errorf("read spilled transaction %d: %w", b.xid, err)
 		}
-		e := bufEntry{subXid: binary.BigEndian.Uint32(hdr[0:]), glob: hdr[4] == 1}
+		e := bufEntry{subXid: binary.BigEndian.Uint32(hdr[0:]), kind: entryKind(hdr[4])}
 		if b.aborted[e.subXid] {
 			continue
 		}

@@ -40,7 +40,7 @@ func TestTxnBufferInMemory(t *testing.T) {
 	b := &txnBuffer{xid: 7}
 	want := []bufEntry{
 		{subXid: 7, text: "user:1"},
-		{subXid: 7, glob: true, text: "user:*"},
+		{subXid: 7, kind: entryGlob, text: "user:*"},
 		{subXid: 8, text: ""},
 		{subXid: 7, text: "ünï\x00code"},
 	}
@@ -96,7 +96,7 @@ func TestTxnBufferSpill(t *testing.T) {
 	b := &txnBuffer{xid: 42}
 	var want []bufEntry
 	for i := range 200 {
-		e := bufEntry{subXid: 42 + uint32(i%3), glob: i%7 == 0, text: fmt.Sprintf("key:%d:%s", i, strings.Repeat("x", i%50))}
+		e := bufEntry{subXid: 42 + uint32(i%3), kind: entryKind(min(i%7, 1)), text: fmt.Sprintf("key:%d:%s", i, strings.Repeat("x", i%50))}
 		if err := b.add(e, &budget, dir); err != nil {
 			t.Fatal(err)
 		}

@@ -13,6 +13,7 @@ fuzztime=${FUZZTIME:-15s}
 targets=(
 	"./replication FuzzDecode"
 	"./replication FuzzParseExplicit"
+	"./replication FuzzParseAction"
 	"./mapping FuzzParseTemplate"
 	"./mapping FuzzFilters"
 	"./config FuzzParse"

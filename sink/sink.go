@@ -67,6 +67,9 @@ type Config struct {
 	// Flush deletes them. They are also used when Redis is seen losing
 	// acknowledged writes: the watermark moved back.
 	FlushPatterns []string
+	// FlushGenerations are the rules' generation keys; Flush increments
+	// them after deleting FlushPatterns.
+	FlushGenerations []string
 	// OnHistoryLost is "flush" (delete FlushPatterns, then go on) or "stop"
 	// (a PermanentError) when Redis lost acknowledged writes.
 	OnHistoryLost string
@@ -90,15 +93,18 @@ type Observer interface {
 	RedisError(err error, permanent bool)
 	// KeyTooLong reports a key longer than MaxKeyBytes that was not sent.
 	KeyTooLong()
+	// Actions reports the actions of an applied batch, by kind.
+	Actions(kind replication.ActionKind, n int)
 }
 
 type nopObserver struct{}
 
-func (nopObserver) Batch(int, int, time.Duration)  {}
-func (nopObserver) Truncate(int, time.Duration)    {}
-func (nopObserver) Applied(time.Time, []time.Time) {}
-func (nopObserver) RedisError(error, bool)         {}
-func (nopObserver) KeyTooLong()                    {}
+func (nopObserver) Batch(int, int, time.Duration)       {}
+func (nopObserver) Truncate(int, time.Duration)         {}
+func (nopObserver) Applied(time.Time, []time.Time)      {}
+func (nopObserver) RedisError(error, bool)              {}
+func (nopObserver) KeyTooLong()                         {}
+func (nopObserver) Actions(replication.ActionKind, int) {}
 
 // Stats are running totals, safe to read at any time.
 type Stats struct {
@@ -136,6 +142,10 @@ type Sink struct {
 	mustFlush string          // why a flush is owed ("" when none)
 	held      replication.LSN // applied, not yet watermarked and reported
 	markedAt  time.Time
+
+	acts     actionBatch        // the batch's actions besides plain deletes
+	accs     map[string]*msgAcc // open transaction messages by channel or stream
+	accOrder []string
 }
 
 // New returns a sink.
@@ -164,7 +174,7 @@ func New(cfg Config, ack Acker) *Sink {
 	if cfg.MaxKeyBytes <= 0 {
 		cfg.MaxKeyBytes = 64 << 10
 	}
-	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}, obs: cfg.Observer}
+	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}, obs: cfg.Observer, accs: map[string]*msgAcc{}}
 }
 
 // PermanentError is a Redis error that retrying cannot fix.
@@ -204,7 +214,7 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 		s.addEvent(ev)
 		closed := false
 	gather:
-		for len(s.batch) < s.cfg.MaxBatchKeys {
+		for len(s.batch)+s.acts.size() < s.cfg.MaxBatchKeys {
 			select {
 			case next, ok := <-in:
 				if !ok {
@@ -284,10 +294,17 @@ func (s *Sink) startBatch() {
 	s.batch = s.batch[:0]
 	s.extra = s.extra[:0]
 	s.commits = s.commits[:0]
+	s.acts.reset()
 }
 
 func (s *Sink) addEvent(ev replication.Event) {
 	s.addKeys(ev.Keys)
+	if len(ev.Actions) > 0 {
+		s.addActions(ev.Actions, ev.LSN)
+	}
+	if ev.End != 0 && ev.LSN != 0 && len(s.accs) > 0 {
+		s.endTxn(ev.LSN)
+	}
 	if ev.End != 0 && !ev.CommitTime.IsZero() {
 		s.commits = append(s.commits, ev.CommitTime)
 	}
@@ -302,6 +319,9 @@ func (s *Sink) addKeys(keys []string) {
 					zap.Int("bytes", len(k)), zap.String("prefix", k[:min(len(k), 64)]), zap.Uint64("total", s.Stats.KeysTooLong.Load()))
 			}
 			continue
+		}
+		if j, ok := s.acts.setIdx[k]; ok {
+			s.acts.sets[j].dropped = true // deleted later in commit order
 		}
 		if _, dup := s.seen[k]; dup {
 			continue
@@ -342,7 +362,7 @@ func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
 // raise the watermark to in the same pipeline (0: not this time).
 func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replication.LSN) error {
 	mark := s.cfg.WatermarkKey != "" && markAt != 0
-	if len(keys) == 0 && !mark {
+	if len(keys) == 0 && !mark && s.acts.size() == 0 {
 		return nil
 	}
 	if s.cfg.PublishChannel != "" && len(keys) > 0 {
@@ -354,9 +374,12 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	}
 	err := s.retry(ctx, "delete keys", func() error {
 		start := time.Now()
-		var ndel int
+		var nver, ndel int
 		cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			s.queueVersions(ctx, p)
+			nver = p.Len()
 			ndel = s.del(ctx, p, dels)
+			s.queueAfterDeletes(ctx, p)
 			if s.cfg.PublishChannel != "" && len(keys) > 0 {
 				p.Publish(ctx, s.cfg.PublishChannel, s.msg)
 			}
@@ -366,9 +389,14 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 			return nil
 		})
 		// The watermark script answers nil when there was no watermark:
-		// that is for checkMark to judge, not an error of the pipeline.
-		if err != nil && !errors.Is(err, redis.Nil) {
-			return err
+		// that is for checkMark to judge, not an error of the pipeline; a
+		// stream entry refused as already there was written before a crash.
+		if err != nil {
+			for _, c := range cmds {
+				if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) && !replayedEntry(c) {
+					return e
+				}
+			}
 		}
 		if mark {
 			if err := s.checkMark(ctx, markAt); err != nil {
@@ -376,7 +404,7 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 			}
 		}
 		var n uint64
-		for _, c := range cmds[:ndel] {
+		for _, c := range cmds[nver : nver+ndel] {
 			n += uint64(c.(*redis.IntCmd).Val())
 		}
 		s.Stats.Deleted.Add(n)
@@ -388,6 +416,12 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	}
 	s.Stats.Batches.Add(1)
 	s.Stats.Keys.Add(uint64(len(keys)))
+	for kind, n := range s.acts.counts {
+		if n > 0 {
+			s.obs.Actions(replication.ActionKind(kind), n)
+		}
+	}
+	s.acts.reset() // sent: a watermark-only pipeline after this must not repeat them
 	return nil
 }
 
@@ -554,7 +588,18 @@ func orNone(v string, err error) string {
 // Flush deletes every key FlushPatterns cover (SCAN + UNLINK), retrying
 // transient errors, and announces the patterns on the publish channel.
 func (s *Sink) Flush(ctx context.Context) error {
-	return s.applyGlobs(ctx, replication.Event{Globs: s.cfg.FlushPatterns})
+	if err := s.applyGlobs(ctx, replication.Event{Globs: s.cfg.FlushPatterns}); err != nil {
+		return err
+	}
+	for _, g := range s.cfg.FlushGenerations {
+		err := s.retry(ctx, "increment generation "+g, func() error {
+			return s.cfg.Client.Incr(ctx, g).Err()
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // SetWatermark sets the watermark to lsn unconditionally (after a flush at

@@ -1,0 +1,121 @@
+package replication
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+)
+
+// ActionKind says what an Action asks of Redis.
+type ActionKind uint8
+
+// Action kinds. Plain deletes with the sink's default command travel as
+// Event.Keys; everything else is an Action.
+const (
+	// ActUnlink deletes Key with UNLINK.
+	ActUnlink ActionKind = iota + 1
+	// ActDel deletes Key with DEL.
+	ActDel
+	// ActVersion raises the version key Key to the transaction's commit
+	// LSN, never lowering it; TTL, when set, is renewed.
+	ActVersion
+	// ActPublish announces Key (of Table, changed by Op) in one JSON
+	// message per transaction on channel Target.
+	ActPublish
+	// ActStream appends the same event to the Redis Stream Target
+	// (MAXLEN ~ MaxLen when MaxLen > 0).
+	ActStream
+	// ActSet sets Key to Value (the row as JSON), with TTL less up to
+	// Jitter (a fraction) of it.
+	ActSet
+	// ActIncr increments the generation key Key.
+	ActIncr
+
+	actLast = ActIncr
+)
+
+func (k ActionKind) String() string {
+	switch k {
+	case ActUnlink:
+		return "unlink"
+	case ActDel:
+		return "del"
+	case ActVersion:
+		return "version"
+	case ActPublish:
+		return "publish"
+	case ActStream:
+		return "stream"
+	case ActSet:
+		return "refresh"
+	case ActIncr:
+		return "generation"
+	}
+	return fmt.Sprintf("action(%d)", uint8(k))
+}
+
+// Action is one thing a change asks of Redis besides a plain delete. All
+// actions are idempotent under replay, or (ActPublish, ActIncr) harmless
+// when repeated.
+type Action struct {
+	Kind   ActionKind
+	Op     Op     // the row change (0 for TRUNCATE)
+	Key    string // the cache key, version key or generation key
+	Target string // channel (ActPublish) or stream key (ActStream)
+	Table  string // schema.table, for ActPublish and ActStream
+	Value  string // ActSet: the row as JSON
+	TTL    time.Duration
+	Jitter float64 // ActSet: fraction of TTL taken off at random
+	MaxLen int64   // ActStream: approximate length cap; 0 means none
+}
+
+// appendAction encodes a for a spill file.
+func appendAction(dst []byte, a *Action) []byte {
+	dst = append(dst, byte(a.Kind), byte(a.Op))
+	for _, s := range [...]string{a.Key, a.Target, a.Table, a.Value} {
+		dst = binary.AppendUvarint(dst, uint64(len(s)))
+		dst = append(dst, s...)
+	}
+	dst = binary.AppendVarint(dst, int64(a.TTL))
+	dst = binary.BigEndian.AppendUint64(dst, math.Float64bits(a.Jitter))
+	return binary.AppendVarint(dst, a.MaxLen)
+}
+
+var errBadAction = errors.New("malformed action record")
+
+// parseAction decodes what appendAction wrote.
+func parseAction(b []byte) (Action, error) {
+	var a Action
+	if len(b) < 2 {
+		return a, errBadAction
+	}
+	a.Kind, a.Op = ActionKind(b[0]), Op(b[1])
+	if a.Kind == 0 || a.Kind > actLast {
+		return a, errBadAction
+	}
+	b = b[2:]
+	for _, p := range [...]*string{&a.Key, &a.Target, &a.Table, &a.Value} {
+		n, w := binary.Uvarint(b)
+		if w <= 0 || n > uint64(len(b)-w) {
+			return a, errBadAction
+		}
+		*p = string(b[w : w+int(n)])
+		b = b[w+int(n):]
+	}
+	ttl, w := binary.Varint(b)
+	if w <= 0 || len(b)-w < 8 {
+		return a, errBadAction
+	}
+	a.TTL = time.Duration(ttl)
+	b = b[w:]
+	a.Jitter = math.Float64frombits(binary.BigEndian.Uint64(b))
+	b = b[8:]
+	ml, w := binary.Varint(b)
+	if w <= 0 || w != len(b) {
+		return a, errBadAction
+	}
+	a.MaxLen = ml
+	return a, nil
+}

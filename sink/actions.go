@@ -1,0 +1,346 @@
+package sink
+
+import (
+	"context"
+	"encoding/json"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cdcinvalidate/cdcinvalidate/replication"
+)
+
+// MessageKeys is the most keys (or patterns) one publish message or stream
+// entry carries; a transaction with more is sent in parts.
+const MessageKeys = 1000
+
+// actionBatch is what the actions of one batch ask of Redis, deduplicated
+// and in the order the pipeline sends it: versions, deletes with the other
+// command, refreshed values, generation bumps, then messages.
+type actionBatch struct {
+	other     []string // deletes with the command that is not the sink's default
+	otherSeen map[string]struct{}
+	sets      []setItem
+	setIdx    map[string]int
+	versions  []versionItem
+	verIdx    map[string]int
+	incrs     []string
+	incrSeen  map[string]struct{}
+	msgs      []outMsg
+	counts    [8]int // actions by kind, for the observer
+}
+
+type setItem struct {
+	key, value string
+	ttl        time.Duration
+	jitter     float64
+	dropped    bool // a later delete in the batch removed it
+}
+
+type versionItem struct {
+	key string
+	lsn replication.LSN
+	ttl time.Duration
+}
+
+// outMsg is one publish message or stream entry ready to send.
+type outMsg struct {
+	stream bool
+	target string
+	id     string // stream entry ID "<commit LSN>-<part>"
+	lsn    string
+	maxLen int64
+	body   []byte
+}
+
+// msgAcc gathers the changes of one transaction for one channel or stream.
+type msgAcc struct {
+	stream  bool
+	target  string
+	maxLen  int64
+	lsn     replication.LSN
+	part    int
+	n       int
+	changes []msgChange
+	seen    map[string]struct{}
+}
+
+type msgChange struct {
+	table string
+	op    replication.Op
+	keys  []string
+}
+
+func (b *actionBatch) reset() {
+	b.other = b.other[:0]
+	clear(b.otherSeen)
+	b.sets = b.sets[:0]
+	clear(b.setIdx)
+	b.versions = b.versions[:0]
+	clear(b.verIdx)
+	b.incrs = b.incrs[:0]
+	clear(b.incrSeen)
+	b.msgs = b.msgs[:0]
+	b.counts = [8]int{}
+}
+
+func (b *actionBatch) size() int {
+	return len(b.other) + len(b.sets) + len(b.versions) + len(b.incrs) + len(b.msgs)
+}
+
+// addActions adds an event's actions to the batch; lsn is the commit LSN
+// of their transaction.
+func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) {
+	b := &s.acts
+	if b.otherSeen == nil {
+		b.otherSeen, b.setIdx, b.verIdx, b.incrSeen = map[string]struct{}{}, map[string]int{}, map[string]int{}, map[string]struct{}{}
+	}
+	for i := range acts {
+		a := &acts[i]
+		if int(a.Kind) < len(b.counts) {
+			b.counts[a.Kind]++
+		}
+		switch a.Kind {
+		case replication.ActUnlink, replication.ActDel:
+			if (a.Kind == replication.ActDel) == s.cfg.UseDel {
+				s.addKeys([]string{a.Key})
+			} else {
+				s.addOther(a.Key)
+			}
+			if j, ok := b.setIdx[a.Key]; ok {
+				b.sets[j].dropped = true
+			}
+		case replication.ActSet:
+			if s.cfg.Companion != nil {
+				// A fill under a lease taken before this commit must not
+				// overwrite the new value: the lease goes first.
+				s.addOther(s.cfg.Companion(a.Key))
+			}
+			it := setItem{key: a.Key, value: a.Value, ttl: a.TTL, jitter: a.Jitter}
+			if j, ok := b.setIdx[a.Key]; ok {
+				b.sets[j] = it
+			} else {
+				b.setIdx[a.Key] = len(b.sets)
+				b.sets = append(b.sets, it)
+			}
+		case replication.ActVersion:
+			if j, ok := b.verIdx[a.Key]; ok {
+				b.versions[j].lsn = max(b.versions[j].lsn, lsn)
+				b.versions[j].ttl = a.TTL
+			} else {
+				b.verIdx[a.Key] = len(b.versions)
+				b.versions = append(b.versions, versionItem{key: a.Key, lsn: lsn, ttl: a.TTL})
+			}
+		case replication.ActIncr:
+			if _, ok := b.incrSeen[a.Key]; !ok {
+				b.incrSeen[a.Key] = struct{}{}
+				b.incrs = append(b.incrs, a.Key)
+			}
+		case replication.ActPublish, replication.ActStream:
+			s.addMessageKey(a, lsn)
+		}
+	}
+}
+
+// addOther queues a delete with the command that is not the default.
+func (s *Sink) addOther(key string) {
+	b := &s.acts
+	if _, ok := b.otherSeen[key]; ok {
+		return
+	}
+	b.otherSeen[key] = struct{}{}
+	b.other = append(b.other, key)
+}
+
+func (s *Sink) addMessageKey(a *replication.Action, lsn replication.LSN) {
+	id := a.Target
+	if a.Kind == replication.ActStream {
+		id = "\x00" + a.Target // streams and channels of one name are apart
+	}
+	acc := s.accs[id]
+	if acc == nil {
+		acc = &msgAcc{stream: a.Kind == replication.ActStream, target: a.Target, seen: map[string]struct{}{}}
+		s.accs[id] = acc
+		s.accOrder = append(s.accOrder, id)
+	}
+	if acc.lsn != lsn {
+		// A new transaction; the last one ended with its End event.
+		if acc.n > 0 {
+			s.emitMessage(acc, true)
+		}
+		acc.lsn, acc.part = lsn, 0
+	}
+	acc.maxLen = a.MaxLen
+	dedup := a.Table + "\x00" + string(a.Op) + "\x00" + a.Key
+	if _, dup := acc.seen[dedup]; dup {
+		return
+	}
+	if acc.n >= MessageKeys {
+		s.emitMessage(acc, false)
+	}
+	acc.seen[dedup] = struct{}{}
+	acc.n++
+	if c := len(acc.changes); c > 0 && acc.changes[c-1].table == a.Table && acc.changes[c-1].op == a.Op {
+		acc.changes[c-1].keys = append(acc.changes[c-1].keys, a.Key)
+		return
+	}
+	acc.changes = append(acc.changes, msgChange{table: a.Table, op: a.Op, keys: []string{a.Key}})
+}
+
+// endTxn sends the last part of every message of the transaction that
+// committed at lsn.
+func (s *Sink) endTxn(lsn replication.LSN) {
+	for _, id := range s.accOrder {
+		if acc := s.accs[id]; acc.n > 0 && acc.lsn == lsn {
+			s.emitMessage(acc, true)
+		}
+	}
+}
+
+// emitMessage queues the gathered part of a transaction's message:
+// {"lsn":"0/16B3748","part":0,"last":true,"changes":[{"table":"public.users",
+// "op":"update","keys":["user:1"]}]} ("patterns" instead of "keys" for a
+// TRUNCATE, op "truncate").
+func (s *Sink) emitMessage(acc *msgAcc, last bool) {
+	body := []byte(`{"lsn":"`)
+	body = append(body, acc.lsn.String()...)
+	body = append(body, `","part":`...)
+	body = strconv.AppendInt(body, int64(acc.part), 10)
+	body = append(body, `,"last":`...)
+	body = strconv.AppendBool(body, last)
+	body = append(body, `,"changes":[`...)
+	for i, c := range acc.changes {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, `{"table":`...)
+		body = appendJSONString(body, c.table)
+		field := "keys"
+		op := "truncate"
+		if c.op != 0 {
+			op = c.op.String()
+		} else {
+			field = "patterns"
+		}
+		body = append(body, `,"op":"`...)
+		body = append(body, op...)
+		body = append(body, `","`...)
+		body = append(body, field...)
+		body = append(body, `":[`...)
+		for j, k := range c.keys {
+			if j > 0 {
+				body = append(body, ',')
+			}
+			body = appendJSONString(body, k)
+		}
+		body = append(body, "]}"...)
+	}
+	body = append(body, "]}"...)
+	s.acts.msgs = append(s.acts.msgs, outMsg{
+		stream: acc.stream, target: acc.target, maxLen: acc.maxLen, body: body,
+		lsn: acc.lsn.String(), id: strconv.FormatUint(uint64(acc.lsn), 10) + "-" + strconv.Itoa(acc.part),
+	})
+	acc.part++
+	acc.n = 0
+	acc.changes = acc.changes[:0]
+	clear(acc.seen)
+}
+
+// queueVersions queues the version raises (before any delete: a reader
+// that fences its fill on the version must see it raised before the key
+// is gone).
+func (s *Sink) queueVersions(ctx context.Context, p redis.Pipeliner) {
+	v := s.acts.versions
+	per := max(1, s.cfg.KeysPerCommand)
+	for i := 0; i < len(v); i += per {
+		chunk := v[i:min(i+per, len(v))]
+		keys := make([]string, len(chunk))
+		args := make([]any, 0, 2*len(chunk))
+		for j, it := range chunk {
+			keys[j] = it.key
+			args = append(args, it.lsn.String(), it.ttl.Milliseconds())
+		}
+		versionScript.Eval(ctx, p, keys, args...)
+	}
+}
+
+// queueAfterDeletes queues deletes with the other command, refreshed
+// values, generation bumps and messages.
+func (s *Sink) queueAfterDeletes(ctx context.Context, p redis.Pipeliner) {
+	b := &s.acts
+	per := max(1, s.cfg.KeysPerCommand)
+	for i := 0; i < len(b.other); i += per {
+		chunk := b.other[i:min(i+per, len(b.other))]
+		if s.cfg.UseDel {
+			p.Unlink(ctx, chunk...)
+		} else {
+			p.Del(ctx, chunk...)
+		}
+	}
+	for _, it := range b.sets {
+		if it.dropped {
+			continue
+		}
+		ttl := it.ttl
+		if ttl > 0 && it.jitter > 0 {
+			ttl -= time.Duration(rand.Float64() * it.jitter * float64(ttl))
+			ttl = max(ttl, time.Millisecond)
+		}
+		p.Set(ctx, it.key, it.value, ttl)
+	}
+	for _, k := range b.incrs {
+		p.Incr(ctx, k)
+	}
+	for _, m := range b.msgs {
+		if !m.stream {
+			p.Publish(ctx, m.target, m.body)
+			continue
+		}
+		args := []any{"xadd", m.target}
+		if m.maxLen > 0 {
+			args = append(args, "maxlen", "~", m.maxLen)
+		}
+		args = append(args, m.id, "lsn", m.lsn, "event", m.body)
+		p.Do(ctx, args...)
+	}
+}
+
+// replayedEntry reports an XADD refused because the stream already holds
+// an entry with this ID or a later one: written before a crash, replayed now.
+func replayedEntry(c redis.Cmder) bool {
+	err := c.Err()
+	return err != nil && c.Name() == "xadd" && strings.Contains(err.Error(), "equal or smaller than the target stream top item")
+}
+
+// versionScript raises each version key KEYS[i] to ARGV[2i-1] ("X/Y"), never
+// lowering it, with a TTL of ARGV[2i] milliseconds when positive. It
+// returns how many it raised.
+var versionScript = redis.NewScript(`
+local function num(s)
+  if not s then return -1 end
+  local hi, lo = string.match(s, '^(%x+)/(%x+)$')
+  if not hi then return -1 end
+  return tonumber(hi, 16) * 4294967296 + tonumber(lo, 16)
+end
+local n = 0
+for i, k in ipairs(KEYS) do
+  local v = ARGV[2*i-1]
+  local ttl = tonumber(ARGV[2*i])
+  if num(redis.call('GET', k)) < num(v) then
+    if ttl > 0 then
+      redis.call('SET', k, v, 'PX', ttl)
+    else
+      redis.call('SET', k, v)
+    end
+    n = n + 1
+  end
+end
+return n`)
+
+func appendJSONString(b []byte, str string) []byte {
+	q, _ := json.Marshal(str) // a string always marshals
+	return append(b, q...)
+}

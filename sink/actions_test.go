@@ -1,0 +1,303 @@
+package sink
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
+	"github.com/cdcinvalidate/cdcinvalidate/replication"
+)
+
+// run applies events with a new sink (all queued before it starts, so they
+// form as few batches as MaxBatchKeys allows) and returns the sink.
+func run(t *testing.T, cfg Config, events ...replication.Event) *Sink {
+	t.Helper()
+	s := New(cfg, &ackRecorder{})
+	in := make(chan replication.Event, len(events))
+	for _, ev := range events {
+		in <- ev
+	}
+	close(in)
+	if err := s.Run(context.Background(), in); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func act(kind replication.ActionKind, key string) replication.Action {
+	return replication.Action{Kind: kind, Key: key}
+}
+
+func newRedis(t *testing.T) (*redis.Client, string) {
+	rd := harness.RedisT(t, harness.RedisOptions{})
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb, rd.Addr()
+}
+
+func TestVersionOnlyRises(t *testing.T) {
+	rdb, _ := newRedis(t)
+	ctx := context.Background()
+	v := replication.Action{Kind: replication.ActVersion, Key: "user:1:v"}
+	vt := replication.Action{Kind: replication.ActVersion, Key: "user:2:v", TTL: time.Hour}
+	run(t, Config{Client: rdb},
+		replication.Event{Actions: []replication.Action{v, vt}, LSN: 0x100, End: 0x110},
+		replication.Event{Actions: []replication.Action{v}, LSN: 0x1_00000200, End: 0x1_00000210})
+	if got := rdb.Get(ctx, "user:1:v").Val(); got != "1/200" {
+		t.Errorf("user:1:v = %q, want 1/200 (the later commit in one batch)", got)
+	}
+	if ttl := rdb.PTTL(ctx, "user:2:v").Val(); ttl <= 59*time.Minute {
+		t.Errorf("user:2:v TTL = %v, want about 1h", ttl)
+	}
+	// A replay of older transactions never lowers a version.
+	run(t, Config{Client: rdb}, replication.Event{Actions: []replication.Action{v}, LSN: 0x100, End: 0x110})
+	if got := rdb.Get(ctx, "user:1:v").Val(); got != "1/200" {
+		t.Errorf("after a replay user:1:v = %q, want 1/200", got)
+	}
+	run(t, Config{Client: rdb}, replication.Event{Actions: []replication.Action{v}, LSN: 0x1_00000300, End: 0x1_00000310})
+	if got := rdb.Get(ctx, "user:1:v").Val(); got != "1/300" {
+		t.Errorf("user:1:v = %q, want 1/300", got)
+	}
+}
+
+// Refreshed values and deletes of the same key in one batch end as the
+// last of them in commit order left it.
+func TestRefreshFollowsCommitOrder(t *testing.T) {
+	rdb, _ := newRedis(t)
+	ctx := context.Background()
+	set := func(k, v string) replication.Action {
+		return replication.Action{Kind: replication.ActSet, Key: k, Value: v}
+	}
+	rdb.Set(ctx, "c", "old", 0)
+	run(t, Config{Client: rdb},
+		replication.Event{Actions: []replication.Action{set("a", "1"), set("b", "1"), set("c", "1")}, LSN: 1, End: 2},
+		replication.Event{Actions: []replication.Action{act(replication.ActUnlink, "a")}, LSN: 3, End: 4},
+		replication.Event{Keys: []string{"b"}, LSN: 5}, // a plain delete by another rule
+		replication.Event{Actions: []replication.Action{set("c", "2"), act(replication.ActUnlink, "d"), set("d", "3")}, LSN: 5, End: 6},
+	)
+	for k, want := range map[string]string{"a": "", "b": "", "c": "2", "d": "3"} {
+		if got := rdb.Get(ctx, k).Val(); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	// TTL with jitter stays within [ttl*(1-jitter), ttl].
+	run(t, Config{Client: rdb}, replication.Event{Actions: []replication.Action{{Kind: replication.ActSet, Key: "t", Value: "v", TTL: time.Hour, Jitter: 0.5}}, LSN: 7, End: 8})
+	if ttl := rdb.PTTL(ctx, "t").Val(); ttl < 29*time.Minute || ttl > time.Hour {
+		t.Errorf("TTL with jitter = %v, want between 30m and 1h", ttl)
+	}
+}
+
+// With leases, a refreshed key's lease is deleted before the SET.
+func TestRefreshDeletesLeaseFirst(t *testing.T) {
+	rdb, addr := newRedis(t)
+	mon := monitor(t, addr)
+	lease := func(k string) string { return "lease:{" + k + "}" }
+	run(t, Config{Client: rdb, Companion: lease},
+		replication.Event{Actions: []replication.Action{{Kind: replication.ActSet, Key: "k", Value: "v"}}, LSN: 1, End: 2})
+	var seen []string
+	deadline := time.After(5 * time.Second)
+	for len(seen) < 2 {
+		select {
+		case line := <-mon:
+			for _, c := range []string{`"del" "lease:{k}"`, `"set" "k" "v"`} {
+				if strings.Contains(line, c) {
+					seen = append(seen, c)
+				}
+			}
+		case <-deadline:
+			t.Fatalf("commands seen: %q", seen)
+		}
+	}
+	if seen[0] != `"del" "lease:{k}"` {
+		t.Errorf("order %q: the lease must go before the SET", seen)
+	}
+}
+
+func TestDeleteCommandPerRule(t *testing.T) {
+	rdb, addr := newRedis(t)
+	mon := monitor(t, addr)
+	ctx := context.Background()
+	rdb.MSet(ctx, "u", 1, "d", 1)
+	run(t, Config{Client: rdb},
+		replication.Event{Keys: []string{"u"}, Actions: []replication.Action{act(replication.ActDel, "d"), act(replication.ActUnlink, "u")}, LSN: 1, End: 2})
+	if n := rdb.Exists(ctx, "u", "d").Val(); n != 0 {
+		t.Errorf("%d keys left", n)
+	}
+	want := map[string]bool{`"unlink" "u"`: false, `"del" "d"`: false}
+	deadline := time.After(5 * time.Second)
+	for slices.Contains(mapValues(want), false) {
+		select {
+		case line := <-mon:
+			for c := range want {
+				if strings.HasSuffix(line, c) {
+					want[c] = true
+				}
+			}
+		case <-deadline:
+			t.Fatalf("commands seen: %v", want)
+		}
+	}
+}
+
+func mapValues(m map[string]bool) []bool {
+	var out []bool
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+func TestGenerationOncePerBatch(t *testing.T) {
+	rdb, _ := newRedis(t)
+	g := act(replication.ActIncr, "gen:orders")
+	run(t, Config{Client: rdb},
+		replication.Event{Actions: []replication.Action{g, g}, LSN: 1, End: 2},
+		replication.Event{Actions: []replication.Action{g}, LSN: 3, End: 4})
+	if got := rdb.Get(context.Background(), "gen:orders").Val(); got != "1" {
+		t.Errorf("gen:orders = %q, want 1 (one bump for the batch)", got)
+	}
+	s := New(Config{Client: rdb, FlushPatterns: []string{"x:*"}, FlushGenerations: []string{"gen:orders"}}, &ackRecorder{})
+	if err := s.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := rdb.Get(context.Background(), "gen:orders").Val(); got != "2" {
+		t.Errorf("after a flush gen:orders = %q, want 2", got)
+	}
+}
+
+type message struct {
+	LSN     string `json:"lsn"`
+	Part    int    `json:"part"`
+	Last    bool   `json:"last"`
+	Changes []struct {
+		Table    string   `json:"table"`
+		Op       string   `json:"op"`
+		Keys     []string `json:"keys"`
+		Patterns []string `json:"patterns"`
+	} `json:"changes"`
+}
+
+func pub(kind replication.ActionKind, target, table string, op replication.Op, key string) replication.Action {
+	return replication.Action{Kind: kind, Target: target, Table: table, Op: op, Key: key}
+}
+
+// txnEvents returns the events of one transaction of n keys of table t,
+// split in chunks like the stream splits a large transaction.
+func txnEvents(kind replication.ActionKind, lsn replication.LSN, n, chunk int) []replication.Event {
+	var evs []replication.Event
+	var acts []replication.Action
+	for i := range n {
+		acts = append(acts, pub(kind, "events", "public.t", replication.OpInsert, fmt.Sprintf("t:%d", i)))
+		if len(acts) == chunk {
+			evs = append(evs, replication.Event{Actions: acts, LSN: lsn})
+			acts = nil
+		}
+	}
+	return append(evs, replication.Event{Actions: acts, LSN: lsn, End: lsn + 8})
+}
+
+// The stream gets one entry per transaction (parts of MessageKeys keys),
+// with IDs from the commit LSN, and a replay adds nothing.
+func TestStreamEntriesAreIdempotent(t *testing.T) {
+	rdb, _ := newRedis(t)
+	ctx := context.Background()
+	small := replication.Event{Actions: []replication.Action{
+		pub(replication.ActStream, "events", "public.users", replication.OpUpdate, "user:1"),
+		pub(replication.ActStream, "events", "public.users", replication.OpUpdate, "user:1"), // duplicate
+		pub(replication.ActStream, "events", "public.users", replication.OpUpdate, "user:email:a"),
+		pub(replication.ActStream, "events", "public.orders", replication.OpDelete, "order:9"),
+		{Kind: replication.ActStream, Target: "events", Table: "public.orders", Key: "order:*"}, // TRUNCATE
+	}, LSN: 0x100, End: 0x108}
+	events := append([]replication.Event{small}, txnEvents(replication.ActStream, 0x200, 2500, 700)...)
+	for round := range 2 { // the second round is a replay
+		run(t, Config{Client: rdb, MaxBatchKeys: 900}, events...)
+		entries, err := rdb.XRange(ctx, "events", "-", "+").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, e := range entries {
+			ids = append(ids, e.ID)
+		}
+		if want := []string{"256-0", "512-0", "512-1", "512-2"}; !slices.Equal(ids, want) {
+			t.Fatalf("round %d: entry IDs %q, want %q", round, ids, want)
+		}
+		var m message
+		if err := json.Unmarshal([]byte(entries[0].Values["event"].(string)), &m); err != nil {
+			t.Fatal(err)
+		}
+		if entries[0].Values["lsn"] != "0/100" || m.LSN != "0/100" || !m.Last || len(m.Changes) != 3 ||
+			!slices.Equal(m.Changes[0].Keys, []string{"user:1", "user:email:a"}) || m.Changes[1].Op != "delete" ||
+			m.Changes[2].Op != "truncate" || !slices.Equal(m.Changes[2].Patterns, []string{"order:*"}) {
+			t.Errorf("first entry %+v", m)
+		}
+		total := 0
+		for i, e := range entries[1:] {
+			var p message
+			if err := json.Unmarshal([]byte(e.Values["event"].(string)), &p); err != nil {
+				t.Fatal(err)
+			}
+			if p.Part != i || p.Last != (i == 2) {
+				t.Errorf("part %d: %+v", i, p)
+			}
+			total += len(p.Changes[0].Keys)
+		}
+		if total != 2500 {
+			t.Errorf("parts carry %d keys, want 2500", total)
+		}
+	}
+	// MAXLEN ~ caps the stream.
+	evs := txnEvents(replication.ActStream, 0x300, 5, 5)
+	for i := range evs {
+		for j := range evs[i].Actions {
+			evs[i].Actions[j].Target, evs[i].Actions[j].MaxLen = "capped", 1
+		}
+	}
+	for i := range 300 {
+		ev := evs[0]
+		ev.LSN, ev.End = replication.LSN(0x1000+i*16), replication.LSN(0x1000+i*16+8)
+		run(t, Config{Client: rdb}, ev)
+	}
+	if n := rdb.XLen(ctx, "capped").Val(); n >= 300 {
+		t.Errorf("capped stream has %d entries, MAXLEN ~ 1 did not trim", n)
+	}
+}
+
+// Publish sends one message per transaction, also when its changes come in
+// several events and batches.
+func TestPublishOneMessagePerTransaction(t *testing.T) {
+	rdb, _ := newRedis(t)
+	ctx := context.Background()
+	sub := rdb.Subscribe(ctx, "events")
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	events := append(txnEvents(replication.ActPublish, 0x10, 3, 2), txnEvents(replication.ActPublish, 0x20, 1, 1)...)
+	run(t, Config{Client: rdb, MaxBatchKeys: 1}, events...)
+	var got []message
+	for len(got) < 2 {
+		msg, err := sub.ReceiveTimeout(ctx, 5*time.Second)
+		if err != nil {
+			t.Fatalf("after %d messages: %v", len(got), err)
+		}
+		var m message
+		if err := json.Unmarshal([]byte(msg.(*redis.Message).Payload), &m); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m)
+	}
+	if got[0].LSN != "0/10" || len(got[0].Changes) != 1 || !slices.Equal(got[0].Changes[0].Keys, []string{"t:0", "t:1", "t:2"}) || !got[0].Last {
+		t.Errorf("first message %+v", got[0])
+	}
+	if got[1].LSN != "0/20" || !slices.Equal(got[1].Changes[0].Keys, []string{"t:0"}) {
+		t.Errorf("second message %+v", got[1])
+	}
+}
