@@ -267,3 +267,28 @@ func TestDescribeAction(t *testing.T) {
 		}
 	}
 }
+
+func TestExplainListsActions(t *testing.T) {
+	t.Parallel()
+	r := usersRule(t, false, "user:{id}")
+	r.Actions = Actions{Refresh: true, Version: true, Stream: true, StreamKey: "ev"}
+	m := newMapper(t, r)
+	ch, err := m.ChangeFromJSON("users", "", "", `{"id": 7, "email": "e", "bio": null}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := m.Explain(ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	e.Print(&b)
+	for _, want := range []string{"version: raise user:7:v to the commit LSN", `refresh: SET user:7 {"bio":null,"email":"e","id":"7"}`, "stream: user:7 (insert of public.users) in the transaction's entry of stream ev"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("explain output lacks %q:\n%s", want, b.String())
+		}
+	}
+	if len(e.Keys) != 0 {
+		t.Errorf("keys to delete %q, want none (refresh writes)", e.Keys)
+	}
+}
