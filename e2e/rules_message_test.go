@@ -33,6 +33,14 @@ func TestRulesExplicitMessages(t *testing.T) {
 	f.wantGone("feed:1", "feed:2", "other:1", "stats:a", "stats:b")
 	f.wantKept("statsx")
 
+	// Generation keys named in the message are incremented.
+	f.exec(emit, `{"generations": ["gen:feed"]}`)
+	f.exec(emit, `{"keys": ["feed:1"], "generations": ["gen:feed"]}`)
+	f.barrier()
+	if n, _ := f.rdb.Get(context.Background(), "gen:feed").Int(); n < 1 {
+		t.Errorf("gen:feed = %d after two messages naming it", n)
+	}
+
 	// With row changes in one transaction: applied at its commit.
 	f.set("user:1", "feed:9")
 	f.exec(`BEGIN; INSERT INTO users VALUES (1, 'a@x', '', ''); SELECT pg_logical_emit_message(true, 'cdcinvalidate', 'feed:9'); COMMIT`)

@@ -40,7 +40,7 @@ func TestParseExplicit(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			keys, globs, err := parseExplicit([]byte(tc.content))
+			keys, globs, _, err := parseExplicit([]byte(tc.content))
 			if tc.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.err) {
 					t.Fatalf("error = %v, want %q", err, tc.err)
@@ -58,11 +58,11 @@ func TestParseExplicit(t *testing.T) {
 }
 
 func FuzzParseExplicit(f *testing.F) {
-	for _, s := range []string{"a\nb", `["a"]`, `{"keys":["a"],"patterns":["p:*"]}`, `{"patterns":["*"]}`, "[", "{", "\r\n"} {
+	for _, s := range []string{"a\nb", `["a"]`, `{"keys":["a"],"patterns":["p:*"]}`, `{"patterns":["*"]}`, `{"generations":["gen:a"]}`, "[", "{", "\r\n"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, content []byte) {
-		keys, globs, err := parseExplicit(content)
+		keys, globs, gens, err := parseExplicit(content)
 		if err != nil {
 			return
 		}
@@ -76,5 +76,21 @@ func FuzzParseExplicit(f *testing.F) {
 				t.Fatalf("pattern %q without a literal prefix from %q", g, content)
 			}
 		}
+		for _, g := range gens {
+			if g == "" {
+				t.Fatalf("empty generation key from %q", content)
+			}
+		}
 	})
+}
+
+func TestParseExplicitGenerations(t *testing.T) {
+	t.Parallel()
+	keys, globs, gens, err := parseExplicit([]byte(`{"keys":["a"],"generations":["gen:orders","gen:feed"]}`))
+	if err != nil || len(keys) != 1 || len(globs) != 0 || strings.Join(gens, ",") != "gen:orders,gen:feed" {
+		t.Errorf("parseExplicit = %q %q %q %v", keys, globs, gens, err)
+	}
+	if _, _, _, err := parseExplicit([]byte(`{"generations":[""]}`)); err == nil {
+		t.Error("an empty generation key was accepted")
+	}
 }

@@ -615,7 +615,7 @@ func (ss *session) handleMessage(data []byte) error {
 				zap.Stringer("lsn", m.lsn))
 			return nil
 		}
-		keys, globs, err := parseExplicit(m.content)
+		keys, globs, gens, err := parseExplicit(m.content)
 		if err != nil {
 			txn := ""
 			if ss.inStream {
@@ -624,8 +624,15 @@ func (ss *session) handleMessage(data []byte) error {
 			return permanent(fmt.Errorf("invalidation message (prefix %q) at LSN %s%s is malformed: %v; nothing of its transaction is skipped, so the engine stops: fix the application that emits it, and to get past this transaction flush the keys the rules manage and advance the slot beyond its commit (pg_replication_slot_advance)",
 				explicitPrefix, m.lsn, txn, err))
 		}
+		var acts []Action
+		for _, g := range gens {
+			acts = append(acts, Action{Kind: ActIncr, Key: g})
+		}
 		if ss.inStream {
 			b := ss.stream(ss.streamXid)
+			if err := ss.bufferActions(b, m.xid, acts); err != nil {
+				return err
+			}
 			for i, text := range slices.Concat(keys, globs) {
 				kind := entryKey
 				if i >= len(keys) {
@@ -638,6 +645,7 @@ func (ss *session) handleMessage(data []byte) error {
 			return nil
 		}
 		ss.keys = append(ss.keys, keys...)
+		ss.acts = append(ss.acts, acts...)
 		if len(globs) > 0 || len(ss.keys)+len(ss.acts) >= ss.s.cfg.ChunkKeys {
 			// As for TRUNCATE and large transactions: keys before the
 			// patterns go first; the position moves only at Commit.
@@ -660,11 +668,11 @@ const explicitPrefix = "cdcinvalidate"
 
 // parseExplicit reads the content of an explicit invalidation message:
 // JSON when it starts with '[' or '{' (["k1","k2"] or
-// {"keys":[...],"patterns":[...]}), else one key per line (each line
+// {"keys":[...],"patterns":[...],"generations":[...]}), else one key per line (each line
 // trimmed of surrounding white space, blank lines ignored; JSON keeps a
 // key's spaces). A pattern must start with a literal character, as a
 // template's TRUNCATE pattern does.
-func parseExplicit(content []byte) (keys, globs []string, err error) {
+func parseExplicit(content []byte) (keys, globs, gens []string, err error) {
 	text := strings.TrimLeft(string(content), " \t\r\n")
 	if text == "" || (text[0] != '[' && text[0] != '{') {
 		for _, line := range strings.Split(string(content), "\n") {
@@ -672,7 +680,7 @@ func parseExplicit(content []byte) (keys, globs []string, err error) {
 				keys = append(keys, line)
 			}
 		}
-		return keys, nil, nil
+		return keys, nil, nil, nil
 	}
 	dec := json.NewDecoder(strings.NewReader(text))
 	dec.DisallowUnknownFields()
@@ -680,29 +688,35 @@ func parseExplicit(content []byte) (keys, globs []string, err error) {
 		err = dec.Decode(&keys)
 	} else {
 		var o struct {
-			Keys     []string `json:"keys"`
-			Patterns []string `json:"patterns"`
+			Keys        []string `json:"keys"`
+			Patterns    []string `json:"patterns"`
+			Generations []string `json:"generations"`
 		}
 		err = dec.Decode(&o)
-		keys, globs = o.Keys, o.Patterns
+		keys, globs, gens = o.Keys, o.Patterns, o.Generations
 	}
 	if err != nil {
-		return nil, nil, fmt.Errorf(`not valid JSON for ["key", ...] or {"keys": [...], "patterns": [...]}: %v`, err)
+		return nil, nil, nil, fmt.Errorf(`not valid JSON for ["key", ...] or {"keys": [...], "patterns": [...], "generations": [...]}: %v`, err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		return nil, nil, errors.New("text after the JSON value")
+		return nil, nil, nil, errors.New("text after the JSON value")
 	}
 	for i, k := range keys {
 		if k == "" {
-			return nil, nil, fmt.Errorf("key %d is empty", i)
+			return nil, nil, nil, fmt.Errorf("key %d is empty", i)
+		}
+	}
+	for i, g := range gens {
+		if g == "" {
+			return nil, nil, nil, fmt.Errorf("generation key %d is empty", i)
 		}
 	}
 	for i, g := range globs {
 		if g == "" || strings.ContainsRune("*?[", rune(g[0])) {
-			return nil, nil, fmt.Errorf("pattern %d %q does not start with literal text (such as \"user:\"); a pattern without a prefix would match keys of other rules and applications", i, g)
+			return nil, nil, nil, fmt.Errorf("pattern %d %q does not start with literal text (such as \"user:\"); a pattern without a prefix would match keys of other rules and applications", i, g)
 		}
 	}
-	return keys, globs, nil
+	return keys, globs, gens, nil
 }
 
 func (ss *session) stream(xid uint32) *txnBuffer {
