@@ -39,6 +39,10 @@ type Engine struct {
 	Metrics *metrics.Metrics
 }
 
+// catchUpAge is how old the last transaction's commit must be for the sink
+// to wait a moment to gather larger batches (catching up on a backlog).
+const catchUpAge = time.Second
+
 // Version is reported in logs and in cdcinvalidate_build_info.
 var Version = "dev"
 
@@ -135,6 +139,7 @@ func (e *Engine) run(ctx context.Context) error {
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, Observer: e.Metrics,
 		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
+		CatchUpAge: catchUpAge,
 	}, tracker)
 	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {
 		return err

@@ -435,6 +435,7 @@ func (ss *session) sendStatus(now time.Time) error {
 
 func (ss *session) loop() error {
 	netConn := ss.conn.Conn()
+	var deadline time.Time // the read deadline in force
 	for {
 		now := time.Now()
 		applied := ss.s.pos.Applied()
@@ -448,8 +449,14 @@ func (ss *session) loop() error {
 			// Work is in flight: look at the applied position again soon.
 			wake = minTime(wake, now.Add(50*time.Millisecond))
 		}
-		if err := netConn.SetReadDeadline(wake); err != nil {
-			return fmt.Errorf("set read deadline: %w", err)
+		// Moving the deadline costs a timer update per message; it only
+		// has to move when the wake-up must come earlier (waking up early
+		// just loops).
+		if deadline.IsZero() || wake.Before(deadline) || !now.Before(deadline) {
+			if err := netConn.SetReadDeadline(wake); err != nil {
+				return fmt.Errorf("set read deadline: %w", err)
+			}
+			deadline = wake
 		}
 		if ss.ctx.Err() != nil {
 			return ss.ctx.Err()
@@ -461,10 +468,19 @@ func (ss *session) loop() error {
 			}
 			return fmt.Errorf("receive: %w", err)
 		}
+		blocked := time.Since(now) > blockedRead
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
 			if err := ss.handleCopyData(msg.Data); err != nil {
 				return err
+			}
+			// Catching up on old transactions while reading faster than
+			// the server sends: each message would cost a socket read and
+			// a wake-up of its own. Pausing a moment lets the server's
+			// messages gather in the socket, to be read many at a time.
+			// Fresh transactions (and keepalives) are read at once.
+			if blocked && len(msg.Data) > 0 && msg.Data[0] == pglogrepl.XLogDataByteID && ss.commitTime.Before(now.Add(-catchUpAge)) {
+				time.Sleep(catchUpPause)
 			}
 		case *pgproto3.ErrorResponse:
 			return pgconn.ErrorResponseToPgError(msg)
@@ -475,6 +491,15 @@ func (ss *session) loop() error {
 		}
 	}
 }
+
+// Catch-up reading: when the last transaction committed more than
+// catchUpAge ago and a read had to wait (took longer than blockedRead),
+// the loop pauses catchUpPause before reading on.
+const (
+	catchUpAge   = time.Second
+	blockedRead  = 50 * time.Microsecond
+	catchUpPause = time.Millisecond
+)
 
 func minTime(a, b time.Time) time.Time {
 	if b.Before(a) {

@@ -79,6 +79,13 @@ type Config struct {
 	MaxKeyBytes int
 	Logger      *zap.Logger
 	Observer    Observer
+	// CatchUpAge: when the last transaction seen committed longer ago than
+	// this (the engine is catching up on a backlog), a batch waits up to
+	// GatherWait (default 2ms) for more events before it is sent; fresh
+	// transactions go at once. 0 turns the wait off. (pgoutput does not
+	// tell a consumer how far the WAL goes, so the commit time says it.)
+	CatchUpAge time.Duration
+	GatherWait time.Duration
 }
 
 // Observer receives the sink's measurements; nil means none.
@@ -143,6 +150,9 @@ type Sink struct {
 	held      replication.LSN // applied, not yet watermarked and reported
 	markedAt  time.Time
 
+	gatherTimer *time.Timer
+	lastCommit  time.Time // commit time of the last transaction added
+
 	acts     actionBatch        // the batch's actions besides plain deletes
 	accs     map[string]*msgAcc // open transaction messages by channel or stream
 	accOrder []string
@@ -174,7 +184,12 @@ func New(cfg Config, ack Acker) *Sink {
 	if cfg.MaxKeyBytes <= 0 {
 		cfg.MaxKeyBytes = 64 << 10
 	}
-	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}, obs: cfg.Observer, accs: map[string]*msgAcc{}}
+	if cfg.GatherWait <= 0 {
+		cfg.GatherWait = 2 * time.Millisecond
+	}
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}, obs: cfg.Observer, accs: map[string]*msgAcc{}, gatherTimer: t}
 }
 
 // PermanentError is a Redis error that retrying cannot fix.
@@ -213,25 +228,48 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 		s.startBatch()
 		s.addEvent(ev)
 		closed := false
+		// While the engine is far behind the server (catching up), waiting
+		// a moment for more events makes far fewer, larger round trips;
+		// otherwise the batch goes at once.
+		var wait <-chan time.Time
+		if s.cfg.CatchUpAge > 0 && !s.lastCommit.IsZero() && time.Since(s.lastCommit) > s.cfg.CatchUpAge {
+			s.gatherTimer.Reset(s.cfg.GatherWait)
+			wait = s.gatherTimer.C
+		}
 	gather:
 		for len(s.batch)+s.acts.size() < s.cfg.MaxBatchKeys {
+			var next replication.Event
+			var ok bool
 			select {
-			case next, ok := <-in:
-				if !ok {
-					closed = true
-					break gather
-				}
-				if len(next.Globs) > 0 {
-					pending = &next
-					break gather
-				}
-				s.addEvent(next)
-				if next.End > end {
-					end = next.End
-				}
+			case next, ok = <-in:
 			default:
+				if wait == nil {
+					break gather
+				}
+				select {
+				case next, ok = <-in:
+				case <-wait:
+					wait = nil
+					break gather
+				case <-ctx.Done():
+					break gather
+				}
+			}
+			if !ok {
+				closed = true
 				break gather
 			}
+			if len(next.Globs) > 0 {
+				pending = &next
+				break gather
+			}
+			s.addEvent(next)
+			if next.End > end {
+				end = next.End
+			}
+		}
+		if wait != nil {
+			s.gatherTimer.Stop() // Go 1.23 timers: no stale tick to drain
 		}
 		// The watermark (an EVAL: a GET and a SET in Redis) goes with a
 		// batch when nothing is queued behind it, or every markEvery while
@@ -307,6 +345,7 @@ func (s *Sink) addEvent(ev replication.Event) {
 	}
 	if ev.End != 0 && !ev.CommitTime.IsZero() {
 		s.commits = append(s.commits, ev.CommitTime)
+		s.lastCommit = ev.CommitTime
 	}
 }
 
