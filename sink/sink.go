@@ -136,6 +136,18 @@ type Sink struct {
 	mustFlush string          // why a flush is owed ("" when none)
 	held      replication.LSN // applied, not yet watermarked and reported
 	markedAt  time.Time
+	flushPats atomic.Pointer[[]string] // set by SetFlushPatterns; nil: cfg.FlushPatterns
+}
+
+// SetFlushPatterns replaces Config.FlushPatterns (after a rules reload);
+// safe to call while Run runs.
+func (s *Sink) SetFlushPatterns(p []string) { s.flushPats.Store(&p) }
+
+func (s *Sink) flushPatterns() []string {
+	if p := s.flushPats.Load(); p != nil {
+		return *p
+	}
+	return s.cfg.FlushPatterns
 }
 
 // New returns a sink.
@@ -531,7 +543,7 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 	if s.cfg.OnHistoryLost != "flush" {
 		return &PermanentError{fmt.Errorf("%w: %s; flush the managed keys and restart, or set consistency.on_history_lost: flush", ErrHistoryLost, s.mustFlush)}
 	}
-	s.log.Error("redis went back in time; flushing every managed key", zap.String("reason", s.mustFlush), zap.Strings("patterns", s.cfg.FlushPatterns))
+	s.log.Error("redis went back in time; flushing every managed key", zap.String("reason", s.mustFlush), zap.Strings("patterns", s.flushPatterns()))
 	if err := s.Flush(ctx); err != nil {
 		return err
 	}
@@ -554,7 +566,7 @@ func orNone(v string, err error) string {
 // Flush deletes every key FlushPatterns cover (SCAN + UNLINK), retrying
 // transient errors, and announces the patterns on the publish channel.
 func (s *Sink) Flush(ctx context.Context) error {
-	return s.applyGlobs(ctx, replication.Event{Globs: s.cfg.FlushPatterns})
+	return s.applyGlobs(ctx, replication.Event{Globs: s.flushPatterns()})
 }
 
 // SetWatermark sets the watermark to lsn unconditionally (after a flush at
