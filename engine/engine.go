@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -37,6 +38,13 @@ type Engine struct {
 	log     *zap.Logger
 	mapper  *mapping.Mapper
 	Metrics *metrics.Metrics
+
+	// Rules reloads (reload.go): ready is closed once stream and sink
+	// exist; reloadMu serialises reloads and guards mapper after that.
+	ready    chan struct{}
+	reloadMu sync.Mutex
+	stream   *replication.Stream
+	sink     *sink.Sink
 }
 
 // catchUpAge is how old the last transaction's commit must be for the sink
@@ -53,7 +61,7 @@ func New(cfg *config.Config, file string, log *zap.Logger) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Engine{cfg: cfg, file: file, log: log, mapper: m, Metrics: metrics.New(Version, cfg.Metrics.ReadyMaxLag)}, nil
+	return &Engine{cfg: cfg, file: file, log: log, mapper: m, Metrics: metrics.New(Version, cfg.Metrics.ReadyMaxLag), ready: make(chan struct{})}, nil
 }
 
 // SetupError is a start-up problem the operator must fix; retrying does not help.
@@ -144,6 +152,8 @@ func (e *Engine) run(ctx context.Context) error {
 	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {
 		return err
 	}
+	e.stream, e.sink = st, sk
+	close(e.ready) // reloads may begin
 
 	// The sink outlives the stream: at shutdown the stream stops reading,
 	// waits for the sink to apply what it handed over, confirms, and closes
@@ -280,7 +290,15 @@ func (e *Engine) ensurePublication(ctx context.Context, conn *pgx.Conn, version 
 		return nil
 	}
 	sql := createPublicationSQL(pub, tables, version)
-	if _, err := conn.Exec(ctx, sql); err != nil {
+	// Marked in the same transaction: a reload adds tables only to a
+	// publication the engine created (reload.go).
+	if err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, markPublicationSQL(pub))
+		return err
+	}); err != nil {
 		return &SetupError{[]string{fmt.Sprintf("create publication %q: %s (the role must own the tables, or create it as the owner: %s)", pub, err, sql)}}
 	}
 	e.log.Info("created publication", zap.String("publication", pub), zap.Strings("tables", tables))

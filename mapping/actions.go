@@ -59,6 +59,10 @@ func (a *Actions) plain() bool {
 	return !a.Version && !a.Publish && !a.Stream && !a.Refresh && !a.Generation && a.DeleteCommand == ""
 }
 
+// keepsKeys reports whether the actions keep the rendered keys consistent
+// (delete or refresh them).
+func (a *Actions) keepsKeys() bool { return a.plain() || a.Delete || a.Refresh }
+
 // ActionNames is the list of action names, as rules.yaml spells them.
 const ActionNames = "delete, version, publish, stream, refresh, generation"
 

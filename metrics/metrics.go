@@ -73,6 +73,7 @@ type Metrics struct {
 	errors       *prometheus.CounterVec
 	tooLong      prometheus.Counter
 	actions      *prometheus.CounterVec
+	reloads      *prometheus.CounterVec
 
 	state      atomic.Value // string
 	redisDown  atomic.Bool
@@ -130,11 +131,16 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 	for k := replication.ActUnlink; k <= replication.ActIncr; k++ {
 		m.actions.WithLabelValues(k.String())
 	}
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rule_reloads_total",
+		Help: "Rules reloads (SIGHUP) by result: ok (the new rules run), rejected (the old rules keep running; the log says why)."}, []string{"result"})
 	for _, c := range []string{"redis_transient", "redis_permanent", "replication"} {
 		m.errors.WithLabelValues(c)
 	}
+	for _, r := range []string{"ok", "rejected"} {
+		m.reloads.WithLabelValues(r)
+	}
 	for _, c := range []prometheus.Collector{m.changes, m.keysRendered, m.batches, m.batchKeys, m.keysSent, m.keysDeleted,
-		m.truncates, m.redisRTT, m.commitApply, m.errors, m.tooLong, m.actions} {
+		m.truncates, m.redisRTT, m.commitApply, m.errors, m.tooLong, m.actions, m.reloads} {
 		f(c)
 	}
 	f(collectors.NewGoCollector())
@@ -159,6 +165,15 @@ func (m *Metrics) SetSlot(s SlotStats) {
 	m.slotMu.Lock()
 	m.slot = s
 	m.slotMu.Unlock()
+}
+
+// RuleReload counts a rules reload: applied (ok) or rejected.
+func (m *Metrics) RuleReload(ok bool) {
+	if ok {
+		m.reloads.WithLabelValues("ok").Inc()
+		return
+	}
+	m.reloads.WithLabelValues("rejected").Inc()
 }
 
 // SetFailed marks the engine failed (a permanent error stopped it).

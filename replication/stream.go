@@ -138,6 +138,8 @@ type Stream struct {
 
 	received  atomic.Uint64 // highest position the server reported
 	serverEnd atomic.Uint64 // the server's WAL end in its last message
+
+	swap swapper // rules reloads (swap.go)
 }
 
 // Received returns the highest WAL position received from the server.
@@ -381,7 +383,9 @@ func (s *Stream) session(ctx context.Context) (err error) {
 	stop := context.AfterFunc(ctx, func() { _ = conn.Conn().SetReadDeadline(time.Now()) })
 	defer stop()
 
+	ss.attachSwaps(conn.Conn())
 	err = ss.loop()
+	ss.detachSwaps()
 	if ctx.Err() != nil {
 		ss.shutdown()
 		return nil
@@ -460,6 +464,10 @@ func (ss *session) loop() error {
 		}
 		if ss.ctx.Err() != nil {
 			return ss.ctx.Err()
+		}
+		// After the deadline is set: a SetMapper that comes later wakes the receive.
+		if err := ss.takeSwap(); err != nil {
+			return err
 		}
 		msg, err := ss.conn.ReceiveMessage(context.Background())
 		if err != nil {

@@ -156,6 +156,30 @@ type Sink struct {
 	acts     actionBatch        // the batch's actions besides plain deletes
 	accs     map[string]*msgAcc // open transaction messages by channel or stream
 	accOrder []string
+
+	flush atomic.Pointer[flushSet] // set by SetFlush; nil: the Config's
+}
+
+type flushSet struct{ patterns, generations []string }
+
+// SetFlush replaces Config.FlushPatterns and FlushGenerations (after a
+// rules reload); safe to call while Run runs.
+func (s *Sink) SetFlush(patterns, generations []string) {
+	s.flush.Store(&flushSet{patterns, generations})
+}
+
+func (s *Sink) flushPatterns() []string {
+	if f := s.flush.Load(); f != nil {
+		return f.patterns
+	}
+	return s.cfg.FlushPatterns
+}
+
+func (s *Sink) flushGenerations() []string {
+	if f := s.flush.Load(); f != nil {
+		return f.generations
+	}
+	return s.cfg.FlushGenerations
 }
 
 // New returns a sink.
@@ -604,7 +628,7 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 	if s.cfg.OnHistoryLost != "flush" {
 		return &PermanentError{fmt.Errorf("%w: %s; flush the managed keys and restart, or set consistency.on_history_lost: flush", ErrHistoryLost, s.mustFlush)}
 	}
-	s.log.Error("redis went back in time; flushing every managed key", zap.String("reason", s.mustFlush), zap.Strings("patterns", s.cfg.FlushPatterns))
+	s.log.Error("redis went back in time; flushing every managed key", zap.String("reason", s.mustFlush), zap.Strings("patterns", s.flushPatterns()))
 	if err := s.Flush(ctx); err != nil {
 		return err
 	}
@@ -627,10 +651,16 @@ func orNone(v string, err error) string {
 // Flush deletes every key FlushPatterns cover (SCAN + UNLINK), retrying
 // transient errors, and announces the patterns on the publish channel.
 func (s *Sink) Flush(ctx context.Context) error {
-	if err := s.applyGlobs(ctx, replication.Event{Globs: s.cfg.FlushPatterns}); err != nil {
+	if err := s.applyGlobs(ctx, replication.Event{Globs: s.flushPatterns()}); err != nil {
 		return err
 	}
-	for _, g := range s.cfg.FlushGenerations {
+	return s.IncrGenerations(ctx, s.flushGenerations())
+}
+
+// IncrGenerations increments generation keys (newly managed after a rules
+// reload), retrying transient errors; safe to call while Run runs.
+func (s *Sink) IncrGenerations(ctx context.Context, keys []string) error {
+	for _, g := range keys {
 		err := s.retry(ctx, "increment generation "+g, func() error {
 			return s.cfg.Client.Incr(ctx, g).Err()
 		})

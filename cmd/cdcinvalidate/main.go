@@ -109,6 +109,11 @@ func runEngine(args []string, stderr io.Writer) int {
 	defer func() { _ = log.Sync() }()
 	setMemoryLimit(cfg, log)
 
+	// SIGHUP reloads the rules; registered before anything else, so an
+	// early one does not kill the process (its default action).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	eng, err := engine.New(cfg, *file, log)
@@ -116,6 +121,7 @@ func runEngine(args []string, stderr io.Writer) int {
 		log.Error("invalid rules", zap.String("error", config.Redact(err.Error())))
 		return 2
 	}
+	go reloadOnHUP(ctx, hup, eng, *file, env, log)
 	if err := eng.Run(ctx); err != nil {
 		var setup *engine.SetupError
 		if errors.As(err, &setup) {
@@ -127,6 +133,27 @@ func runEngine(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// reloadOnHUP reloads the rules from file on every SIGHUP (several while
+// one runs make one more), with the same environment overrides as at
+// start. A file that does not load keeps the running rules; Reload logs
+// its own outcome.
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, eng *engine.Engine, file string, env func(string) (string, bool), log *zap.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		log.Info("SIGHUP: reloading the rules", zap.String("config", file))
+		cfg, err := config.Load(file, env)
+		if err != nil {
+			eng.RejectReload(err)
+			continue
+		}
+		_ = eng.Reload(ctx, cfg)
+	}
 }
 
 func redactAll(ss []string) []string {
