@@ -89,6 +89,11 @@ type Postgres struct {
 	// WALSenderTimeout sets wal_sender_timeout for the replication
 	// connection (PostgreSQL 12+). Default 0: the server's setting.
 	WALSenderTimeout time.Duration `yaml:"wal_sender_timeout"`
+	// FailoverSlot creates the slot with the failover property (and turns
+	// it on for an existing slot), so standbys with sync_replication_slots
+	// keep a copy and the engine resumes on a promoted standby without
+	// losing history. PostgreSQL 17+. Default false.
+	FailoverSlot bool `yaml:"failover_slot"`
 }
 
 // Consistency says what to do when the engine cannot prove it saw every change.

@@ -103,3 +103,25 @@ func lastLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestFailoverSlotNeedsPostgres17: failover slots exist from PostgreSQL 17
+// on; on an older server the option is refused before any slot is made,
+// with what happens instead.
+func TestFailoverSlotNeedsPostgres17(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	var version int
+	if err := f.db.QueryRow(f.ctx(), `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
+		t.Fatal(err)
+	}
+	if version >= 170000 {
+		t.Skip("PostgreSQL 17+: failover slots are supported here")
+	}
+	f.startFails(strings.Replace(f.header(), "postgres:\n", "postgres:\n  failover_slot: true\n", 1)+rules, []string{
+		"postgres.failover_slot: failover slots need PostgreSQL 17 or later",
+		"consistency.on_history_lost",
+	})
+	var n int
+	if err := f.db.QueryRow(f.ctx(), `SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("slots and publications after a refused start: %d (%v), want 0", n, err)
+	}
+}

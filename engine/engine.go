@@ -267,10 +267,55 @@ func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (slo
 	if err != nil {
 		return slotState{}, err
 	}
+	if e.cfg.Postgres.FailoverSlot && cat.version < 170000 {
+		return slotState{}, &SetupError{[]string{fmt.Sprintf("postgres.failover_slot: failover slots need PostgreSQL 17 or later (this server is %d.%d); on older versions a promoted standby has no copy of the slot, and the engine's fail-closed path (consistency.on_history_lost) handles the failover: set failover_slot: false", cat.version/10000, cat.version%10000)}}
+	}
 	if err := e.ensurePublication(ctx, conn, cat.version, cat.infos, cat.problems); err != nil {
 		return slotState{}, err
 	}
-	return e.ensureSlot(ctx, conn, pgcfg)
+	st, err := e.ensureSlot(ctx, conn, pgcfg)
+	if err == nil && e.cfg.Postgres.FailoverSlot && !st.created {
+		err = e.ensureFailover(ctx, conn, pgcfg)
+	}
+	return st, err
+}
+
+// ensureFailover turns on the failover property of an existing slot
+// (PostgreSQL 17+), so that standbys with sync_replication_slots keep a
+// copy of it.
+func (e *Engine) ensureFailover(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.Config) error {
+	slot := e.cfg.Postgres.Slot
+	var failover bool
+	if err := conn.QueryRow(ctx, `SELECT coalesce((to_jsonb(s) ->> 'failover')::boolean, false) FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&failover); err != nil {
+		return fmt.Errorf("read failover property of slot %q: %w", slot, err)
+	}
+	if failover {
+		return nil
+	}
+	rconn, err := e.replicationConn(ctx, pgcfg)
+	if err != nil {
+		return err
+	}
+	defer rconn.Close(context.Background())
+	if _, err := rconn.Exec(ctx, fmt.Sprintf("ALTER_REPLICATION_SLOT %s (FAILOVER true)", pgx.Identifier{slot}.Sanitize())).ReadAll(); err != nil {
+		return &SetupError{[]string{fmt.Sprintf("turn on failover for slot %q: %s (the slot may be in use by another instance; retry, or run SELECT pg_drop_replication_slot('%s') while nothing uses it and let the engine create it)", slot, err, slot)}}
+	}
+	e.log.Info("turned on failover for the slot", zap.String("slot", slot))
+	return nil
+}
+
+func (e *Engine) replicationConn(ctx context.Context, pgcfg *pgconn.Config) (*pgconn.PgConn, error) {
+	rcfg := pgcfg.Copy()
+	if rcfg.RuntimeParams == nil {
+		rcfg.RuntimeParams = map[string]string{}
+	}
+	rcfg.RuntimeParams["replication"] = "database"
+	rcfg.RuntimeParams["application_name"] = "cdcinvalidate-setup"
+	rconn, err := pgconn.ConnectConfig(ctx, rcfg)
+	if err != nil {
+		return nil, explainPgError(fmt.Errorf("connect for replication: %w", err))
+	}
+	return rconn, nil
 }
 
 // ensurePublication checks the publication, or creates it when absent.
@@ -365,18 +410,18 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 
 func (e *Engine) createSlot(ctx context.Context, pgcfg *pgconn.Config) (slotState, error) {
 	slot := e.cfg.Postgres.Slot
-	rcfg := pgcfg.Copy()
-	if rcfg.RuntimeParams == nil {
-		rcfg.RuntimeParams = map[string]string{}
-	}
-	rcfg.RuntimeParams["replication"] = "database"
-	rcfg.RuntimeParams["application_name"] = "cdcinvalidate-setup"
-	rconn, err := pgconn.ConnectConfig(ctx, rcfg)
+	rconn, err := e.replicationConn(ctx, pgcfg)
 	if err != nil {
-		return slotState{}, explainPgError(fmt.Errorf("connect for replication: %w", err))
+		return slotState{}, err
 	}
 	defer rconn.Close(context.Background())
-	res, err := pglogrepl.CreateReplicationSlot(ctx, rconn, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	var res pglogrepl.CreateReplicationSlotResult
+	if e.cfg.Postgres.FailoverSlot {
+		// PostgreSQL 17+ (checked before): the option list form.
+		res, err = pglogrepl.ParseCreateReplicationSlot(rconn.Exec(ctx, fmt.Sprintf("CREATE_REPLICATION_SLOT %s LOGICAL pgoutput (SNAPSHOT 'nothing', FAILOVER true)", pgx.Identifier{slot}.Sanitize())))
+	} else {
+		res, err = pglogrepl.CreateReplicationSlot(ctx, rconn, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "NOEXPORT_SNAPSHOT"})
+	}
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "42501" {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cdcinvalidate/cdcinvalidate/mapping"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
 
@@ -27,6 +28,11 @@ func exposed(t *testing.T) map[string]bool {
 	m.Table("public.t").Change(replication.OpInsert, 1)
 	m.Batch(1, 1, time.Millisecond)
 	m.Applied(time.Now(), []time.Time{time.Now()})
+	rules, err := mapping.New([]mapping.Rule{{Table: "t", Actions: mapping.Actions{Generation: true, GenerationKey: "gen:t"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.AttachRules(RuleSource{Stats: rules.Stats, RefreshFallbacks: rules.RefreshFallbacks})
 	fams, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
