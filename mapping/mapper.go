@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"unsafe"
 
 	"cel.dev/cel-go/common/types"
 	"go.uber.org/zap"
@@ -141,6 +142,7 @@ type Mapper struct {
 	perRule []ruleCounters // by Rule.index
 
 	oldKeys, newKeys []string // keys of one rule's old and new row (non-plain rules)
+	arena            []byte   // block that keys are carved from (see intern)
 	rowBuf           []byte
 }
 
@@ -654,9 +656,33 @@ next:
 				continue next
 			}
 		}
-		dst = append(dst, string(buf))
+		dst = append(dst, m.intern(buf))
 	}
 	return dst, nil
+}
+
+// arenaBlock is the size of the blocks keys are carved from.
+const arenaBlock = 16 << 10
+
+// intern returns b as a string carved from a shared block, so that keys
+// cost one allocation per block instead of one each. A block's bytes are
+// written once and never changed (only its free tail is appended to), so
+// the strings stay valid after the mapper moves on; a block is freed when
+// no key in it is referenced. Long keys get their own allocation, so a
+// block never pins much memory for one key.
+func (m *Mapper) intern(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if len(b) > arenaBlock/8 {
+		return string(b)
+	}
+	if cap(m.arena)-len(m.arena) < len(b) {
+		m.arena = make([]byte, 0, arenaBlock)
+	}
+	off := len(m.arena)
+	m.arena = append(m.arena, b...)
+	return unsafe.String(&m.arena[off], len(b))
 }
 
 // warnNull logs, once per rule, that a NULL made no key.
