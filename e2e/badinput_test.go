@@ -147,7 +147,7 @@ func TestRedisPermissionErrorStopsWithTheFix(t *testing.T) {
 	if code != 1 {
 		t.Fatalf("exit code %d, want 1; output:\n%s", code, out)
 	}
-	for _, want := range []string{"NOPERM", "grant the ACL user +unlink"} {
+	for _, want := range []string{"NOPERM", "grant the ACL user the command, key or channel it names"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

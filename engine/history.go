@@ -41,6 +41,9 @@ func (e *Engine) checkHistory(ctx context.Context, rdb *redis.Client, sk *sink.S
 		val, err := rdb.Get(ctx, key).Result()
 		exists := err == nil
 		if err != nil && !errors.Is(err, redis.Nil) {
+			if perm := sink.Classify(err); perm != nil {
+				return &SetupError{[]string{fmt.Sprintf("read watermark %s: %v", key, perm)}}
+			}
 			return fmt.Errorf("read watermark %s: %w", key, err)
 		}
 		var mark pglogrepl.LSN

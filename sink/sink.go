@@ -701,7 +701,7 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 		if errors.As(err, &already) {
 			return err
 		}
-		if perm := classify(err); perm != nil {
+		if perm := Classify(err); perm != nil {
 			s.obs.RedisError(err, true)
 			return perm
 		}
@@ -721,8 +721,9 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 	}
 }
 
-// classify returns a PermanentError for errors that retrying cannot fix.
-func classify(err error) error {
+// Classify returns a PermanentError, with what to fix, for Redis errors
+// that retrying cannot fix, and nil for the others.
+func Classify(err error) error {
 	var rerr redis.Error
 	if !errors.As(err, &rerr) {
 		return nil
@@ -731,7 +732,7 @@ func classify(err error) error {
 	prefix, _, _ := strings.Cut(msg, " ")
 	switch prefix {
 	case "NOPERM":
-		return &PermanentError{fmt.Errorf("redis refused a command: %w (grant the ACL user +unlink +del +scan on the managed key patterns)", err)}
+		return &PermanentError{fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +get +set, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in the README)", err)}
 	case "WRONGPASS", "NOAUTH":
 		return &PermanentError{fmt.Errorf("redis authentication failed: %w (check redis.username and redis.password / CDC_REDIS_PASSWORD)", err)}
 	case "WRONGTYPE":
