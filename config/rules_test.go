@@ -140,17 +140,18 @@ func TestRuleOptionProblems(t *testing.T) {
 	}
 }
 
-// FuzzRules builds rules from arbitrary keys, ops, when_changed and when:
+// FuzzRules builds rules from arbitrary keys, ops, when_changed, when and an action:
 // Parse never panics, and a rule it accepts always becomes a working mapper
 // rule with its condition compiled.
 func FuzzRules(f *testing.F) {
-	f.Add("user:{id|lower}", "insert", "email", `new.status != old.status`)
-	f.Add("user:{id}", "", "", "")
-	f.Add("{id}", "upsert", "", "op ==")
-	f.Add("u:{a|default:x|sha1}", "truncate", "a", `new.a == "t"`)
-	f.Add("u:{a|bogus}", "update", "b", `op == 1`)
-	f.Add("u:{a}", "delete", "", `int(new.a) > 0`)
-	f.Fuzz(func(t *testing.T, key, op, changed, when string) {
+	f.Add("user:{id|lower}", "insert", "email", `new.status != old.status`, "")
+	f.Add("user:{id}", "", "", "", "version")
+	f.Add("{id}", "upsert", "", "op ==", "purge")
+	f.Add("u:{a|default:x|sha1}", "truncate", "a", `new.a == "t"`, "generation")
+	f.Add("u:{a|bogus}", "update", "b", `op == 1`, "refresh")
+	f.Add("u:{a}", "delete", "", `int(new.a) > 0`, "stream")
+	f.Add("u:{a}", "", "", "", "publish")
+	f.Fuzz(func(t *testing.T, key, op, changed, when, action string) {
 		var b strings.Builder
 		b.WriteString("postgres:\n  dsn: \"postgres://h/db\"\nredis:\n  addr: \"h:1\"\nrules:\n  - table: t\n")
 		fmt.Fprintf(&b, "    keys: [%s]\n", strconv.Quote(key))
@@ -162,6 +163,9 @@ func FuzzRules(f *testing.F) {
 		}
 		if when != "" {
 			fmt.Fprintf(&b, "    when: %s\n", strconv.Quote(when))
+		}
+		if action != "" {
+			fmt.Fprintf(&b, "    actions: [%s]\n", strconv.Quote(action))
 		}
 		cfg, err := Parse("fuzz.yaml", []byte(b.String()), noEnv)
 		if err != nil {
@@ -181,6 +185,14 @@ func FuzzRules(f *testing.F) {
 		if op != "" {
 			if o, ok := mapping.ParseOp(op); !ok || r.Ops != o {
 				t.Fatalf("ops %q became %v", op, r.Ops)
+			}
+		}
+		if action != "" {
+			a := r.Actions
+			got := map[string]bool{ActionDelete: a.Delete, ActionVersion: a.Version, ActionPublish: a.Publish,
+				ActionStream: a.Stream, ActionRefresh: a.Refresh, ActionGeneration: a.Generation}
+			if !got[action] {
+				t.Fatalf("action %q became %+v", action, a)
 			}
 		}
 		if _, err := mapping.New(rules); err != nil {
