@@ -13,6 +13,12 @@
 // some columns (when_changed), and to changes for which a CEL condition
 // holds (when; see Condition). Each rule of a table decides on its own.
 //
+// A rule's actions (see Actions) say what happens to its keys: deleted (the
+// default), version keys raised, announced per transaction on a channel or
+// a stream, rewritten with the new row as JSON (refresh), or a generation
+// key bumped. Plain deletes come out as keys; everything else as
+// replication.Action values, in rule order.
+//
 // Guarantees:
 //   - A key is never rendered from a value the change does not carry. When an
 //     old value is unavailable (a column outside the replica identity) the
@@ -23,6 +29,8 @@
 //   - A NULL value makes no key (never the text "<nil>" or "null"), unless
 //     the placeholder has a default.
 //   - Values are inserted once and never re-expanded.
+//   - A refreshed value is never written from a partial row: when the change
+//     does not carry a refreshed column, the key is deleted instead.
 //   - Filters never decide a skip: when_changed counts a column whose old
 //     value is unknown as changed, and a when condition whose result depends
 //     on unknown values counts as true, so doubt invalidates.

@@ -5,7 +5,13 @@
 // deletes the keys with UNLINK (or DEL) in one pipeline, and only after Redis
 // acknowledged the whole batch reports the batch's last transaction end to
 // the checkpoint. A TRUNCATE pattern is applied on its own, in order, with
-// SCAN + UNLINK (never KEYS).
+// SCAN + UNLINK (never KEYS). The rules' other actions go in the same
+// pipeline, in this order: version raises (one Lua script, never lowering),
+// deletes, refreshed values (the last write to a key in the batch wins, as
+// in commit order), generation bumps, then one message per transaction on
+// each channel and stream (a transaction's message is kept across batches,
+// so its parts, and the stream IDs derived from its commit LSN, come out the
+// same after a replay).
 //
 // Guarantees: no event is skipped. Transient Redis errors (connection loss,
 // timeouts, LOADING, READONLY, OOM, a stalled server) are retried with
