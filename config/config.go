@@ -675,17 +675,7 @@ func (c *Config) validateRuleOptions(loc locator, i int) []Problem {
 	if r.WhenChanged != nil && len(r.WhenChanged) == 0 {
 		add(base+".when_changed", "when_changed is empty, so no UPDATE would invalidate anything through this rule: name columns, or leave when_changed out")
 	}
-	seen := map[string]bool{}
-	for j, col := range r.WhenChanged {
-		p := fmt.Sprintf("%s.when_changed[%d]", base, j)
-		switch {
-		case strings.TrimSpace(col) == "":
-			add(p, "when_changed has an empty column name")
-		case seen[col]:
-			add(p, "column %q is listed twice in when_changed", col)
-		}
-		seen[col] = true
-	}
+	columnList(add, base, "when_changed", r.WhenChanged)
 	if len(r.WhenChanged) > 0 && !ops.Has(mapping.OnUpdate) {
 		add(base+".when_changed", "when_changed filters UPDATEs only, but the rule's ops %v leave out update: remove when_changed or add update to ops", r.Ops)
 	}
@@ -706,6 +696,21 @@ func (c *Config) validateRuleOptions(loc locator, i int) []Problem {
 		}
 	}
 	return ps
+}
+
+// columnList reports empty and repeated names in a rule's list of columns.
+func columnList(add func(path, format string, args ...any), base, field string, cols []string) {
+	seen := map[string]bool{}
+	for j, col := range cols {
+		p := fmt.Sprintf("%s.%s[%d]", base, field, j)
+		switch {
+		case strings.TrimSpace(col) == "":
+			add(p, "%s has an empty column name", field)
+		case seen[col]:
+			add(p, "column %q is listed twice in %s", col, field)
+		}
+		seen[col] = true
+	}
 }
 
 // validateRuleActions checks the actions of rule i and their options.
@@ -781,17 +786,7 @@ func (c *Config) validateRuleActions(loc locator, i int, ops mapping.OpSet) []Pr
 	if r.RefreshColumns != nil && len(r.RefreshColumns) == 0 {
 		add(base+".refresh_columns", "refresh_columns is empty: name columns, or leave it out to write every column")
 	}
-	cols := map[string]bool{}
-	for j, col := range r.RefreshColumns {
-		p := fmt.Sprintf("%s.refresh_columns[%d]", base, j)
-		switch {
-		case strings.TrimSpace(col) == "":
-			add(p, "refresh_columns has an empty column name")
-		case cols[col]:
-			add(p, "column %q is listed twice in refresh_columns", col)
-		}
-		cols[col] = true
-	}
+	columnList(add, base, "refresh_columns", r.RefreshColumns)
 	switch r.OnTruncate {
 	case "", "scan":
 	case "generation":

@@ -318,13 +318,7 @@ func replayedEntry(c redis.Cmder) bool {
 // versionScript raises each version key KEYS[i] to ARGV[2i-1] ("X/Y"), never
 // lowering it, with a TTL of ARGV[2i] milliseconds when positive. It
 // returns how many it raised.
-var versionScript = redis.NewScript(`
-local function num(s)
-  if not s then return -1 end
-  local hi, lo = string.match(s, '^(%x+)/(%x+)$')
-  if not hi then return -1 end
-  return tonumber(hi, 16) * 4294967296 + tonumber(lo, 16)
-end
+var versionScript = redis.NewScript(lsnLua + `
 local n = 0
 for i, k in ipairs(KEYS) do
   local v = ARGV[2*i-1]

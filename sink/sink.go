@@ -572,19 +572,24 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 	return nil
 }
 
-// watermarkScript raises the watermark key to ARGV[1] ("X/Y") and never
-// lowers it, so a replay after a restart does not move it back. It returns
-// the value it found. When that value is below ARGV[2], the highest this
-// engine set before (Redis lost acknowledged writes), it leaves the key
-// alone: the watermark must not claim a position before the flush that the
-// loss calls for is done.
-var watermarkScript = redis.NewScript(`
+// lsnLua defines num(s) in a Lua script: an LSN "X/Y" as a number (exact
+// below 2^53 bytes of WAL), -1 for nil or anything else.
+const lsnLua = `
 local function num(s)
   if not s then return -1 end
   local hi, lo = string.match(s, '^(%x+)/(%x+)$')
   if not hi then return -1 end
   return tonumber(hi, 16) * 4294967296 + tonumber(lo, 16)
 end
+`
+
+// watermarkScript raises the watermark key to ARGV[1] ("X/Y") and never
+// lowers it, so a replay after a restart does not move it back. It returns
+// the value it found. When that value is below ARGV[2], the highest this
+// engine set before (Redis lost acknowledged writes), it leaves the key
+// alone: the watermark must not claim a position before the flush that the
+// loss calls for is done.
+var watermarkScript = redis.NewScript(lsnLua + `
 local cur = redis.call('GET', KEYS[1])
 local have = num(cur)
 local mine = num(ARGV[2])
