@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
 
@@ -83,11 +84,17 @@ func CheckVersionKey(t string) error {
 
 // versionKey renders the version key of key.
 func versionKey(tpl, key string) string {
+	return string(appendVersionKey(nil, tpl, key))
+}
+
+func appendVersionKey(dst []byte, tpl, key string) []byte {
 	if tpl == "" {
 		tpl = DefaultVersionKey
 	}
 	pre, post, _ := strings.Cut(tpl, "{key}")
-	return pre + key + post
+	dst = append(dst, pre...)
+	dst = append(dst, key...)
+	return append(dst, post...)
 }
 
 // usesKeys reports whether the actions act on rendered keys (every action
@@ -101,16 +108,18 @@ func (a *Actions) usesKeys() bool {
 // Plain deletes go to keys (without duplicates from start on).
 func (m *Mapper) appendActions(keys []string, start int, acts []replication.Action, br *boundRelation, r *boundRule, ch *replication.Change, oldKeys, newKeys []string) ([]string, []replication.Action) {
 	a := &r.rule.Actions
-	all := oldKeys
+	all := append(m.allKeys[:0], oldKeys...)
 	for _, k := range newKeys {
 		if !slices.Contains(oldKeys, k) {
 			all = append(all, k)
 		}
 	}
+	m.allKeys = all
 	table := r.rule.qualified
 	if a.Version {
 		for _, k := range all {
-			acts = append(acts, replication.Action{Kind: replication.ActVersion, Key: versionKey(a.VersionKey, k), TTL: a.VersionTTL})
+			m.buf = appendVersionKey(m.buf[:0], a.VersionKey, k)
+			acts = append(acts, replication.Action{Kind: replication.ActVersion, Key: m.intern(m.buf), TTL: a.VersionTTL})
 		}
 	}
 	if a.Delete || a.plain() {
@@ -208,7 +217,7 @@ func (m *Mapper) rowJSON(rel *replication.Relation, cols []int, ch *replication.
 			b = append(b, ',')
 		}
 		c := rel.Columns[idx]
-		b = appendJSONString(b, c.Name)
+		b = jsonstr.Append(b, c.Name)
 		b = append(b, ':')
 		v, st := value(ch, sideNew, idx)
 		switch st {
@@ -227,32 +236,27 @@ func (m *Mapper) rowJSON(rel *replication.Relation, cols []int, ch *replication.
 			case "f":
 				b = append(b, "false"...)
 			default:
-				b = appendJSONString(b, string(v))
+				b = jsonstr.Append(b, string(v))
 			}
 		case oidInt2, oidInt4, oidInt8, oidOID, oidFloat4, oidFloat8, oidNumeric:
 			if jsonNumber(v) {
 				b = append(b, v...)
 			} else {
-				b = appendJSONString(b, string(v)) // NaN, Infinity
+				b = jsonstr.Append(b, string(v)) // NaN, Infinity
 			}
 		case oidJSON, oidJSONB:
 			if json.Valid(v) {
 				b = append(b, v...)
 			} else {
-				b = appendJSONString(b, string(v))
+				b = jsonstr.Append(b, string(v))
 			}
 		default:
-			b = appendJSONString(b, string(v))
+			b = jsonstr.Append(b, string(v))
 		}
 	}
 	b = append(b, '}')
 	m.rowBuf = b
-	return string(b), true
-}
-
-func appendJSONString(b []byte, s string) []byte {
-	q, _ := json.Marshal(s) // a string always marshals
-	return append(b, q...)
+	return m.intern(b), true
 }
 
 // jsonNumber reports whether v is a number as JSON writes it.

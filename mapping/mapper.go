@@ -143,6 +143,7 @@ type Mapper struct {
 
 	oldKeys, newKeys []string // keys of one rule's old and new row (non-plain rules)
 	arena            []byte   // block that keys are carved from (see intern)
+	allKeys          []string // old and new keys of one rule (non-plain rules)
 	rowBuf           []byte
 }
 

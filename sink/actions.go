@@ -2,7 +2,6 @@ package sink
 
 import (
 	"context"
-	"encoding/json"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
 
@@ -65,7 +65,14 @@ type msgAcc struct {
 	part    int
 	n       int
 	changes []msgChange
-	seen    map[string]struct{}
+	seen    map[msgKey]struct{}
+}
+
+// msgKey identifies a key within a transaction's message.
+type msgKey struct {
+	table string
+	op    replication.Op
+	key   string
 }
 
 type msgChange struct {
@@ -162,7 +169,7 @@ func (s *Sink) addMessageKey(a *replication.Action, lsn replication.LSN) {
 	}
 	acc := s.accs[id]
 	if acc == nil {
-		acc = &msgAcc{stream: a.Kind == replication.ActStream, target: a.Target, seen: map[string]struct{}{}}
+		acc = &msgAcc{stream: a.Kind == replication.ActStream, target: a.Target, seen: map[msgKey]struct{}{}}
 		s.accs[id] = acc
 		s.accOrder = append(s.accOrder, id)
 	}
@@ -174,7 +181,7 @@ func (s *Sink) addMessageKey(a *replication.Action, lsn replication.LSN) {
 		acc.lsn, acc.part = lsn, 0
 	}
 	acc.maxLen = a.MaxLen
-	dedup := a.Table + "\x00" + string(a.Op) + "\x00" + a.Key
+	dedup := msgKey{a.Table, a.Op, a.Key}
 	if _, dup := acc.seen[dedup]; dup {
 		return
 	}
@@ -185,6 +192,13 @@ func (s *Sink) addMessageKey(a *replication.Action, lsn replication.LSN) {
 	acc.n++
 	if c := len(acc.changes); c > 0 && acc.changes[c-1].table == a.Table && acc.changes[c-1].op == a.Op {
 		acc.changes[c-1].keys = append(acc.changes[c-1].keys, a.Key)
+		return
+	}
+	if c := len(acc.changes); c < cap(acc.changes) {
+		// Reuse the keys array a sent part left behind.
+		acc.changes = acc.changes[:c+1]
+		ch := &acc.changes[c]
+		ch.table, ch.op, ch.keys = a.Table, a.Op, append(ch.keys[:0], a.Key)
 		return
 	}
 	acc.changes = append(acc.changes, msgChange{table: a.Table, op: a.Op, keys: []string{a.Key}})
@@ -205,8 +219,18 @@ func (s *Sink) endTxn(lsn replication.LSN) {
 // "op":"update","keys":["user:1"]}]} ("patterns" instead of "keys" for a
 // TRUNCATE, op "truncate").
 func (s *Sink) emitMessage(acc *msgAcc, last bool) {
-	body := []byte(`{"lsn":"`)
-	body = append(body, acc.lsn.String()...)
+	size := 64
+	for _, c := range acc.changes {
+		size += len(c.table) + 40
+		for _, k := range c.keys {
+			size += len(k) + 3
+		}
+	}
+	body := make([]byte, 0, size)
+	body = append(body, `{"lsn":"`...)
+	lsn := len(body)
+	body = appendLSN(body, acc.lsn)
+	lsnText := body[lsn:]
 	body = append(body, `","part":`...)
 	body = strconv.AppendInt(body, int64(acc.part), 10)
 	body = append(body, `,"last":`...)
@@ -217,7 +241,7 @@ func (s *Sink) emitMessage(acc *msgAcc, last bool) {
 			body = append(body, ',')
 		}
 		body = append(body, `{"table":`...)
-		body = appendJSONString(body, c.table)
+		body = jsonstr.Append(body, c.table)
 		field := "keys"
 		op := "truncate"
 		if c.op != 0 {
@@ -234,14 +258,14 @@ func (s *Sink) emitMessage(acc *msgAcc, last bool) {
 			if j > 0 {
 				body = append(body, ',')
 			}
-			body = appendJSONString(body, k)
+			body = jsonstr.Append(body, k)
 		}
 		body = append(body, "]}"...)
 	}
 	body = append(body, "]}"...)
 	s.acts.msgs = append(s.acts.msgs, outMsg{
 		stream: acc.stream, target: acc.target, maxLen: acc.maxLen, body: body,
-		lsn: acc.lsn.String(), id: strconv.FormatUint(uint64(acc.lsn), 10) + "-" + strconv.Itoa(acc.part),
+		lsn: string(lsnText), id: strconv.FormatUint(uint64(acc.lsn), 10) + "-" + strconv.Itoa(acc.part),
 	})
 	acc.part++
 	acc.n = 0
@@ -334,7 +358,25 @@ for i, k in ipairs(KEYS) do
 end
 return n`)
 
-func appendJSONString(b []byte, str string) []byte {
-	q, _ := json.Marshal(str) // a string always marshals
-	return append(b, q...)
+// appendLSN appends lsn as PostgreSQL (and LSN.String) prints it:
+// upper-case hexadecimal, "16/B374D848".
+func appendLSN(b []byte, lsn replication.LSN) []byte {
+	b = appendHexUpper(b, uint32(lsn>>32))
+	b = append(b, '/')
+	return appendHexUpper(b, uint32(lsn))
+}
+
+func appendHexUpper(b []byte, v uint32) []byte {
+	const digits = "0123456789ABCDEF"
+	var tmp [8]byte
+	i := len(tmp)
+	for {
+		i--
+		tmp[i] = digits[v&0xf]
+		v >>= 4
+		if v == 0 {
+			break
+		}
+	}
+	return append(b, tmp[i:]...)
 }

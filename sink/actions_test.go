@@ -301,3 +301,11 @@ func TestPublishOneMessagePerTransaction(t *testing.T) {
 		t.Errorf("second message %+v", got[1])
 	}
 }
+
+func TestAppendLSNMatchesString(t *testing.T) {
+	for _, l := range []replication.LSN{0, 0x100, 0xB374D848, 0x16_B374D848, 0xFFFFFFFF_FFFFFFFF, 0xA_0000000F} {
+		if got := string(appendLSN(nil, l)); got != l.String() {
+			t.Errorf("appendLSN(%d) = %s, want %s", uint64(l), got, l.String())
+		}
+	}
+}
