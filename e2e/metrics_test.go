@@ -77,6 +77,12 @@ func TestMetricsAndHealth(t *testing.T) {
 		`cdcinvalidate_state{state="streaming"}`:                  1,
 		`cdcinvalidate_slot_active`:                               1,
 		`cdcinvalidate_errors_total{class="redis_permanent"}`:     0,
+		// Per rule: users is rules[0]; all 4 changes applied, 9 keys.
+		`cdcinvalidate_rule_changes_total{result="applied",rule="0",table="public.users"}`: 4,
+		`cdcinvalidate_rule_changes_total{result="skipped",rule="0",table="public.users"}`: 0,
+		`cdcinvalidate_rule_outputs_total{rule="0",table="public.users"}`:                  9,
+		`cdcinvalidate_actions_total{action="version"}`:                                    0,
+		`cdcinvalidate_refresh_fallbacks_total`:                                            0,
 	}
 	for series, want := range checks {
 		if got := metricValue(t, body, series); got != want {

@@ -217,3 +217,43 @@ func TestSettingDependentTypes(t *testing.T) {
 		t.Errorf("warnings %v", ws)
 	}
 }
+
+// check warns when a refreshed column can be TOASTed and the replica
+// identity does not carry it (the refresh then deletes instead of writing),
+// and names missing refresh_columns as problems.
+func TestRefreshCatalogFindings(t *testing.T) {
+	t.Parallel()
+	info := TableInfo{Exists: true, Kind: 'r', Columns: []string{"id", "n", "body", "tags"}, Types: []string{"bigint", "integer", "text", "text[]"},
+		ReplicaIdentity: 'd', IdentityColumns: []string{"id"}}
+	r := &Rule{Schema: "public", Table: "t", Templates: mustTemplates(t, "t:{id}"), Where: "rules[0]", Actions: Actions{Refresh: true}}
+	var cols []string
+	for _, w := range TableWarnings(r, info) {
+		if strings.Contains(w.Msg, "refreshed column") {
+			cols = append(cols, w.Msg[strings.Index(w.Msg, `"`):strings.Index(w.Msg, ` (`)])
+			if !strings.Contains(w.Fix, "REPLICA IDENTITY FULL") {
+				t.Errorf("fix %q", w.Fix)
+			}
+		}
+	}
+	if strings.Join(cols, ",") != `"body","tags"` {
+		t.Errorf("refresh warnings for %v, want body and tags", cols)
+	}
+	r.Actions.RefreshColumns = []string{"id", "n"}
+	for _, w := range TableWarnings(r, info) {
+		if strings.Contains(w.Msg, "refreshed column") {
+			t.Errorf("warning for columns not refreshed: %s", w.Msg)
+		}
+	}
+	info.ReplicaIdentity = 'f'
+	r.Actions.RefreshColumns = nil
+	for _, w := range TableWarnings(r, info) {
+		if strings.Contains(w.Msg, "refreshed column") {
+			t.Errorf("warning under REPLICA IDENTITY FULL: %s", w.Msg)
+		}
+	}
+	r.Actions.RefreshColumns = []string{"id", "nope"}
+	ps := CheckTableProblems(r, info)
+	if len(ps) != 1 || !strings.Contains(ps[0].Msg, `refresh_columns names column "nope"`) {
+		t.Errorf("problems %v", ps)
+	}
+}
