@@ -40,6 +40,10 @@ type Event struct {
 	End LSN
 	// CommitTime is the commit time of the transaction that End closes.
 	CommitTime time.Time
+	// Restart says that a new replication session begins: the server sends
+	// again everything after the confirmed position, so a transaction that
+	// the last session handed over only in part starts over.
+	Restart bool
 }
 
 // Mapper turns changes into keys. The stream calls it from its one goroutine.
@@ -383,6 +387,12 @@ func (s *Stream) session(ctx context.Context) (err error) {
 	stop := context.AfterFunc(ctx, func() { _ = conn.Conn().SetReadDeadline(time.Now()) })
 	defer stop()
 
+	if err := ss.emit(Event{Restart: true}); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	ss.attachSwaps(conn.Conn())
 	err = ss.loop()
 	ss.detachSwaps()

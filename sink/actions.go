@@ -204,6 +204,18 @@ func (s *Sink) addMessageKey(a *replication.Action, lsn replication.LSN) {
 	acc.changes = append(acc.changes, msgChange{table: a.Table, op: a.Op, keys: []string{a.Key}})
 }
 
+// restartMessages forgets the unsent parts of transactions that a new
+// replication session will send again from their start: their messages
+// then come out as after a restart of the engine (parts already sent are
+// sent again with the same stream IDs, which Redis refuses as written).
+func (s *Sink) restartMessages() {
+	for _, acc := range s.accs {
+		acc.lsn, acc.part, acc.n = 0, 0, 0
+		acc.changes = acc.changes[:0]
+		clear(acc.seen)
+	}
+}
+
 // endTxn sends the last part of every message of the transaction that
 // committed at lsn.
 func (s *Sink) endTxn(lsn replication.LSN) {

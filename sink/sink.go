@@ -247,6 +247,10 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 				return ctx.Err()
 			}
 		}
+		if ev.Restart {
+			s.restartMessages()
+			continue
+		}
 		if len(ev.Globs) > 0 {
 			if err := s.applyGlobs(ctx, ev); err != nil {
 				return err
@@ -288,6 +292,10 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			if !ok {
 				closed = true
 				break gather
+			}
+			if next.Restart {
+				s.restartMessages()
+				continue
 			}
 			if len(next.Globs) > 0 {
 				pending = &next
