@@ -29,6 +29,7 @@ func TestClassify(t *testing.T) {
 		{redisErr("NOAUTH Authentication required."), true, "redis.password"},
 		{redisErr("WRONGTYPE Operation against a key holding the wrong kind of value"), true, "WRONGTYPE"},
 		{redisErr("ERR unknown command 'UNLINK', with args beginning with: "), true, "delete_command: del"},
+		{redisErr("ERR value is not an integer or out of range"), true, "generation_key"},
 		{redisErr("LOADING Redis is loading the dataset in memory"), false, ""},
 		{redisErr("READONLY You can't write against a read only replica."), false, ""},
 		{redisErr("OOM command not allowed when used memory > 'maxmemory'."), false, ""},

@@ -757,6 +757,9 @@ func Classify(err error) error {
 	case "WRONGTYPE":
 		return &PermanentError{fmt.Errorf("redis: %w", err)}
 	case "ERR":
+		if strings.Contains(msg, "value is not an integer") {
+			return &PermanentError{fmt.Errorf("redis: %w (a generation key holds something other than an integer: delete it or choose another generation_key)", err)}
+		}
 		if strings.Contains(msg, "unknown command") {
 			return &PermanentError{fmt.Errorf("redis does not support a command cdcinvalidate needs: %w (Redis older than 4.0 has no UNLINK: set sink.delete_command: del)", err)}
 		}
