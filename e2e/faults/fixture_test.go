@@ -71,6 +71,9 @@ type fixtureOpts struct {
 	redisReadTimeout string // redis.read_timeout
 	redisArgs        []string
 	viaProxy         bool // the engine reaches Redis through a proxy of this test
+	// actions adds the rules of actions_test.go (refresh, version, stream
+	// on their own key namespaces) and the columns they exercise.
+	actions bool
 }
 
 type fixture struct {
@@ -120,6 +123,9 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	if o.bigRows > 0 {
 		f.exec(`INSERT INTO big SELECT g, 'p' || g FROM generate_series(1, $1) g`, o.bigRows)
 	}
+	if o.actions {
+		f.exec(actionsSchema)
+	}
 	redisAddr := f.rd.Addr()
 	if o.viaProxy {
 		f.proxy = startProxy(t, f.rd.Addr())
@@ -146,6 +152,9 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	}
 	b.WriteString("client:\n  leases: true\n")
 	b.WriteString(rules)
+	if o.actions {
+		b.WriteString(actionRules)
+	}
 	f.cfg = filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(f.cfg, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)

@@ -27,9 +27,11 @@ type scenario struct {
 	perRun  []int // stale keys found by each check
 	staleLb int   // of those, library (lib:) keys
 	notes   []string
-	started time.Time
-	took    time.Duration
-	failed  bool
+	// checks of the rule actions (actions_test.go) and problems they found
+	actChecks, actBad int
+	started           time.Time
+	took              time.Duration
+	failed            bool
 }
 
 var results struct {
@@ -90,6 +92,20 @@ func (s *scenario) record(label string, r checkResult) {
 	}
 }
 
+// recordActions adds one check of the rule actions; any problem fails a
+// positive scenario.
+func (s *scenario) recordActions(label string, r actionsResult) {
+	s.t.Helper()
+	s.mu.Lock()
+	s.actChecks++
+	s.actBad += r.total()
+	s.mu.Unlock()
+	s.t.Logf("%s: %s", label, r)
+	if !s.negative && r.total() > 0 {
+		s.t.Errorf("%s: WRONG ACTIONS: %d problems:%s", label, r.total(), r.details(10))
+	}
+}
+
 func (s *scenario) addLoad(st *loadStats) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -139,8 +155,12 @@ func (s *scenario) verdict() string {
 		return "see notes"
 	case s.failed && s.stale > 0:
 		return fmt.Sprintf("LOST: %d stale keys", s.stale)
+	case s.failed && s.actBad > 0:
+		return fmt.Sprintf("WRONG ACTIONS: %d problems (refresh, version, stream)", s.actBad)
 	case s.failed:
 		return "FAILED (not a loss; see log)"
+	case s.actChecks > 0:
+		return fmt.Sprintf("0 stale keys in %d checks; refresh, version and stream exact in %d checks", s.checks, s.actChecks)
 	default:
 		return fmt.Sprintf("0 stale keys in %d checks", s.checks)
 	}

@@ -309,6 +309,9 @@ func (f *fixture) check() checkResult {
 		if strings.HasPrefix(k, "lease:{") || strings.HasPrefix(k, "cdcinvalidate:") || strings.HasPrefix(k, "barrier:") {
 			continue
 		}
+		if f.o.actions && isActionKey(k) {
+			continue // checked by checkActions
+		}
 		keys = append(keys, k)
 	}
 	if err := iter.Err(); err != nil {
@@ -603,6 +606,9 @@ func (l *load) smallTxn(db *pgxpool.Pool, r *rand.Rand) error {
 	default:
 		for n := 1 + r.IntN(5); n > 0 && err == nil; n-- {
 			err = l.randomChange(ctx, tx, r)
+		}
+		if err == nil && l.f.o.actions && l.f.o.bigRows > 0 && r.IntN(8) == 0 {
+			err = docChange(ctx, tx, r, l.f.o.bigRows)
 		}
 	}
 	if err != nil {
