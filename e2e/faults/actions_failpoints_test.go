@@ -1,0 +1,102 @@
+//go:build failpoints
+
+package faults
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// terminateMidEvent waits up to d until the newest stream entry is a part
+// that is not its transaction's last (the engine is between two parts of
+// one transaction's event), then terminates the walsender and waits until
+// the engine streams again on a new one. It reports whether it found such
+// a moment. The engine reconnects in-process: the new session sends the
+// transaction again from its start, while the sink holds its unsent keys.
+func (a *actionsRef) terminateMidEvent(p *proc, d time.Duration) bool {
+	f := a.f
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d+time.Minute)
+	defer cancel()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		msgs, err := f.rdb.XRevRangeN(ctx, actionStream, "+", "-", 1).Result()
+		if err == nil && len(msgs) == 1 {
+			body, _ := msgs[0].Values["event"].(string)
+			if strings.Contains(body[:min(len(body), 80)], `"last":false`) {
+				if pid := f.walsenderPID(); pid != 0 {
+					f.exec(`SELECT pg_terminate_backend($1)`, pid)
+					waitFor(f.t, 30*time.Second, "a new walsender", func() bool { n := f.walsenderPID(); return n != 0 && n != pid })
+					f.waitStreaming(p, 30*time.Second)
+					return true
+				}
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return false
+}
+
+// TestActionsFailpoints runs the action rules with postgres.streaming off:
+// a large transaction's keys and actions are applied in chunks before its
+// commit, so its stream event is written part by part over several
+// batches. Each run first terminates the walsender twice while the newest
+// stream entry is a part that is not the last (a transaction's event half
+// written), then kills the engine at a failpoint, in turn sink-mid-txn
+// (after a chunk, before the commit) and sink-after-ack (Redis
+// acknowledged a batch, the position not yet recorded). Version keys are
+// sampled around every fault; after each run the actions are checked
+// exactly against the reference (actions_test.go).
+func TestActionsFailpoints(t *testing.T) {
+	sc := newScenario(t, "actions refresh, version, stream: failpoints sink-mid-txn / sink-after-ack, walsender terminated mid-event (streaming off)",
+		"actions of a transaction applied in chunks: replayed whole, parts neither repeated nor lost", false)
+	f := newFixture(t, fixtureOpts{streaming: "false", bigRows: 12000, maxBatchKeys: 2000, actions: true})
+	rng := rngFor(t)
+	p := f.startStreaming()
+	ref := f.newActionsRef()
+	o := defaultLoad
+	o.bulk, o.bulkRows = 1, [2]int{2000, 6000}
+	points := []struct {
+		name       string
+		maxN       int
+		commitOpen bool
+	}{{"sink-mid-txn", 6, false}, {"sink-after-ack", 40, true}}
+	for i := 1; i <= runs(2); i++ {
+		fp := points[(i-1)%len(points)]
+		n := 1 + rng.IntN(fp.maxN)
+		f.cycle(sc, rng, o, fmt.Sprintf("run %d (%s:%d)", i, fp.name, n), func(l *load) {
+			for k := 0; k < 2; k++ {
+				ref.sample()
+				if ref.terminateMidEvent(p, 4*time.Second) {
+					sc.fault("walsender terminated mid-event")
+				} else {
+					sc.note("run %d: no half-written event within 4s, walsender not terminated", i)
+				}
+				ref.sample()
+			}
+			sleepRand(rng, 100*time.Millisecond, 400*time.Millisecond)
+			ref.sample()
+			if code := p.term(t); code != 0 {
+				t.Fatalf("SIGTERM before arming: exit code %d", code)
+			}
+			armed := f.startEngine(fmt.Sprintf("CDC_FAILPOINT=%s:%d", fp.name, n))
+			armed.waitExit(t, 90*time.Second, "at failpoint "+fp.name)
+			if !armed.killedBySIGKILL() || !strings.Contains(armed.out.String(), "failpoint "+fp.name+": SIGKILL") {
+				t.Fatalf("armed engine ended (%s) without reaching failpoint %s:%d; output:\n%s", armed.state(), fp.name, n, lastLines(armed.out.String(), 30))
+			}
+			sc.fault(fp.name)
+			ref.sample()
+			// As in failpointRuns: no later large transaction re-applies
+			// what the crash may have lost.
+			l.stopBulk(fp.commitOpen)
+			sleepRand(rng, 0, 300*time.Millisecond)
+			p = f.startStreaming()
+			ref.sample()
+			sleepRand(rng, 300*time.Millisecond, 800*time.Millisecond)
+		}, nil)
+		ref.check(sc, fmt.Sprintf("run %d", i))
+	}
+}
