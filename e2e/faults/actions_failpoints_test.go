@@ -100,3 +100,30 @@ func TestActionsFailpoints(t *testing.T) {
 		ref.check(sc, fmt.Sprintf("run %d", i))
 	}
 }
+
+// TestNegativeActionsConfirmReceived is the negative control of the
+// actions checker with a broken engine: CDC_UNSAFE=confirm-received (it
+// confirms what it received, not what Redis applied), killed while Redis
+// is stopped, with the watermark off (nothing flushes). The transactions
+// it confirmed but never applied are lost: the checker must find their
+// refreshed values stale or missing, their version keys behind and their
+// stream entries missing.
+func TestNegativeActionsConfirmReceived(t *testing.T) {
+	sc := newScenario(t, "NEGATIVE: actions, CDC_UNSAFE=confirm-received + kill -9 while Redis is stopped, watermark off",
+		"the actions checker sees lost refreshes, versions and stream entries", true)
+	f := newFixture(t, fixtureOpts{noWatermark: true, actions: true})
+	rng := rngFor(t)
+	p := f.startStreaming() // creates the engine's slot before the reference's
+	ref := f.newActionsRef()
+	for i := 1; i <= runs(1); i++ {
+		_, p = confirmReceivedRun(t, sc, f, rng, p, i)
+		r := ref.check(sc, fmt.Sprintf("run %d, after the broken engine's crash", i))
+		refresh := len(r.problems[pRefreshStale]) + len(r.problems[pRefreshMissing]) + len(r.problems[pRefreshGone])
+		version := len(r.problems[pVersionWrong]) + len(r.problems[pVersionMissing])
+		stream := len(r.problems[pStreamMissing])
+		if refresh == 0 || version == 0 || stream == 0 {
+			t.Fatalf("negative control run %d: the broken engine lost transactions, but the actions checker found %d refresh, %d version and %d stream problems (%s): it cannot see lost actions", i, refresh, version, stream, r)
+		}
+		sc.note("run %d: actions checker found %d refresh, %d version, %d stream problems, e.g. %s", i, refresh, version, stream, r.problems[pStreamMissing][0])
+	}
+}
