@@ -80,6 +80,18 @@
 // off: the checker must find stale keys), and the same bug with the
 // watermark on (the restarted engine must flush).
 //
+// Rule actions (actions_test.go, actions_failpoints_test.go): the same
+// tables also have rules with refresh, version and stream on key
+// namespaces of their own, checked exactly against a second logical slot
+// decoded by the test (refreshed values field by field against the
+// database, version keys equal to the highest commit LSN of their rows and
+// never lower in samples taken around each fault, stream parts as the
+// reference lays them out, none twice, none missing): kill -9 at random
+// moments, with a self-test of planted faults; and with -tags failpoints,
+// streaming off, sink-mid-txn and sink-after-ack with the walsender
+// terminated while a transaction's event is half written, and the
+// confirm-received negative control.
+//
 // # Running
 //
 //	go test ./e2e/faults/ -count=1 -v                   # scenarios that need no failpoints
