@@ -323,17 +323,20 @@ func (d *demo) startEngine(ctx context.Context, bin string) error {
 		close(e.done)
 	}()
 
-	// Changes committed before the slot exists are not part of its history:
-	// wait until the engine streams.
+	// Changes committed before the slot exists are not part of its history,
+	// and the first start flushes the managed keys: wait until the engine
+	// streams. The streaming connection, not the set-up one that creates the
+	// slot (a slot is active while it is being created, too).
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		var active bool
-		err := d.db.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = $1`, slotName).Scan(&active)
-		if err == nil && active {
+		var n int
+		err := d.db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
+WHERE s.slot_name = $1 AND r.application_name = 'cdcinvalidate' AND r.state IN ('streaming', 'catchup')`, slotName).Scan(&n)
+		if err == nil && n == 1 {
 			break
 		}
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("read pg_replication_slots: %w", err)
+		if err != nil {
+			return fmt.Errorf("read pg_stat_replication: %w", err)
 		}
 		select {
 		case <-e.done:
@@ -343,7 +346,7 @@ func (d *demo) startEngine(ctx context.Context, bin string) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the engine is not streaming from slot %q after 60 s (pg_replication_slots.active stays false)", slotName)
+			return fmt.Errorf("the engine is not streaming from slot %q after 60 s (no walsender named cdcinvalidate streams from it in pg_stat_replication)", slotName)
 		}
 	}
 	d.say("%sslot %q is active: the engine streams", indent, slotName)
