@@ -482,6 +482,9 @@ func (ss *session) loop() error {
 		msg, err := ss.conn.ReceiveMessage(context.Background())
 		if err != nil {
 			if pgconn.Timeout(err) {
+				// The deadline passed, or someone moved it to wake this
+				// loop (shutdown, a rules swap): set it again next time.
+				deadline = time.Time{}
 				continue
 			}
 			return fmt.Errorf("receive: %w", err)
