@@ -243,6 +243,11 @@ func (c *Client) fetch(ctx context.Context, full string, load func(context.Conte
 		case replyLeased:
 			c.Stats.Misses.Add(1)
 			return c.loadAndFill(ctx, full, lease, token, load, snap)
+		case replyFenced:
+			// Just invalidated: the commit may not be visible to this
+			// reader's snapshot yet. Wait as for a held lease: when the
+			// fence lapses, one reader takes the lease and loads.
+			c.Stats.Fenced.Add(1)
 		}
 		// replyHeld: another reader is loading. Wait for its fill rather
 		// than going to the database too.
@@ -264,7 +269,7 @@ func (c *Client) fetch(ctx context.Context, full string, load func(context.Conte
 // getOrLease runs getOrLeaseScript: a hit with its value, our lease, or
 // another's lease.
 func (c *Client) getOrLease(ctx context.Context, full, lease, token string) (int64, []byte, error) {
-	res, err := getOrLeaseScript.Run(ctx, c.rdb, []string{full, lease}, token, c.opt.LeaseTTL.Milliseconds()).Slice()
+	res, err := getOrLeaseScript.Run(ctx, c.rdb, []string{full, lease}, token, c.opt.LeaseTTL.Milliseconds(), LeaseFence).Slice()
 	if err != nil {
 		return 0, nil, err
 	}
@@ -282,7 +287,7 @@ func (c *Client) getOrLease(ctx context.Context, full, lease, token string) (int
 			return 0, nil, fmt.Errorf("unexpected reply %v", res)
 		}
 		return replyHit, []byte(s), nil
-	case replyLeased, replyHeld:
+	case replyLeased, replyHeld, replyFenced:
 		return kind, nil, nil
 	}
 	return 0, nil, fmt.Errorf("unexpected reply %v", res)

@@ -74,7 +74,20 @@ func TestL1WithEngine(t *testing.T) {
 
 	waitAll("L1 subscriptions", (*cacheaside.Client).L1Active)
 	v1 := current()
-	get(v1, false) // fills Redis (one client) and every L1
+	// Fill Redis (one client) and every L1. The row was just inserted, so
+	// its lease may still hold the engine's fence, and the engine's message
+	// for the insert may arrive during the read and keep that value out of
+	// L1: read until every client holds it.
+	for i, c := range clients {
+		for attempt := 0; c.Stats.L1Hits.Load() == 0; attempt++ {
+			if v, err := c.Get(ctx, itemKey(id), load); err != nil || string(v) != v1 {
+				t.Fatalf("client %d: Get = %q, %v; want %s", i, v, err, v1)
+			}
+			if attempt == 100 {
+				t.Fatalf("client %d: no L1 hit after 100 reads", i)
+			}
+		}
+	}
 	get(v1, true)
 
 	e.exec(t, `UPDATE items SET v = v + 1 WHERE id = $1`, id)

@@ -418,3 +418,44 @@ func TestConcurrentGetsOneLoad(t *testing.T) {
 		t.Errorf("loads %d, stats %+v", loads.Load(), s)
 	}
 }
+
+// The engine's fence: right after an invalidation the lease holds
+// LeaseFence for a moment. A fill under an earlier lease is refused; a
+// reader that misses meanwhile takes no lease and waits, and once the fence
+// lapses it loads and fills. (The fence covers the moment in which a commit
+// is in the WAL, and invalidated, but not yet visible to other sessions.)
+func TestFenceHoldsFillsBack(t *testing.T) {
+	_, rdb := testRedis(t)
+	c := testClient(t, rdb, Options{WaitInterval: 5 * time.Millisecond})
+	ctx := context.Background()
+	const fence = 300 * time.Millisecond
+	invalidate := func(key string) {
+		rdb.Set(ctx, LeaseKey(key), LeaseFence, fence)
+		rdb.Unlink(ctx, key)
+	}
+	v, err := c.Get(ctx, "user:1", func(ctx context.Context) ([]byte, error) {
+		invalidate("user:1") // the engine, while the old row loads
+		return []byte("old"), nil
+	})
+	if err != nil || string(v) != "old" || exists(t, rdb, "user:1") {
+		t.Fatalf("Get = %q, %v; cached %v: a fill under a fenced lease must be refused", v, err, exists(t, rdb, "user:1"))
+	}
+	// A reader that misses during the fence waits for it to lapse.
+	invalidate("user:2")
+	start := time.Now()
+	var loads atomic.Int32
+	v, err = c.Get(ctx, "user:2", constLoader("new", &loads))
+	waited := time.Since(start)
+	if err != nil || string(v) != "new" || loads.Load() != 1 {
+		t.Fatalf("Get = %q, %v, %d loads", v, err, loads.Load())
+	}
+	if waited < fence-50*time.Millisecond {
+		t.Errorf("read returned after %v, before the %v fence lapsed", waited, fence)
+	}
+	if got := rdb.Get(ctx, "user:2").Val(); got != "new" {
+		t.Errorf("after the fence the value was not filled: %q", got)
+	}
+	if c.Stats.Fenced.Load() == 0 || c.Stats.FillsRefused.Load() != 1 {
+		t.Errorf("stats: fenced %d, fills refused %d", c.Stats.Fenced.Load(), c.Stats.FillsRefused.Load())
+	}
+}

@@ -12,12 +12,15 @@ const (
 	replyHit    = 1 // {1, value}: the key is cached
 	replyLeased = 2 // {2}: the lease is ours; load and fill
 	replyHeld   = 3 // {3}: another reader holds the lease; wait and read again
+	replyFenced = 4 // {4}: the engine just invalidated the key; load, do not fill
 )
 
 // getOrLeaseScript reads KEYS[1]; on a miss it takes the lease KEYS[2] with
 // token ARGV[1] for ARGV[2] milliseconds (SET NX PX). A lease that already
 // holds our own token counts as ours, so a call that go-redis retried after
-// a lost reply does not wait for itself.
+// a lost reply does not wait for itself. A lease holding the fence ARGV[3]
+// (LeaseFence, set by the engine for a moment after it invalidated the
+// key) answers {4}: no fill may start yet.
 var getOrLeaseScript = redis.NewScript(`
 local v = redis.call('GET', KEYS[1])
 if v then
@@ -26,6 +29,9 @@ end
 local cur = redis.call('GET', KEYS[2])
 if cur == ARGV[1] then
   return {2}
+end
+if cur == ARGV[3] then
+  return {4}
 end
 if cur then
   return {3}

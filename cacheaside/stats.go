@@ -25,6 +25,10 @@ type Stats struct {
 	// WaitsExhausted are reads that waited MaxWait for a held lease and
 	// then loaded without caching the value.
 	WaitsExhausted atomic.Uint64
+	// Fenced are reads that missed while the engine's fence was on the
+	// lease (just after an invalidation) and waited for it to lapse (each
+	// such pause also counts in LeaseWaits).
+	Fenced atomic.Uint64
 	// Fills are values written to Redis under their lease.
 	Fills atomic.Uint64
 	// FillsRefused are fills whose lease was gone: the key was invalidated
@@ -63,6 +67,7 @@ type Stats struct {
 // StatsSnapshot is a plain copy of Stats, for logging and comparison.
 type StatsSnapshot struct {
 	Hits, Misses, Loads, LoadErrors, Coalesced, LeaseWaits, WaitsExhausted    uint64
+	Fenced                                                                    uint64
 	Fills, FillsRefused, FillsSkipped, RedisErrors, DecodeErrors              uint64
 	L1Hits, L1Evictions, L1Expired, L1Invalidated, L1StoresRefused, L1Flushes uint64
 	SubscriptionDrops                                                         uint64
@@ -73,7 +78,7 @@ type StatsSnapshot struct {
 func (s *Stats) Snapshot() StatsSnapshot {
 	return StatsSnapshot{
 		Hits: s.Hits.Load(), Misses: s.Misses.Load(), Loads: s.Loads.Load(), LoadErrors: s.LoadErrors.Load(),
-		Coalesced: s.Coalesced.Load(), LeaseWaits: s.LeaseWaits.Load(), WaitsExhausted: s.WaitsExhausted.Load(),
+		Coalesced: s.Coalesced.Load(), LeaseWaits: s.LeaseWaits.Load(), WaitsExhausted: s.WaitsExhausted.Load(), Fenced: s.Fenced.Load(),
 		Fills: s.Fills.Load(), FillsRefused: s.FillsRefused.Load(), FillsSkipped: s.FillsSkipped.Load(),
 		RedisErrors: s.RedisErrors.Load(), DecodeErrors: s.DecodeErrors.Load(),
 		L1Hits: s.L1Hits.Load(), L1Evictions: s.L1Evictions.Load(), L1Expired: s.L1Expired.Load(),

@@ -50,9 +50,15 @@ type Metrics struct {
 
 // Client turns on the engine's side of the cacheaside client library.
 type Client struct {
-	// Leases deletes the cacheaside lease of every invalidated key with it,
-	// so a fill that started before the commit is refused. Default false.
+	// Leases fences (or deletes) the cacheaside lease of every invalidated
+	// key with it, so a fill that started before the commit is refused.
+	// Default false.
 	Leases bool `yaml:"leases"`
+	// LeaseFence is how long the lease holds the engine's fence after an
+	// invalidation: readers that miss meanwhile wait (no one takes the
+	// lease), since a commit reaches the WAL a moment before other sessions
+	// see it. 0 deletes the lease instead. Default 50ms.
+	LeaseFence *time.Duration `yaml:"lease_fence"`
 	// PublishChannel, when set, receives one JSON message per applied batch
 	// ({"lsn":"0/16B3748","keys":[...]}) for in-process (L1) caches. Default "".
 	PublishChannel string `yaml:"publish_channel"`
@@ -600,6 +606,12 @@ func (c *Config) validate(loc locator) []Problem {
 			add("metrics.listen", "metrics.listen %q is not host:port (e.g. 127.0.0.1:9187 or :9187)", c.Metrics.Listen)
 		}
 	}
+	if f := c.Client.LeaseFence; f != nil && (*f < 0 || *f > time.Minute || (*f > 0 && *f < time.Millisecond)) {
+		add("client.lease_fence", "lease_fence %s must be 0 (delete leases) or between 1ms and 1m", *f)
+	}
+	if c.Client.LeaseFence != nil && !c.Client.Leases {
+		add("client.lease_fence", "lease_fence is set, but client.leases is off: turn leases on, or remove lease_fence")
+	}
 	if c.Metrics.ReadyMaxLag < 0 {
 		add("metrics.ready_max_lag", "ready_max_lag must not be negative")
 	}
@@ -1039,4 +1051,12 @@ func (r *Rule) mappingActions() mapping.Actions {
 		}
 	}
 	return a
+}
+
+// LeaseFenceOrDefault returns client.lease_fence with its default.
+func (c Client) LeaseFenceOrDefault() time.Duration {
+	if c.LeaseFence == nil {
+		return 50 * time.Millisecond
+	}
+	return *c.LeaseFence
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
 )
@@ -211,6 +212,34 @@ func TestGoodTestdataLoads(t *testing.T) {
 	for _, f := range files {
 		if _, err := Load(f, noEnv); err != nil {
 			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+func TestLeaseFenceOption(t *testing.T) {
+	t.Parallel()
+	const head = "postgres:\n  dsn: \"postgres://h/db\"\nredis:\n  addr: \"h:6379\"\nrules:\n  - table: users\n    keys: [\"user:{id}\"]\n"
+	cfg, err := Parse("c.yaml", []byte(head+"client:\n  leases: true\n"), noEnv)
+	if err != nil || cfg.Client.LeaseFenceOrDefault() != 50*time.Millisecond {
+		t.Fatalf("default fence: %v, %v", cfg, err)
+	}
+	env := func(name string) (string, bool) {
+		if name == "CDC_CLIENT_LEASE_FENCE" {
+			return "0", true
+		}
+		return "", false
+	}
+	cfg, err = Parse("c.yaml", []byte(head+"client:\n  leases: true\n  lease_fence: 20ms\n"), env)
+	if err != nil || cfg.Client.LeaseFenceOrDefault() != 0 {
+		t.Fatalf("env CDC_CLIENT_LEASE_FENCE=0: %v", err)
+	}
+	for text, want := range map[string]string{
+		"client:\n  leases: true\n  lease_fence: 2m\n": "between 1ms and 1m",
+		"client:\n  lease_fence: 20ms\n":               "client.leases is off",
+	} {
+		_, err := Parse("c.yaml", []byte(head+text), noEnv)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", text, err, want)
 		}
 	}
 }

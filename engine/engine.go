@@ -139,13 +139,15 @@ func (e *Engine) run(ctx context.Context) error {
 	e.Metrics.Attach(tracker, st)
 	e.Metrics.AttachRules(metrics.RuleSource{Stats: e.mapper.Stats, RefreshFallbacks: e.mapper.RefreshFallbacks})
 	var companion func(string) string
+	var fence time.Duration
 	if e.cfg.Client.Leases {
 		companion = cacheaside.LeaseKey
+		fence = e.cfg.Client.LeaseFenceOrDefault()
 	}
 	sk := sink.New(sink.Config{
 		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == "del",
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
-		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, Observer: e.Metrics,
+		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
 		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
 		CatchUpAge: catchUpAge,
 	}, tracker)

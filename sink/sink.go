@@ -59,6 +59,12 @@ type Config struct {
 	// Companion, when set, names one more key to delete with every
 	// invalidated key (the client library's lease key).
 	Companion func(key string) string
+	// FenceValue and Fence, when Fence > 0, replace deleting the companion
+	// with setting it to FenceValue for Fence, in the same script as the
+	// key's delete (the client library's lease fence: readers that miss
+	// during it load without filling).
+	FenceValue string
+	Fence      time.Duration
 	// PublishChannel, when set, receives one message per applied batch in
 	// the same pipeline as the deletes: {"lsn":"0/16B3748","keys":[...]},
 	// and one per TRUNCATE after its keys are gone:
@@ -424,7 +430,9 @@ func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
 	n := 0
 	for i := 0; i < len(keys); i += per {
 		chunk := keys[i:min(i+per, len(keys))]
-		if s.cfg.UseDel {
+		if s.cfg.Companion != nil && s.cfg.Fence > 0 {
+			fenceScript.Eval(ctx, p, chunk, s.cfg.FenceValue, s.cfg.Fence.Milliseconds(), boolArg(s.cfg.UseDel))
+		} else if s.cfg.UseDel {
 			p.Del(ctx, chunk...)
 		} else {
 			p.Unlink(ctx, chunk...)
@@ -482,7 +490,13 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 		}
 		var n uint64
 		for _, c := range cmds[nver : nver+ndel] {
-			n += uint64(c.(*redis.IntCmd).Val())
+			switch c := c.(type) {
+			case *redis.IntCmd:
+				n += uint64(c.Val())
+			case *redis.Cmd:
+				v, _ := c.Int64()
+				n += uint64(v)
+			}
 		}
 		s.Stats.Deleted.Add(n)
 		s.obs.Batch(len(keys), int(n), time.Since(start))
@@ -578,6 +592,26 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		s.Stats.LastApplied.Store(uint64(ev.End))
 	}
 	return nil
+}
+
+// fenceScript sets each lease KEYS[2i-1] to the fence ARGV[1] for ARGV[2]
+// milliseconds and deletes its key KEYS[2i] (UNLINK, or DEL when ARGV[3] is
+// "1"), lease first, atomically; it returns how many keys existed.
+var fenceScript = redis.NewScript(`
+local n = 0
+local del = 'UNLINK'
+if ARGV[3] == '1' then del = 'DEL' end
+for i = 1, #KEYS, 2 do
+  redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2])
+  n = n + redis.call(del, KEYS[i+1])
+end
+return n`)
+
+func boolArg(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
 
 // lsnLua defines num(s) in a Lua script: an LSN "X/Y" as a number (exact

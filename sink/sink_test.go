@@ -117,3 +117,36 @@ func TestTooLongKeyIsCountedNotSent(t *testing.T) {
 		t.Fatal("the ordinary key of the same batch was not deleted")
 	}
 }
+
+// With a fence, each invalidated key's lease is set to the fence value for
+// the fence's duration, in the same script as the key's delete.
+func TestLeaseFence(t *testing.T) {
+	rd := harness.RedisT(t, harness.RedisOptions{})
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	rdb.MSet(ctx, "a", 1, "b", 1, "lease:{a}", "reader-token")
+	s := New(Config{Client: rdb, KeysPerCommand: 3, Companion: func(k string) string { return "lease:{" + k + "}" },
+		FenceValue: "FENCE", Fence: 5 * time.Second}, &ackRecorder{})
+	in := make(chan replication.Event, 1)
+	in <- replication.Event{Keys: []string{"a", "b", "c"}, End: 10}
+	close(in)
+	if err := s.Run(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"a", "b", "c"} {
+		if rdb.Exists(ctx, k).Val() != 0 {
+			t.Errorf("%s not deleted", k)
+		}
+		lease := "lease:{" + k + "}"
+		if v := rdb.Get(ctx, lease).Val(); v != "FENCE" {
+			t.Errorf("%s = %q, want the fence", lease, v)
+		}
+		if ttl := rdb.PTTL(ctx, lease).Val(); ttl <= 4*time.Second || ttl > 5*time.Second {
+			t.Errorf("%s TTL %v, want about 5s", lease, ttl)
+		}
+	}
+	if n := s.Stats.Deleted.Load(); n != 2 {
+		t.Errorf("deleted %d, want 2 (a and b existed)", n)
+	}
+}
