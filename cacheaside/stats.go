@@ -25,9 +25,9 @@ type Stats struct {
 	// WaitsExhausted are reads that waited MaxWait for a held lease and
 	// then loaded without caching the value.
 	WaitsExhausted atomic.Uint64
-	// Fenced are reads that missed while the engine's fence was on the
-	// lease (just after an invalidation) and waited for it to lapse (each
-	// such pause also counts in LeaseWaits).
+	// Fenced are pauses of readers that missed while the engine's fence
+	// was on the lease (just after an invalidation); each also counts in
+	// LeaseWaits.
 	Fenced atomic.Uint64
 	// Fills are values written to Redis under their lease.
 	Fills atomic.Uint64
