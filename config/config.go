@@ -254,6 +254,16 @@ func (c *Config) WatermarkKey() string {
 	return "cdcinvalidate:" + c.Postgres.Slot + ":lsn"
 }
 
+// ManagedKey returns the key that records which patterns and generation
+// keys the rules managed when the engine last ran, or "" when the watermark
+// is off.
+func (c *Config) ManagedKey() string {
+	if c.WatermarkKey() == "" {
+		return ""
+	}
+	return "cdcinvalidate:" + c.Postgres.Slot + ":managed"
+}
+
 // Log configures logging.
 type Log struct {
 	// Level is debug, info (default), warn or error. Env: CDC_LOG_LEVEL.

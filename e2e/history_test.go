@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 )
 
 // TestFirstStartFlushesCachedValues: values cached before the slot existed
@@ -124,4 +127,45 @@ func TestFailoverSlotNeedsPostgres17(t *testing.T) {
 	if err := f.db.QueryRow(f.ctx(), `SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)`).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("slots and publications after a refused start: %d (%v), want 0", n, err)
 	}
+}
+
+// TestRulesEditedWhileStoppedFlushNewPatterns: a template added to
+// rules.yaml while the engine was stopped manages keys whose cached values
+// nothing kept consistent; the next start flushes those patterns (and only
+// those), and a start with unchanged rules flushes nothing.
+func TestRulesEditedWhileStoppedFlushNewPatterns(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	first := f.rulesConfig(`  - table: users
+    keys: ["user:{id}"]
+`)
+	run := f.startWith(f.writeConfig(first), zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
+	f.barrier()
+	if err := run.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	// While stopped: values cached the ordinary way, and the rules edited.
+	f.set("user:1", "user:email:a@x", "profile:1", "gen:users:page:1")
+	second := f.rulesConfig(`  - table: users
+    keys: ["user:{id}", "user:email:{email}", "profile:{id}"]
+    actions: [delete, generation]
+`)
+	run = f.startWith(f.writeConfig(second), zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
+	f.barrier()
+	f.wantGone("user:email:a@x", "profile:1")
+	f.wantKept("user:1", "gen:users:page:1") // user:* was managed all along; the page is retired by the bump
+	if n, _ := f.rdb.Get(context.Background(), "gen:users").Int(); n != 1 {
+		t.Errorf("gen:users = %d, want 1 (a new generation key is bumped once)", n)
+	}
+	if err := run.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	// Same rules again: nothing is flushed.
+	f.set("user:email:b@x", "profile:2")
+	run = f.startWith(f.writeConfig(second), zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
+	f.barrier()
+	f.wantKept("user:email:b@x", "profile:2")
+	if n, _ := f.rdb.Get(context.Background(), "gen:users").Int(); n != 1 {
+		t.Errorf("gen:users = %d after a start with the same rules, want 1", n)
+	}
+	_ = run.stop(t)
 }

@@ -45,6 +45,7 @@ type Engine struct {
 	reloadMu sync.Mutex
 	stream   *replication.Stream
 	sink     *sink.Sink
+	rdb      *redis.Client
 }
 
 // catchUpAge is how old the last transaction's commit must be for the sink
@@ -154,7 +155,7 @@ func (e *Engine) run(ctx context.Context) error {
 	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {
 		return err
 	}
-	e.stream, e.sink = st, sk
+	e.stream, e.sink, e.rdb = st, sk, rdb
 	close(e.ready) // reloads may begin
 
 	// The sink outlives the stream: at shutdown the stream stops reading,

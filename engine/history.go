@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/redis/go-redis/v9"
@@ -63,6 +65,9 @@ func (e *Engine) checkHistory(ctx context.Context, rdb *redis.Client, sk *sink.S
 			lost = fmt.Sprintf("the watermark %s = %s in Redis is below the slot's confirmed position %s: Redis went back in time (restore, failover to a lagging replica), so keys deleted since may be back", key, mark, st.confirmed)
 		}
 	}
+	if lost == "" && first == "" {
+		return e.flushNewlyManaged(ctx, rdb, sk)
+	}
 	switch {
 	case lost != "" && e.cfg.Consistency.OnHistoryLost != "flush":
 		return &SetupError{[]string{lost + "; flush the keys the rules manage (patterns: " + fmt.Sprint(e.mapper.Globs()) + ") and start again, or set consistency.on_history_lost: flush to let cdcinvalidate do it"}}
@@ -80,5 +85,83 @@ func (e *Engine) checkHistory(ctx context.Context, rdb *redis.Client, sk *sink.S
 		return err
 	}
 	e.log.Info("flushed the managed keys", zap.Uint64("deleted", sk.Stats.Deleted.Load()))
+	return e.recordManaged(ctx, rdb, managedSet(e.mapper.Globs(), e.mapper.Generations()))
+}
+
+// managedSet lists what the rules manage, as the members of the Redis set
+// ManagedKey: "pattern:<glob>" and "generation:<key>".
+func managedSet(globs, gens []string) []string {
+	var out []string
+	for _, g := range globs {
+		out = append(out, "pattern:"+g)
+	}
+	for _, g := range gens {
+		out = append(out, "generation:"+g)
+	}
+	return out
+}
+
+// recordManaged replaces the record of what the rules manage.
+func (e *Engine) recordManaged(ctx context.Context, rdb *redis.Client, members []string) error {
+	key := e.cfg.ManagedKey()
+	if key == "" {
+		return nil
+	}
+	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, key)
+		if len(members) > 0 {
+			args := make([]any, len(members))
+			for i, m := range members {
+				args[i] = m
+			}
+			p.SAdd(ctx, key, args...)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record the managed patterns in %s: %w", key, err)
+	}
 	return nil
+}
+
+// flushNewlyManaged flushes, at a start that otherwise trusts the cache,
+// the patterns and generation keys that the rules manage now but did not
+// when the engine last ran (rules edited while it was stopped, or a reload
+// whose flush may not have reached Redis): their cached values were not
+// kept consistent. It follows consistency.on_first_start. Without a record
+// (an engine from before the record existed) nothing is flushed and the
+// record is started.
+func (e *Engine) flushNewlyManaged(ctx context.Context, rdb *redis.Client, sk *sink.Sink) error {
+	key := e.cfg.ManagedKey()
+	if key == "" {
+		return nil
+	}
+	now := managedSet(e.mapper.Globs(), e.mapper.Generations())
+	had, err := rdb.SMembers(ctx, key).Result()
+	if err != nil {
+		return fmt.Errorf("read the managed patterns in %s: %w", key, err)
+	}
+	if len(had) == 0 {
+		e.log.Info("no record of the patterns the rules managed before; starting one", zap.String("key", key))
+		return e.recordManaged(ctx, rdb, now)
+	}
+	var globs, gens []string
+	for _, m := range now {
+		if slices.Contains(had, m) {
+			continue
+		}
+		if g, ok := strings.CutPrefix(m, "pattern:"); ok {
+			globs = append(globs, g)
+		} else if g, ok := strings.CutPrefix(m, "generation:"); ok {
+			gens = append(gens, g)
+		}
+	}
+	if (len(globs) > 0 || len(gens) > 0) && e.cfg.Consistency.OnFirstStart == "flush" {
+		e.log.Warn("the rules manage keys that the last run did not (rules edited while the engine was stopped, or a reload): flushing them, since their cached values may be stale (consistency.on_first_start: keep trusts them)",
+			zap.Strings("patterns", globs), zap.Strings("generations", gens))
+		if err := sk.FlushSome(ctx, globs, gens); err != nil {
+			return err
+		}
+	}
+	return e.recordManaged(ctx, rdb, now)
 }

@@ -124,6 +124,14 @@ func (e *Engine) Reload(ctx context.Context, cfg *config.Config) (err error) {
 		e.log.Info("incremented the generation keys the new rules manage", zap.Strings("keys", gens))
 	}
 	e.sink.SetFlush(m.Globs(), m.Generations())
+	// The record of what the rules manage drops what they no longer manage
+	// but gains the new patterns only at the next start, which flushes them
+	// (again): the flush at the switch may not reach Redis before a crash.
+	before := managedSet(old.Globs(), old.Generations())
+	kept := slices.DeleteFunc(managedSet(m.Globs(), m.Generations()), func(x string) bool { return !slices.Contains(before, x) })
+	if err := e.recordManaged(ctx, e.rdb, kept); err != nil {
+		e.log.Warn("could not update the record of the managed patterns; the next start flushes the new ones", zap.Error(err))
+	}
 	e.Metrics.AttachRules(metrics.RuleSource{Stats: m.Stats, RefreshFallbacks: m.RefreshFallbacks})
 	e.mapper = m
 	e.Metrics.RuleReload(true)

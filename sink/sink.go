@@ -704,10 +704,18 @@ func orNone(v string, err error) string {
 // Flush deletes every key FlushPatterns cover (SCAN + UNLINK), retrying
 // transient errors, and announces the patterns on the publish channel.
 func (s *Sink) Flush(ctx context.Context) error {
-	if err := s.applyGlobs(ctx, replication.Event{Globs: s.flushPatterns()}); err != nil {
-		return err
+	return s.FlushSome(ctx, s.flushPatterns(), s.flushGenerations())
+}
+
+// FlushSome deletes the keys matching patterns (SCAN + UNLINK, leases
+// first) and increments the generation keys gens, before Run starts.
+func (s *Sink) FlushSome(ctx context.Context, patterns, gens []string) error {
+	if len(patterns) > 0 {
+		if err := s.applyGlobs(ctx, replication.Event{Globs: patterns}); err != nil {
+			return err
+		}
 	}
-	return s.IncrGenerations(ctx, s.flushGenerations())
+	return s.IncrGenerations(ctx, gens)
 }
 
 // IncrGenerations increments generation keys (newly managed after a rules
