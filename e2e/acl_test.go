@@ -15,7 +15,7 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 	f := newFixture(t, fixtureOpts{})
 	const secret = "acl-S3cret"
 	acl := []any{"ACL", "SETUSER", "cdc", "on", ">" + secret, "resetkeys", "~user:*", "~order:*", "~big:*", "~barrier:*", "~cdcinvalidate:*",
-		"resetchannels", "&cdcinvalidate:*", "-@all", "+ping", "+unlink", "+scan", "+eval", "+get", "+set", "+incr", "+publish", "+xadd"}
+		"resetchannels", "&cdcinvalidate:*", "-@all", "+ping", "+unlink", "+scan", "+eval", "+evalsha", "+get", "+set", "+incr", "+sadd", "+smembers", "+publish", "+xadd"}
 	if err := f.rdb.Do(f.ctx(), acl...).Err(); err != nil {
 		t.Fatal(err)
 	}

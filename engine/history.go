@@ -101,24 +101,24 @@ func managedSet(globs, gens []string) []string {
 	return out
 }
 
+// replaceSetScript replaces the set KEYS[1] with ARGV, atomically (UNLINK
+// and SADD: the commands an ACL user needs, besides SMEMBERS to read it).
+var replaceSetScript = redis.NewScript(`
+redis.call('UNLINK', KEYS[1])
+if #ARGV > 0 then redis.call('SADD', KEYS[1], unpack(ARGV)) end
+return 1`)
+
 // recordManaged replaces the record of what the rules manage.
 func (e *Engine) recordManaged(ctx context.Context, rdb *redis.Client, members []string) error {
 	key := e.cfg.ManagedKey()
 	if key == "" {
 		return nil
 	}
-	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Del(ctx, key)
-		if len(members) > 0 {
-			args := make([]any, len(members))
-			for i, m := range members {
-				args[i] = m
-			}
-			p.SAdd(ctx, key, args...)
-		}
-		return nil
-	})
-	if err != nil {
+	args := make([]any, len(members))
+	for i, m := range members {
+		args[i] = m
+	}
+	if err := replaceSetScript.Run(ctx, rdb, []string{key}, args...).Err(); err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("record the managed patterns in %s: %w", key, err)
 	}
 	return nil
