@@ -511,7 +511,9 @@ func (b *bench) startEngine(ctx context.Context, slot string, created pglogrepl.
 	}
 	if key := watermarkKey(slot); key != "" {
 		b.mu.Lock()
-		b.watermarks = append(b.watermarks, key)
+		// The engine also keeps the record of its managed patterns
+		// (config.ManagedKey) next to the watermark: both go at the end.
+		b.watermarks = append(b.watermarks, key, managedKey(slot))
 		b.mu.Unlock()
 		if err := b.rdb.Set(ctx, key, created.String(), 0).Err(); err != nil {
 			return nil, fmt.Errorf("redis: set the engine's watermark %s: %w", key, err)
@@ -530,6 +532,12 @@ func (b *bench) startEngine(ctx context.Context, slot string, created pglogrepl.
 func watermarkKey(slot string) string {
 	cfg := config.Config{Postgres: config.Postgres{Slot: slot}}
 	return cfg.WatermarkKey()
+}
+
+// managedKey is the engine's record of its managed patterns for slot.
+func managedKey(slot string) string {
+	cfg := config.Config{Postgres: config.Postgres{Slot: slot}}
+	return cfg.ManagedKey()
 }
 
 func (b *bench) track(c *child) {

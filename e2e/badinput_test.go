@@ -136,11 +136,20 @@ func TestPublicationMissingARuleTableIsRefused(t *testing.T) {
 func TestRedisPermissionErrorStopsWithTheFix(t *testing.T) {
 	f := newFixture(t, fixtureOpts{})
 	const secret = "redis-S3cret"
-	if err := f.rdb.Do(f.ctx(), "ACL", "SETUSER", "cdc", "on", ">"+secret, "~*", "+@all", "-unlink", "-del").Err(); err != nil {
+	// A first run with every permission creates the slot and the engine's
+	// records; then the user loses UNLINK and DEL.
+	if err := f.rdb.Do(f.ctx(), "ACL", "SETUSER", "cdc", "on", ">"+secret, "~*", "&*", "+@all").Err(); err != nil {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf("postgres:\n  dsn: %q\nredis:\n  addr: %q\n  username: cdc\n%s", f.pg.DSN("postgres"), f.rd.Addr(), rules)
 	p := f.startBinaryStreaming(f.writeConfig(cfg), "CDC_REDIS_PASSWORD="+secret)
+	if code, _ := p.term(t); code != 0 {
+		t.Fatalf("first run: exit code %d", code)
+	}
+	if err := f.rdb.Do(f.ctx(), "ACL", "SETUSER", "cdc", "-unlink", "-del").Err(); err != nil {
+		t.Fatal(err)
+	}
+	p = f.startBinaryStreaming(f.writeConfig(cfg), "CDC_REDIS_PASSWORD="+secret)
 	f.exec(`INSERT INTO users VALUES (1, 'a@x', '', '')`) // its delete is refused
 	code := p.wait(t, 60*time.Second)
 	out := p.out.String()

@@ -119,6 +119,9 @@ func (e *Engine) recordManaged(ctx context.Context, rdb *redis.Client, members [
 		args[i] = m
 	}
 	if err := replaceSetScript.Run(ctx, rdb, []string{key}, args...).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		if perm := sink.Classify(err); perm != nil {
+			return &SetupError{[]string{fmt.Sprintf("record the managed patterns in %s: %v", key, perm)}}
+		}
 		return fmt.Errorf("record the managed patterns in %s: %w", key, err)
 	}
 	return nil
@@ -139,11 +142,17 @@ func (e *Engine) flushNewlyManaged(ctx context.Context, rdb *redis.Client, sk *s
 	now := managedSet(e.mapper.Globs(), e.mapper.Generations())
 	had, err := rdb.SMembers(ctx, key).Result()
 	if err != nil {
+		if perm := sink.Classify(err); perm != nil {
+			return &SetupError{[]string{fmt.Sprintf("read the managed patterns in %s: %v", key, perm)}}
+		}
 		return fmt.Errorf("read the managed patterns in %s: %w", key, err)
 	}
 	if len(had) == 0 {
 		e.log.Info("no record of the patterns the rules managed before; starting one", zap.String("key", key))
 		return e.recordManaged(ctx, rdb, now)
+	}
+	if len(had) == len(now) && !slices.ContainsFunc(now, func(m string) bool { return !slices.Contains(had, m) }) {
+		return nil // the same rules: nothing to flush or to write
 	}
 	var globs, gens []string
 	for _, m := range now {

@@ -30,6 +30,7 @@ func TestClassify(t *testing.T) {
 		{redisErr("WRONGTYPE Operation against a key holding the wrong kind of value"), true, "WRONGTYPE"},
 		{redisErr("ERR unknown command 'UNLINK', with args beginning with: "), true, "delete_command: del"},
 		{redisErr("ERR value is not an integer or out of range"), true, "generation_key"},
+		{redisErr("ERR The user executing the script can't run this command or subcommand script: be46ca, on @user_script:2."), true, "+unlink"},
 		{redisErr("LOADING Redis is loading the dataset in memory"), false, ""},
 		{redisErr("READONLY You can't write against a read only replica."), false, ""},
 		{redisErr("OOM command not allowed when used memory > 'maxmemory'."), false, ""},
