@@ -13,20 +13,12 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/cdcinvalidate/cdcinvalidate/sink"
 )
 
-// event is the JSON of the publish and stream actions.
-type event struct {
-	LSN     string `json:"lsn"`
-	Part    int    `json:"part"`
-	Last    bool   `json:"last"`
-	Changes []struct {
-		Table    string   `json:"table"`
-		Op       string   `json:"op"`
-		Keys     []string `json:"keys"`
-		Patterns []string `json:"patterns"`
-	} `json:"changes"`
-}
+// event is the JSON of the publish and stream actions, as consumers decode it.
+type event = sink.Message
 
 func (f *fixture) get(key string) string {
 	f.t.Helper()

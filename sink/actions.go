@@ -56,6 +56,29 @@ type outMsg struct {
 	body   []byte
 }
 
+// Message is the JSON that the publish action sends and the stream action
+// appends (as the entry's "event" field), for Go consumers to decode: one
+// per transaction and channel or stream, in parts of MessageKeys keys.
+type Message struct {
+	// LSN is the transaction's commit LSN ("16/B374D848"), the version that
+	// version keys hold and that stream entry IDs are made of.
+	LSN string `json:"lsn"`
+	// Part numbers the parts of one transaction from 0; Last marks the
+	// final one.
+	Part    int             `json:"part"`
+	Last    bool            `json:"last"`
+	Changes []MessageChange `json:"changes"`
+}
+
+// MessageChange lists the keys one table's rows invalidated with one
+// operation ("insert", "update", "delete"), or for "truncate" the patterns.
+type MessageChange struct {
+	Table    string   `json:"table"`
+	Op       string   `json:"op"`
+	Keys     []string `json:"keys,omitempty"`
+	Patterns []string `json:"patterns,omitempty"`
+}
+
 // msgAcc gathers the changes of one transaction for one channel or stream.
 type msgAcc struct {
 	stream  bool
@@ -226,10 +249,10 @@ func (s *Sink) endTxn(lsn replication.LSN) {
 	}
 }
 
-// emitMessage queues the gathered part of a transaction's message:
-// {"lsn":"0/16B3748","part":0,"last":true,"changes":[{"table":"public.users",
-// "op":"update","keys":["user:1"]}]} ("patterns" instead of "keys" for a
-// TRUNCATE, op "truncate").
+// emitMessage queues the gathered part of a transaction's message (see
+// Message): {"lsn":"0/16B3748","part":0,"last":true,"changes":[{"table":
+// "public.users","op":"update","keys":["user:1"]}]} ("patterns" instead of
+// "keys" for a TRUNCATE, op "truncate").
 func (s *Sink) emitMessage(acc *msgAcc, last bool) {
 	size := 64
 	for _, c := range acc.changes {

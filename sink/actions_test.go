@@ -172,17 +172,7 @@ func TestGenerationOncePerBatch(t *testing.T) {
 	}
 }
 
-type message struct {
-	LSN     string `json:"lsn"`
-	Part    int    `json:"part"`
-	Last    bool   `json:"last"`
-	Changes []struct {
-		Table    string   `json:"table"`
-		Op       string   `json:"op"`
-		Keys     []string `json:"keys"`
-		Patterns []string `json:"patterns"`
-	} `json:"changes"`
-}
+type message = Message
 
 func pub(kind replication.ActionKind, target, table string, op replication.Op, key string) replication.Action {
 	return replication.Action{Kind: kind, Target: target, Table: table, Op: op, Key: key}
@@ -288,8 +278,11 @@ func TestPublishOneMessagePerTransaction(t *testing.T) {
 		if err != nil {
 			t.Fatalf("after %d messages: %v", len(got), err)
 		}
+		// Message describes every field the engine writes.
 		var m message
-		if err := json.Unmarshal([]byte(msg.(*redis.Message).Payload), &m); err != nil {
+		dec := json.NewDecoder(strings.NewReader(msg.(*redis.Message).Payload))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&m); err != nil {
 			t.Fatal(err)
 		}
 		got = append(got, m)
