@@ -339,3 +339,21 @@ func TestStreamAfterSessionRestart(t *testing.T) {
 		t.Errorf("entries %q with %d keys, want %q with 2500", ids, len(seen), want)
 	}
 }
+
+// The client library's batch message decodes back to its keys, whatever
+// they hold.
+func TestAppendMessageDecodes(t *testing.T) {
+	keys := []string{"user:1", `q"uote`, "new\nline", "<&>", "bad \xff utf8"}
+	var got struct {
+		LSN  string   `json:"lsn"`
+		Keys []string `json:"keys"`
+	}
+	if err := json.Unmarshal(appendMessage(nil, 0x16_B374D848, "keys", keys), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := slices.Clone(keys)
+	want[4] = "bad \ufffd utf8" // as encoding/json writes invalid UTF-8
+	if got.LSN != "16/B374D848" || !slices.Equal(got.Keys, want) {
+		t.Errorf("decoded %+v", got)
+	}
+}

@@ -23,7 +23,6 @@ package sink
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -35,6 +34,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
 
@@ -821,7 +821,7 @@ func appendMessage(dst []byte, end replication.LSN, field string, keys []string)
 	dst = append(dst, '{')
 	if end != 0 {
 		dst = append(dst, `"lsn":"`...)
-		dst = append(dst, end.String()...)
+		dst = appendLSN(dst, end)
 		dst = append(dst, `",`...)
 	}
 	dst = append(dst, '"')
@@ -831,8 +831,7 @@ func appendMessage(dst []byte, end replication.LSN, field string, keys []string)
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		b, _ := json.Marshal(k) // a string always marshals
-		dst = append(dst, b...)
+		dst = jsonstr.Append(dst, k)
 	}
 	return append(dst, "]}"...)
 }
