@@ -82,11 +82,7 @@ func CheckVersionKey(t string) error {
 	return nil
 }
 
-// versionKey renders the version key of key.
-func versionKey(tpl, key string) string {
-	return string(appendVersionKey(nil, tpl, key))
-}
-
+// appendVersionKey appends the version key of key (tpl "" is the default).
 func appendVersionKey(dst []byte, tpl, key string) []byte {
 	if tpl == "" {
 		tpl = DefaultVersionKey

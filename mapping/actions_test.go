@@ -249,7 +249,7 @@ func TestCheckVersionKey(t *testing.T) {
 			t.Errorf("CheckVersionKey(%q) = %v", tpl, err)
 		}
 	}
-	if got := versionKey("", "user:1"); got != "user:1:v" {
+	if got := string(appendVersionKey(nil, "", "user:1")); got != "user:1:v" {
 		t.Errorf("versionKey default = %q", got)
 	}
 }

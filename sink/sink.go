@@ -782,6 +782,12 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 	}
 }
 
+// aclRefusal is the PermanentError of a command, key or channel the ACL
+// user may not use, with what to grant.
+func aclRefusal(err error) error {
+	return &PermanentError{fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in the README)", err)}
+}
+
 // Classify returns a PermanentError, with what to fix, for Redis errors
 // that retrying cannot fix, and nil for the others.
 func Classify(err error) error {
@@ -793,7 +799,7 @@ func Classify(err error) error {
 	prefix, _, _ := strings.Cut(msg, " ")
 	switch prefix {
 	case "NOPERM":
-		return &PermanentError{fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in the README)", err)}
+		return aclRefusal(err)
 	case "WRONGPASS", "NOAUTH":
 		return &PermanentError{fmt.Errorf("redis authentication failed: %w (check redis.username and redis.password / CDC_REDIS_PASSWORD)", err)}
 	case "WRONGTYPE":
@@ -801,7 +807,7 @@ func Classify(err error) error {
 	case "ERR":
 		if strings.Contains(msg, "can't run this command") || strings.Contains(msg, "no permissions") {
 			// An ACL refusal inside a script (Redis 7.0 answers ERR there).
-			return &PermanentError{fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in the README)", err)}
+			return aclRefusal(err)
 		}
 		if strings.Contains(msg, "value is not an integer") {
 			return &PermanentError{fmt.Errorf("redis: %w (a generation key holds something other than an integer: delete it or choose another generation_key)", err)}
