@@ -371,3 +371,33 @@ func TestReloadWaitsForOlderTransactions(t *testing.T) {
 	f.barrier()
 	f.wantGone("account:2")
 }
+
+// TestRestartAfterReloadRepeatsItsFlush: a reload records only what both
+// rule sets manage, so the next start flushes the reload's new patterns
+// again (the reload's own flush may not have reached Redis before a crash);
+// the start after that flushes nothing.
+func TestRestartAfterReloadRepeatsItsFlush(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	before := f.rulesConfig("  - table: users\n    keys: [\"user:{id}\"]\n")
+	after := f.rulesConfig("  - table: users\n    keys: [\"user:{id}\", \"profile:{id}\"]\n")
+	if err := os.WriteFile(f.cfgPath, []byte(before), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := f.startBinaryStreaming(f.cfgPath)
+	f.reload(p, after, "rules reloaded")
+	f.barrier()
+	p.kill9(t) // as if the reload's flush had not reached Redis
+	f.set("profile:1", "user:1")
+	p = f.startBinaryStreaming(f.cfgPath)
+	f.barrier()
+	f.wantGone("profile:1")
+	f.wantKept("user:1")
+	if code, _ := p.term(t); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	f.set("profile:2")
+	p = f.startBinaryStreaming(f.cfgPath)
+	f.barrier()
+	f.wantKept("profile:2")
+	_, _ = p.term(t)
+}
