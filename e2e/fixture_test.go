@@ -268,13 +268,18 @@ func (f *fixture) startWith(path string, log *zap.Logger) *engineRun {
 			f.t.Error("engine did not stop within 15s")
 		}
 	})
-	f.waitStreaming(r.done)
+	f.waitStreaming(r.done, func() bool {
+		st := eng.Metrics.CurrentState()
+		return st == "streaming" || st == "redis_unavailable"
+	})
 	return r
 }
 
-// waitStreaming waits until the engine streams from its slot: changes
-// committed before the slot exists are not part of its history.
-func (f *fixture) waitStreaming(done <-chan error) {
+// waitStreaming waits until the engine streams from its slot (changes
+// committed before the slot exists are not part of its history) and says
+// that its session's start-up checks are done (checked: they flush keys
+// after the slot is acquired).
+func (f *fixture) waitStreaming(done <-chan error, checked func() bool) {
 	f.t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -283,7 +288,7 @@ func (f *fixture) waitStreaming(done <-chan error) {
 		// (the slot is active while it is being created, too).
 		err := f.db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
 WHERE s.slot_name = 'cdcinvalidate' AND r.application_name = 'cdcinvalidate' AND r.state IN ('streaming', 'catchup')`).Scan(&n)
-		if err == nil && n == 1 {
+		if err == nil && n == 1 && checked() {
 			return
 		}
 		select {
@@ -373,7 +378,7 @@ func (f *fixture) startBinaryStreaming(path string, env ...string) *proc {
 		<-p.done
 		done <- fmt.Errorf("exit code %d; output:\n%s", p.exitCode(), p.out.String())
 	}()
-	f.waitStreaming(done)
+	f.waitStreaming(done, func() bool { return strings.Contains(p.out.String(), `"msg":"streaming"`) })
 	return p
 }
 

@@ -150,11 +150,8 @@ func (e *Engine) run(ctx context.Context) error {
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
 		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
-		CatchUpAge: catchUpAge,
+		CatchUpAge: catchUpAge, OnSession: e.sessionChecks(rdb, start),
 	}, tracker)
-	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {
-		return err
-	}
 	e.stream, e.sink, e.rdb = st, sk, rdb
 	close(e.ready) // reloads may begin
 

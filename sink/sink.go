@@ -98,6 +98,14 @@ type Config struct {
 	// tell a consumer how far the WAL goes, so the commit time says it.)
 	CatchUpAge time.Duration
 	GatherWait time.Duration
+	// OnSession, when set, runs the start-up consistency checks of a
+	// replication session that just acquired the slot (the first of the
+	// process, a reconnect, a standby taking over), in the sink's goroutine
+	// after everything handed over before it was applied, with the slot's
+	// confirmed position at that moment. It may use Flush, FlushSome and
+	// SetWatermark. An error stops the sink. After it returned nil the
+	// watermark in Redis is taken to be at least start.
+	OnSession func(ctx context.Context, start replication.LSN) error
 }
 
 // Observer receives the sink's measurements; nil means none.
@@ -180,6 +188,12 @@ func (s *Sink) SetFlush(patterns, generations []string) {
 	s.flush.Store(&flushSet{patterns, generations})
 }
 
+// Managed returns the patterns and generation keys a flush covers: the
+// running rules'.
+func (s *Sink) Managed() (patterns, generations []string) {
+	return s.flushPatterns(), s.flushGenerations()
+}
+
 func (s *Sink) flushPatterns() []string {
 	if f := s.flush.Load(); f != nil {
 		return f.patterns
@@ -254,7 +268,9 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			}
 		}
 		if ev.Restart {
-			s.restartMessages()
+			if err := s.restart(ctx, ev); err != nil {
+				return err
+			}
 			continue
 		}
 		if len(ev.Globs) > 0 {
@@ -299,11 +315,7 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 				closed = true
 				break gather
 			}
-			if next.Restart {
-				s.restartMessages()
-				continue
-			}
-			if len(next.Globs) > 0 {
+			if next.Restart || len(next.Globs) > 0 {
 				pending = &next
 				break gather
 			}
@@ -342,6 +354,27 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			return s.markHeld(ctx)
 		}
 	}
+}
+
+// restart begins a new replication session: what earlier sessions handed
+// over is applied by now. The session's checks run (Config.OnSession), and
+// the highest watermark this sink vouches for becomes at least the slot's
+// confirmed position, so that Redis losing writes made by another instance
+// before this one took over is seen as well.
+func (s *Sink) restart(ctx context.Context, ev replication.Event) error {
+	s.restartMessages()
+	if s.cfg.OnSession != nil {
+		if err := s.cfg.OnSession(ctx, ev.Start); err != nil {
+			return err
+		}
+	}
+	if s.cfg.OnSession != nil && s.cfg.WatermarkKey != "" && ev.Start > s.lastMark {
+		s.lastMark = ev.Start
+	}
+	if ev.Ready != nil {
+		close(ev.Ready)
+	}
+	return nil
 }
 
 // markEvery is how often the watermark is raised while batches queue up.
@@ -530,37 +563,12 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		globs = append(globs, ev.Globs...)
 	}
 	for _, g := range globs {
-		err := s.retry(ctx, "delete keys matching "+g, func() error {
-			start := time.Now()
-			deleted := 0
-			var cursor uint64
-			for {
-				keys, next, err := s.cfg.Client.Scan(ctx, cursor, g, int64(s.cfg.ScanCount)).Result()
-				if err != nil {
-					return err
-				}
-				if len(keys) > 0 {
-					del := s.cfg.Client.Unlink
-					if s.cfg.UseDel {
-						del = s.cfg.Client.Del
-					}
-					n, err := del(ctx, keys...).Result()
-					if err != nil {
-						return err
-					}
-					s.Stats.Deleted.Add(uint64(n))
-					deleted += int(n)
-				}
-				if next == 0 {
-					s.obs.Truncate(deleted, time.Since(start))
-					return nil
-				}
-				cursor = next
-			}
-		})
+		start := time.Now()
+		deleted, err := s.deleteMatching(ctx, g)
 		if err != nil {
 			return err
 		}
+		s.obs.Truncate(deleted, time.Since(start))
 		s.Stats.Globs.Add(1)
 	}
 	if s.cfg.PublishChannel != "" {
@@ -592,6 +600,39 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		s.Stats.LastApplied.Store(uint64(ev.End))
 	}
 	return nil
+}
+
+// deleteMatching deletes the keys matching the SCAN pattern g, retrying
+// transient errors, and returns how many existed.
+func (s *Sink) deleteMatching(ctx context.Context, g string) (int, error) {
+	deleted := 0
+	err := s.retry(ctx, "delete keys matching "+g, func() error {
+		deleted = 0
+		var cursor uint64
+		for {
+			keys, next, err := s.cfg.Client.Scan(ctx, cursor, g, int64(s.cfg.ScanCount)).Result()
+			if err != nil {
+				return err
+			}
+			if len(keys) > 0 {
+				del := s.cfg.Client.Unlink
+				if s.cfg.UseDel {
+					del = s.cfg.Client.Del
+				}
+				n, err := del(ctx, keys...).Result()
+				if err != nil {
+					return err
+				}
+				s.Stats.Deleted.Add(uint64(n))
+				deleted += int(n)
+			}
+			if next == 0 {
+				return nil
+			}
+			cursor = next
+		}
+	})
+	return deleted, err
 }
 
 // fenceScript sets each lease KEYS[2i-1] to the fence ARGV[1] for ARGV[2]
