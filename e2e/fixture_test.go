@@ -342,7 +342,12 @@ type syncBuffer = harness.SyncBuffer
 
 func (f *fixture) startBinary(path string, env ...string) *proc {
 	f.t.Helper()
-	bin := harness.BuildEngine(f.t)
+	return f.startBuild(harness.BuildEngine(f.t), path, env...)
+}
+
+// startBuild starts the engine binary bin (see harness.BuildEngineTags).
+func (f *fixture) startBuild(bin, path string, env ...string) *proc {
+	f.t.Helper()
 	p := &proc{out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, "run", "--config", path)
 	p.cmd.Env = append(os.Environ(), env...)
@@ -372,7 +377,13 @@ func (f *fixture) startBinary(path string, env ...string) *proc {
 // startBinaryStreaming starts the binary and waits until it streams.
 func (f *fixture) startBinaryStreaming(path string, env ...string) *proc {
 	f.t.Helper()
-	p := f.startBinary(path, env...)
+	return f.startBuildStreaming(harness.BuildEngine(f.t), path, env...)
+}
+
+// startBuildStreaming starts the engine binary bin and waits until it streams.
+func (f *fixture) startBuildStreaming(bin, path string, env ...string) *proc {
+	f.t.Helper()
+	p := f.startBuild(bin, path, env...)
 	done := make(chan error, 1)
 	go func() {
 		<-p.done

@@ -98,6 +98,10 @@ type Config struct {
 	// tell a consumer how far the WAL goes, so the commit time says it.)
 	CatchUpAge time.Duration
 	GatherWait time.Duration
+	// OrderTTL is how long the order key of a refreshed key (OrderKey)
+	// outlives its last change, at least the value's TTL (default
+	// DefaultOrderTTL): how long a late write of an older row is refused.
+	OrderTTL time.Duration
 	// OnSession, when set, runs the start-up consistency checks of a
 	// replication session that just acquired the slot (the first of the
 	// process, a reconnect, a standby taking over), in the sink's goroutine
@@ -413,7 +417,7 @@ func (s *Sink) startBatch() {
 }
 
 func (s *Sink) addEvent(ev replication.Event) {
-	s.addKeys(ev.Keys)
+	s.addKeys(ev.Keys, ev.LSN)
 	if len(ev.Actions) > 0 {
 		s.addActions(ev.Actions, ev.LSN)
 	}
@@ -426,7 +430,8 @@ func (s *Sink) addEvent(ev replication.Event) {
 	}
 }
 
-func (s *Sink) addKeys(keys []string) {
+// addKeys adds plain deletes of a transaction that committed at lsn.
+func (s *Sink) addKeys(keys []string, lsn replication.LSN) {
 	for _, k := range keys {
 		if len(k) > s.cfg.MaxKeyBytes {
 			s.obs.KeyTooLong()
@@ -437,7 +442,7 @@ func (s *Sink) addKeys(keys []string) {
 			continue
 		}
 		if j, ok := s.acts.setIdx[k]; ok {
-			s.acts.sets[j].dropped = true // deleted later in commit order
+			s.acts.drop(j, lsn) // deleted later in commit order
 		}
 		if _, dup := s.seen[k]; dup {
 			continue
@@ -489,6 +494,9 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	dels := keys
 	if s.cfg.Companion != nil {
 		dels = s.extra
+	}
+	if len(s.acts.sets) > 0 {
+		failpoint.Hit("sink-before-refresh")
 	}
 	err := s.retry(ctx, "delete keys", func() error {
 		start := time.Now()
@@ -753,6 +761,9 @@ func (s *Sink) Flush(ctx context.Context) error {
 func (s *Sink) FlushSome(ctx context.Context, patterns, gens []string) error {
 	if len(patterns) > 0 {
 		if err := s.applyGlobs(ctx, replication.Event{Globs: patterns}); err != nil {
+			return err
+		}
+		if err := s.flushOrderKeys(ctx, patterns); err != nil {
 			return err
 		}
 	}
