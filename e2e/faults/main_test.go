@@ -71,7 +71,9 @@
 // without kill -9; Redis slow through a latency proxy; Redis killed and
 // restarted empty; Redis connections reset; PostgreSQL stopped -m
 // immediate; the walsender terminated; Redis restarted from an older AOF
-// (back in time) and its negative control without the watermark.
+// (back in time) and its negative control without the watermark; the same
+// rewind while the leader is frozen, followed by a standby's takeover
+// (takeover_test.go), and its negative control without the watermark.
 //
 // With -tags failpoints (failpoints_test.go): SIGKILL at sink-after-ack,
 // sink-mid-txn (postgres.streaming: false, large transactions) and
