@@ -92,7 +92,10 @@
 // moments, with a self-test of planted faults; and with -tags failpoints,
 // streaming off, sink-mid-txn and sink-after-ack with the walsender
 // terminated while a transaction's event is half written, and the
-// confirm-received negative control.
+// confirm-received negative control; a zombie leader (frozen with SIGSTOP
+// at sink-before-refresh, a standby takes over, then resumed after newer
+// rows: zombie_failpoints_test.go) and its negative control with
+// CDC_UNSAFE=unordered-refresh.
 //
 // # Running
 //
