@@ -380,7 +380,7 @@ var fieldRE = regexp.MustCompile(`field (\S+) not found in type config\.(\w+)`)
 
 func unknownField(m string) string {
 	if g := fieldRE.FindStringSubmatch(m); g != nil {
-		return strings.Replace(m, g[0], fmt.Sprintf("unknown option %q in %s (check the spelling against the configuration reference in README.md)", g[1], strings.ToLower(g[2])), 1)
+		return strings.Replace(m, g[0], fmt.Sprintf("unknown option %q in %s (check the spelling against the configuration reference in docs/configuration.md)", g[1], strings.ToLower(g[2])), 1)
 	}
 	return m
 }

@@ -38,7 +38,7 @@ Usage:
   cdcinvalidate version
 
 Environment variables override the file: CDC_POSTGRES_DSN, CDC_REDIS_ADDR,
-CDC_REDIS_PASSWORD and every other CDC_<SECTION>_<OPTION> (see README.md).
+CDC_REDIS_PASSWORD and every other CDC_<SECTION>_<OPTION> (see docs/configuration.md).
 `
 
 var version = "dev"
