@@ -472,6 +472,9 @@ func (s *Sink) addKeys(keys []string) {
 // lease and its key stay in one command) keys per command, and returns how
 // many commands it queued.
 func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
+	if failpoint.Unsafe("skip-deletes") {
+		return 0 // a deliberately broken engine, for negative controls
+	}
 	per := s.cfg.KeysPerCommand
 	if s.cfg.Companion != nil {
 		per = max(2, per&^1)
