@@ -342,11 +342,12 @@ type syncBuffer = harness.SyncBuffer
 
 func (f *fixture) startBinary(path string, env ...string) *proc {
 	f.t.Helper()
-	return f.startBuild(harness.BuildEngine(f.t), path, env...)
+	return f.startBinaryOf(harness.BuildEngine(f.t), path, env...)
 }
 
-// startBuild starts the engine binary bin (see harness.BuildEngineTags).
-func (f *fixture) startBuild(bin, path string, env ...string) *proc {
+// startBinaryOf starts the engine binary bin (e.g. one built with
+// failpoints) with the configuration path.
+func (f *fixture) startBinaryOf(bin, path string, env ...string) *proc {
 	f.t.Helper()
 	p := &proc{out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, "run", "--config", path)
@@ -377,13 +378,13 @@ func (f *fixture) startBuild(bin, path string, env ...string) *proc {
 // startBinaryStreaming starts the binary and waits until it streams.
 func (f *fixture) startBinaryStreaming(path string, env ...string) *proc {
 	f.t.Helper()
-	return f.startBuildStreaming(harness.BuildEngine(f.t), path, env...)
+	return f.startBinaryOfStreaming(harness.BuildEngine(f.t), path, env...)
 }
 
-// startBuildStreaming starts the engine binary bin and waits until it streams.
-func (f *fixture) startBuildStreaming(bin, path string, env ...string) *proc {
+// startBinaryOfStreaming starts bin and waits until it streams.
+func (f *fixture) startBinaryOfStreaming(bin, path string, env ...string) *proc {
 	f.t.Helper()
-	p := f.startBuild(bin, path, env...)
+	p := f.startBinaryOf(bin, path, env...)
 	done := make(chan error, 1)
 	go func() {
 		<-p.done

@@ -46,8 +46,8 @@ rules:
 				env = append(env, "CDC_UNSAFE=unordered-refresh")
 			}
 			f.seedUsers(3)
-			a := f.startBuildStreaming(bin, cfg, append(env, "CDC_FAILPOINT=sink-before-refresh", "CDC_FAILPOINT_ACTION=stop")...)
-			b := f.startBuild(bin, cfg, env...)
+			a := f.startBinaryOfStreaming(bin, cfg, append(env, "CDC_FAILPOINT=sink-before-refresh", "CDC_FAILPOINT_ACTION=stop")...)
+			b := f.startBinaryOf(bin, cfg, env...)
 			waitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
 				return strings.Contains(b.out.String(), "waiting as standby")
 			})

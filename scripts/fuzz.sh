@@ -20,6 +20,7 @@ targets=(
 	"./config FuzzParse"
 	"./config FuzzRules"
 	"./sink FuzzOrderKey"
+	"./cacheaside FuzzParseStamp"
 )
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -22,4 +22,6 @@
 // position instead of the applied one: the bug the checker must catch.
 // CDC_UNSAFE=unordered-refresh makes refresh writes plain SETs that ignore
 // commit order across instances (the negative control of the zombie test).
+// CDC_UNSAFE=skip-deletes makes the sink skip its plain deletes: the bug
+// the consistency verifier must catch.
 package failpoint
