@@ -923,14 +923,9 @@ func (ss *session) emit(ev Event) error {
 	case ss.s.out <- ev:
 	default:
 		for {
-			now := time.Now()
-			applied := ss.s.pos.Applied()
-			if ss.rep.Due(now, applied) {
-				if err := ss.sendStatus(now); err != nil {
-					return err
-				}
+			if err := ss.statusWhileWaiting(); err != nil {
+				return err
 			}
-			ss.timer.Reset(time.Until(ss.rep.Next(ss.s.pos.Applied())) + time.Millisecond)
 			select {
 			case ss.s.out <- ev:
 			case <-ss.ctx.Done():
@@ -947,19 +942,27 @@ func (ss *session) emit(ev Event) error {
 	return nil
 }
 
+// statusWhileWaiting sends a standby status update if one is due and sets
+// the timer to when the next one is, for a loop that waits on the sink.
+func (ss *session) statusWhileWaiting() error {
+	now := time.Now()
+	if ss.rep.Due(now, ss.s.pos.Applied()) {
+		if err := ss.sendStatus(now); err != nil {
+			return err
+		}
+	}
+	ss.timer.Reset(time.Until(ss.rep.Next(ss.s.pos.Applied())) + time.Millisecond)
+	return nil
+}
+
 // await waits until ready is closed, sending standby status updates
 // meanwhile (the server must not time the session out while the sink runs
 // its checks, which may flush many keys).
 func (ss *session) await(ready <-chan struct{}) error {
 	for {
-		now := time.Now()
-		applied := ss.s.pos.Applied()
-		if ss.rep.Due(now, applied) {
-			if err := ss.sendStatus(now); err != nil {
-				return err
-			}
+		if err := ss.statusWhileWaiting(); err != nil {
+			return err
 		}
-		ss.timer.Reset(time.Until(ss.rep.Next(ss.s.pos.Applied())) + time.Millisecond)
 		select {
 		case <-ready:
 			return nil

@@ -1,10 +1,8 @@
 package faults
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -21,50 +19,21 @@ import (
 // its session's checks must find the watermark below the slot's confirmed
 // position and flush. It returns the check and the new leader.
 func takeoverAfterRewind(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, leader *proc, i int) (checkResult, *proc) {
-	ctx := context.Background()
-	dir, err := f.rdb.ConfigGet(ctx, "dir").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := f.rdb.ConfigGet(ctx, "appenddirname").Result()
-	if err != nil || sub["appenddirname"] == "" {
-		t.Fatalf("CONFIG GET appenddirname: %v %v (Redis 7 or later needed)", sub, err)
-	}
-	aof := filepath.Join(dir["dir"], sub["appenddirname"])
+	aof := f.aofDir()
 	saved := filepath.Join(t.TempDir(), "aof")
 	standby := f.startEngine()
 	waitFor(t, 60*time.Second, "the second engine to wait as standby", func() bool {
 		return strings.Contains(standby.out.String(), "waiting as standby")
 	})
 	r := f.cycle(sc, rng, defaultLoad, fmt.Sprintf("run %d", i), func(l *load) {
-		if err := f.rd.Pause(); err != nil {
-			t.Fatal(err)
-		}
-		err := copyDir(aof, saved)
-		if rerr := f.rd.Resume(); rerr != nil {
-			t.Fatal(rerr)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		f.saveAOF(aof, saved)
 		sleepRand(rng, 800*time.Millisecond, 1500*time.Millisecond)
 	}, func() {
 		f.barrier(60 * time.Second) // the leader applied everything
 		if err := leader.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
-		if err := f.rd.Kill(); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.RemoveAll(aof); err != nil {
-			t.Fatal(err)
-		}
-		if err := copyDir(saved, aof); err != nil {
-			t.Fatal(err)
-		}
-		if err := f.rd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		f.restartFromAOF(aof, saved)
 		leader.kill9(t)
 		sc.fault("leader frozen, Redis restarted from an older AOF, leader killed: standby takes over")
 	})
