@@ -1030,6 +1030,16 @@ func Redact(s string) string {
 	return passwordKVRE.ReplaceAllString(s, "${1}xxxxx")
 }
 
+// RedactAll is Redact of each of ss, in a new slice (for a list of
+// problems that may quote a DSN).
+func RedactAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = Redact(s)
+	}
+	return out
+}
+
 // mappingActions converts the rule's actions and their options.
 func (r *Rule) mappingActions() mapping.Actions {
 	if len(r.Actions) == 0 && r.DeleteCommand == "" {
