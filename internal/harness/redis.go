@@ -282,7 +282,7 @@ func (r *Redis) start(ctx context.Context) (portInUse bool, err error) {
 		logText := readFrom(r.logPath, logOffset) + readFrom(r.outPath, outOffset)
 		portInUse = strings.Contains(logText, "Address already in use")
 		msg := fmt.Sprintf("redis-server on port %d: %v", r.port, err)
-		if tail := lastLines(logText, redisLogTailLines); tail != "" {
+		if tail := LastLines(logText, redisLogTailLines); tail != "" {
 			msg += "\nlast lines of the redis log:\n" + tail
 		}
 		return portInUse, errors.New(msg)

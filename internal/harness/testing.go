@@ -2,6 +2,8 @@ package harness
 
 import (
 	"context"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -46,4 +48,81 @@ func RedisT(t testing.TB, opts RedisOptions) *Redis {
 		}
 	})
 	return r
+}
+
+// WaitFor polls cond until it holds; after d it fails the test, naming
+// what it waited for.
+func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	err := Poll(context.Background(), d, func() (bool, error) { return cond(), nil })
+	if err != nil {
+		t.Fatalf("timed out after %s waiting for %s", d, what)
+	}
+}
+
+// failureLogLines is how many lines of a process's output StartProcessT
+// logs when the test failed.
+const failureLogLines = 200
+
+// StartProcessT starts c for a test and fails the test if it cannot
+// start. When the test ends, a process still running is killed with
+// SIGKILL (cleanups registered later run first: to stop it gently, stop
+// it there), and if the test failed, the end of its output is logged.
+func StartProcessT(t testing.TB, c Command) *Process {
+	t.Helper()
+	p, err := StartProcess(c)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := p.Kill(); err != nil {
+			t.Errorf("harness: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("%s (%s) output, last %d lines:\n%s", p.Name(), p.State(), failureLogLines, p.Tail(failureLogLines))
+		}
+	})
+	return p
+}
+
+// ExitT waits until p exits by itself, at most within, and returns its
+// exit code; it fails the test with the end of p's output otherwise.
+func (p *Process) ExitT(t testing.TB, within time.Duration) int {
+	t.Helper()
+	if err := p.WaitExit(within); err != nil {
+		t.Fatal(err)
+	}
+	return p.ExitCode()
+}
+
+// TermT sends SIGTERM and waits for the exit, at most within; it returns
+// the exit code and how long the exit took, and fails the test if p still
+// runs then.
+func (p *Process) TermT(t testing.TB, within time.Duration) (int, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	if err := p.Signal(syscall.SIGTERM); err != nil && p.Running() {
+		t.Fatal(err)
+	}
+	if err := p.WaitExit(within); err != nil {
+		t.Fatalf("after SIGTERM: %v", err)
+	}
+	return p.ExitCode(), time.Since(start)
+}
+
+// KillT kills p with SIGKILL and waits until it is reaped.
+func (p *Process) KillT(t testing.TB) {
+	t.Helper()
+	if err := p.Kill(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// SignalT sends sig to p (SIGHUP, SIGSTOP, SIGCONT...) and fails the test
+// if it cannot.
+func (p *Process) SignalT(t testing.TB, sig os.Signal) {
+	t.Helper()
+	if err := p.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
 }
