@@ -1001,13 +1001,13 @@ func TestActionsKill9AtRandomMoments(t *testing.T) {
 			for k := 0; k < 2; k++ {
 				sleepRand(rng, 200*time.Millisecond, 1200*time.Millisecond)
 				ref.sample()
-				p.kill9(t)
+				p.KillT(t)
 				sc.fault("kill -9 while streaming")
 				sleepRand(rng, 0, 300*time.Millisecond)
 				if k == 0 {
 					p = f.startEngine()
 					sleepRand(rng, 0, 500*time.Millisecond)
-					p.kill9(t)
+					p.KillT(t)
 					sc.fault("kill -9 0-500 ms after start")
 				}
 				p = f.startStreaming()
