@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,28 +106,13 @@ func (f *fixture) ctx() context.Context {
 func (f *fixture) exec(sql string, args ...any) {
 	f.t.Helper()
 	if _, err := f.db.Exec(context.Background(), sql, args...); err != nil {
-		f.t.Fatalf("exec %q: %v", firstLine(sql), err)
+		f.t.Fatalf("exec %q: %v", harness.Abbreviate(sql, 80), err)
 	}
-}
-
-func firstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i] + " ..."
-	}
-	return s
 }
 
 func (f *fixture) lsn(sql string) pglogrepl.LSN {
 	f.t.Helper()
-	var s *string
-	if err := f.db.QueryRow(context.Background(), sql).Scan(&s); err != nil {
-		f.t.Fatalf("%s: %v", sql, err)
-	}
-	if s == nil {
-		return 0
-	}
-	l, err := pglogrepl.ParseLSN(*s)
+	l, err := harness.QueryLSN(context.Background(), f.db, sql)
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -188,30 +188,15 @@ func (f *fixture) exec(sql string, args ...any) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := f.db.Exec(ctx, sql, args...); err != nil {
-		f.t.Fatalf("exec %q: %v", firstLine(sql), err)
+		f.t.Fatalf("exec %q: %v", harness.Abbreviate(sql, 80), err)
 	}
-}
-
-func firstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i] + " ..."
-	}
-	return s
 }
 
 func (f *fixture) lsn(sql string, args ...any) pglogrepl.LSN {
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var s *string
-	if err := f.db.QueryRow(ctx, sql, args...).Scan(&s); err != nil {
-		f.t.Fatalf("%s: %v", sql, err)
-	}
-	if s == nil {
-		return 0
-	}
-	l, err := pglogrepl.ParseLSN(*s)
+	l, err := harness.QueryLSN(ctx, f.db, sql, args...)
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -400,11 +400,7 @@ func (d *demo) finish(ctx context.Context, st *step) error {
 }
 
 func (d *demo) currentLSN(ctx context.Context) (pglogrepl.LSN, error) {
-	var s string
-	if err := d.db.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text`).Scan(&s); err != nil {
-		return 0, fmt.Errorf("pg_current_wal_lsn: %w", err)
-	}
-	return pglogrepl.ParseLSN(s)
+	return harness.QueryLSN(ctx, d.db, `SELECT pg_current_wal_lsn()::text`)
 }
 
 func (d *demo) slot(ctx context.Context) (pglogrepl.LSN, bool, error) {

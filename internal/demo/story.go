@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pglogrepl"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -239,11 +239,7 @@ func (d *demo) rollbackStep(ctx context.Context, stmts []string) error {
 	// A committed logical decoding message after the ROLLBACK is a marker
 	// in the WAL: once the slot's confirmed position passed it, the engine
 	// has read (and skipped) the rolled-back transaction.
-	var s string
-	if err := d.db.QueryRow(ctx, `SELECT pg_logical_emit_message(true, 'cdcinvalidate-demo', 'after the rollback')::text`).Scan(&s); err != nil {
-		return fmt.Errorf("pg_logical_emit_message: %w", err)
-	}
-	marker, err := pglogrepl.ParseLSN(s)
+	marker, err := harness.QueryLSN(ctx, d.db, `SELECT pg_logical_emit_message(true, 'cdcinvalidate-demo', 'after the rollback')::text`)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/go-redis/v9"
@@ -62,6 +63,23 @@ func WaitStreaming(ctx context.Context, db DB, slot string, within time.Duration
 		}
 	}
 	return err
+}
+
+// QueryLSN runs sql, which returns one LSN as text (or NULL, read as 0),
+// e.g. SELECT pg_current_wal_lsn()::text.
+func QueryLSN(ctx context.Context, db DB, sql string, args ...any) (pglogrepl.LSN, error) {
+	var s *string
+	if err := db.QueryRow(ctx, sql, args...).Scan(&s); err != nil {
+		return 0, fmt.Errorf("%s: %w", Abbreviate(sql, 80), err)
+	}
+	if s == nil {
+		return 0, nil
+	}
+	l, err := pglogrepl.ParseLSN(*s)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", Abbreviate(sql, 80), err)
+	}
+	return l, nil
 }
 
 // Barrier describes a marker transaction for AwaitBarrier.

@@ -278,7 +278,7 @@ func (p *Postgres) Exec(ctx context.Context, sql string, args ...any) error {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := conn.Exec(ctx, sql, args...); err != nil {
-		return fmt.Errorf("postgres exec %q: %w", abbreviate(sql, 80), err)
+		return fmt.Errorf("postgres exec %q: %w", Abbreviate(sql, 80), err)
 	}
 	return nil
 }
@@ -736,12 +736,4 @@ func readFrom(path string, offset int64) string {
 		return ""
 	}
 	return string(b)
-}
-
-func abbreviate(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

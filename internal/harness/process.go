@@ -265,23 +265,31 @@ func (p *Process) Stop(grace time.Duration) error {
 // CPUTime is the user plus system CPU time of the exited process; -1
 // while it runs.
 func (p *Process) CPUTime() time.Duration {
-	if p.Running() || p.cmd.ProcessState == nil {
+	st := p.exitState()
+	if st == nil {
 		return -1
 	}
-	return p.cmd.ProcessState.UserTime() + p.cmd.ProcessState.SystemTime()
+	return st.UserTime() + st.SystemTime()
 }
 
 // MaxRSS is the exited process's peak resident set size in bytes
 // (getrusage); -1 while it runs or if unknown. ProcMem reads it while the
 // process runs.
 func (p *Process) MaxRSS() int64 {
-	if p.Running() || p.cmd.ProcessState == nil {
-		return -1
-	}
-	if ru, ok := p.cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		return int64(ru.Maxrss) * 1024 // kilobytes on Linux
+	if st := p.exitState(); st != nil {
+		if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
+			return int64(ru.Maxrss) * 1024 // kilobytes on Linux
+		}
 	}
 	return -1
+}
+
+// exitState is the state of the exited process, nil while it runs.
+func (p *Process) exitState() *os.ProcessState {
+	if p.Running() {
+		return nil
+	}
+	return p.cmd.ProcessState
 }
 
 // outputTailLines is how many lines of output error messages quote.

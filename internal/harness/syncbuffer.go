@@ -54,3 +54,13 @@ func LastLines(s string, n int) string {
 func Indent(s, prefix string) string {
 	return prefix + strings.ReplaceAll(s, "\n", "\n"+prefix)
 }
+
+// Abbreviate folds the white space of s (a SQL statement, say) and cuts it
+// after n bytes, for a message.
+func Abbreviate(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

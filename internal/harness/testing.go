@@ -3,6 +3,7 @@ package harness
 import (
 	"context"
 	"os"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -124,5 +125,26 @@ func (p *Process) SignalT(t testing.TB, sig os.Signal) {
 	t.Helper()
 	if err := p.Signal(sig); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// PauseT pauses r (SIGSTOP) for a test and returns the function that
+// resumes it; that function fails the test if it cannot, and does nothing
+// the second time. A server still paused when the test ends is resumed
+// then (before the cleanups registered earlier, such as stopping engines).
+func (r *Redis) PauseT(t testing.TB) (resume func()) {
+	t.Helper()
+	if err := r.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { _ = r.Resume() }) })
+	return func() {
+		t.Helper()
+		once.Do(func() {
+			if err := r.Resume(); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
