@@ -184,14 +184,11 @@ func (d *demo) txnStep(ctx context.Context, stmts []string, expect ...string) er
 	if err != nil {
 		return err
 	}
-	conn, err := d.db.Acquire(ctx)
+	conn, err := d.beginTxn(ctx, stmts)
 	if err != nil {
 		return err
 	}
 	defer conn.Release()
-	if err := d.beginTxn(ctx, conn, stmts); err != nil {
-		return err
-	}
 	const pause = 500 * time.Millisecond
 	select {
 	case <-time.After(pause):
@@ -224,14 +221,11 @@ func (d *demo) rollbackStep(ctx context.Context, stmts []string) error {
 		return err
 	}
 	close(st.known)
-	conn, err := d.db.Acquire(ctx)
+	conn, err := d.beginTxn(ctx, stmts)
 	if err != nil {
 		return err
 	}
 	defer conn.Release()
-	if err := d.beginTxn(ctx, conn, stmts); err != nil {
-		return err
-	}
 	d.say("%sSQL   ROLLBACK;", indent)
 	if _, err := conn.Exec(ctx, "ROLLBACK"); err != nil {
 		return fmt.Errorf("ROLLBACK: %w", err)
@@ -255,21 +249,27 @@ func (d *demo) rollbackStep(ctx context.Context, stmts []string) error {
 	return d.finish(ctx, st)
 }
 
-// beginTxn shows and runs BEGIN and stmts on conn; on an error it rolls
-// back.
-func (d *demo) beginTxn(ctx context.Context, conn *pgxpool.Conn, stmts []string) error {
+// beginTxn shows and runs BEGIN and stmts on a connection of its own,
+// which the caller releases; on an error it rolls back and releases it.
+func (d *demo) beginTxn(ctx context.Context, stmts []string) (*pgxpool.Conn, error) {
+	conn, err := d.db.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
 	d.say("%sSQL   BEGIN;", indent)
 	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
-		return err
+		conn.Release()
+		return nil, err
 	}
 	for _, s := range stmts {
 		d.say("%sSQL   %s;", indent, s)
 		if _, err := conn.Exec(ctx, s); err != nil {
 			_, _ = conn.Exec(context.Background(), "ROLLBACK")
-			return fmt.Errorf("%s: %w", s, err)
+			conn.Release()
+			return nil, fmt.Errorf("%s: %w", s, err)
 		}
 	}
-	return nil
+	return conn, nil
 }
 
 // psqlStep runs one statement through the psql command line, as any other

@@ -234,14 +234,10 @@ func (p *Process) Kill() error {
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("SIGKILL %s (pid %d): %w", p.name, p.Pid(), err)
 	}
-	timer := time.NewTimer(killWait)
-	defer timer.Stop()
-	select {
-	case <-p.done:
-		return nil
-	case <-timer.C:
+	if p.WaitExit(killWait) != nil {
 		return fmt.Errorf("%s (pid %d) not reaped %s after SIGKILL", p.name, p.Pid(), killWait)
 	}
+	return nil
 }
 
 // Stop sends SIGTERM and waits for the exit, at most grace; then it kills
