@@ -134,6 +134,7 @@ func TestSyncBuffer(t *testing.T) {
 		{4, []string{"ab\n", "cd\n"}, "cd\n"}, // cut after the newline
 		{4, []string{"abcdefgh"}, "efgh"},     // no newline near the cut
 		{10, []string{"abc\n", "def\n"}, "abc\ndef\n"},
+		{4, []string{"ab\n", "cd\n", "ef\n", "gh\n"}, "gh\n"}, // compacted past twice the limit
 	}
 	for _, tt := range tests {
 		b := &SyncBuffer{Limit: tt.limit}

@@ -17,26 +17,37 @@ type SyncBuffer struct {
 	b  []byte
 }
 
-// Write appends p, dropping the oldest bytes beyond Limit.
+// Write appends p. Beyond twice Limit, it drops all but the last Limit
+// bytes (so that a full buffer is not copied on every write).
 func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.b = append(s.b, p...)
-	if over := len(s.b) - s.Limit; s.Limit > 0 && over > 0 {
-		// Drop whole lines where the line ends soon after the cut.
-		if i := bytes.IndexByte(s.b[over:min(len(s.b), over+256)], '\n'); i >= 0 {
-			over += i + 1
-		}
-		s.b = append(s.b[:0], s.b[over:]...)
+	if s.Limit > 0 && len(s.b) > 2*s.Limit {
+		s.b = append(s.b[:0], s.b[s.cut():]...)
 	}
 	return len(p), nil
 }
 
-// String returns what the buffer holds.
+// String returns what the buffer holds: with Limit > 0, about the last
+// Limit bytes.
 func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return string(s.b)
+	return string(s.b[s.cut():])
+}
+
+// cut is where the kept bytes start: Limit from the end, moved to just
+// after a newline where one comes soon after.
+func (s *SyncBuffer) cut() int {
+	over := len(s.b) - s.Limit
+	if s.Limit <= 0 || over <= 0 {
+		return 0
+	}
+	if i := bytes.IndexByte(s.b[over:min(len(s.b), over+256)], '\n'); i >= 0 {
+		over += i + 1
+	}
+	return over
 }
 
 // LastLines is the last n lines of s, without surrounding blank space;
