@@ -80,24 +80,40 @@ func TestKill9AtRandomMoments(t *testing.T) {
 	o.bulk, o.bulkRows, o.bulkHold = 1, [2]int{500, 3000}, 200*time.Millisecond
 	for i := 1; i <= runs(3); i++ {
 		f.cycle(sc, rng, o, fmt.Sprintf("run %d", i), func(l *load) {
-			for k := 0; k < 2; k++ {
-				sleepRand(rng, 200*time.Millisecond, 1200*time.Millisecond)
-				p.KillT(t)
-				sc.fault("kill -9 while streaming")
-				sleepRand(rng, 0, 300*time.Millisecond)
-				if k == 0 {
-					// Start-up too: connecting, checking the slot and the
-					// watermark, or just streaming.
-					p = f.startEngine()
-					sleepRand(rng, 0, 500*time.Millisecond)
-					p.KillT(t)
-					sc.fault("kill -9 0-500 ms after start")
-				}
-				p = f.startStreaming()
-			}
-			sleepRand(rng, 200*time.Millisecond, 800*time.Millisecond)
+			p = f.kill9Round(sc, rng, p, nil)
 		}, nil)
 	}
+}
+
+// kill9Round kills the engine p with SIGKILL twice while it streams, and
+// restarts it; after the first kill it also starts one that it kills 0-500
+// ms after its start (connecting, checking the slot and the watermark, or
+// just streaming). It returns the engine streaming at the end. sample,
+// when not nil, runs before each kill while streaming and after each
+// restart.
+func (f *fixture) kill9Round(sc *scenario, rng *rand.Rand, p *harness.Process, sample func()) *harness.Process {
+	f.t.Helper()
+	for k := 0; k < 2; k++ {
+		sleepRand(rng, 200*time.Millisecond, 1200*time.Millisecond)
+		if sample != nil {
+			sample()
+		}
+		p.KillT(f.t)
+		sc.fault("kill -9 while streaming")
+		sleepRand(rng, 0, 300*time.Millisecond)
+		if k == 0 {
+			p = f.startEngine()
+			sleepRand(rng, 0, 500*time.Millisecond)
+			p.KillT(f.t)
+			sc.fault("kill -9 0-500 ms after start")
+		}
+		p = f.startStreaming()
+		if sample != nil {
+			sample()
+		}
+	}
+	sleepRand(rng, 200*time.Millisecond, 800*time.Millisecond)
+	return p
 }
 
 // TestInterleavedTransactionsAcrossRestart keeps transactions open across
