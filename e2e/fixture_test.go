@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -108,6 +109,24 @@ func (f *fixture) exec(sql string, args ...any) {
 	if _, err := f.db.Exec(context.Background(), sql, args...); err != nil {
 		f.t.Fatalf("exec %q: %v", harness.Abbreviate(sql, 80), err)
 	}
+}
+
+// begin begins a transaction and runs stmts in it, leaving it open; a
+// transaction still open when the test ends is rolled back.
+func (f *fixture) begin(stmts ...string) pgx.Tx {
+	f.t.Helper()
+	ctx := f.ctx()
+	tx, err := f.db.Begin(ctx)
+	if err != nil {
+		f.t.Fatalf("begin: %v", err)
+	}
+	f.t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	for _, sql := range stmts {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			f.t.Fatalf("exec %q: %v", harness.Abbreviate(sql, 80), err)
+		}
+	}
+	return tx
 }
 
 func (f *fixture) lsn(sql string) pglogrepl.LSN {

@@ -299,14 +299,7 @@ func TestReloadDuringStreamedTransaction(t *testing.T) {
 	f.barrier()
 
 	ctx := f.ctx()
-	tx, err := f.db.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, `UPDATE users SET name = 'new' || id`); err != nil {
-		t.Fatal(err)
-	}
+	tx := f.begin(`UPDATE users SET name = 'new' || id`)
 	// The barrier commits after the update's changes in the WAL: once it
 	// is applied, the decoder has streamed the open transaction's chunks.
 	f.barrier()
@@ -339,14 +332,7 @@ func TestReloadWaitsForOlderTransactions(t *testing.T) {
 	f.barrier()
 
 	ctx := f.ctx()
-	tx, err := f.db.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, `INSERT INTO accounts VALUES (1, 'before the reload')`); err != nil {
-		t.Fatal(err)
-	}
+	tx := f.begin(`INSERT INTO accounts VALUES (1, 'before the reload')`)
 	if err := os.WriteFile(f.cfgPath, []byte(base+"  - table: accounts\n    keys: [\"account:{id}\"]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
