@@ -417,8 +417,10 @@ func (d *demo) slot(ctx context.Context) (pglogrepl.LSN, bool, error) {
 	return lsn, active, err
 }
 
-// waitConfirmed waits until the slot's confirmed_flush_lsn reaches target.
-func (d *demo) waitConfirmed(ctx context.Context, target pglogrepl.LSN, within time.Duration) (pglogrepl.LSN, error) {
+// waitConfirmed waits until the slot's confirmed_flush_lsn reaches target
+// and returns it and how long that took.
+func (d *demo) waitConfirmed(ctx context.Context, target pglogrepl.LSN, within time.Duration) (pglogrepl.LSN, time.Duration, error) {
+	start := time.Now()
 	var confirmed pglogrepl.LSN
 	err := harness.Poll(ctx, within, func() (bool, error) {
 		c, _, err := d.slot(ctx)
@@ -426,7 +428,7 @@ func (d *demo) waitConfirmed(ctx context.Context, target pglogrepl.LSN, within t
 		return c >= target, err
 	})
 	if errors.Is(err, harness.ErrPollTimeout) {
-		return confirmed, fmt.Errorf("slot %q confirmed_flush_lsn is %s, still below %s after %s", slotName, confirmed, target, within)
+		err = fmt.Errorf("slot %q confirmed_flush_lsn is %s, still below %s after %s", slotName, confirmed, target, within)
 	}
-	return confirmed, err
+	return confirmed, time.Since(start), err
 }

@@ -237,15 +237,14 @@ func (d *demo) rollbackStep(ctx context.Context, stmts []string) error {
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	confirmed, err := d.waitConfirmed(ctx, marker, stepTimeout)
+	confirmed, took, err := d.waitConfirmed(ctx, marker, stepTimeout)
 	if err != nil {
 		return err
 	}
 	d.say("%s      a marker written after the ROLLBACK (pg_logical_emit_message, at %s) was confirmed by the slot",
 		indent, marker)
 	d.say("%s      %d ms later (confirmed_flush_lsn %s): the engine read past the ROLLBACK and deleted nothing",
-		indent, time.Since(start).Milliseconds(), confirmed)
+		indent, took.Milliseconds(), confirmed)
 	return d.finish(ctx, st)
 }
 
@@ -344,14 +343,13 @@ func (d *demo) showPositions(ctx context.Context, title string) error {
 	if err != nil {
 		return err
 	}
-	start := time.Now()
-	confirmed, err := d.waitConfirmed(ctx, target, stepTimeout)
+	confirmed, took, err := d.waitConfirmed(ctx, target, stepTimeout)
 	if err != nil {
 		return err
 	}
 	d.say("%spg_current_wal_lsn   %s   (end of the WAL when asked)", indent, target)
 	d.say("%sconfirmed_flush_lsn  %s   (what the engine confirmed, %d ms later: Redis acknowledged every delete before it)",
-		indent, confirmed, time.Since(start).Milliseconds())
+		indent, confirmed, took.Milliseconds())
 	return nil
 }
 

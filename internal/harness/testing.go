@@ -18,18 +18,7 @@ const startTimeout = 2 * time.Minute
 // the install hint when the binaries are missing.
 func PostgresT(t testing.TB, opts PostgresOptions) *Postgres {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
-	defer cancel()
-	p, err := StartPostgres(ctx, opts)
-	if err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			t.Errorf("harness: %v", err)
-		}
-	})
-	return p
+	return startT(t, func(ctx context.Context) (*Postgres, error) { return StartPostgres(ctx, opts) })
 }
 
 // RedisT starts a Redis for a test and closes it in t.Cleanup. It fails
@@ -37,18 +26,24 @@ func PostgresT(t testing.TB, opts PostgresOptions) *Postgres {
 // install hint when redis-server is missing.
 func RedisT(t testing.TB, opts RedisOptions) *Redis {
 	t.Helper()
+	return startT(t, func(ctx context.Context) (*Redis, error) { return StartRedis(ctx, opts) })
+}
+
+// startT starts a server within startTimeout and closes it in t.Cleanup.
+func startT[S interface{ Close() error }](t testing.TB, start func(context.Context) (S, error)) S {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
-	r, err := StartRedis(ctx, opts)
+	s, err := start(ctx)
 	if err != nil {
 		t.Fatalf("harness: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := r.Close(); err != nil {
+		if err := s.Close(); err != nil {
 			t.Errorf("harness: %v", err)
 		}
 	})
-	return r
+	return s
 }
 
 // WaitFor polls cond until it holds; after d it fails the test, naming
