@@ -31,6 +31,11 @@ type Command struct {
 	// order written) the Process keeps, the last ones; 0 is
 	// DefaultOutputLimit.
 	OutputLimit int
+	// OutputFile, when set, receives the output instead of the Process's
+	// buffer (Output is then empty, and Line is not called). The child
+	// writes to it directly, so a grandchild that keeps it open (a forked
+	// redis-server) cannot delay Done.
+	OutputFile *os.File
 	// Line, when set, is called with each line of output (without its
 	// newline) as it arrives, from one goroutine; the last line is passed
 	// even without a newline. The Process is done only after the last call.
@@ -81,11 +86,14 @@ func StartProcess(c Command) (*Process, error) {
 	if c.OwnProcessGroup {
 		p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	}
-	if c.Line != nil {
+	switch {
+	case c.OutputFile != nil:
+		p.cmd.Stdout, p.cmd.Stderr = c.OutputFile, c.OutputFile
+	case c.Line != nil:
 		p.lines = &lineWriter{line: c.Line}
 		w := io.MultiWriter(p.out, p.lines) // neither ever fails
 		p.cmd.Stdout, p.cmd.Stderr = w, w
-	} else {
+	default:
 		p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	}
 	p.started = time.Now()

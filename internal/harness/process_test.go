@@ -3,6 +3,8 @@ package harness
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -188,5 +190,26 @@ func TestPoll(t *testing.T) {
 	cancel()
 	if err := Poll(ctx, time.Minute, func() (bool, error) { return false, nil }); !errors.Is(err, context.Canceled) {
 		t.Errorf("Poll with a canceled ctx = %v", err)
+	}
+}
+
+func TestProcessOutputFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := sh(`echo to-file`)
+	c.OutputFile = f
+	p := StartProcessT(t, c)
+	f.Close()
+	if code := p.ExitT(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	if got, err := os.ReadFile(path); err != nil || string(got) != "to-file\n" {
+		t.Errorf("file holds %q (%v), want the output", got, err)
+	}
+	if p.Output() != "" {
+		t.Errorf("Output() = %q, want nothing: the file got it", p.Output())
 	}
 }
