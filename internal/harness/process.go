@@ -49,6 +49,10 @@ type Command struct {
 // DefaultOutputLimit is how much output a Process keeps by default.
 const DefaultOutputLimit = 16 << 20
 
+// outputWaitDelay bounds how long output is still read after the process
+// exited.
+const outputWaitDelay = 5 * time.Second
+
 // killWait bounds the wait for a process to be reaped after SIGKILL.
 const killWait = 30 * time.Second
 
@@ -96,6 +100,9 @@ func StartProcess(c Command) (*Process, error) {
 	default:
 		p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	}
+	// A grandchild that inherited the output pipe can keep it open after
+	// the child exited; the copying then ends outputWaitDelay later.
+	p.cmd.WaitDelay = outputWaitDelay
 	p.started = time.Now()
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s (%s): %w", name, c.Path, err)
