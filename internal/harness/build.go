@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 )
 
 // enginePkg is the engine's main package, relative to the module root.
@@ -33,14 +32,14 @@ var (
 // fails the test with the compiler output. The binary's temporary
 // directory is named after the test process and outlives it (no hook runs
 // at process exit); each build removes those of processes that are gone.
-func BuildEngine(t testing.TB) string {
+func BuildEngine(t TB) string {
 	t.Helper()
 	return BuildEngineTags(t, "")
 }
 
 // BuildEngineTags is BuildEngine with go build -tags tags (e.g.
 // "failpoints"), once per test process and set of tags.
-func BuildEngineTags(t testing.TB, tags string) string {
+func BuildEngineTags(t TB, tags string) string {
 	t.Helper()
 	bin, err := BuildEngineBinary(context.Background(), tags)
 	if err != nil {

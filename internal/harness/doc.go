@@ -3,8 +3,8 @@
 // what they share besides: child processes (Process), bounded waits (Poll,
 // WaitFor, WaitStreaming), the barrier that proves an engine applied
 // everything committed before it (AwaitBarrier), and output helpers for
-// failure messages. Only the functions that take a testing.TB are for
-// tests; the demo and the bench use the others.
+// failure messages. Only the functions that take a TB (a *testing.T)
+// are for tests; the demo and the bench use the others.
 //
 // Guarantees:
 //   - Every server listens on 127.0.0.1 only, on a free port picked at start

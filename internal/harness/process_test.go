@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -211,5 +212,31 @@ func TestProcessOutputFile(t *testing.T) {
 	}
 	if p.Output() != "" {
 		t.Errorf("Output() = %q, want nothing: the file got it", p.Output())
+	}
+}
+
+// The bench and the demo use this package outside tests: the shipped
+// binary must not link the testing package through it.
+func TestShippedBinaryDoesNotLinkTesting(t *testing.T) {
+	goBin, err := goCommand()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(goBin, "list", "-deps", enginePkg)
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v", enginePkg, err)
+	}
+	deps := strings.Fields(string(out))
+	if !slices.Contains(deps, "github.com/cdcinvalidate/cdcinvalidate/internal/harness") {
+		t.Skipf("%s no longer imports the harness", enginePkg)
+	}
+	if slices.Contains(deps, "testing") {
+		t.Errorf("%s links the testing package", enginePkg)
 	}
 }
