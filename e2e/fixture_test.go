@@ -314,9 +314,16 @@ func (r *engineRun) wait(t *testing.T, d time.Duration) error {
 // variables ("NAME=value") to this process's environment.
 func (f *fixture) startBinary(path string, env ...string) *harness.Process {
 	f.t.Helper()
+	return f.startBinaryOf(harness.BuildEngine(f.t), path, env...)
+}
+
+// startBinaryOf starts the engine binary bin (e.g. one built with
+// failpoints) with the configuration path.
+func (f *fixture) startBinaryOf(bin, path string, env ...string) *harness.Process {
+	f.t.Helper()
 	return harness.StartProcessT(f.t, harness.Command{
 		Name: "engine",
-		Path: harness.BuildEngine(f.t),
+		Path: bin,
 		Args: []string{"run", "--config", path},
 		Env:  append(os.Environ(), env...),
 	})
@@ -325,7 +332,13 @@ func (f *fixture) startBinary(path string, env ...string) *harness.Process {
 // startBinaryStreaming starts the binary and waits until it streams.
 func (f *fixture) startBinaryStreaming(path string, env ...string) *harness.Process {
 	f.t.Helper()
-	p := f.startBinary(path, env...)
+	return f.startBinaryOfStreaming(harness.BuildEngine(f.t), path, env...)
+}
+
+// startBinaryOfStreaming starts bin and waits until it streams.
+func (f *fixture) startBinaryOfStreaming(bin, path string, env ...string) *harness.Process {
+	f.t.Helper()
+	p := f.startBinaryOf(bin, path, env...)
 	f.waitStreaming(func() error {
 		if p.Running() {
 			return nil
