@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // watermarkKey is the watermark of the fixture's slot.
@@ -73,8 +75,8 @@ func TestTakeoverAfterRedisRewind(t *testing.T) {
 			f.seedUsers(3)
 			a := f.startBinaryStreaming(f.cfgPath)
 			b := f.startBinary(f.cfgPath)
-			waitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
-				return strings.Contains(b.out.String(), "waiting as standby")
+			harness.WaitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
+				return strings.Contains(b.Output(), "waiting as standby")
 			})
 			f.set("user:1", "user:2")
 			f.barrier()
@@ -86,43 +88,43 @@ func TestTakeoverAfterRedisRewind(t *testing.T) {
 			f.exec(`UPDATE users SET name = 'changed' WHERE id = 1`)
 			f.barrier()
 			f.wantGone("user:1")
-			waitFor(t, 30*time.Second, "the slot's confirmed position to pass the snapshot's watermark", func() bool {
+			harness.WaitFor(t, 30*time.Second, "the slot's confirmed position to pass the snapshot's watermark", func() bool {
 				return f.confirmed() > oldMark
 			})
 
 			// Freeze the leader, so that it cannot see the rewind, then
 			// bring Redis back to the snapshot and let the leader die.
-			if err := a.cmd.Process.Signal(sigStop); err != nil {
+			if err := a.Signal(sigStop); err != nil {
 				t.Fatal(err)
 			}
 			f.restoreRedis(old)
 			if !f.exists("user:1") {
 				t.Fatal("the restore did not bring the stale key back")
 			}
-			a.kill9(t)
+			a.KillT(t)
 
 			if mode == "stop" {
-				code := b.wait(t, 60*time.Second)
-				out := b.out.String()
+				code := b.ExitT(t, 60*time.Second)
+				out := b.Output()
 				if code == 0 {
 					t.Fatalf("the standby went on after taking over a rewound Redis; output:\n%s", out)
 				}
 				for _, want := range []string{"below the slot's confirmed position", "on_history_lost: flush"} {
 					if !strings.Contains(out, want) {
-						t.Errorf("output lacks %q:\n%s", want, lastLines(out, 5))
+						t.Errorf("output lacks %q:\n%s", want, harness.LastLines(out, 5))
 					}
 				}
 				f.wantKept("user:1", "user:2") // stop deletes nothing
 				return
 			}
-			waitFor(t, 60*time.Second, "the new leader to flush the key the rewind brought back", func() bool {
+			harness.WaitFor(t, 60*time.Second, "the new leader to flush the key the rewind brought back", func() bool {
 				return !f.exists("user:1")
 			})
 			f.barrier()
-			if !strings.Contains(b.out.String(), "below the slot's confirmed position") {
-				t.Errorf("the new leader did not say why it flushed:\n%s", lastLines(b.out.String(), 10))
+			if !strings.Contains(b.Output(), "below the slot's confirmed position") {
+				t.Errorf("the new leader did not say why it flushed:\n%s", harness.LastLines(b.Output(), 10))
 			}
-			if code, _ := b.term(t); code != 0 {
+			if code, _ := b.TermT(t, 30*time.Second); code != 0 {
 				t.Fatalf("exit code %d", code)
 			}
 		})
@@ -141,8 +143,8 @@ func TestTakeoverAfterRollingRulesChange(t *testing.T) {
 	newRules := f.writeConfig(f.rulesConfig("  - table: users\n    keys: [\"user:{id}\", \"profile:{id}\"]\n"))
 	a := f.startBinaryStreaming(oldRules)
 	b := f.startBinary(newRules)
-	waitFor(t, 30*time.Second, "the engine with the new rules to wait as standby", func() bool {
-		return strings.Contains(b.out.String(), "waiting as standby")
+	harness.WaitFor(t, 30*time.Second, "the engine with the new rules to wait as standby", func() bool {
+		return strings.Contains(b.Output(), "waiting as standby")
 	})
 	// Cached while the old leader streams: it invalidates user:1, never
 	// profile:1.
@@ -154,8 +156,8 @@ func TestTakeoverAfterRollingRulesChange(t *testing.T) {
 		t.Fatal("the old rules invalidated profile:1")
 	}
 
-	a.kill9(t)
-	waitFor(t, 60*time.Second, "the new leader to flush profile:*, which the old leader did not keep consistent", func() bool {
+	a.KillT(t)
+	harness.WaitFor(t, 60*time.Second, "the new leader to flush profile:*, which the old leader did not keep consistent", func() bool {
 		return !f.exists("profile:1")
 	})
 	f.barrier()
@@ -164,7 +166,7 @@ func TestTakeoverAfterRollingRulesChange(t *testing.T) {
 	f.exec(`UPDATE users SET name = 'changed' WHERE id = 3`)
 	f.barrier()
 	f.wantGone("profile:3")
-	if code, _ := b.term(t); code != 0 {
+	if code, _ := b.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
 }
@@ -179,19 +181,19 @@ func TestTakeoverNeverConfirmsAnOlderPosition(t *testing.T) {
 	f.seedUsers(50)
 	a := f.startBinaryStreaming(f.cfgPath)
 	b := f.startBinary(f.cfgPath)
-	waitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
-		return strings.Contains(b.out.String(), "waiting as standby")
+	harness.WaitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
+		return strings.Contains(b.Output(), "waiting as standby")
 	})
 	atStandbyStart := f.confirmed()
 	for i := 1; i <= 50; i++ {
 		f.exec(`UPDATE users SET name = name || 'x' WHERE id = $1`, i)
 	}
 	f.barrier()
-	waitFor(t, 30*time.Second, "the leader to confirm past the standby's start", func() bool { return f.confirmed() > atStandbyStart })
+	harness.WaitFor(t, 30*time.Second, "the leader to confirm past the standby's start", func() bool { return f.confirmed() > atStandbyStart })
 	before := f.confirmed()
 	leaderPID := f.activePID()
-	a.kill9(t)
-	waitFor(t, 30*time.Second, "the standby to take the slot", func() bool {
+	a.KillT(t)
+	harness.WaitFor(t, 30*time.Second, "the standby to take the slot", func() bool {
 		pid := f.activePID()
 		return pid != 0 && pid != leaderPID
 	})
@@ -216,7 +218,7 @@ func TestTakeoverNeverConfirmsAnOlderPosition(t *testing.T) {
 		t.Fatal("no status update from the new leader in 3s")
 	}
 	f.barrier()
-	if code, _ := b.term(t); code != 0 {
+	if code, _ := b.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
 }

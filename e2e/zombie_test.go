@@ -48,16 +48,16 @@ rules:
 			f.seedUsers(3)
 			a := f.startBinaryOfStreaming(bin, cfg, append(env, "CDC_FAILPOINT=sink-before-refresh", "CDC_FAILPOINT_ACTION=stop")...)
 			b := f.startBinaryOf(bin, cfg, env...)
-			waitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
-				return strings.Contains(b.out.String(), "waiting as standby")
+			harness.WaitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
+				return strings.Contains(b.Output(), "waiting as standby")
 			})
 			leaderPID := f.activePID()
 
 			f.exec(`UPDATE users SET name = 'old' WHERE id IN (1, 2)`)
-			waitFor(t, 30*time.Second, "the leader to freeze with the refresh batch in hand", func() bool {
-				return strings.Contains(a.out.String(), "failpoint sink-before-refresh: SIGSTOP")
+			harness.WaitFor(t, 30*time.Second, "the leader to freeze with the refresh batch in hand", func() bool {
+				return strings.Contains(a.Output(), "failpoint sink-before-refresh: SIGSTOP")
 			})
-			waitFor(t, 60*time.Second, "the standby to take the slot from the frozen leader", func() bool {
+			harness.WaitFor(t, 60*time.Second, "the standby to take the slot from the frozen leader", func() bool {
 				pid := f.activePID()
 				return pid != 0 && pid != leaderPID
 			})
@@ -68,17 +68,17 @@ rules:
 				t.Fatalf("before the old leader wakes: user:1 = %q, user:2 exists %v", v, f.exists("user:2"))
 			}
 
-			if err := a.cmd.Process.Signal(sigCont); err != nil {
+			if err := a.Signal(sigCont); err != nil {
 				t.Fatal(err)
 			}
 			stale := func() bool { return strings.Contains(f.get("user:1"), `"old"`) || f.exists("user:2") }
 			if c.unsafe {
-				waitFor(t, 30*time.Second, "the woken leader's plain SETs to bring the old rows back", stale)
+				harness.WaitFor(t, 30*time.Second, "the woken leader's plain SETs to bring the old rows back", stale)
 				t.Logf("negative control: user:1 = %s, user:2 = %s after the old leader woke up", f.get("user:1"), f.get("user:2"))
 				return
 			}
-			waitFor(t, 60*time.Second, "the woken leader to step back as standby", func() bool {
-				out := a.out.String()
+			harness.WaitFor(t, 60*time.Second, "the woken leader to step back as standby", func() bool {
+				out := a.Output()
 				i := strings.Index(out, "failpoint sink-before-refresh")
 				return i >= 0 && strings.Contains(out[i:], "waiting as standby")
 			})
@@ -92,9 +92,9 @@ rules:
 			if v := f.get("user:1"); !strings.Contains(v, `"new"`) {
 				t.Fatalf("user:1 = %q, want the newer row", v)
 			}
-			for _, p := range []*proc{a, b} {
-				if code, _ := p.term(t); code != 0 {
-					t.Fatalf("exit code %d; output:\n%s", code, p.out.String())
+			for _, p := range []*harness.Process{a, b} {
+				if code, _ := p.TermT(t, 30*time.Second); code != 0 {
+					t.Fatalf("exit code %d; output:\n%s", code, p.Output())
 				}
 			}
 		})

@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // takeoverAfterRewind runs one "takeover after Redis went back in time"
@@ -18,23 +20,23 @@ import (
 // watermark are back), and the leader is killed. The standby takes over;
 // its session's checks must find the watermark below the slot's confirmed
 // position and flush. It returns the check and the new leader.
-func takeoverAfterRewind(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, leader *proc, i int) (checkResult, *proc) {
+func takeoverAfterRewind(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, leader *harness.Process, i int) (checkResult, *harness.Process) {
 	aof := f.aofDir()
 	saved := filepath.Join(t.TempDir(), "aof")
 	standby := f.startEngine()
-	waitFor(t, 60*time.Second, "the second engine to wait as standby", func() bool {
-		return strings.Contains(standby.out.String(), "waiting as standby")
+	harness.WaitFor(t, 60*time.Second, "the second engine to wait as standby", func() bool {
+		return strings.Contains(standby.Output(), "waiting as standby")
 	})
 	r := f.cycle(sc, rng, defaultLoad, fmt.Sprintf("run %d", i), func(l *load) {
 		f.saveAOF(aof, saved)
 		sleepRand(rng, 800*time.Millisecond, 1500*time.Millisecond)
 	}, func() {
 		f.barrier(60 * time.Second) // the leader applied everything
-		if err := leader.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		if err := leader.Signal(syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
 		f.restartFromAOF(aof, saved)
-		leader.kill9(t)
+		leader.KillT(t)
 		sc.fault("leader frozen, Redis restarted from an older AOF, leader killed: standby takes over")
 	})
 	return r, standby
@@ -51,8 +53,8 @@ func TestTakeoverAfterRedisRewind(t *testing.T) {
 	for i := 1; i <= runs(1); i++ {
 		var r checkResult
 		r, leader = takeoverAfterRewind(t, sc, f, rng, leader, i)
-		if !strings.Contains(leader.out.String(), "below the slot's confirmed position") {
-			t.Errorf("run %d: the new leader did not flush for the rewind (%s); output:\n%s", i, r, lastLines(leader.out.String(), 20))
+		if !strings.Contains(leader.Output(), "below the slot's confirmed position") {
+			t.Errorf("run %d: the new leader did not flush for the rewind (%s); output:\n%s", i, r, leader.Tail(20))
 		} else {
 			sc.note("run %d: the new leader flushed at takeover (watermark below the slot)", i)
 		}

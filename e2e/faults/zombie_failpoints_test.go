@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // zombieRefreshRun is one run of a zombie leader: the leader is replaced by
@@ -20,17 +22,17 @@ import (
 // standby applies it, and the frozen leader is resumed: it sends its
 // batch of older rows, then steps back as a standby. It returns the new
 // leader; the old one is stopped.
-func zombieRefreshRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, leader *proc, env []string, i int) *proc {
+func zombieRefreshRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, leader *harness.Process, env []string, i int) *harness.Process {
 	n := 1 + rng.IntN(20)
-	var zombie, next *proc
+	var zombie, next *harness.Process
 	f.cycle(sc, rng, defaultLoad, fmt.Sprintf("run %d (sink-before-refresh:%d, SIGSTOP)", i, n), func(l *load) {
 		sleepRand(rng, 100*time.Millisecond, 400*time.Millisecond)
-		if code := leader.term(t); code != 0 {
+		if code, _ := leader.TermT(t, 30*time.Second); code != 0 {
 			t.Fatalf("SIGTERM before arming: exit code %d", code)
 		}
 		zombie = f.startEngine(append(env, fmt.Sprintf("CDC_FAILPOINT=sink-before-refresh:%d", n), "CDC_FAILPOINT_ACTION=stop")...)
-		waitFor(t, 90*time.Second, "the armed leader to freeze at sink-before-refresh", func() bool {
-			return strings.Contains(zombie.out.String(), "failpoint sink-before-refresh: SIGSTOP")
+		harness.WaitFor(t, 90*time.Second, "the armed leader to freeze at sink-before-refresh", func() bool {
+			return strings.Contains(zombie.Output(), "failpoint sink-before-refresh: SIGSTOP")
 		})
 		sc.fault("leader frozen with refresh writes in hand")
 		next = f.startStreaming(env...) // after the frozen walsender's timeout
@@ -39,18 +41,18 @@ func zombieRefreshRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, le
 		f.exec(`UPDATE users SET name = name || '+'`)
 		f.exec(`UPDATE orders SET note = note || '+'`)
 		f.barrier(90 * time.Second)
-		if err := zombie.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		if err := zombie.Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
 		sc.fault("frozen leader resumed after the standby applied newer rows")
-		waitFor(t, 60*time.Second, "the resumed leader to step back as standby", func() bool {
-			out := zombie.out.String()
+		harness.WaitFor(t, 60*time.Second, "the resumed leader to step back as standby", func() bool {
+			out := zombie.Output()
 			k := strings.Index(out, "failpoint sink-before-refresh")
 			return k >= 0 && strings.Contains(out[k:], "waiting as standby")
 		})
 	})
-	if code := zombie.term(t); code != 0 {
-		t.Fatalf("resumed leader: exit code %d; output:\n%s", code, lastLines(zombie.out.String(), 30))
+	if code, _ := zombie.TermT(t, 30*time.Second); code != 0 {
+		t.Fatalf("resumed leader: exit code %d; output:\n%s", code, zombie.Tail(30))
 	}
 	return next
 }
