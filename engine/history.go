@@ -71,7 +71,9 @@ func (e *Engine) checkHistory(ctx context.Context, rdb *redis.Client, sk *sink.S
 	}
 	switch {
 	case lost != "" && e.cfg.Consistency.OnHistoryLost != config.HistoryLostFlush:
-		return &SetupError{[]string{lost + "; flush the keys the rules manage (patterns: " + fmt.Sprint(e.mapper.Globs()) + ") and start again, or set consistency.on_history_lost: flush to let cdcinvalidate do it"}}
+		return &SetupError{[]string{lost + "; flush the keys the rules manage " +
+			"(patterns: " + fmt.Sprint(e.mapper.Globs()) + ") and start again, " +
+			"or set consistency.on_history_lost: flush to let cdcinvalidate do it"}}
 	case lost != "":
 		e.log.Error("cannot prove the cache saw every change; flushing every managed key before streaming", zap.String("reason", lost), zap.Strings("patterns", e.mapper.Globs()))
 	case first != "" && e.cfg.Consistency.OnFirstStart == config.FirstStartFlush:
