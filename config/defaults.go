@@ -49,6 +49,13 @@ func setZero[T comparable](p *T, def T) {
 	}
 }
 
+// SoftMemoryLimit is the garbage collector's soft memory limit the command
+// sets unless GOMEMLIMIT is given: the streamed-transaction buffer plus
+// defaults.SoftMemoryHeadroom.
+func (c *Config) SoftMemoryLimit() int64 {
+	return int64(c.Postgres.TxnBufferMB)<<20 + defaults.SoftMemoryHeadroom
+}
+
 // LeaseFenceOrDefault returns client.lease_fence with its default.
 func (c Client) LeaseFenceOrDefault() time.Duration {
 	if c.LeaseFence == nil {

@@ -332,7 +332,7 @@ func setMemoryLimit(cfg *config.Config, log *zap.Logger) {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return
 	}
-	limit := int64(cfg.Postgres.TxnBufferMB)<<20 + 32<<20
+	limit := cfg.SoftMemoryLimit()
 	debug.SetMemoryLimit(limit)
 	log.Debug("soft memory limit", zap.Int64("bytes", limit))
 }

@@ -86,4 +86,7 @@ const (
 	// GatherWait is how long a batch waits for more events while the
 	// engine catches up on a backlog.
 	GatherWait = 2 * time.Millisecond
+	// SoftMemoryHeadroom is what the garbage collector's soft limit
+	// (GOMEMLIMIT, unless set) allows above postgres.txn_buffer_mb.
+	SoftMemoryHeadroom = 32 << 20
 )
