@@ -121,7 +121,7 @@ var fieldRE = regexp.MustCompile(`field (\S+) not found in type config\.(\w+)`)
 func unknownField(m string) string {
 	if g := fieldRE.FindStringSubmatch(m); g != nil {
 		msg := fmt.Sprintf("unknown option %q in %s (check the spelling against "+
-			"the configuration reference in README.md)", g[1], strings.ToLower(g[2]))
+			"the configuration reference in docs/configuration.md)", g[1], strings.ToLower(g[2]))
 		return strings.Replace(m, g[0], msg, 1)
 	}
 	return m
