@@ -681,7 +681,8 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 		return nil
 	}
 	if !s.cfg.FlushOnHistoryLost {
-		return &PermanentError{fmt.Errorf("%w: %s; flush the managed keys and restart, or set consistency.on_history_lost: flush", ErrHistoryLost, s.mustFlush)}
+		return &PermanentError{fmt.Errorf("%w: %s; flush the managed keys and restart, "+
+			"or set consistency.on_history_lost: flush", ErrHistoryLost, s.mustFlush)}
 	}
 	s.log.Error("redis went back in time; flushing every managed key", zap.String("reason", s.mustFlush), zap.Strings("patterns", s.flushPatterns()))
 	if err := s.Flush(ctx); err != nil {
