@@ -296,7 +296,8 @@ func load(t *testing.T) manifests {
 	decode(t, "service.yaml", &m.service)
 	decode(t, "pdb.yaml", &m.pdb)
 	decode(t, "servicemonitor.yaml", &m.monitor)
-	checkKind(t, "kustomization.yaml", m.kustomization.APIVersion, m.kustomization.Kind, "kustomize.config.k8s.io/v1beta1", "Kustomization")
+	checkKind(t, "kustomization.yaml", m.kustomization.APIVersion, m.kustomization.Kind,
+		"kustomize.config.k8s.io/v1beta1", "Kustomization")
 	checkKind(t, "serviceaccount.yaml", m.account.APIVersion, m.account.Kind, "v1", "ServiceAccount")
 	checkKind(t, "configmap.yaml", m.config.APIVersion, m.config.Kind, "v1", "ConfigMap")
 	checkKind(t, "secret.example.yaml", m.secret.APIVersion, m.secret.Kind, "v1", "Secret")
@@ -352,8 +353,19 @@ func TestConfigMapLoadsWithDeploymentEnv(t *testing.T) {
 	if cfg.Redis.Password == "" {
 		t.Error("redis.password is empty: CDC_REDIS_PASSWORD from the Secret did not arrive")
 	}
-	if !strings.Contains(m.config.Data[path.Base(file)], "dsn: set by CDC_POSTGRES_DSN") || strings.Contains(m.config.Data[path.Base(file)], "CHANGE_ME") {
-		t.Error("the ConfigMap must leave the DSN to the Secret")
+	// Secrets stay out of the ConfigMap: no postgres.dsn, no redis.password.
+	var plain struct {
+		Postgres map[string]any `yaml:"postgres"`
+		Redis    map[string]any `yaml:"redis"`
+	}
+	if err := yaml.Unmarshal([]byte(m.config.Data[path.Base(file)]), &plain); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := plain.Postgres["dsn"]; ok {
+		t.Error("the ConfigMap sets postgres.dsn: leave it to CDC_POSTGRES_DSN from the Secret")
+	}
+	if _, ok := plain.Redis["password"]; ok {
+		t.Error("the ConfigMap sets redis.password: leave it to CDC_REDIS_PASSWORD from the Secret")
 	}
 	// The --config path is the mounted ConfigMap key.
 	spec := m.deploy.Spec.Template.Spec
@@ -454,7 +466,8 @@ func TestProbesMatchEngine(t *testing.T) {
 		t.Fatalf("metrics.listen %q: the probes need the HTTP server (%v)", cfg.Metrics.Listen, err)
 	}
 	if host, _, _ := net.SplitHostPort(cfg.Metrics.Listen); host != "" && host != "0.0.0.0" && host != "::" {
-		t.Errorf("metrics.listen %q: the kubelet probes the pod IP, listen on all interfaces (\":%s\")", cfg.Metrics.Listen, listenPort)
+		t.Errorf("metrics.listen %q: the kubelet probes the pod IP, listen on all interfaces (\":%s\")",
+			cfg.Metrics.Listen, listenPort)
 	}
 	ports := map[string]int{}
 	for _, p := range c.Ports {
@@ -475,8 +488,9 @@ func TestProbesMatchEngine(t *testing.T) {
 				name, p.TimeoutSeconds, p.PeriodSeconds, p.FailureThreshold)
 		}
 	}
-	if !strings.HasPrefix(c.LivenessProbe.HTTPGet.Path, "/healthz") || !strings.HasPrefix(c.ReadinessProbe.HTTPGet.Path, "/readyz") {
-		t.Errorf("liveness %s, readiness %s: want /healthz and /readyz", c.LivenessProbe.HTTPGet.Path, c.ReadinessProbe.HTTPGet.Path)
+	live, ready := c.LivenessProbe.HTTPGet.Path, c.ReadinessProbe.HTTPGet.Path
+	if !strings.HasPrefix(live, "/healthz") || !strings.HasPrefix(ready, "/readyz") {
+		t.Errorf("liveness %s, readiness %s: want /healthz and /readyz", live, ready)
 	}
 	get := func(state string, failed bool, p string) int {
 		mt := metrics.New("test", cfg.Metrics.ReadyMaxLag)
@@ -488,7 +502,6 @@ func TestProbesMatchEngine(t *testing.T) {
 		mt.Handler(false).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, p, nil))
 		return rec.Code
 	}
-	live, ready := c.LivenessProbe.HTTPGet.Path, c.ReadinessProbe.HTTPGet.Path
 	for _, tc := range []struct {
 		state             string
 		failed            bool
@@ -568,7 +581,8 @@ func TestMetricsScraping(t *testing.T) {
 		}
 	}
 	if !selects(m.monitor.Spec.Selector.MatchLabels, s.Metadata.Labels) {
-		t.Errorf("ServiceMonitor selector %v does not select the Service labels %v", m.monitor.Spec.Selector.MatchLabels, s.Metadata.Labels)
+		t.Errorf("ServiceMonitor selector %v does not select the Service labels %v",
+			m.monitor.Spec.Selector.MatchLabels, s.Metadata.Labels)
 	}
 	if len(m.monitor.Spec.Endpoints) == 0 {
 		t.Fatal("ServiceMonitor has no endpoints")
@@ -645,8 +659,9 @@ func TestResourcesAndSecurity(t *testing.T) {
 	}
 	writable := false
 	for _, vm := range c.VolumeMounts {
+		under := spill == vm.MountPath || strings.HasPrefix(spill, vm.MountPath+"/")
 		for _, v := range spec.Volumes {
-			if v.Name == vm.Name && v.EmptyDir != nil && !vm.ReadOnly && (spill == vm.MountPath || strings.HasPrefix(spill, vm.MountPath+"/")) {
+			if v.Name == vm.Name && v.EmptyDir != nil && !vm.ReadOnly && under {
 				writable = true
 			}
 		}
