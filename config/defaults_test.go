@@ -2,7 +2,10 @@ package config
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -21,19 +24,22 @@ rules:
     actions: [version, publish, stream, generation]
 `
 
-// TestSchemaDefaultsMatchConfig checks every "default" of the JSON Schema
-// against what the loader fills in for a configuration that leaves the
-// option out, so the documented defaults and defaults.go cannot drift apart.
-func TestSchemaDefaultsMatchConfig(t *testing.T) {
-	t.Parallel()
+// loadedDefaults loads a configuration that leaves every option out and
+// returns it with the effective value of the options whose default is not
+// the loaded field itself: nil pointers that mean true, and rule options
+// that the mapping fills in.
+func loadedDefaults(t *testing.T) (*Config, map[string]any) {
+	t.Helper()
 	cfg, err := Parse("minimal.yaml", []byte(minimalYAML), noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	acts := cfg.MappingRules("minimal.yaml")[0].Actions
-	// Options whose default is not the loaded field itself: nil pointers
-	// that mean true, and rule options that the mapping fills in.
-	effective := map[string]any{
+	truncate := TruncateScan
+	if acts.TruncateGeneration {
+		truncate = TruncateGeneration
+	}
+	return cfg, map[string]any{
 		"postgres.streaming":                  cfg.Postgres.StreamingEnabled(),
 		"sink.watermark":                      cfg.WatermarkKey() != "",
 		"client.lease_fence":                  cfg.Client.LeaseFenceOrDefault(),
@@ -41,10 +47,18 @@ func TestSchemaDefaultsMatchConfig(t *testing.T) {
 		"rules[].publish_channel":             acts.PublishChannel,
 		"rules[].stream_key":                  acts.StreamKey,
 		"rules[].stream_maxlen":               acts.StreamMaxLen,
-		"rules[].on_truncate":                 map[bool]string{false: string(TruncateScan), true: string(TruncateGeneration)}[acts.TruncateGeneration],
+		"rules[].on_truncate":                 truncate,
 		"rules[].refresh_ttl_jitter":          cfg.Rules[0].RefreshTTLJitter,
 		"rules[].unsafe_allow_stale_old_keys": cfg.Rules[0].UnsafeAllowStaleOldKeys,
 	}
+}
+
+// TestSchemaDefaultsMatchConfig checks every "default" of the JSON Schema
+// against what the loader fills in for a configuration that leaves the
+// option out, so the documented defaults and defaults.go cannot drift apart.
+func TestSchemaDefaultsMatchConfig(t *testing.T) {
+	t.Parallel()
+	cfg, effective := loadedDefaults(t)
 	root := loadSchema(t)
 	checked := 0
 	var walk func(path string, v reflect.Value, node map[string]any)
@@ -190,4 +204,72 @@ func TestDefaultSpellingsAreValid(t *testing.T) {
 			t.Error(msg)
 		}
 	}
+}
+
+// TestDocumentedDefaultsMatchConfig checks the Default column of the
+// configuration reference (docs/configuration.md) wherever it shows a
+// value (`10s`, `64`, `unlink`) against what the loader fills in; words
+// such as "none" or "system temp dir" are not checked.
+func TestDocumentedDefaultsMatchConfig(t *testing.T) {
+	t.Parallel()
+	cfg, effective := loadedDefaults(t)
+	const doc = "docs/configuration.md"
+	data, err := os.ReadFile(filepath.Join("..", doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile("^\\| `([a-z_]+)` \\| `([^`|]+)` \\|")
+	section, checked := "", 0
+	for i, line := range strings.Split(string(data), "\n") {
+		if name, ok := strings.CutPrefix(line, "## `"); ok {
+			section = strings.TrimSuffix(name, "`")
+			continue
+		}
+		m := row.FindStringSubmatch(line)
+		if m == nil || section == "" {
+			continue
+		}
+		path := section + "." + m[1]
+		if section == "rules" {
+			path = "rules[]." + m[1]
+		}
+		got, ok := effective[path]
+		if !ok {
+			v, found := fieldAt(reflect.ValueOf(*cfg), strings.Split(path, "."))
+			if !found {
+				if section != "rules" {
+					t.Errorf("%s:%d: %s is not an option of config.Config", doc, i+1, path)
+				}
+				continue
+			}
+			got = v.Interface()
+		}
+		checked++
+		if fmt.Sprint(got) != m[2] {
+			t.Errorf("%s:%d: %s is documented with default %s, the loader fills in %v", doc, i+1, path, m[2], got)
+		}
+	}
+	if checked < 25 {
+		t.Errorf("only %d documented defaults checked; has the table format of %s changed?", checked, doc)
+	}
+}
+
+// fieldAt follows yaml names through nested structs.
+func fieldAt(v reflect.Value, names []string) (reflect.Value, bool) {
+	for _, name := range names {
+		if v.Kind() != reflect.Struct {
+			return reflect.Value{}, false
+		}
+		found := false
+		for i := 0; i < v.NumField(); i++ {
+			if f := v.Type().Field(i); f.IsExported() && yamlName(f) == name {
+				v, found = v.Field(i), true
+				break
+			}
+		}
+		if !found {
+			return reflect.Value{}, false
+		}
+	}
+	return v, true
 }

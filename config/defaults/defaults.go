@@ -6,8 +6,9 @@
 //
 // It imports nothing, so every package can use it: replication and sink
 // cannot import config (config imports mapping, which imports replication).
-// The documented defaults (README, cdcinvalidate.schema.json) are checked
-// against these values by the config tests.
+// The documented defaults (docs/configuration.md and the JSON Schema
+// config/cdcinvalidate.schema.json) are checked against what the loader
+// fills in by config/defaults_test.go.
 package defaults
 
 import "time"
