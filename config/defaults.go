@@ -37,6 +37,7 @@ func (c *Config) setDefaults() {
 	setZero(&s.MaxBackoff, defaults.SinkBackoff)
 	setZero(&c.Metrics.ReadyMaxLag, defaults.ReadyMaxLag)
 	setZero(&c.Metrics.SlotPollInterval, defaults.SlotPollInterval)
+	c.Verify.setDefaults()
 	setZero(&c.Log.Level, defaults.LogLevel)
 	setZero(&c.Log.Format, defaults.LogFormat)
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
@@ -70,7 +71,7 @@ func TestSchemaDefaultsMatchConfig(t *testing.T) {
 			if !ok {
 				got = v.Interface()
 			}
-			if fmt.Sprint(got) != fmt.Sprint(def) {
+			if !sameDefault(got, fmt.Sprint(def)) {
 				t.Errorf("%s: the schema's default is %v, the loader fills in %v", path, def, got)
 			}
 		}
@@ -245,7 +246,7 @@ func TestDocumentedDefaultsMatchConfig(t *testing.T) {
 			got = v.Interface()
 		}
 		checked++
-		if fmt.Sprint(got) != m[2] {
+		if !sameDefault(got, m[2]) {
 			t.Errorf("%s:%d: %s is documented with default %s, the loader fills in %v", doc, i+1, path, m[2], got)
 		}
 	}
@@ -272,4 +273,27 @@ func fieldAt(v reflect.Value, names []string) (reflect.Value, bool) {
 		}
 	}
 	return v, true
+}
+
+// sameDefault reports whether a loaded value is the documented one:
+// durations compare by value ("60s" is 1m0s), lists of durations element by
+// element ("[1s, 60s]" or "[1s 60s]"), anything else by its printed form.
+func sameDefault(got any, documented string) bool {
+	switch g := got.(type) {
+	case time.Duration:
+		d, err := time.ParseDuration(documented)
+		return err == nil && d == g
+	case []time.Duration:
+		words := strings.FieldsFunc(strings.Trim(documented, "[]"), func(r rune) bool { return r == ',' || r == ' ' })
+		if len(words) != len(g) {
+			return false
+		}
+		for i, w := range words {
+			if d, err := time.ParseDuration(w); err != nil || d != g[i] {
+				return false
+			}
+		}
+		return true
+	}
+	return fmt.Sprint(got) == documented
 }

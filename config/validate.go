@@ -71,6 +71,7 @@ func (c *Config) validate(loc locator) []Problem {
 		add("postgres.wal_sender_timeout", "wal_sender_timeout %s must be at least twice status_interval (%s), "+
 			"or the server drops the engine between two status updates", w, c.Postgres.StatusInterval)
 	}
+	c.Verify.validate(add)
 	enum := func(path, msg string) {
 		if msg != "" {
 			add(path, "%s", msg)

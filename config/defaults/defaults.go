@@ -55,6 +55,13 @@ const (
 	SlotPollInterval = 15 * time.Second
 )
 
+// verify section (the windows are config.DefaultVerifyWindows: a slice
+// cannot be a constant).
+const (
+	VerifySampleRate = 1000
+	VerifyMaxPending = 10000
+)
+
 // log section (spellings of config.LogLevel and LogFormat).
 const (
 	LogLevel  = "info"
