@@ -125,8 +125,8 @@ func TestStandbyReadiness(t *testing.T) {
 	envB, baseB := listen()
 	a := f.startBinaryStreaming(f.cfgPath, envA)
 	b := f.startBinary(f.cfgPath, envB)
-	waitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
-		return strings.Contains(b.out.String(), "waiting as standby")
+	harness.WaitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
+		return strings.Contains(b.Output(), "waiting as standby")
 	})
 	status := func(url string) int {
 		resp, err := http.Get(url)
@@ -137,7 +137,7 @@ func TestStandbyReadiness(t *testing.T) {
 		return resp.StatusCode
 	}
 	// The standby's state reaches the metrics a moment after its log line.
-	waitFor(t, 10*time.Second, "the standby's plain /readyz to answer 503", func() bool {
+	harness.WaitFor(t, 10*time.Second, "the standby's plain /readyz to answer 503", func() bool {
 		return status(baseB+"/readyz") == 503
 	})
 	for _, c := range []struct {
@@ -151,14 +151,14 @@ func TestStandbyReadiness(t *testing.T) {
 			t.Errorf("GET %s = %d, want %d", c.url, got, c.want)
 		}
 	}
-	if code, _ := a.term(t); code != 0 {
+	if code, _ := a.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("leader exit code %d", code)
 	}
-	waitFor(t, 30*time.Second, "the former standby to stream and be ready on plain /readyz", func() bool {
+	harness.WaitFor(t, 30*time.Second, "the former standby to stream and be ready on plain /readyz", func() bool {
 		return status(baseB+"/readyz") == 200
 	})
 	f.invalidationWorks(1, 30*time.Second)
-	if code, _ := b.term(t); code != 0 {
+	if code, _ := b.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("standby-turned-leader exit code %d", code)
 	}
 }
