@@ -162,7 +162,7 @@ func TestSessionChecksRunInOrder(t *testing.T) {
 	ctx := context.Background()
 	const mark = "cdcinvalidate:s:lsn"
 	var calls []string
-	cfg := Config{Client: rdb, WatermarkKey: mark, OnHistoryLost: "stop",
+	cfg := Config{Client: rdb, WatermarkKey: mark, // FlushOnHistoryLost false: stop
 		OnSession: func(ctx context.Context, start replication.LSN) error {
 			n, _ := rdb.Exists(ctx, "before").Result()
 			calls = append(calls, fmt.Sprintf("%s before=%d", start, n))
