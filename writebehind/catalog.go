@@ -14,9 +14,9 @@ import (
 // tableInfo is a mapped table with one set of key columns, as the
 // catalog describes it; the flusher builds its statements from it.
 type tableInfo struct {
-	qualified string         // sanitized schema.table
-	keyCols   []string       // sorted
-	keyPos    map[string]int // column -> index in keyCols
+	qualified string            // sanitized schema.table
+	keyCols   []string          // sorted
+	keyPos    map[string]int    // column -> index in keyCols
 	types     map[string]string // column -> format_type
 	cats      map[string]string // column -> pg_type.typcategory
 	sql       map[string]string // upsert text by column list

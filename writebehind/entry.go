@@ -28,7 +28,9 @@ func parseStreamID(s string) (streamID, error) {
 	return streamID{ms, seq}, nil
 }
 
-func (id streamID) String() string { return strconv.FormatUint(id.ms, 10) + "-" + strconv.FormatUint(id.seq, 10) }
+func (id streamID) String() string {
+	return strconv.FormatUint(id.ms, 10) + "-" + strconv.FormatUint(id.seq, 10)
+}
 
 func (id streamID) less(o streamID) bool {
 	return id.ms < o.ms || (id.ms == o.ms && id.seq < o.seq)
