@@ -15,24 +15,14 @@ import (
 
 	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 	"github.com/cdcinvalidate/cdcinvalidate/writebehind"
+	"github.com/cdcinvalidate/cdcinvalidate/writebehind/internal/wbtest"
 )
 
-// testSchema is the tables of the tests' mappings.
-const testSchema = `
-CREATE TABLE IF NOT EXISTS counters (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS post_stats (id bigint PRIMARY KEY, views bigint, likes integer, title text);
-CREATE TABLE IF NOT EXISTS scores (board text NOT NULL, player text NOT NULL, score bigint, PRIMARY KEY (board, player));
-`
-
-// testMappings are shared by writers and flushers of the tests (and by the
-// helper binary in internal/wbflusher).
-var testMappings = []writebehind.Mapping{
-	{Key: "counter:{id}", Table: "counters", Column: "n", Mode: writebehind.Add},
-	{Key: "post:{id}:views", Table: "post_stats", Column: "views", Mode: writebehind.Add},
-	{Key: "post:{id}:likes", Table: "post_stats", Column: "likes", Mode: writebehind.Add},
-	{Key: "post:{id}:title", Table: "post_stats", Column: "title", Mode: writebehind.Set},
-	{Key: "score:{board}:{player}", Table: "scores", Column: "score", Mode: writebehind.Add},
-}
+// testSchema and testMappings are shared with the helper binary.
+var (
+	testSchema   = wbtest.Schema
+	testMappings = wbtest.Mappings()
+)
 
 // env is a PostgreSQL and a Redis of one test.
 type env struct {

@@ -24,7 +24,7 @@ type build struct {
 
 var (
 	buildsMu sync.Mutex
-	builds   = map[string]*build{} // by build tags
+	builds   = map[string]*build{} // by package and build tags
 )
 
 // BuildEngine builds ./cmd/cdcinvalidate of this module with go build -o,
@@ -41,40 +41,49 @@ func BuildEngine(t testing.TB) string {
 // "failpoints"), once per test process and set of tags.
 func BuildEngineTags(t testing.TB, tags string) string {
 	t.Helper()
+	return BuildCommand(t, enginePkg, tags)
+}
+
+// BuildCommand builds the main package pkg of this module (relative to the
+// module root, e.g. "./writebehind/internal/wbflusher") with go build -o
+// and -tags tags (may be empty), once per test process, package and tags,
+// and returns the binary's path. See BuildEngine.
+func BuildCommand(t testing.TB, pkg, tags string) string {
+	t.Helper()
 	buildsMu.Lock()
-	b := builds[tags]
+	b := builds[pkg+"\x00"+tags]
 	if b == nil {
 		b = &build{}
-		builds[tags] = b
+		builds[pkg+"\x00"+tags] = b
 	}
 	buildsMu.Unlock()
-	b.once.Do(func() { b.path, b.err = buildEngine(tags) })
+	b.once.Do(func() { b.path, b.err = buildPackage(pkg, tags) })
 	if b.err != nil {
 		t.Fatalf("harness: %v", b.err)
 	}
 	return b.path
 }
 
-func buildEngine(tags string) (string, error) {
+func buildPackage(pkg, tags string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
-		return "", fmt.Errorf("build engine: %w", err)
+		return "", fmt.Errorf("build %s: %w", pkg, err)
 	}
 	removeStaleBuilds()
 	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-*", buildDirPrefix, os.Getpid()))
 	if err != nil {
-		return "", fmt.Errorf("build engine: %w", err)
+		return "", fmt.Errorf("build %s: %w", pkg, err)
 	}
-	bin := filepath.Join(dir, "cdcinvalidate")
+	bin := filepath.Join(dir, filepath.Base(pkg))
 	args := []string{"build", "-o", bin}
 	if tags != "" {
 		args = append(args, "-tags", tags)
 	}
-	cmd := exec.Command("go", append(args, enginePkg)...)
+	cmd := exec.Command("go", append(args, pkg)...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		_ = os.RemoveAll(dir)
-		return "", fmt.Errorf("build engine: go %s in %s: %w\n%s", strings.Join(cmd.Args[1:], " "), root, err, bytes.TrimSpace(out))
+		return "", fmt.Errorf("build %s: go %s in %s: %w\n%s", pkg, strings.Join(cmd.Args[1:], " "), root, err, bytes.TrimSpace(out))
 	}
 	return bin, nil
 }
