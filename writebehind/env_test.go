@@ -61,6 +61,13 @@ func newEnv(t *testing.T, o envOpts) *env {
 	return e
 }
 
+// sub is e for subtest t: its failures end t, not the parent.
+func (e *env) sub(t *testing.T) *env {
+	c := *e
+	c.t = t
+	return &c
+}
+
 func (e *env) exec(sql string, args ...any) {
 	e.t.Helper()
 	if _, err := e.db.Exec(context.Background(), sql, args...); err != nil {

@@ -219,6 +219,7 @@ func TestFaultsExactlyOnce(t *testing.T) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 
 	t.Run("kill9", func(t *testing.T) {
+		e := e.sub(t)
 		w := e.writer(writebehind.WriterOptions{MaxLen: 100_000})
 		l := startWorkload(t, w, counterKeys(0, 20), 4)
 		for round := range 6 {
@@ -252,6 +253,7 @@ func TestFaultsExactlyOnce(t *testing.T) {
 	})
 
 	t.Run("postgres-restart", func(t *testing.T) {
+		e := e.sub(t)
 		w := e.writer(writebehind.WriterOptions{MaxLen: 100_000})
 		l := startWorkload(t, w, counterKeys(100, 20), 4)
 		p := e.startFlusherProc(nil)
@@ -273,6 +275,7 @@ func TestFaultsExactlyOnce(t *testing.T) {
 	})
 
 	t.Run("redis-restart-aof", func(t *testing.T) {
+		e := e.sub(t)
 		w := e.writer(writebehind.WriterOptions{MaxLen: 100_000})
 		l := startWorkload(t, w, counterKeys(200, 20), 4)
 		p := e.startFlusherProc(nil)
@@ -294,6 +297,7 @@ func TestFaultsExactlyOnce(t *testing.T) {
 	})
 
 	t.Run("negative-control-ack-before-commit", func(t *testing.T) {
+		e := e.sub(t)
 		const stream = "wb-negative"
 		w := e.writer(writebehind.WriterOptions{Stream: stream})
 		l := startWorkload(t, w, counterKeys(1000, 5), 2)
