@@ -73,6 +73,9 @@ type FlusherOptions struct {
 	// StandbyPoll is how often a flusher that does not hold the stream's
 	// lock (another one applies) tries again. Default 1s.
 	StandbyPoll time.Duration
+	// OnWindow, if set, is called after each window committed (on the
+	// flusher's goroutine: keep it short). Default: none.
+	OnWindow func(WindowStats)
 	// Registerer, if set, gets the flusher's metrics
 	// (cdcinvalidate_writebehind_*).
 	Registerer prometheus.Registerer
@@ -517,7 +520,7 @@ func (s *session) flush(ctx context.Context) error {
 		}
 		failpoint.Hit("wb-after-early-ack")
 	}
-	newLast, applied, err := s.commit(ctx, w)
+	newLast, done, err := s.commit(ctx, w)
 	if err != nil {
 		return err
 	}
@@ -528,10 +531,13 @@ func (s *session) flush(ctx context.Context) error {
 		}
 	}
 	failpoint.Hit("wb-after-ack")
-	if applied > 0 {
-		lag := time.Since(w[0].id.time())
-		f.met.lag.Observe(lag.Seconds())
-		f.Stats.lastLagNanos.Store(int64(lag))
+	if done.entries > 0 {
+		done.Lag = time.Since(w[0].id.time())
+		f.met.lag.Observe(done.Lag.Seconds())
+		f.Stats.lastLagNanos.Store(int64(done.Lag))
+		if f.opt.OnWindow != nil {
+			f.opt.OnWindow(done.WindowStats)
+		}
 	}
 	s.last = newLast
 	// Trim what is applied, keeping the last applied entry (MINID keeps
@@ -543,22 +549,39 @@ func (s *session) flush(ctx context.Context) error {
 	return nil
 }
 
+// WindowStats describe one committed window.
+type WindowStats struct {
+	// Entries and Ops are the stream entries and operations applied.
+	Entries, Ops int
+	// Skipped are entries of the window applied before (redelivered).
+	Skipped int
+	// Rows are the rows written (one upsert each).
+	Rows int
+	// Lag is the age of the window's oldest entry at its commit.
+	Lag time.Duration
+}
+
+type applied struct {
+	WindowStats
+	entries int
+}
+
 // commit runs the window's transaction and returns the new last applied ID
-// and how many entries it applied (not skipped).
-func (s *session) commit(ctx context.Context, w []entry) (streamID, int, error) {
+// and what it applied.
+func (s *session) commit(ctx context.Context, w []entry) (streamID, applied, error) {
 	f := s.f
 	tx, err := s.conn.Begin(ctx)
 	if err != nil {
-		return streamID{}, 0, fmt.Errorf("begin: %w", err)
+		return streamID{}, applied{}, fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
 	var lastStr string
 	if err := tx.QueryRow(ctx, `SELECT last_id FROM `+f.offsets+` WHERE stream = $1 AND grp = $2 FOR UPDATE`, f.opt.Stream, f.opt.Group).Scan(&lastStr); err != nil {
-		return streamID{}, 0, fmt.Errorf("read the last applied entry: %w", err)
+		return streamID{}, applied{}, fmt.Errorf("read the last applied entry: %w", err)
 	}
 	last, err := parseStreamID(lastStr)
 	if err != nil {
-		return streamID{}, 0, permanent(fmt.Errorf("%s: %w", f.offsets, err))
+		return streamID{}, applied{}, permanent(fmt.Errorf("%s: %w", f.offsets, err))
 	}
 	fresh := w[:0:0]
 	for _, e := range w {
@@ -569,11 +592,11 @@ func (s *session) commit(ctx context.Context, w []entry) (streamID, int, error) 
 	skipped := len(w) - len(fresh)
 	if len(fresh) == 0 {
 		f.Stats.EntriesSkipped.Add(uint64(skipped))
-		return last, 0, nil // all applied before: only acknowledge
+		return last, applied{}, nil // all applied before: only acknowledge
 	}
 	rows, ops, err := aggregate(f.mappings, s.tables, fresh)
 	if err != nil {
-		return streamID{}, 0, permanent(err)
+		return streamID{}, applied{}, permanent(err)
 	}
 	b := &pgx.Batch{}
 	for _, rw := range rows {
@@ -583,18 +606,18 @@ func (s *session) commit(ctx context.Context, w []entry) (streamID, int, error) 
 	newLast := fresh[len(fresh)-1].id
 	b.Queue(`UPDATE `+f.offsets+` SET last_id = $3, updated_at = now() WHERE stream = $1 AND grp = $2`, f.opt.Stream, f.opt.Group, newLast.String())
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return streamID{}, 0, pgClass(fmt.Errorf("apply a window of %d entries (%s..%s) to %d rows: %w", len(fresh), fresh[0].id, newLast, len(rows), err))
+		return streamID{}, applied{}, pgClass(fmt.Errorf("apply a window of %d entries (%s..%s) to %d rows: %w", len(fresh), fresh[0].id, newLast, len(rows), err))
 	}
 	failpoint.Hit("wb-before-commit")
 	if err := tx.Commit(ctx); err != nil {
-		return streamID{}, 0, fmt.Errorf("commit a window (%s..%s): %w", fresh[0].id, newLast, err)
+		return streamID{}, applied{}, fmt.Errorf("commit a window (%s..%s): %w", fresh[0].id, newLast, err)
 	}
 	f.Stats.Windows.Add(1)
 	f.Stats.EntriesApplied.Add(uint64(len(fresh)))
 	f.Stats.EntriesSkipped.Add(uint64(skipped))
 	f.Stats.OpsApplied.Add(uint64(ops))
 	f.Stats.RowsWritten.Add(uint64(len(rows)))
-	return newLast, len(fresh), nil
+	return newLast, applied{WindowStats: WindowStats{Entries: len(fresh), Ops: ops, Skipped: skipped, Rows: len(rows)}, entries: len(fresh)}, nil
 }
 
 func (s *session) observeBacklog(ctx context.Context) {
