@@ -176,3 +176,15 @@ func BenchmarkApply100(b *testing.B) {
 		return err
 	})
 }
+
+// BenchmarkApply1000: 1,000 increments per call, the largest batch.
+func BenchmarkApply1000(b *testing.B) {
+	benchWrites(b, "bench-apply1000-"+strconv.Itoa(b.N), 1000, func(ctx context.Context, w *writebehind.Writer, i int) error {
+		ops := make([]writebehind.Op, 1000)
+		for j := range ops {
+			ops[j] = writebehind.IncrOp("counter:"+strconv.Itoa((i*1000+j)%1000), 1)
+		}
+		_, err := w.Apply(ctx, ops...)
+		return err
+	})
+}

@@ -22,48 +22,45 @@ if cap > 0 and n >= cap then
   return {0, n}
 end
 local modes = ARGV[2]
-local done = {}
+local nkeys = #KEYS
 local res = {1, ''}
-local function undo()
-  for j = #done, 1, -1 do
-    local d = done[j]
-    if d[1] == 'a' then
-      local neg = d[3]
-      if string.sub(neg, 1, 1) == '-' then neg = string.sub(neg, 2) else neg = '-' .. neg end
-      redis.call('INCRBY', d[2], neg)
-    elseif d[3] then
-      redis.call('SET', d[2], d[3])
+local olds = {} -- old values of SET keys, by position; false: the key was absent
+local function undo(upto)
+  for j = upto, 2, -1 do
+    if string.byte(modes, j - 1) == 97 then -- 'a'
+      local neg = ARGV[j + 1]
+      if string.byte(neg, 1) == 45 then neg = string.sub(neg, 2) else neg = '-' .. neg end
+      redis.call('INCRBY', KEYS[j], neg)
+    elseif olds[j] then
+      redis.call('SET', KEYS[j], olds[j])
     else
-      redis.call('DEL', d[2])
+      redis.call('DEL', KEYS[j])
     end
   end
 end
-for i = 2, #KEYS do
-  local m = string.sub(modes, i - 1, i - 1)
-  local v = ARGV[i + 1]
-  if m == 'a' then
-    local r = redis.pcall('INCRBY', KEYS[i], v)
-    if type(r) == 'table' and r.err then
-      undo()
-      return redis.error_reply('WBREFUSED ' .. KEYS[i] .. ': ' .. r.err)
+for i = 2, nkeys do
+  if string.byte(modes, i - 1) == 97 then -- 'a'
+    local r = redis.pcall('INCRBY', KEYS[i], ARGV[i + 1])
+    if type(r) == 'table' then
+      undo(i - 1)
+      return redis.error_reply('WBREFUSED ' .. KEYS[i] .. ': ' .. tostring(r.err))
     end
-    done[#done + 1] = {'a', KEYS[i], v}
-    res[#res + 1] = r
+    res[i + 1] = r
   else
     local old = redis.pcall('GET', KEYS[i])
-    if type(old) == 'table' and old.err then
-      undo()
-      return redis.error_reply('WBREFUSED ' .. KEYS[i] .. ': ' .. old.err)
+    if type(old) == 'table' then
+      undo(i - 1)
+      return redis.error_reply('WBREFUSED ' .. KEYS[i] .. ': ' .. tostring(old.err))
     end
-    redis.call('SET', KEYS[i], v)
-    done[#done + 1] = {'s', KEYS[i], old}
-    res[#res + 1] = 0
+    olds[i] = old
+    redis.call('SET', KEYS[i], ARGV[i + 1])
+    res[i + 1] = 0
   end
 end
 local fields = {}
-for i = 2, #KEYS do
-  fields[#fields + 1] = KEYS[i]
-  fields[#fields + 1] = ARGV[i + 1]
+for i = 2, nkeys do
+  fields[2 * i - 3] = KEYS[i]
+  fields[2 * i - 2] = ARGV[i + 1]
 end
 res[2] = redis.call('XADD', KEYS[1], '*', unpack(fields))
 return res
