@@ -69,9 +69,7 @@ const (
 // comment states.
 type WriterOptions struct {
 	// Stream is the Redis stream key the writes are appended to; the
-	// flusher must read the same. Default "writebehind". In Redis Cluster
-	// the stream and every written key must hash to one slot (give them
-	// one {hash tag}), or Redis refuses with CROSSSLOT.
+	// flusher must read the same. Default "writebehind".
 	Stream string
 	// MaxLen caps the stream's length in entries (one entry per Incr, Set
 	// or Apply call). At the cap a write does not happen: see OnFull.
