@@ -36,6 +36,7 @@ type env struct {
 type envOpts struct {
 	redisArgs []string
 	pg        harness.PostgresOptions
+	noPG      bool // Redis only
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -44,13 +45,18 @@ func newEnv(t *testing.T, o envOpts) *env {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); e.rd = harness.RedisT(t, harness.RedisOptions{Args: o.redisArgs}) }()
-	e.pg = harness.PostgresT(t, o.pg)
+	if !o.noPG {
+		e.pg = harness.PostgresT(t, o.pg)
+	}
 	wg.Wait()
 	if e.rd == nil {
 		t.FailNow()
 	}
 	e.rdb = redis.NewClient(&redis.Options{Addr: e.rd.Addr(), ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second})
 	t.Cleanup(func() { _ = e.rdb.Close() })
+	if o.noPG {
+		return e
+	}
 	db, err := pgxpool.New(context.Background(), e.pg.DSN("postgres"))
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,12 @@ import (
 // once the stream is drained.
 func TestWriteAndFlush(t *testing.T) {
 	e := newEnv(t, envOpts{})
+	t.Run("flush", func(t *testing.T) { testWriteAndFlush(e.sub(t)) })
+	t.Run("backlog-cap", func(t *testing.T) { testBacklogCap(e.sub(t)) })
+}
+
+func testWriteAndFlush(e *env) {
+	t := e.t
 	ctx := context.Background()
 	e.exec(`INSERT INTO post_stats (id, views, title) VALUES (1, 100, 'old')`)
 	e.rdb.Set(ctx, "post:1:views", 100, 0) // seeded from the row
@@ -98,7 +104,8 @@ func TestWriteAndFlush(t *testing.T) {
 // TestWriteRefusedChangesNothing checks that a batch Redis refuses half
 // way is undone: no key changed, no entry appended.
 func TestWriteRefusedChangesNothing(t *testing.T) {
-	e := newEnv(t, envOpts{})
+	t.Parallel()
+	e := newEnv(t, envOpts{noPG: true})
 	ctx := context.Background()
 	w := e.writer(writebehind.WriterOptions{})
 	e.rdb.Set(ctx, "counter:2", "not a number", 0)
@@ -134,37 +141,38 @@ func TestWriteRefusedChangesNothing(t *testing.T) {
 	}
 }
 
-// TestBacklogCap checks both policies at the stream's length cap, and
+// testBacklogCap checks both policies at the stream's length cap, and
 // that the writes blocked by a full stream go through once the flusher
-// drains it.
-func TestBacklogCap(t *testing.T) {
-	e := newEnv(t, envOpts{})
+// drains it. It uses its own stream and counter.
+func testBacklogCap(e *env) {
+	t := e.t
 	ctx := context.Background()
-	w := e.writer(writebehind.WriterOptions{MaxLen: 10})
+	const stream = "wb-cap"
+	w := e.writer(writebehind.WriterOptions{Stream: stream, MaxLen: 10})
 	for i := range 10 {
-		if _, err := w.Incr(ctx, "counter:1", 1); err != nil {
+		if _, err := w.Incr(ctx, "counter:500", 1); err != nil {
 			t.Fatalf("write %d: %v", i, err)
 		}
 	}
-	if _, err := w.Incr(ctx, "counter:1", 1); !errors.Is(err, writebehind.ErrBacklogFull) {
+	if _, err := w.Incr(ctx, "counter:500", 1); !errors.Is(err, writebehind.ErrBacklogFull) {
 		t.Fatalf("write 11 err = %v, want ErrBacklogFull", err)
 	}
-	if v, _ := e.rdb.Get(ctx, "counter:1").Int64(); v != 10 {
-		t.Fatalf("counter:1 = %d after a refused write, want 10", v)
+	if v, _ := e.rdb.Get(ctx, "counter:500").Int64(); v != 10 {
+		t.Fatalf("counter:500 = %d after a refused write, want 10", v)
 	}
-	blocking := e.writer(writebehind.WriterOptions{MaxLen: 10, OnFull: writebehind.FullBlock, BlockMax: 300 * time.Millisecond})
+	blocking := e.writer(writebehind.WriterOptions{Stream: stream, MaxLen: 10, OnFull: writebehind.FullBlock, BlockMax: 300 * time.Millisecond})
 	start := time.Now()
-	if _, err := blocking.Incr(ctx, "counter:1", 1); !errors.Is(err, writebehind.ErrBacklogFull) {
+	if _, err := blocking.Incr(ctx, "counter:500", 1); !errors.Is(err, writebehind.ErrBacklogFull) {
 		t.Fatalf("blocking write err = %v, want ErrBacklogFull after BlockMax", err)
 	}
 	if d := time.Since(start); d < 200*time.Millisecond {
 		t.Errorf("blocking write gave up after %s, before BlockMax", d)
 	}
 	// A flusher drains the stream: a write blocked now goes through.
-	blocking = e.writer(writebehind.WriterOptions{MaxLen: 10, OnFull: writebehind.FullBlock, BlockMax: time.Minute})
+	blocking = e.writer(writebehind.WriterOptions{Stream: stream, MaxLen: 10, OnFull: writebehind.FullBlock, BlockMax: time.Minute})
 	done := make(chan error, 1)
-	go func() { _, err := blocking.Incr(ctx, "counter:1", 1); done <- err }()
-	e.startFlusher(writebehind.FlusherOptions{Window: 20 * time.Millisecond})
+	go func() { _, err := blocking.Incr(ctx, "counter:500", 1); done <- err }()
+	e.startFlusher(writebehind.FlusherOptions{Stream: stream, Window: 20 * time.Millisecond})
 	select {
 	case err := <-done:
 		if err != nil {
@@ -173,8 +181,8 @@ func TestBacklogCap(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("blocked write still blocked 30s after the flusher started")
 	}
-	e.waitDrained(writebehind.DefaultStream, writebehind.DefaultGroup, 30*time.Second)
-	if got := e.dbInt(`SELECT n FROM counters WHERE id = 1`); got != 11 {
+	e.waitDrained(stream, writebehind.DefaultGroup, 30*time.Second)
+	if got := e.dbInt(`SELECT n FROM counters WHERE id = 500`); got != 11 {
 		t.Errorf("counters.n = %d, want the 11 acknowledged increments", got)
 	}
 }
