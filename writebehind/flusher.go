@@ -84,10 +84,9 @@ type FlusherOptions struct {
 }
 
 func (o *FlusherOptions) fill() error {
-	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	var c optChecker
 	if o.DSN == "" {
-		bad("DSN is required: the PostgreSQL connection string the flusher writes with")
+		c.bad("DSN is required: the PostgreSQL connection string the flusher writes with")
 	}
 	def := func(s *string, d string) {
 		if *s == "" {
@@ -103,33 +102,17 @@ func (o *FlusherOptions) fill() error {
 	}
 	parts := strings.Split(o.OffsetsTable, ".")
 	if len(parts) > 2 || !isIdent(parts[0]) || (len(parts) == 2 && !isIdent(parts[1])) {
-		bad("OffsetsTable %q must be table or schema.table (unquoted identifiers)", o.OffsetsTable)
+		c.bad("OffsetsTable %q must be table or schema.table (unquoted identifiers)", o.OffsetsTable)
 	}
-	pos := func(name string, d *time.Duration, def time.Duration) {
-		switch {
-		case *d < 0:
-			bad("%s must not be negative (got %s)", name, *d)
-		case *d == 0:
-			*d = def
-		}
-	}
-	pos("Window", &o.Window, DefaultWindow)
-	pos("RetryMin", &o.RetryMin, DefaultRetryMin)
-	pos("RetryMax", &o.RetryMax, DefaultRetryMax)
-	pos("StandbyPoll", &o.StandbyPoll, DefaultStandbyPoll)
-	switch {
-	case o.MaxEntries < 0:
-		bad("MaxEntries must not be negative (got %d)", o.MaxEntries)
-	case o.MaxEntries == 0:
-		o.MaxEntries = DefaultMaxEntries
-	}
+	c.duration("Window", &o.Window, DefaultWindow)
+	c.duration("RetryMin", &o.RetryMin, DefaultRetryMin)
+	c.duration("RetryMax", &o.RetryMax, DefaultRetryMax)
+	c.duration("StandbyPoll", &o.StandbyPoll, DefaultStandbyPoll)
+	count(&c, "MaxEntries", &o.MaxEntries, DefaultMaxEntries)
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("writebehind: invalid flusher options: %w", err)
-	}
-	return nil
+	return c.err("flusher")
 }
 
 // Flusher applies the stream's entries to PostgreSQL exactly once. Create

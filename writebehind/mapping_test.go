@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseTemplate(t *testing.T) {
@@ -260,5 +261,38 @@ func TestParseEntries(t *testing.T) {
 	}
 	if id, err := parseStreamID("1700000000000-3"); err != nil || id.String() != "1700000000000-3" || !(streamID{1, 9}).less(id) {
 		t.Errorf("parseStreamID: %v %v", id, err)
+	}
+}
+
+func TestOptionsDefaultsAndErrors(t *testing.T) {
+	var w WriterOptions
+	if err := w.fill(); err != nil {
+		t.Fatal(err)
+	}
+	if w.Stream != DefaultStream || w.MaxLen != DefaultMaxLen || w.BlockMax != DefaultBlockMax || w.MaxBatch != DefaultMaxBatch || w.WaitTimeout != DefaultWaitTimeout {
+		t.Errorf("writer defaults: %+v", w)
+	}
+	f := FlusherOptions{DSN: "postgres://x"}
+	if err := f.fill(); err != nil {
+		t.Fatal(err)
+	}
+	if f.Group != DefaultGroup || f.Window != DefaultWindow || f.MaxEntries != DefaultMaxEntries || f.OffsetsTable != DefaultOffsetsTable || f.Consumer == "" {
+		t.Errorf("flusher defaults: %+v", f)
+	}
+	for _, c := range []struct {
+		fill func() error
+		want string
+	}{
+		{(&WriterOptions{MaxLen: -1}).fill, "MaxLen must not be negative"},
+		{(&WriterOptions{MaxBatch: 1001}).fill, "MaxBatch must be at most 1000"},
+		{(&WriterOptions{OnFull: 7}).fill, "OnFull"},
+		{(&WriterOptions{BlockMax: -time.Second}).fill, "BlockMax must not be negative"},
+		{(&FlusherOptions{}).fill, "DSN is required"},
+		{(&FlusherOptions{DSN: "x", OffsetsTable: "a.b.c"}).fill, "OffsetsTable"},
+		{(&FlusherOptions{DSN: "x", Window: -1}).fill, "Window must not be negative"},
+	} {
+		if err := c.fill(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("err = %v, want %q", err, c.want)
+		}
 	}
 }

@@ -96,48 +96,27 @@ type WriterOptions struct {
 }
 
 func (o *WriterOptions) fill() error {
-	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	var c optChecker
 	if o.Stream == "" {
 		o.Stream = DefaultStream
 	}
-	switch {
-	case o.MaxLen < 0:
-		bad("MaxLen must not be negative (got %d)", o.MaxLen)
-	case o.MaxLen == 0:
-		o.MaxLen = DefaultMaxLen
-	}
+	count(&c, "MaxLen", &o.MaxLen, DefaultMaxLen)
 	if o.OnFull != FullError && o.OnFull != FullBlock {
-		bad("OnFull must be FullError or FullBlock")
+		c.bad("OnFull must be FullError or FullBlock")
 	}
-	switch {
-	case o.BlockMax < 0:
-		bad("BlockMax must not be negative (got %s)", o.BlockMax)
-	case o.BlockMax == 0:
-		o.BlockMax = DefaultBlockMax
-	}
+	c.duration("BlockMax", &o.BlockMax, DefaultBlockMax)
 	if o.WaitReplicas < 0 {
-		bad("WaitReplicas must not be negative (got %d)", o.WaitReplicas)
+		c.bad("WaitReplicas must not be negative (got %d)", o.WaitReplicas)
 	}
-	switch {
-	case o.WaitTimeout < 0:
-		bad("WaitTimeout must not be negative (got %s)", o.WaitTimeout)
-	case o.WaitTimeout == 0:
-		o.WaitTimeout = DefaultWaitTimeout
+	c.duration("WaitTimeout", &o.WaitTimeout, DefaultWaitTimeout)
+	if o.MaxBatch > DefaultMaxBatch {
+		c.bad("MaxBatch must be at most %d (got %d)", DefaultMaxBatch, o.MaxBatch)
 	}
-	switch {
-	case o.MaxBatch < 0 || o.MaxBatch > DefaultMaxBatch:
-		bad("MaxBatch must be between 1 and %d (got %d)", DefaultMaxBatch, o.MaxBatch)
-	case o.MaxBatch == 0:
-		o.MaxBatch = DefaultMaxBatch
-	}
+	count(&c, "MaxBatch", &o.MaxBatch, DefaultMaxBatch)
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("writebehind: invalid writer options: %w", err)
-	}
-	return nil
+	return c.err("writer")
 }
 
 // Op is one operation of Apply: build it with IncrOp or SetOp.
