@@ -256,14 +256,23 @@ func TestFaultsExactlyOnce(t *testing.T) {
 
 	t.Run("postgres-restart", func(t *testing.T) {
 		e := e.sub(t)
-		w := e.writer(writebehind.WriterOptions{MaxLen: 100_000})
+		// A small cap, so that the outage fills the stream: writers then
+		// get ErrBacklogFull, and Redis holds no more than the cap.
+		const maxLen = 300
+		w := e.writer(writebehind.WriterOptions{MaxLen: maxLen})
 		l := startWorkload(t, w, counterKeys(100, 20), 4)
 		p := e.startFlusherProc(nil)
 		time.Sleep(500 * time.Millisecond)
 		if err := e.pg.Stop("immediate"); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Second) // writes go on into the stream
+		time.Sleep(1500 * time.Millisecond) // writes go on into the stream, up to the cap
+		if n, err := e.rdb.XLen(context.Background(), writebehind.DefaultStream).Result(); err != nil || n > maxLen {
+			t.Errorf("stream length %d (%v) during the outage, cap %d", n, err, maxLen)
+		}
+		if w.Stats.Full.Load() == 0 {
+			t.Error("no write found the stream full during the outage: the cap was not exercised")
+		}
 		if err := e.pg.Start(); err != nil {
 			t.Fatal(err)
 		}

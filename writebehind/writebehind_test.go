@@ -3,11 +3,16 @@ package writebehind_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 	"github.com/cdcinvalidate/cdcinvalidate/writebehind"
 )
 
@@ -19,6 +24,35 @@ func TestWriteAndFlush(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	t.Run("flush", func(t *testing.T) { testWriteAndFlush(e.sub(t)) })
 	t.Run("backlog-cap", func(t *testing.T) { testBacklogCap(e.sub(t)) })
+	t.Run("redis-behind", func(t *testing.T) { testRedisBehind(e.sub(t)) })
+}
+
+// testRedisBehind: the database has applied entries Redis no longer has
+// (Redis restored from an old state). New writes would get IDs at or below
+// the applied one and be skipped as applied; the flusher must move the
+// stream's ID up first, and report it.
+func testRedisBehind(e *env) {
+	t := e.t
+	ctx := context.Background()
+	const stream = "wb-behind"
+	ahead := fmt.Sprintf("%d-0", time.Now().Add(time.Hour).UnixMilli())
+	e.exec(`INSERT INTO writebehind_offsets (stream, grp, last_id) VALUES ($1, $2, $3)`, stream, writebehind.DefaultGroup, ahead)
+	fl := e.startFlusher(writebehind.FlusherOptions{Stream: stream, Window: 20 * time.Millisecond})
+	deadline := time.Now().Add(30 * time.Second)
+	for fl.f.Stats.RedisBehind.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the flusher did not notice that Redis is behind the database")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	w := e.writer(writebehind.WriterOptions{Stream: stream})
+	if _, err := w.Incr(ctx, "counter:600", 5); err != nil {
+		t.Fatal(err)
+	}
+	e.waitDrained(stream, writebehind.DefaultGroup, 30*time.Second)
+	if got := e.dbInt(`SELECT n FROM counters WHERE id = 600`); got != 5 {
+		t.Errorf("counters.n = %d after Redis went back in time, want 5: the new write was skipped as applied", got)
+	}
 }
 
 func testWriteAndFlush(e *env) {
@@ -197,4 +231,50 @@ func equal(a, b []int64) bool {
 		}
 	}
 	return true
+}
+
+// TestWaitReplicas checks WaitReplicas against a real replica: a write
+// confirmed by it returns nil; asking for more replicas than exist gives
+// ErrNotReplicated, with the write done (in Redis and in the stream).
+func TestWaitReplicas(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOpts{noPG: true})
+	ctx := context.Background()
+	replica := harness.RedisT(t, harness.RedisOptions{Args: []string{"--replicaof", "127.0.0.1", strconv.Itoa(e.rd.Port())}})
+	rc := redis.NewClient(&redis.Options{Addr: replica.Addr()})
+	defer rc.Close()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		info, _ := rc.Info(ctx, "replication").Result()
+		if strings.Contains(info, "master_link_status:up") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica not in sync after 30s:\n%s", info)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	w := e.writer(writebehind.WriterOptions{WaitReplicas: 1, WaitTimeout: 5 * time.Second})
+	if v, err := w.Incr(ctx, "counter:1", 3); err != nil || v != 3 {
+		t.Fatalf("Incr with one replica = %d, %v", v, err)
+	}
+	if v, err := rc.Get(ctx, "counter:1").Int64(); err != nil || v != 3 {
+		t.Errorf("replica has counter:1 = %d, %v right after a confirmed write; want 3", v, err)
+	}
+	w2 := e.writer(writebehind.WriterOptions{WaitReplicas: 2, WaitTimeout: 200 * time.Millisecond})
+	v, err := w2.Incr(ctx, "counter:1", 4)
+	if !errors.Is(err, writebehind.ErrNotReplicated) || v != 7 {
+		t.Fatalf("Incr waiting for 2 of 1 replicas = %d, %v; want 7, ErrNotReplicated", v, err)
+	}
+	if n, _ := e.rdb.XLen(ctx, writebehind.DefaultStream).Result(); n != 2 {
+		t.Errorf("stream has %d entries, want 2: a write that was not replicated in time is still done", n)
+	}
+	// After a NOSCRIPT (a restarted or flushed script cache), the pipeline
+	// loads the script and the write goes through once.
+	if err := e.rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := w.Incr(ctx, "counter:1", 1); err != nil || v != 8 {
+		t.Fatalf("Incr after SCRIPT FLUSH = %d, %v; want 8", v, err)
+	}
 }
