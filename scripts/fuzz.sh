@@ -19,6 +19,7 @@ targets=(
 	"./mapping FuzzFilters"
 	"./config FuzzParse"
 	"./config FuzzRules"
+	"./writebehind FuzzTemplate"
 )
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
