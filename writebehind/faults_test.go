@@ -313,6 +313,27 @@ func TestFaultsExactlyOnce(t *testing.T) {
 		}
 	})
 
+	t.Run("lost-read-reply", func(t *testing.T) {
+		e := e.sub(t)
+		// The flusher drops the entries of one XREADGROUP reply, as if the
+		// reply had been lost and the client had read again: they are
+		// pending for it, below the entries it goes on to read.
+		const stream = "wb-lost-read"
+		w := e.writer(writebehind.WriterOptions{Stream: stream})
+		l := startWorkload(t, w, counterKeys(300, 5), 2)
+		p := e.startFlusherProc([]string{"CDC_UNSAFE=wb-drop-read"}, "-stream", stream)
+		time.Sleep(time.Second)
+		l.finish()
+		e.waitDrained(stream, writebehind.DefaultGroup, 60*time.Second)
+		p.term(t)
+		if !strings.Contains(p.out.String(), "a read's reply was lost") {
+			t.Error("the flusher did not notice the lost read")
+		}
+		for _, m := range e.check(l) {
+			t.Error(m)
+		}
+	})
+
 	t.Run("negative-control-ack-before-commit", func(t *testing.T) {
 		e := e.sub(t)
 		const stream = "wb-negative"

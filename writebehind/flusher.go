@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -125,6 +126,7 @@ type Flusher struct {
 	lockKey  string
 	log      *zap.Logger
 	met      *flusherMetrics
+	dropped  atomic.Bool // the unsafe wb-drop-read test behaviour dropped its read
 
 	// Stats are the flusher's running totals.
 	Stats FlusherStats
@@ -349,6 +351,10 @@ type session struct {
 	last   streamID // last applied, as committed
 	window []entry
 	opened time.Time // when the window's first entry was added
+	// held counts the entries delivered to this session (read or claimed)
+	// and not yet acknowledged: the window and, during a takeover, the rest
+	// of the claimed page.
+	held int64
 }
 
 // takeOver claims every pending entry of the group (whoever it was
@@ -382,6 +388,7 @@ func (s *session) takeOver(ctx context.Context) error {
 		if len(entries) > 0 {
 			f.Stats.Claimed.Add(uint64(len(entries)))
 		}
+		s.hold(entries)
 		for _, e := range entries {
 			if err := s.add(ctx, e); err != nil {
 				return err
@@ -452,6 +459,10 @@ func (s *session) loop(ctx context.Context) error {
 		if err != nil {
 			return rerr("XREADGROUP", err)
 		}
+		if len(entries) > 0 && failpoint.Unsafe("wb-drop-read") && f.dropped.CompareAndSwap(false, true) {
+			continue // simulate a reply lost on the way, once: delivered, never seen
+		}
+		s.hold(entries)
 		for _, e := range entries {
 			if err := s.add(ctx, e); err != nil {
 				return err
@@ -459,6 +470,15 @@ func (s *session) loop(ctx context.Context) error {
 		}
 		if len(entries) == 0 && len(s.window) == 0 {
 			s.observeBacklog(ctx)
+		}
+	}
+}
+
+// hold counts entries just delivered to this session.
+func (s *session) hold(entries []entry) {
+	for _, e := range entries {
+		if !e.deleted {
+			s.held++
 		}
 	}
 }
@@ -496,6 +516,18 @@ func (s *session) flush(ctx context.Context) error {
 	for i, e := range w {
 		ids[i] = e.id.String()
 	}
+	// Every entry delivered to this consumer and not yet acknowledged must
+	// be in the window. If the PEL holds more, a read's reply was lost
+	// (a client that retried XREADGROUP after a broken connection): those
+	// entries sit below newer ones, and committing past them would make
+	// them look applied. Start over: the next session claims them in order.
+	pend, err := f.rdb.XPending(ctx, f.opt.Stream, f.opt.Group).Result()
+	if err != nil {
+		return rerr("XPENDING", err)
+	}
+	if mine := pend.Consumers[f.opt.Consumer]; mine != s.held {
+		return rerr("check the window", fmt.Errorf("%d entries are pending for this flusher but it has read %d: a read's reply was lost; starting over from the pending entries", mine, s.held))
+	}
 	unsafeEarlyAck := failpoint.Unsafe("wb-ack-before-commit")
 	if unsafeEarlyAck { // the negative control: acknowledge, then commit
 		if err := f.rdb.XAck(ctx, f.opt.Stream, f.opt.Group, ids...).Err(); err != nil {
@@ -513,6 +545,7 @@ func (s *session) flush(ctx context.Context) error {
 			return rerr("XACK", err)
 		}
 	}
+	s.held -= int64(len(w))
 	failpoint.Hit("wb-after-ack")
 	if done.entries > 0 {
 		done.Lag = time.Since(w[0].id.time())

@@ -14,6 +14,8 @@
 // acknowledged in Redis), wb-after-ack (acknowledged, not yet trimmed), and
 // with CDC_UNSAFE=wb-ack-before-commit (the negative control: acknowledge
 // first) wb-after-early-ack (acknowledged, not yet committed).
+// CDC_UNSAFE=wb-drop-read makes the flusher ignore one read's entries, as
+// if the reply had been lost: the check before each commit must notice.
 //
 // Points: sink-after-ack (Redis acknowledged a batch, the position is not
 // yet recorded), sink-mid-txn (a chunk of a large transaction was applied,
