@@ -33,8 +33,11 @@
 // in the group; the next session claims them (XAUTOCLAIM) and applies
 // exactly what the offsets row does not cover.
 //
-// This needs entries to be applied in ID order without gaps, so one
-// flusher applies a stream at a time: each session takes a session-level
+// This needs entries to be applied in ID order without gaps. Before each
+// commit the flusher checks that the group's pending list holds exactly the
+// entries it read (a lost XREADGROUP reply would leave some delivered but
+// unseen) and starts over from the pending entries if not. And one flusher
+// applies a stream at a time: each session takes a session-level
 // advisory lock of PostgreSQL on the connection that runs the windows. A
 // flusher whose connection is lost loses the lock and its transaction
 // together; others stand by and take over (StandbyPoll).
@@ -71,6 +74,10 @@
 // A window PostgreSQL refuses for its data (a value the column cannot
 // take, a constraint) stops Run with the error: nothing is skipped, the
 // window stays pending, and the writers eventually get ErrBacklogFull.
+//
+// A write whose reply was lost can be retried by go-redis (MaxRetries) and
+// so happen twice while returning nil once; give the Writer a client with
+// MaxRetries: -1 where a duplicate matters.
 //
 // # The value in Redis
 //
