@@ -35,16 +35,26 @@ const (
 CREATE TABLE items (id bigint PRIMARY KEY, v bigint NOT NULL);
 CREATE TABLE barrier (id bigint PRIMARY KEY);
 `
+	// The consistency verifier checks every invalidated key 300ms after
+	// it was applied; rules[0] and rules[1] tell the two ways apart.
 	testRules = `
 rules:
   - table: items
-    keys: ["naive:item:{id}", "lib:item:{id}"]
+    keys: ["naive:item:{id}"]
+  - table: items
+    keys: ["lib:item:{id}"]
   - table: barrier
     keys: ["barrier:{id}"]
 client:
   leases: true
   publish_channel: ` + testChannel + `
+verify:
+  enabled: true
+  sample_rate: 1
+  windows: [300ms]
 `
+	// testWatermark is the engine's applied watermark, which stamped fills carry.
+	testWatermark = "cdcinvalidate:cdcinvalidate:lsn"
 )
 
 type env struct {
@@ -53,6 +63,7 @@ type env struct {
 	rdb      *redis.Client
 	db       *pgxpool.Pool
 	logs     *syncBuffer
+	eng      *engine.Engine
 	stop     context.CancelFunc
 	done     chan error
 	barrierN atomic.Int64
@@ -134,6 +145,7 @@ func startEnv() (_ *env, err error) {
 	if err != nil {
 		return nil, err
 	}
+	e.eng = eng
 	runCtx, stop := context.WithCancel(context.Background())
 	e.stop, e.done = stop, make(chan error, 1)
 	go func() { e.done <- eng.Run(runCtx) }()
@@ -204,28 +216,8 @@ func (e *env) value(ctx context.Context, id int) (int64, error) {
 // order, so every earlier commit has been applied (its keys and leases
 // deleted, its message published) too. Safe for concurrent use.
 func (e *env) barrier(ctx context.Context) error {
-	id := e.barrierN.Add(1)
-	key := fmt.Sprintf("barrier:%d", id)
-	if err := e.rdb.Set(ctx, key, "x", time.Hour).Err(); err != nil {
-		return err
-	}
-	if _, err := e.db.Exec(ctx, `INSERT INTO barrier VALUES ($1)`, id); err != nil {
-		return err
-	}
-	for {
-		n, err := e.rdb.Exists(ctx, key).Result()
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("barrier %d not applied: %w", id, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	// ctx bounds the wait.
+	return harness.AwaitBarrier(ctx, e.rdb, harness.BarrierRow(e.db, e.barrierN.Add(1), time.Hour))
 }
 
 func (e *env) mustBarrier(t testing.TB) {

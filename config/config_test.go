@@ -104,6 +104,7 @@ func TestLoadFull(t *testing.T) {
 		Client:      Client{Leases: true, PublishChannel: "cdc-events"},
 		Metrics:     Metrics{Listen: "127.0.0.1:9187", ReadyMaxLag: 5 * time.Second, SlotPollInterval: 3 * time.Second, Pprof: true},
 		Consistency: Consistency{OnHistoryLost: "stop", OnFirstStart: "keep"},
+		Verify:      Verify{SampleRate: DefaultVerifySampleRate, Windows: DefaultVerifyWindows, MaxPending: DefaultVerifyMaxPending},
 		Log:         Log{Level: "debug", Format: "console"},
 	}
 	if fmt.Sprint(*cfg) != fmt.Sprint(want) {
@@ -406,6 +407,21 @@ func TestRedact(t *testing.T) {
 		if again := Redact(got); again != got {
 			t.Errorf("Redact is not idempotent on %q: %q", got, again)
 		}
+	}
+}
+
+func TestRedactAll(t *testing.T) {
+	t.Parallel()
+	in := []string{"postgres://u:secret@h/db", "nothing to hide"}
+	got := RedactAll(in)
+	if want := []string{"postgres://u:xxxxx@h/db", "nothing to hide"}; !slices.Equal(got, want) {
+		t.Errorf("RedactAll = %q, want %q", got, want)
+	}
+	if in[0] != "postgres://u:secret@h/db" {
+		t.Errorf("RedactAll changed its argument: %q", in)
+	}
+	if got := RedactAll(nil); len(got) != 0 {
+		t.Errorf("RedactAll(nil) = %q", got)
 	}
 }
 

@@ -19,6 +19,7 @@ targets=(
 	"./mapping FuzzFilters"
 	"./config FuzzParse"
 	"./config FuzzRules"
+	"./cacheaside FuzzParseStamp"
 	"./writebehind FuzzTemplate"
 )
 log=$(mktemp)

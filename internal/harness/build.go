@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 )
 
 // enginePkg is the engine's main package, relative to the module root.
@@ -32,40 +32,64 @@ var (
 // fails the test with the compiler output. The binary's temporary
 // directory is named after the test process and outlives it (no hook runs
 // at process exit); each build removes those of processes that are gone.
-func BuildEngine(t testing.TB) string {
+func BuildEngine(t TB) string {
 	t.Helper()
 	return BuildEngineTags(t, "")
 }
 
 // BuildEngineTags is BuildEngine with go build -tags tags (e.g.
 // "failpoints"), once per test process and set of tags.
-func BuildEngineTags(t testing.TB, tags string) string {
+func BuildEngineTags(t TB, tags string) string {
 	t.Helper()
-	return BuildCommand(t, enginePkg, tags)
+	bin, err := BuildEngineBinary(context.Background(), tags)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	return bin
 }
 
-// BuildCommand builds the main package pkg of this module (relative to the
-// module root, e.g. "./writebehind/internal/wbflusher") with go build -o
-// and -tags tags (may be empty), once per test process, package and tags,
-// and returns the binary's path. See BuildEngine.
-func BuildCommand(t testing.TB, pkg, tags string) string {
+// BuildEngineBinary builds ./cmd/cdcinvalidate of this module with go
+// build -o (and -tags tags, if not ""), once per process and set of tags,
+// and returns the binary's path; ctx bounds the first build. The binary
+// has a temporary directory of its own, which outlives the process (see
+// BuildEngine); a command that is done with it may remove
+// filepath.Dir(path).
+func BuildEngineBinary(ctx context.Context, tags string) (string, error) {
+	return buildOnce(ctx, enginePkg, tags)
+}
+
+// BuildCommand builds another main package of this module (pkg relative to
+// the module root, e.g. "./writebehind/internal/wbflusher") as
+// BuildEngineTags builds the engine: once per test process, package and
+// tags (may be ""). A failed build fails the test with the compiler output.
+func BuildCommand(t TB, pkg, tags string) string {
 	t.Helper()
+	bin, err := buildOnce(context.Background(), pkg, tags)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	return bin
+}
+
+func buildOnce(ctx context.Context, pkg, tags string) (string, error) {
+	key := pkg + "\x00" + tags
 	buildsMu.Lock()
-	b := builds[pkg+"\x00"+tags]
+	b := builds[key]
 	if b == nil {
 		b = &build{}
-		builds[pkg+"\x00"+tags] = b
+		builds[key] = b
 	}
 	buildsMu.Unlock()
-	b.once.Do(func() { b.path, b.err = buildPackage(pkg, tags) })
-	if b.err != nil {
-		t.Fatalf("harness: %v", b.err)
-	}
-	return b.path
+	b.once.Do(func() { b.path, b.err = buildPackage(ctx, pkg, tags) })
+	return b.path, b.err
 }
 
-func buildPackage(pkg, tags string) (string, error) {
+func buildPackage(ctx context.Context, pkg, tags string) (string, error) {
 	root, err := ModuleRoot()
+	if err != nil {
+		return "", fmt.Errorf("build %s: %w", pkg, err)
+	}
+	goBin, err := goCommand()
 	if err != nil {
 		return "", fmt.Errorf("build %s: %w", pkg, err)
 	}
@@ -79,13 +103,27 @@ func buildPackage(pkg, tags string) (string, error) {
 	if tags != "" {
 		args = append(args, "-tags", tags)
 	}
-	cmd := exec.Command("go", append(args, pkg)...)
+	cmd := exec.CommandContext(ctx, goBin, append(args, pkg)...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		_ = os.RemoveAll(dir)
 		return "", fmt.Errorf("build %s: go %s in %s: %w\n%s", pkg, strings.Join(cmd.Args[1:], " "), root, err, bytes.TrimSpace(out))
 	}
 	return bin, nil
+}
+
+// goInstallPath is where the official Go tarball puts the go command.
+const goInstallPath = "/usr/local/go/bin/go"
+
+// goCommand is the go command: on PATH, or at goInstallPath.
+func goCommand() (string, error) {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p, nil
+	}
+	if fi, err := os.Stat(goInstallPath); err == nil && !fi.IsDir() {
+		return goInstallPath, nil
+	}
+	return "", fmt.Errorf("the go command is not on PATH (nor at %s); it is needed to build the engine", goInstallPath)
 }
 
 const buildDirPrefix = "cdcinvalidate-bin-"
