@@ -15,6 +15,7 @@ import (
 
 	"github.com/cdcinvalidate/cdcinvalidate/config"
 	"github.com/cdcinvalidate/cdcinvalidate/engine"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
 	"github.com/cdcinvalidate/cdcinvalidate/writebehind"
 )
@@ -66,24 +67,18 @@ func (e *env) startEngine(rules, slot string) context.CancelFunc {
 		}
 	}
 	e.t.Cleanup(stop)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		var n int
-		err := e.db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
-WHERE s.slot_name = $1 AND r.state IN ('streaming', 'catchup')`, slot).Scan(&n)
-		if err == nil && n == 1 {
-			return cancel
-		}
+	gone := func() error {
 		select {
 		case err := <-done:
-			e.t.Fatalf("engine stopped before streaming: %v", err)
+			return fmt.Errorf("engine stopped before streaming: %v", err)
 		default:
+			return nil
 		}
-		if time.Now().After(deadline) {
-			e.t.Fatal("engine not streaming after 60s")
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
+	if err := harness.WaitStreaming(context.Background(), e.db, slot, 60*time.Second, gone); err != nil {
+		e.t.Fatal(err)
+	}
+	return cancel
 }
 
 // engineBarrier commits a change to row id's title and waits until the
@@ -95,16 +90,10 @@ func (e *env) engineBarrier(id int) {
 	key := fmt.Sprintf("post:%d:row", id)
 	e.rdb.Set(ctx, key, "cached", 0)
 	e.exec(`UPDATE post_stats SET title = 'barrier' || clock_timestamp() WHERE id = $1`, id)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if n, _ := e.rdb.Exists(ctx, key).Result(); n == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("engine barrier on %s not applied within 60s", key)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	harness.WaitFor(e.t, 60*time.Second, "the engine to invalidate "+key, func() bool {
+		n, err := e.rdb.Exists(ctx, key).Result()
+		return err == nil && n == 0
+	})
 }
 
 func engineGlobs(t *testing.T, rules []string) []string {

@@ -136,17 +136,10 @@ func (r *flusherRun) stop(t *testing.T) error {
 // has no pending entry and nothing undelivered.
 func (e *env) waitDrained(stream, group string, d time.Duration) {
 	e.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
+	harness.WaitFor(e.t, d, "stream "+stream+" to be applied", func() bool {
 		n, err := e.undrained(stream, group)
-		if err == nil && n == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("stream %s not drained after %s: %d entries left (%v)", stream, d, n, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil && n == 0
+	})
 }
 
 func (e *env) undrained(stream, group string) (int64, error) {

@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -137,67 +135,16 @@ func counterKeys(from, n int) []string {
 	return keys
 }
 
-// flusherProc is the helper binary running.
-type flusherProc struct {
-	cmd  *exec.Cmd
-	out  *harness.SyncBuffer
-	done chan struct{}
-}
-
-func (e *env) startFlusherProc(env []string, args ...string) *flusherProc {
+// startFlusherProc starts the helper binary with env added to this
+// process's environment.
+func (e *env) startFlusherProc(env []string, args ...string) *harness.Process {
 	e.t.Helper()
-	bin := harness.BuildCommand(e.t, flusherPkg, "failpoints")
-	p := &flusherProc{out: &harness.SyncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, append([]string{"-dsn", e.pg.DSN("postgres"), "-redis", e.rd.Addr()}, args...)...)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		e.t.Fatalf("start flusher: %v", err)
-	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	e.t.Cleanup(func() {
-		p.kill()
-		if e.t.Failed() {
-			e.t.Logf("flusher output (%v):\n%s", env, tail(p.out.String(), 4000))
-		}
+	return harness.StartProcessT(e.t, harness.Command{
+		Name: "wbflusher " + strings.Join(env, " "),
+		Path: harness.BuildCommand(e.t, flusherPkg, "failpoints"),
+		Args: append([]string{"-dsn", e.pg.DSN("postgres"), "-redis", e.rd.Addr()}, args...),
+		Env:  append(os.Environ(), env...),
 	})
-	return p
-}
-
-func (p *flusherProc) kill() {
-	select {
-	case <-p.done:
-	default:
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.done
-	}
-}
-
-func (p *flusherProc) term(t *testing.T) {
-	t.Helper()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("flusher did not exit within 20s of SIGTERM")
-	}
-}
-
-// waitExit waits for the process to end by itself (at its failpoint).
-func (p *flusherProc) waitExit(t *testing.T, d time.Duration) {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(d):
-		t.Fatalf("flusher still running %s after start: its failpoint was not reached\n%s", d, tail(p.out.String(), 2000))
-	}
-}
-
-func tail(s string, n int) string {
-	if len(s) > n {
-		return "..." + s[len(s)-n:]
-	}
-	return s
 }
 
 // drainWithCleanFlusher runs a flusher without failpoints until the stream
@@ -206,7 +153,7 @@ func (e *env) drainWithCleanFlusher(stream string) {
 	e.t.Helper()
 	p := e.startFlusherProc(nil, "-stream", stream)
 	e.waitDrained(stream, writebehind.DefaultGroup, 60*time.Second)
-	p.term(e.t)
+	p.TermT(e.t, 20*time.Second)
 }
 
 // TestFaultsExactlyOnce is the proof: kill -9 of the flusher at random
@@ -227,13 +174,13 @@ func TestFaultsExactlyOnce(t *testing.T) {
 		for round := range 4 {
 			p := e.startFlusherProc(nil)
 			time.Sleep(time.Duration(100+rng.IntN(500)) * time.Millisecond)
-			p.kill()
+			p.KillT(t)
 			t.Logf("round %d: killed at a random moment", round)
 		}
 		for _, fp := range []string{"wb-before-commit", "wb-after-commit", "wb-after-ack", "wb-after-commit"} {
 			n := 1 + rng.IntN(3)
 			p := e.startFlusherProc([]string{fmt.Sprintf("CDC_FAILPOINT=%s:%d", fp, n)})
-			p.waitExit(t, 30*time.Second)
+			p.ExitT(t, 30*time.Second) // at its failpoint
 			if fp == "wb-after-commit" {
 				// The case exactly-once hinges on: entries committed but
 				// still pending, to be redelivered and skipped.
@@ -279,8 +226,8 @@ func TestFaultsExactlyOnce(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		l.finish()
 		e.waitDrained(writebehind.DefaultStream, writebehind.DefaultGroup, 60*time.Second)
-		p.term(t)
-		if !strings.Contains(p.out.String(), `"cause": "postgres"`) {
+		p.TermT(t, 20*time.Second)
+		if !strings.Contains(p.Output(), `"cause": "postgres"`) {
 			t.Error("the flusher never retried after a postgres failure: the crash did not reach it")
 		}
 		for _, m := range e.check(l) {
@@ -304,7 +251,7 @@ func TestFaultsExactlyOnce(t *testing.T) {
 		time.Sleep(700 * time.Millisecond)
 		l.finish()
 		e.waitDrained(writebehind.DefaultStream, writebehind.DefaultGroup, 60*time.Second)
-		p.term(t)
+		p.TermT(t, 20*time.Second)
 		if len(l.ambiguous) == 0 {
 			t.Error("no write failed while Redis was down: the crash did not reach the writers")
 		}
@@ -325,8 +272,8 @@ func TestFaultsExactlyOnce(t *testing.T) {
 		time.Sleep(time.Second)
 		l.finish()
 		e.waitDrained(stream, writebehind.DefaultGroup, 60*time.Second)
-		p.term(t)
-		if !strings.Contains(p.out.String(), "a read's reply was lost") {
+		p.TermT(t, 20*time.Second)
+		if !strings.Contains(p.Output(), "a read's reply was lost") {
 			t.Error("the flusher did not notice the lost read")
 		}
 		for _, m := range e.check(l) {
@@ -340,7 +287,7 @@ func TestFaultsExactlyOnce(t *testing.T) {
 		w := e.writer(writebehind.WriterOptions{Stream: stream})
 		l := startWorkload(t, w, counterKeys(1000, 5), 2)
 		p := e.startFlusherProc([]string{"CDC_UNSAFE=wb-ack-before-commit", "CDC_FAILPOINT=wb-after-early-ack:2"}, "-stream", stream)
-		p.waitExit(t, 30*time.Second)
+		p.ExitT(t, 30*time.Second) // at its failpoint
 		l.finish()
 		e.drainWithCleanFlusher(stream)
 		if bad := e.check(l); len(bad) == 0 {
