@@ -123,7 +123,7 @@ func TestTableMovedToAnotherSchemaStops(t *testing.T) {
 // publication sends nothing more, so only the catalog tells; the periodic
 // check must stop the engine, and the next start flush the table's keys.
 func TestTableDroppedFromPublicationStops(t *testing.T) {
-	f := newFixture(t, fixtureOpts{pgExtra: ""})
+	f := newFixture(t, fixtureOpts{pgExtra: "  catalog_check_interval: 1s\n"})
 	f.exec(`INSERT INTO users VALUES (1, 'a', 'a', ''); INSERT INTO big VALUES (1, 'x')`)
 	run := f.start()
 	f.barrier()
@@ -175,7 +175,7 @@ CREATE TABLE events_0 PARTITION OF events FOR VALUES FROM (0) TO (100);
 ALTER TABLE events REPLICA IDENTITY FULL;
 ALTER TABLE events_0 REPLICA IDENTITY FULL`)
 	rules := "  - table: events\n    keys: [\"ev:{id}\", \"ev:tenant:{tenant}\"]\n"
-	cfg := strings.Replace(f.rulesConfig(rules), "  status_interval: 1s\n", "  status_interval: 1s\n", 1)
+	cfg := strings.Replace(f.rulesConfig(rules), "  status_interval: 1s\n", "  status_interval: 1s\n  catalog_check_interval: 1s\n", 1)
 	run := f.startWith(f.writeConfig(cfg), zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)))
 	f.barrier()
 
