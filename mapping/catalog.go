@@ -9,6 +9,7 @@ import (
 // TableInfo is what the catalog says about a rule's table.
 type TableInfo struct {
 	Exists  bool
+	OID     uint32 // pg_class.oid: the relation ID of Relation messages
 	Kind    byte // pg_class.relkind: 'r' table, 'p' partitioned table, ...
 	Columns []string
 	// Types are the columns' types as format_type prints them ("bigint",

@@ -128,7 +128,14 @@ type Mapper struct {
 	byTable map[string][]*Rule
 	rules   []*Rule // in the order given
 	bound   map[uint32]*boundRelation
-	buf     []byte
+	// known maps relation IDs to the rule table they are (from the catalog
+	// at start, and from every Relation message bound since), and
+	// partitions maps the leaf partitions of partitioned rule tables to
+	// their root: a Relation message that names them otherwise means the
+	// table left its rules (moved.go).
+	known      map[uint32]string
+	partitions map[string]string
+	buf        []byte
 	sc      scratch
 	log     *zap.Logger
 
@@ -182,7 +189,8 @@ type boundTemplate struct {
 
 // New builds a mapper from rules.
 func New(rules []Rule, opts ...Option) (*Mapper, error) {
-	m := &Mapper{byTable: map[string][]*Rule{}, bound: map[uint32]*boundRelation{}, log: zap.NewNop(), nullWarned: map[*Rule]bool{}}
+	m := &Mapper{byTable: map[string][]*Rule{}, bound: map[uint32]*boundRelation{}, known: map[uint32]string{}, partitions: map[string]string{},
+		log: zap.NewNop(), nullWarned: map[*Rule]bool{}}
 	for _, o := range opts {
 		o(m)
 	}
@@ -274,6 +282,10 @@ func (m *Mapper) RefreshFallbacks() uint64 { return m.refreshFallbacks.Load() }
 // as it now is.
 func (m *Mapper) Bind(rel *replication.Relation) error {
 	rules := m.byTable[rel.QualifiedName()]
+	if err := m.moved(rel); err != nil {
+		delete(m.bound, rel.ID)
+		return err
+	}
 	if len(rules) == 0 {
 		delete(m.bound, rel.ID)
 		return nil
@@ -347,6 +359,7 @@ func (m *Mapper) Bind(rel *replication.Relation) error {
 		return fmt.Errorf("%w: %s", ErrRuleBinding, strings.Join(slices.Compact(problems), "; "))
 	}
 	m.bound[rel.ID] = br
+	m.known[rel.ID] = rel.QualifiedName()
 	return nil
 }
 

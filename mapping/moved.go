@@ -1,0 +1,67 @@
+package mapping
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/cdcinvalidate/cdcinvalidate/replication"
+)
+
+// Expect tells the mapper which relations the rule tables are, as the
+// catalog describes them (TableInfo.OID and Partitions), so that a
+// Relation message that names one of them otherwise is caught even when
+// it is the first of a session: the table was renamed or moved to another
+// schema, or its partitions are published as themselves. Call it before
+// the mapper binds anything.
+func (m *Mapper) Expect(infos map[string]TableInfo) {
+	for table, info := range infos {
+		if !info.Exists || len(m.byTable[table]) == 0 {
+			continue
+		}
+		if info.OID != 0 {
+			m.known[info.OID] = table
+		}
+		for _, p := range info.Partitions {
+			if p.Name != table {
+				m.partitions[p.Name] = table
+			}
+		}
+	}
+}
+
+// moved returns an *replication.UnboundError when rel is a table the
+// rules know under another name.
+func (m *Mapper) moved(rel *replication.Relation) error {
+	now := rel.QualifiedName()
+	if was, ok := m.known[rel.ID]; ok && was != now && len(m.byTable[was]) > 0 {
+		return m.unbound(was, now, fmt.Sprintf(
+			"table %s, which rules in rules.yaml name, now arrives as %s (ALTER TABLE ... RENAME or SET SCHEMA): the rules no longer apply to its changes, so the engine stops before confirming them. Rename it back (ALTER TABLE %s RENAME TO ...; or SET SCHEMA), or name %s in rules.yaml, then restart cdcinvalidate",
+			was, now, now, now))
+	}
+	if root, ok := m.partitions[now]; ok && len(m.byTable[now]) == 0 && len(m.byTable[root]) > 0 {
+		return m.unbound(root, now, fmt.Sprintf(
+			"changes of %s, a partition of %s, which rules in rules.yaml name, arrive under the partition's own name: the publication stopped publishing through the partition root, so the rules no longer apply to them and the engine stops before confirming them. Run ALTER PUBLICATION ... SET (publish_via_partition_root = true) on the engine's publication (rules.yaml names the partitioned table), then restart cdcinvalidate",
+			now, root))
+	}
+	return nil
+}
+
+// unbound describes table's rules losing it. The message says what the
+// next start does about the keys that may have gone stale.
+func (m *Mapper) unbound(table, now, msg string) *replication.UnboundError {
+	e := &replication.UnboundError{Table: table, Now: now}
+	for _, r := range m.byTable[table] {
+		for _, t := range r.Templates {
+			e.Globs = append(e.Globs, t.Glob())
+		}
+		if r.Actions.Generation {
+			e.Generations = append(e.Generations, r.Actions.GenerationKey)
+		}
+	}
+	slices.Sort(e.Globs)
+	e.Globs = slices.Compact(e.Globs)
+	slices.Sort(e.Generations)
+	e.Generations = slices.Compact(e.Generations)
+	e.Msg = msg
+	return e
+}
