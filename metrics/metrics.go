@@ -4,7 +4,7 @@
 // It implements the observers of the replication stream and of the sink, so
 // those packages stay free of Prometheus; gauges that describe state (lag,
 // positions, the slot) are read when scraped. Metric names start with
-// cdcinvalidate_; the README lists them all, and the alert rules and the
+// cdcinvalidate_; docs/operations.md lists them all, and the alert rules and the
 // dashboard in deploy/ use only these names (a test checks that).
 package metrics
 

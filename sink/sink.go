@@ -785,7 +785,7 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 // aclRefusal is the PermanentError of a command, key or channel the ACL
 // user may not use, with what to grant.
 func aclRefusal(err error) error {
-	return &PermanentError{fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in the README)", err)}
+	return &PermanentError{fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in docs/operations.md)", err)}
 }
 
 // Classify returns a PermanentError, with what to fix, for Redis errors
