@@ -31,6 +31,9 @@ func (c *Config) setDefaults() {
 	if p.StandbyRetry == 0 {
 		p.StandbyRetry = time.Second
 	}
+	if p.CatalogCheckInterval == 0 {
+		p.CatalogCheckInterval = 30 * time.Second
+	}
 	if c.Consistency.OnHistoryLost == "" {
 		c.Consistency.OnHistoryLost = "flush"
 	}

@@ -10,7 +10,7 @@ import (
 type TableInfo struct {
 	Exists  bool
 	OID     uint32 // pg_class.oid: the relation ID of Relation messages
-	Kind    byte // pg_class.relkind: 'r' table, 'p' partitioned table, ...
+	Kind    byte   // pg_class.relkind: 'r' table, 'p' partitioned table, ...
 	Columns []string
 	// Types are the columns' types as format_type prints them ("bigint",
 	// "timestamp with time zone"), parallel to Columns; optional.

@@ -136,8 +136,8 @@ type Mapper struct {
 	known      map[uint32]string
 	partitions map[string]string
 	buf        []byte
-	sc      scratch
-	log     *zap.Logger
+	sc         scratch
+	log        *zap.Logger
 
 	nullWarned map[*Rule]bool
 

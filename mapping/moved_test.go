@@ -1,0 +1,76 @@
+package mapping
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/cdcinvalidate/cdcinvalidate/replication"
+)
+
+// TestBindCatchesTablesThatLeaveTheirRules: a Relation message that names
+// a rule table otherwise than the rules do is refused, whether the mapper
+// learnt the table's ID from an earlier Relation message or from the
+// catalog at start (Expect); tables the rules never knew bind as before.
+func TestBindCatchesTablesThatLeaveTheirRules(t *testing.T) {
+	t.Parallel()
+	rel := func(id uint32, ns, name string) *replication.Relation {
+		r := usersRel('f')
+		r.ID, r.Namespace, r.Name = id, ns, name
+		return r
+	}
+	infos := map[string]TableInfo{
+		"public.users":  {Exists: true, OID: 16384, Kind: 'r'},
+		"public.events": {Exists: true, OID: 500, Kind: 'p', Partitions: []PartitionInfo{{Name: "public.events_1"}, {Name: "public.events_2"}}},
+	}
+	for _, c := range []struct {
+		name   string
+		expect bool                  // seed from the catalog
+		first  *replication.Relation // bound before, nil for none
+		rel    *replication.Relation // then bound
+		want   []string              // in the error; nil: no error
+	}{
+		{"renamed, seen before", false, rel(16384, "public", "users"), rel(16384, "public", "users_old"), []string{"public.users,", "public.users_old", "RENAME"}},
+		{"moved to another schema", false, rel(16384, "public", "users"), rel(16384, "archive", "users"), []string{"public.users,", "archive.users"}},
+		{"renamed, known from the catalog", true, nil, rel(16384, "public", "users_old"), []string{"public.users_old"}},
+		{"renamed, nothing known", false, nil, rel(16384, "public", "users_old"), nil},
+		{"same name again", true, rel(16384, "public", "users"), rel(16384, "public", "users"), nil},
+		{"other table, same name as a rule table (recreated)", true, nil, rel(999, "public", "users"), nil},
+		{"unrelated table", true, nil, rel(777, "public", "other"), nil},
+		{"partition as itself", true, nil, rel(501, "public", "events_2"), []string{"public.events_2", "public.events", "publish_via_partition_root = true"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := newMapper(t, usersRule(t, false, "user:{id}"), Rule{Table: "events", Templates: mustTemplates(t, "ev:{id}"), Where: "rules[1] (test)"})
+			if c.expect {
+				m.Expect(infos)
+			}
+			if c.first != nil {
+				if err := m.Bind(c.first); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := m.Bind(c.rel)
+			if c.want == nil {
+				if err != nil {
+					t.Fatalf("Bind = %v, want nil", err)
+				}
+				return
+			}
+			var ue *replication.UnboundError
+			if !errors.As(err, &ue) {
+				t.Fatalf("Bind = %v, want an UnboundError", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q: %v", w, err)
+				}
+			}
+			if len(ue.Globs) != 1 {
+				t.Errorf("globs = %q, want the table's one pattern", ue.Globs)
+			}
+			if keys, _ := m.AppendKeys(nil, insert(c.rel, tup(txt("1"), txt("a"), txt("b")))); len(keys) != 0 {
+				t.Errorf("keys for a table that left its rules: %q", keys)
+			}
+		})
+	}
+}
