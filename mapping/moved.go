@@ -46,22 +46,25 @@ func (m *Mapper) moved(rel *replication.Relation) error {
 	return nil
 }
 
-// unbound describes table's rules losing it. The message says what the
-// next start does about the keys that may have gone stale.
+// unbound describes table's rules losing it.
 func (m *Mapper) unbound(table, now, msg string) *replication.UnboundError {
-	e := &replication.UnboundError{Table: table, Now: now}
+	globs, gens := m.TableGlobs(table)
+	return &replication.UnboundError{Table: table, Now: now, Globs: globs, Generations: gens, Msg: msg}
+}
+
+// TableGlobs returns the SCAN patterns of the keys the rules of a table
+// can produce and their generation keys, sorted and without duplicates:
+// what may be stale when the table's changes were not applied.
+func (m *Mapper) TableGlobs(table string) (globs, gens []string) {
 	for _, r := range m.byTable[table] {
 		for _, t := range r.Templates {
-			e.Globs = append(e.Globs, t.Glob())
+			globs = append(globs, t.Glob())
 		}
 		if r.Actions.Generation {
-			e.Generations = append(e.Generations, r.Actions.GenerationKey)
+			gens = append(gens, r.Actions.GenerationKey)
 		}
 	}
-	slices.Sort(e.Globs)
-	e.Globs = slices.Compact(e.Globs)
-	slices.Sort(e.Generations)
-	e.Generations = slices.Compact(e.Generations)
-	e.Msg = msg
-	return e
+	slices.Sort(globs)
+	slices.Sort(gens)
+	return slices.Compact(globs), slices.Compact(gens)
 }
