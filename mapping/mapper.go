@@ -171,6 +171,9 @@ type boundRelation struct {
 	rel     *replication.Relation
 	rules   []boundRule
 	hasWhen bool
+	// unbound, when set, is returned for every change: the relation is a
+	// rule table's partition arriving as itself (moved.go).
+	unbound error
 }
 
 type boundRule struct {
@@ -288,6 +291,9 @@ func (m *Mapper) Bind(rel *replication.Relation) error {
 	}
 	if len(rules) == 0 {
 		delete(m.bound, rel.ID)
+		if br := m.partitionTrap(rel); br != nil {
+			m.bound[rel.ID] = br
+		}
 		return nil
 	}
 	colIndex := make(map[string]int, len(rel.Columns))
@@ -496,6 +502,9 @@ func (m *Mapper) AppendChange(keys []string, acts []replication.Action, ch *repl
 	br := m.bound[ch.Rel.ID]
 	if br == nil {
 		return keys, acts, nil
+	}
+	if br.unbound != nil {
+		return keys, acts, br.unbound
 	}
 	if opOf(ch.Op) == 0 {
 		return keys, acts, fmt.Errorf("unknown change op %v", ch.Op)

@@ -38,12 +38,23 @@ func (m *Mapper) moved(rel *replication.Relation) error {
 			"table %s, which rules in rules.yaml name, now arrives as %s (ALTER TABLE ... RENAME or SET SCHEMA): the rules no longer apply to its changes, so the engine stops before confirming them. Rename it back (ALTER TABLE %s RENAME TO ...; or SET SCHEMA), or name %s in rules.yaml, then restart cdcinvalidate",
 			was, now, now, now))
 	}
-	if root, ok := m.partitions[now]; ok && len(m.byTable[now]) == 0 && len(m.byTable[root]) > 0 {
-		return m.unbound(root, now, fmt.Sprintf(
-			"changes of %s, a partition of %s, which rules in rules.yaml name, arrive under the partition's own name: the publication stopped publishing through the partition root, so the rules no longer apply to them and the engine stops before confirming them. Run ALTER PUBLICATION ... SET (publish_via_partition_root = true) on the engine's publication (rules.yaml names the partitioned table), then restart cdcinvalidate",
-			now, root))
-	}
 	return nil
+}
+
+// partitionTrap returns the binding of a leaf partition of a rule table
+// that has no rules of its own: pgoutput describes it (after its root)
+// even when it publishes through the root, but a change that arrives
+// under its name means the publication stopped publishing through the
+// root, and AppendChange refuses it.
+func (m *Mapper) partitionTrap(rel *replication.Relation) *boundRelation {
+	now := rel.QualifiedName()
+	root, ok := m.partitions[now]
+	if !ok || len(m.byTable[now]) > 0 || len(m.byTable[root]) == 0 {
+		return nil
+	}
+	return &boundRelation{rel: rel, unbound: m.unbound(root, now, fmt.Sprintf(
+		"changes of %s, a partition of %s, which rules in rules.yaml name, arrive under the partition's own name: the publication stopped publishing through the partition root, so the rules no longer apply to them and the engine stops before confirming them. Run ALTER PUBLICATION ... SET (publish_via_partition_root = true) on the engine's publication (rules.yaml names the partitioned table), then restart cdcinvalidate",
+		now, root))}
 }
 
 // unbound describes table's rules losing it.

@@ -847,6 +847,10 @@ func (ss *session) handleChange(m *message) error {
 		keys, acts, err := ss.s.mapper.AppendChange(ss.keys, ss.acts, ch)
 		ss.keys, ss.acts = keys, acts
 		if err != nil {
+			if ss.s.covered(err, ss.commitLSN) {
+				ss.s.log.Debug("skipping a change the flush at this start covered", zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
+				return nil
+			}
 			return permanent(err)
 		}
 		ss.tables[m.relID].Change(ch.Op, len(keys)+len(acts)-before)
@@ -860,6 +864,12 @@ func (ss *session) handleChange(m *message) error {
 	}
 	keys, acts, err := ss.s.mapper.AppendChange(ss.keys[:0], ss.acts[:0], ch)
 	ss.keys, ss.acts = keys[:0], acts[:0]
+	var ue *UnboundError
+	if errors.As(err, &ue) {
+		// Judged at commit, as a table's description is.
+		ss.stream(ss.streamXid).dropChange(m.xid, err)
+		return nil
+	}
 	if err != nil {
 		return permanent(err)
 	}
