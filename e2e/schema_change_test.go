@@ -267,3 +267,44 @@ func (f *fixture) openStreamedDropColumn(end func(pgx.Tx) error) {
 		f.t.Fatal(err)
 	}
 }
+
+// TestNewPartitionFirstChangeStops: the same as
+// TestNewPartitionWithNarrowIdentityStops with the periodic check out of
+// the way: pgoutput describes the partition right before the first change
+// that goes through it, so that change is refused at once, before it is
+// confirmed. Fixed and restarted, the engine replays the refused change,
+// which the start-up flush covers.
+func TestNewPartitionFirstChangeStops(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	f.exec(`CREATE TABLE events (id bigint, tenant text, v text, PRIMARY KEY (id)) PARTITION BY RANGE (id);
+CREATE TABLE events_0 PARTITION OF events FOR VALUES FROM (0) TO (100);
+ALTER TABLE events REPLICA IDENTITY FULL;
+ALTER TABLE events_0 REPLICA IDENTITY FULL;
+INSERT INTO events VALUES (1, 'acme', 'a')`)
+	rules := "  - table: events\n    keys: [\"ev:{id}\", \"ev:tenant:{tenant}\"]\n"
+	cfg := strings.Replace(f.rulesConfig(rules), "  status_interval: 1s\n", "  status_interval: 1s\n  catalog_check_interval: 1h\n", 1)
+	run := f.startWith(f.writeConfig(cfg), zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)))
+	f.barrier()
+	f.set("ev:1", "ev:tenant:acme")
+	f.exec(`UPDATE events SET v = 'b' WHERE id = 1`) // through events_0, FULL: fine
+	f.barrier()
+	f.wantGone("ev:1", "ev:tenant:acme")
+
+	f.exec(`CREATE TABLE events_100 PARTITION OF events FOR VALUES FROM (100) TO (200)`)
+	f.set("ev:150", "ev:tenant:acme")
+	f.exec(`INSERT INTO events VALUES (150, 'acme', 'a')`)
+	err := run.wait(t, 60*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "partition public.events_100") || !strings.Contains(err.Error(), "ALTER TABLE public.events_100 REPLICA IDENTITY FULL") {
+		t.Fatalf("engine error = %v, want one naming partition public.events_100 and its ALTER TABLE", err)
+	}
+	t.Logf("engine stopped with: %v", err)
+	f.exec(`ALTER TABLE events_100 REPLICA IDENTITY FULL`)
+	f.startWith(f.writeConfig(cfg), zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)))
+	f.barrier()
+	f.wantGone("ev:150", "ev:tenant:acme")
+	// Streams on, through the fixed partition.
+	f.set("ev:tenant:acme", "ev:tenant:other")
+	f.exec(`UPDATE events SET tenant = 'other' WHERE id = 150`)
+	f.barrier()
+	f.wantGone("ev:tenant:acme", "ev:tenant:other")
+}

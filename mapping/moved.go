@@ -79,3 +79,38 @@ func (m *Mapper) TableGlobs(table string) (globs, gens []string) {
 	slices.Sort(gens)
 	return slices.Compact(globs), slices.Compact(gens)
 }
+
+// CheckLeaf checks the partition leaf that a change of the partitioned
+// rule table root went through (replication.LeafChecker): REPLICA IDENTITY
+// is not inherited, so a partition created after the start (by a
+// partition manager) may carry old rows with only its key columns, and the
+// missing ones would look like NULLs. A template column outside the leaf's
+// identity is refused, naming the ALTER TABLE to run.
+func (m *Mapper) CheckLeaf(root, leaf *replication.Relation) error {
+	br := m.bound[root.ID]
+	if br == nil || br.unbound != nil || leaf.ReplicaIdentity == 'f' {
+		return nil
+	}
+	key := map[string]bool{}
+	for _, c := range leaf.Columns {
+		if c.Key {
+			key[c.Name] = true
+		}
+	}
+	for _, r := range br.rules {
+		if r.rule.AllowStaleOldKeys {
+			continue
+		}
+		for _, bt := range r.templates {
+			for _, col := range bt.t.Columns() {
+				if key[col] {
+					continue
+				}
+				return m.unbound(root.QualifiedName(), leaf.QualifiedName(), fmt.Sprintf(
+					"%s: a change of %s went through its partition %s, whose replica identity (%s) does not carry column %q that key template %q uses, so keys of old rows cannot be computed (a partition does not inherit REPLICA IDENTITY FULL: was it created after the start?); the engine stops before confirming the change. Run ALTER TABLE %s REPLICA IDENTITY FULL (and set it on partitions a partition manager creates), then restart cdcinvalidate",
+					r.rule.Where, root.QualifiedName(), leaf.QualifiedName(), identityName(leaf.ReplicaIdentity), col, bt.t.src, leaf.QualifiedName()))
+			}
+		}
+	}
+	return nil
+}

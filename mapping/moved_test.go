@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -78,6 +79,54 @@ func TestBindCatchesTablesThatLeaveTheirRules(t *testing.T) {
 			}
 			if keys, _ := m.AppendKeys(nil, insert(c.rel, tup(txt("1"), txt("a"), txt("b")))); len(keys) != 0 {
 				t.Errorf("keys for a table that left its rules: %q", keys)
+			}
+		})
+	}
+}
+
+// TestCheckLeaf: a change through a partition whose replica identity does
+// not carry a template's column is refused, naming the partition and the
+// ALTER TABLE; FULL partitions, key-only templates and rules that accept
+// stale old keys pass.
+func TestCheckLeaf(t *testing.T) {
+	t.Parallel()
+	root := usersRel('f')
+	leaf := func(ident byte, keys ...string) *replication.Relation {
+		r := usersRel(ident)
+		r.ID, r.Name = 9000, "users_p2"
+		for i := range r.Columns {
+			r.Columns[i].Key = slices.Contains(keys, r.Columns[i].Name)
+		}
+		return r
+	}
+	for _, c := range []struct {
+		name       string
+		allowStale bool
+		keys       []string
+		leaf       *replication.Relation
+		wantErr    bool
+	}{
+		{"full partition", false, []string{"user:{id}", "user:email:{email}"}, leaf('f', "id", "email", "bio"), false},
+		{"default partition, key column only", false, []string{"user:{id}"}, leaf('d', "id"), false},
+		{"default partition, non-key column", false, []string{"user:{id}", "user:email:{email}"}, leaf('d', "id"), true},
+		{"index identity without the column", false, []string{"user:email:{email}"}, leaf('i', "id"), true},
+		{"stale old keys accepted", true, []string{"user:email:{email}"}, leaf('d', "id"), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := newMapper(t, usersRule(t, c.allowStale, c.keys...))
+			if err := m.Bind(root); err != nil {
+				t.Fatal(err)
+			}
+			err := m.CheckLeaf(root, c.leaf)
+			if !c.wantErr {
+				if err != nil {
+					t.Fatalf("CheckLeaf = %v, want nil", err)
+				}
+				return
+			}
+			var ue *replication.UnboundError
+			if !errors.As(err, &ue) || ue.Now != "public.users_p2" || !strings.Contains(err.Error(), "ALTER TABLE public.users_p2 REPLICA IDENTITY FULL") {
+				t.Fatalf("CheckLeaf = %v, want an UnboundError naming public.users_p2 and its ALTER TABLE", err)
 			}
 		})
 	}

@@ -316,6 +316,10 @@ type session struct {
 	streamXid uint32
 	streams   map[uint32]*txnBuffer
 	budget    int
+	// lastRel is the relation of the message just handled, if it was a
+	// Relation message (pgoutput describes a partition right before the
+	// first change that goes through it to its root).
+	lastRel *Relation
 	// badRels are relations whose last Relation message, inside the
 	// streamed transaction given, did not bind: that transaction's changes
 	// of them cannot be mapped, and it fails if it commits.
@@ -588,6 +592,8 @@ func (ss *session) handleMessage(data []byte) error {
 	if err != nil {
 		return permanent(err)
 	}
+	described := ss.lastRel
+	ss.lastRel = nil
 	switch m.kind {
 	case msgBegin:
 		ss.inTxn = true
@@ -601,7 +607,7 @@ func (ss *session) handleMessage(data []byte) error {
 	case msgRelation:
 		return ss.handleRelation(m)
 	case msgInsert, msgUpdate, msgDelete:
-		return ss.handleChange(m)
+		return ss.handleChange(m, described)
 	case msgTruncate:
 		var globs []string
 		var acts []Action
@@ -788,6 +794,7 @@ func (ss *session) stream(xid uint32) *txnBuffer {
 // commit: if it aborts, the table never changed.
 func (ss *session) handleRelation(m *message) error {
 	rel := m.relation
+	ss.lastRel = rel
 	ss.rels[rel.ID] = rel
 	ss.tables[rel.ID] = ss.s.obs.Table(rel.QualifiedName())
 	err := ss.s.mapper.Bind(rel)
@@ -816,10 +823,34 @@ func (ss *session) handleRelation(m *message) error {
 	return permanent(err)
 }
 
-func (ss *session) handleChange(m *message) error {
+// LeafChecker is implemented by a Mapper that checks the partition a
+// change went through, when pgoutput described it right before the change
+// it publishes as its root's: a partition's replica identity is its own,
+// so its old rows may lack columns the root's rules need.
+type LeafChecker interface {
+	CheckLeaf(root, leaf *Relation) error
+}
+
+// handleChange maps a row change. described is the relation of a Relation
+// message that came right before it, or nil.
+func (ss *session) handleChange(m *message, described *Relation) error {
 	rel := ss.rels[m.relID]
 	if rel == nil {
 		return permanent(fmt.Errorf("%w: change of relation %d before its Relation message", ErrMalformed, m.relID))
+	}
+	if lc, ok := ss.s.mapper.(LeafChecker); ok && described != nil && described.ID != rel.ID {
+		if err := lc.CheckLeaf(rel, described); err != nil {
+			if ss.inStream {
+				ss.stream(ss.streamXid).dropChange(m.xid, err) // judged at commit
+				return nil
+			}
+			if !ss.s.covered(err, ss.commitLSN) {
+				return permanent(err)
+			}
+			ss.s.log.Warn("skipping a change through a partition the rules cannot map: the flush at this start deleted its keys after it committed",
+				zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
+			return nil
+		}
 	}
 	if xid, bad := ss.badRels[m.relID]; bad {
 		if ss.inStream && ss.streamXid == xid {
