@@ -48,12 +48,19 @@ func currentWAL(ctx context.Context, conn *pgx.Conn) (replication.LSN, error) {
 	return lsn, nil
 }
 
-// markUnappliedScript removes patterns and generation keys from the
-// managed record (KEYS[1]) and adds a marker member, so the set stays
-// non-empty (an empty record means "no record", which flushes nothing).
+// markUnappliedScript removes ARGV[2..] from the managed record (KEYS[1])
+// and adds the marker ARGV[1], so the set stays non-empty (an empty record
+// means "no record", which flushes nothing). It uses only the commands the
+// record needs anyway (SMEMBERS, UNLINK, SADD), so the ACL stays as it is.
 var markUnappliedScript = redis.NewScript(`
-for i = 2, #ARGV do redis.call('SREM', KEYS[1], ARGV[i]) end
-redis.call('SADD', KEYS[1], ARGV[1])
+local drop = {}
+for i = 2, #ARGV do drop[ARGV[i]] = true end
+local keep = {ARGV[1]}
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not drop[m] then keep[#keep + 1] = m end
+end
+redis.call('UNLINK', KEYS[1])
+redis.call('SADD', KEYS[1], unpack(keep))
 return 1`)
 
 // markUnapplied makes the next start flush globs and increment gens, whose
