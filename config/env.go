@@ -81,6 +81,16 @@ func setScalar(f reflect.Value, s string) error {
 			return fmt.Errorf("%q is not a whole number", s)
 		}
 		f.SetInt(int64(n))
+	case f.Kind() == reflect.Slice:
+		// A comma-separated list, e.g. CDC_VERIFY_WINDOWS=1s,60s.
+		parts := strings.Split(s, ",")
+		out := reflect.MakeSlice(f.Type(), len(parts), len(parts))
+		for i, p := range parts {
+			if err := setScalar(out.Index(i), strings.TrimSpace(p)); err != nil {
+				return fmt.Errorf("item %d: %w", i+1, err)
+			}
+		}
+		f.Set(out)
 	case f.Kind() == reflect.Bool:
 		b, err := strconv.ParseBool(s)
 		if err != nil {
