@@ -53,8 +53,8 @@ func (m *Mapper) partitionTrap(rel *replication.Relation) *boundRelation {
 		return nil
 	}
 	return &boundRelation{rel: rel, unbound: m.unbound(root, now, fmt.Sprintf(
-		"changes of %s, a partition of %s, which rules in rules.yaml name, arrive under the partition's own name: the publication stopped publishing through the partition root, so the rules no longer apply to them and the engine stops before confirming them. Run ALTER PUBLICATION ... SET (publish_via_partition_root = true) on the engine's publication (rules.yaml names the partitioned table), then restart cdcinvalidate",
-		now, root))}
+		"changes of %s, a partition of %s, which rules in rules.yaml name, arrive under the partition's own name: the publication stopped publishing through the partition root (or the partition was detached), so the rules no longer apply to them and the engine stops before confirming them. Run ALTER PUBLICATION ... SET (publish_via_partition_root = true) on the engine's publication (rules.yaml names the partitioned table); a detached partition is no longer part of %s: its rows left the table without a DELETE; then restart cdcinvalidate",
+		now, root, root))}
 }
 
 // unbound describes table's rules losing it.
