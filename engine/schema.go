@@ -139,8 +139,12 @@ func (e *Engine) recheckCatalog(ctx context.Context) (problems, globs, gens []st
 		return nil, nil, nil, fmt.Errorf("connect to postgres: %w", err)
 	}
 	defer conn.Close(context.Background())
-	// The running rules: a reload swaps them under reloadMu.
-	e.reloadMu.Lock()
+	// The running rules: a reload swaps them under reloadMu. While one
+	// runs (it checks the catalog itself), this check waits for the next
+	// tick rather than block the engine's shutdown behind it.
+	if !e.reloadMu.TryLock() {
+		return nil, nil, nil, nil
+	}
 	m := e.mapper
 	e.reloadMu.Unlock()
 	cat, err := checkCatalog(ctx, conn, m)
