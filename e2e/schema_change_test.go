@@ -10,6 +10,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // The cases of "a table that stops matching its rule while streaming"
@@ -97,11 +99,11 @@ func TestTableRenamedWhileStoppedIsCaught(t *testing.T) {
 func engineConfigRun(f *fixture) (string, error) {
 	f.t.Helper()
 	p := f.startBinary(f.cfgPath)
-	code := p.wait(f.t, 60*time.Second)
+	code := p.ExitT(f.t, 60*time.Second)
 	if code == 0 {
-		return p.out.String(), nil
+		return p.Output(), nil
 	}
-	return p.out.String(), fmt.Errorf("exit code %d: %s", code, lastLines(p.out.String(), 3))
+	return p.Output(), fmt.Errorf("exit code %d: %s", code, p.Tail(3))
 }
 
 // TestTableMovedToAnotherSchemaStops: ALTER TABLE ... SET SCHEMA takes the
@@ -257,7 +259,7 @@ func (f *fixture) openStreamedDropColumn(end func(pgx.Tx) error) {
 	}
 	// The chunks were streamed once the slot's statistics count the
 	// transaction (they are updated after each streamed chunk).
-	waitFor(f.t, 60*time.Second, "the open transaction to be streamed", func() bool {
+	harness.WaitFor(f.t, 60*time.Second, "the open transaction to be streamed", func() bool {
 		var n int64
 		_ = f.db.QueryRow(ctx, `SELECT coalesce(sum(stream_txns), 0) FROM pg_stat_replication_slots WHERE slot_name = 'cdcinvalidate'`).Scan(&n)
 		return n > before

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // renameRun: with every key cached, table users is renamed, its rows are
@@ -14,7 +16,7 @@ import (
 // the table's patterns, then replays the changes made under the other
 // name. With unsafe set (CDC_UNSAFE=ignore-unbound, the old behaviour)
 // the engine skips those changes silently and streams on.
-func renameRun(t *testing.T, sc *scenario, f *fixture, p *proc, i int, unsafe string) (checkResult, *proc) {
+func renameRun(t *testing.T, sc *scenario, f *fixture, p *harness.Process, i int, unsafe string) (checkResult, *harness.Process) {
 	t.Helper()
 	sc.run()
 	f.fill()
@@ -24,15 +26,13 @@ func renameRun(t *testing.T, sc *scenario, f *fixture, p *proc, i int, unsafe st
 	f.exec(`UPDATE users_migrating SET rev = rev + 1 WHERE id % 7 = $1`, i%7)
 	f.exec(`ALTER TABLE users_migrating RENAME TO users`)
 	if unsafe == "" {
-		p.waitExit(t, 60*time.Second, "after its table was renamed")
-		out := p.out.String()
-		if p.exitCode() != 1 || !strings.Contains(out, "public.users_migrating") {
-			t.Fatalf("run %d: engine ended with %s, want exit status 1 and an error naming public.users_migrating; output:\n%s", i, p.state(), lastLines(out, 20))
+		if code := p.ExitT(t, 60*time.Second); code != 1 || !strings.Contains(p.Output(), "public.users_migrating") {
+			t.Fatalf("run %d: engine ended with %s, want exit status 1 and an error naming public.users_migrating; output:\n%s", i, p.State(), p.Tail(20))
 		}
 		sc.note("run %d: the engine stopped with exit status 1 on the renamed table and named it", i)
 		p = f.startStreaming()
-	} else if !p.alive() {
-		t.Fatalf("run %d: the broken engine (CDC_UNSAFE=%s) stopped: %s", i, unsafe, lastLines(p.out.String(), 20))
+	} else if !p.Running() {
+		t.Fatalf("run %d: the broken engine (CDC_UNSAFE=%s) stopped: %s", i, unsafe, p.Tail(20))
 	}
 	r := f.quiesce()
 	sc.record(fmt.Sprintf("run %d, after the rename back", i), r)
