@@ -38,7 +38,16 @@ func (e *Engine) sessionChecks(rdb *redis.Client, first slotState) func(context.
 			e.log.Info("replication session acquired the slot; checking the cache's history again", zap.Stringer("confirmed_lsn", start))
 		}
 		patterns, gens := e.sink.Managed()
-		return e.checkHistory(ctx, rdb, e.sink, st, patterns, gens)
+		if err := e.checkHistory(ctx, rdb, e.sink, &st, patterns, gens); err != nil {
+			return err
+		}
+		if sessions == 1 && (len(st.flushedGlobs) > 0 || len(st.flushedGens) > 0) {
+			// What this flush covers: transactions that committed below
+			// the WAL position read at process start, before it (the
+			// stream waits for these checks, so it reads this after).
+			e.stream.SetFlushed(first.walNow, st.flushedGlobs, st.flushedGens)
+		}
+		return nil
 	}
 }
 
@@ -56,7 +65,7 @@ func (e *Engine) sessionChecks(rdb *redis.Client, first slotState) func(context.
 // A new slot without a watermark is a first start: cached values may
 // predate the slot, so they are flushed unless consistency.on_first_start
 // is keep.
-func (e *Engine) checkHistory(ctx context.Context, rdb *redis.Client, sk *sink.Sink, st slotState, patterns, gens []string) error {
+func (e *Engine) checkHistory(ctx context.Context, rdb *redis.Client, sk *sink.Sink, st *slotState, patterns, gens []string) error {
 	key := e.cfg.WatermarkKey()
 	var lost, first string
 	switch {
@@ -94,7 +103,7 @@ func (e *Engine) checkHistory(ctx context.Context, rdb *redis.Client, sk *sink.S
 		}
 	}
 	if lost == "" && first == "" {
-		return e.flushNewlyManaged(ctx, rdb, sk, patterns, gens)
+		return e.flushNewlyManaged(ctx, rdb, sk, st, patterns, gens)
 	}
 	switch {
 	case lost != "" && e.cfg.Consistency.OnHistoryLost != config.HistoryLostFlush:
@@ -117,6 +126,7 @@ func (e *Engine) checkHistory(ctx context.Context, rdb *redis.Client, sk *sink.S
 	if err := sk.FlushSome(ctx, patterns, gens); err != nil {
 		return err
 	}
+	st.flushed(patterns, gens)
 	if err := sk.SetWatermark(ctx, st.confirmed); err != nil {
 		return err
 	}
@@ -171,7 +181,7 @@ func (e *Engine) recordManaged(ctx context.Context, rdb *redis.Client, members [
 // kept consistent. It follows consistency.on_first_start. Without a record
 // (an engine from before the record existed) nothing is flushed and the
 // record is started.
-func (e *Engine) flushNewlyManaged(ctx context.Context, rdb *redis.Client, sk *sink.Sink, allPatterns, allGens []string) error {
+func (e *Engine) flushNewlyManaged(ctx context.Context, rdb *redis.Client, sk *sink.Sink, st *slotState, allPatterns, allGens []string) error {
 	key := e.cfg.ManagedKey()
 	if key == "" {
 		return nil
@@ -208,6 +218,7 @@ func (e *Engine) flushNewlyManaged(ctx context.Context, rdb *redis.Client, sk *s
 		if err := sk.FlushSome(ctx, globs, gens); err != nil {
 			return err
 		}
+		st.flushed(globs, gens)
 	}
 	return e.recordManaged(ctx, rdb, now)
 }

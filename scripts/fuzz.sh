@@ -21,6 +21,7 @@ targets=(
 	"./config FuzzRules"
 	"./sink FuzzOrderKey"
 	"./cacheaside FuzzParseStamp"
+	"./writebehind FuzzTemplate"
 )
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
