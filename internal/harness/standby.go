@@ -90,7 +90,8 @@ func (p *Postgres) StartStandby(ctx context.Context, opts StandbyOptions) (_ *Po
 	return s, nil
 }
 
-// copyDataDir copies a stopped server's data directory, keeping modes.
+// copyDataDir copies a stopped server's data directory, keeping modes,
+// without its replication slots.
 func copyDataDir(from, to string) error {
 	err := filepath.WalkDir(from, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -105,6 +106,11 @@ func copyDataDir(from, to string) error {
 		}
 		if standbyCopySkip[rel] {
 			return nil
+		}
+		if filepath.Dir(rel) == "pg_replslot" {
+			// The primary's slots are not the standby's (pg_basebackup skips
+			// them too); failover slots reach it by synchronization.
+			return filepath.SkipDir
 		}
 		dst := filepath.Join(to, rel)
 		info, err := d.Info()
