@@ -68,8 +68,45 @@ func TestCompatCore(t *testing.T) {
 		if code, _ := p.term(t); code != 0 {
 			t.Fatalf("SIGTERM: exit code %d; output:\n%s", code, p.out.String())
 		}
-		t.Run("slot lost", func(t *testing.T) { f.compatSlotLost() })
+		t.Run("slot lost", func(t *testing.T) { f.compatSlotLost(f.loseSlotWAL, "max_slot_wal_keep_size") })
 	})
+}
+
+// TestCompatIdleTimeoutSlot (PostgreSQL 18+): a slot left inactive for
+// longer than idle_replication_slot_timeout is invalidated
+// (invalidation_reason idle_timeout), which loses history like removed
+// WAL: the engine refuses or flushes.
+func TestCompatIdleTimeoutSlot(t *testing.T) {
+	forVersions(t, 18, func(t *testing.T, major int) {
+		f := newFixture(t, fixtureOpts{pgVersion: major})
+		p := f.startBinaryStreaming(f.cfgPath)
+		f.barrier()
+		if code, _ := p.term(t); code != 0 {
+			t.Fatalf("SIGTERM: exit code %d", code)
+		}
+		f.compatSlotLost(f.idleOutSlot, "idle_replication_slot_timeout")
+	})
+}
+
+// idleOutSlot makes PostgreSQL 18 invalidate the stopped engine's slot for
+// idleness: a timeout of 1 s (the unit is seconds), then checkpoints.
+func (f *fixture) idleOutSlot() {
+	t := f.t
+	f.exec(`ALTER SYSTEM SET idle_replication_slot_timeout = '1s'`)
+	f.exec(`SELECT pg_reload_conf()`)
+	t.Cleanup(func() {
+		_, _ = f.db.Exec(context.Background(), `ALTER SYSTEM RESET idle_replication_slot_timeout`)
+		_, _ = f.db.Exec(context.Background(), `SELECT pg_reload_conf()`)
+	})
+	waitFor(t, 60*time.Second, "the slot to be invalidated for idleness", func() bool {
+		time.Sleep(500 * time.Millisecond)
+		f.exec(`CHECKPOINT`)
+		var reason string
+		err := f.db.QueryRow(context.Background(), `SELECT coalesce(invalidation_reason, '') FROM pg_replication_slots WHERE slot_name = 'cdcinvalidate'`).Scan(&reason)
+		return err == nil && reason == "idle_timeout"
+	})
+	f.exec(`ALTER SYSTEM RESET idle_replication_slot_timeout`)
+	f.exec(`SELECT pg_reload_conf()`)
 }
 
 func (f *fixture) compatRowChanges() {
@@ -202,16 +239,16 @@ func (f *fixture) compatCrash(p *proc) *proc {
 	return p
 }
 
-// compatSlotLost: with the engine stopped, the slot falls behind by more
-// than max_slot_wal_keep_size and PostgreSQL invalidates it. A start with
-// on_history_lost: stop refuses and deletes nothing; the default start
-// drops and recreates the slot and flushes the managed keys.
-func (f *fixture) compatSlotLost() {
+// compatSlotLost: with the engine stopped, lose invalidates the slot (it
+// falls behind by more than max_slot_wal_keep_size, say). A start with
+// on_history_lost: stop refuses, naming cause, and deletes nothing; the
+// default start drops and recreates the slot and flushes the managed keys.
+func (f *fixture) compatSlotLost(lose func(), cause string) {
 	t := f.t
-	f.loseSlotWAL()
+	lose()
 	f.set("user:2", "unmanaged:1")
-	f.exec(`UPDATE users SET name = 'while the slot was lost' WHERE id = 2`)
-	out := f.startFails(mustRead(t, f.cfgPath)+"consistency:\n  on_history_lost: stop\n", []string{"was invalidated by PostgreSQL", "on_history_lost: flush"})
+	f.exec(`INSERT INTO users VALUES (2, 'b@x', 'n', '') ON CONFLICT (id) DO UPDATE SET name = 'while the slot was lost'`)
+	out := f.startFails(mustRead(t, f.cfgPath)+"consistency:\n  on_history_lost: stop\n", []string{"was invalidated by PostgreSQL", cause, "on_history_lost: flush"})
 	t.Logf("refusal: %s", lastLines(out, 1))
 	if !f.exists("user:2") {
 		t.Fatal("on_history_lost: stop deleted keys")

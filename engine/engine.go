@@ -362,11 +362,12 @@ type slotState struct {
 
 func (e *Engine) ensureSlot(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.Config) (slotState, error) {
 	slot := e.cfg.Postgres.Slot
-	var plugin, slotType, db, walStatus string
+	var plugin, slotType, db, walStatus, reason string
+	var conflicting bool
 	var confirmed *string
 	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), slot_type, coalesce(database, ''), confirmed_flush_lsn::text,
-       coalesce((to_jsonb(s) ->> 'wal_status'), '')
-FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, &db, &confirmed, &walStatus)
+       coalesce((to_jsonb(s) ->> 'wal_status'), ''), `+slotInvalidatedSQL+`
+FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, &db, &confirmed, &walStatus, &reason, &conflicting)
 	if err == nil {
 		var problems []string
 		if slotType != "logical" || plugin != "pgoutput" {
@@ -377,10 +378,14 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 		if len(problems) > 0 {
 			return slotState{}, &SetupError{problems}
 		}
-		if walStatus == "lost" || confirmed == nil {
-			// PostgreSQL removed WAL the slot needed (max_slot_wal_keep_size):
-			// the changes in between are gone for good.
-			why := fmt.Sprintf("slot %q was invalidated by PostgreSQL (wal_status = lost: it fell behind by more than max_slot_wal_keep_size), so the changes it missed are gone", slot)
+		if lost, cause := slotInvalidation(walStatus, reason, conflicting); lost || confirmed == nil {
+			// PostgreSQL invalidated the slot (WAL removed, idle too long, a
+			// conflict with recovery on a standby): it cannot decode any more,
+			// and the changes it had not confirmed are gone for good.
+			if cause == "" {
+				cause = "it has no confirmed position"
+			}
+			why := fmt.Sprintf("slot %q was invalidated by PostgreSQL (%s), so the changes it missed are gone", slot, cause)
 			if e.cfg.Consistency.OnHistoryLost != "flush" {
 				return slotState{}, &SetupError{[]string{why + fmt.Sprintf("; flush the keys the rules manage, then drop the slot (SELECT pg_drop_replication_slot('%s')) and start again, or set consistency.on_history_lost: flush to let cdcinvalidate do both", slot)}}
 			}
