@@ -27,10 +27,16 @@ type standbyPair struct {
 // standby, synchronized_standby_slots on the primary). f.db is reconnected
 // through the multi-host DSN, so it follows the primary across a failover.
 func (f *fixture) newStandbyPair(syncSlots bool) *standbyPair {
+	return f.newStandbyPairFeedback(syncSlots, true)
+}
+
+// newStandbyPairFeedback is newStandbyPair with hot_standby_feedback on or
+// off.
+func (f *fixture) newStandbyPairFeedback(syncSlots, feedback bool) *standbyPair {
 	t := f.t
 	ctx := f.ctx()
 	f.exec(`SELECT pg_create_physical_replication_slot('standby1', true)`)
-	settings := map[string]string{"primary_slot_name": "standby1", "hot_standby_feedback": "on"}
+	settings := map[string]string{"primary_slot_name": "standby1", "hot_standby_feedback": map[bool]string{true: "on", false: "off"}[feedback]}
 	if syncSlots {
 		settings["sync_replication_slots"] = "on"
 	}

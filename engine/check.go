@@ -22,17 +22,18 @@ import (
 
 // catalogCheck is what checkCatalog found.
 type catalogCheck struct {
-	walLevel string
-	version  int
-	infos    map[string]mapping.TableInfo
-	problems []mapping.Problem // wal_level and every rule against its table
+	walLevel   string
+	version    int
+	inRecovery bool // a standby
+	infos      map[string]mapping.TableInfo
+	problems   []mapping.Problem // wal_level and every rule against its table
 }
 
 // checkCatalog reads wal_level, the server version and every rule table,
 // and checks the rules against them.
 func checkCatalog(ctx context.Context, conn *pgx.Conn, m *mapping.Mapper) (*catalogCheck, error) {
 	c := &catalogCheck{infos: map[string]mapping.TableInfo{}}
-	if err := conn.QueryRow(ctx, "SELECT current_setting('wal_level'), current_setting('server_version_num')::int").Scan(&c.walLevel, &c.version); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT current_setting('wal_level'), current_setting('server_version_num')::int, pg_is_in_recovery()").Scan(&c.walLevel, &c.version, &c.inRecovery); err != nil {
 		return nil, fmt.Errorf("read server settings: %w", err)
 	}
 	if c.walLevel != "logical" {
@@ -332,6 +333,20 @@ func (e *Engine) checkPostgres(ctx context.Context, rep *CheckReport) error {
 		return err
 	}
 	rep.add(SeverityOK, subject, fmt.Sprintf("connected; server version %d, wal_level=%s", cat.version, cat.walLevel), "")
+	if cat.inRecovery {
+		for _, p := range standbyProblems(cat.version, cat.inRecovery, e.cfg.Postgres.FailoverSlot) {
+			rep.add(SeverityError, subject, p, "see above")
+		}
+		feedback, primarySlot, err := standbySettings(ctx, conn)
+		if err != nil {
+			return err
+		}
+		if advice := standbySettingsAdvice(feedback, primarySlot); advice != "" {
+			rep.add(SeverityWarn, subject, "a standby: "+advice, "set hot_standby_feedback = on and primary_slot_name on the standby")
+		} else {
+			rep.add(SeverityOK, subject, "a standby with hot_standby_feedback and primary_slot_name "+primarySlot+"; the publication must be created on the primary", "")
+		}
+	}
 
 	// The role.
 	var super, replication bool
