@@ -60,7 +60,7 @@ func TestCompatCore(t *testing.T) {
 		p := f.startBinaryStreaming(f.cfgPath)
 		f.barrier()
 
-		t.Run("row changes", func(t *testing.T) { f.compatRowChanges() })
+		t.Run("row changes", func(t *testing.T) { f.rowChangeCases() })
 		t.Run("truncate", func(t *testing.T) { f.compatTruncate() })
 		t.Run("messages", func(t *testing.T) { f.compatMessages() })
 		t.Run("streamed transaction", func(t *testing.T) { f.compatStreamed() })
@@ -92,12 +92,7 @@ func TestCompatIdleTimeoutSlot(t *testing.T) {
 // idleness: a timeout of 1 s (the unit is seconds), then checkpoints.
 func (f *fixture) idleOutSlot() {
 	t := f.t
-	f.exec(`ALTER SYSTEM SET idle_replication_slot_timeout = '1s'`)
-	f.exec(`SELECT pg_reload_conf()`)
-	t.Cleanup(func() {
-		_, _ = f.db.Exec(context.Background(), `ALTER SYSTEM RESET idle_replication_slot_timeout`)
-		_, _ = f.db.Exec(context.Background(), `SELECT pg_reload_conf()`)
-	})
+	reset := f.setSystem("idle_replication_slot_timeout", "1s")
 	waitFor(t, 60*time.Second, "the slot to be invalidated for idleness", func() bool {
 		time.Sleep(500 * time.Millisecond)
 		f.exec(`CHECKPOINT`)
@@ -105,34 +100,7 @@ func (f *fixture) idleOutSlot() {
 		err := f.db.QueryRow(context.Background(), `SELECT coalesce(invalidation_reason, '') FROM pg_replication_slots WHERE slot_name = 'cdcinvalidate'`).Scan(&reason)
 		return err == nil && reason == "idle_timeout"
 	})
-	f.exec(`ALTER SYSTEM RESET idle_replication_slot_timeout`)
-	f.exec(`SELECT pg_reload_conf()`)
-}
-
-func (f *fixture) compatRowChanges() {
-	f.set("user:1", "user:email:a@x", "user:2")
-	f.exec(`INSERT INTO users VALUES (1, 'a@x', 'Ann', 'bio')`)
-	f.barrier()
-	f.wantGone("user:1", "user:email:a@x")
-	f.wantKept("user:2")
-
-	// A key column changes: the old row's keys (from the FULL old tuple)
-	// and the new row's.
-	f.set("user:1", "user:email:a@x", "user:email:b@x")
-	f.exec(`UPDATE users SET email = 'b@x' WHERE id = 1`)
-	f.barrier()
-	f.wantGone("user:1", "user:email:a@x", "user:email:b@x")
-
-	f.set("user:1", "user:7", "user:email:b@x")
-	f.exec(`UPDATE users SET id = 7 WHERE id = 1`)
-	f.barrier()
-	f.wantGone("user:1", "user:7", "user:email:b@x")
-
-	f.set("user:7", "user:email:b@x", "user:2")
-	f.exec(`DELETE FROM users WHERE id = 7`)
-	f.barrier()
-	f.wantGone("user:7", "user:email:b@x")
-	f.wantKept("user:2")
+	reset()
 }
 
 func (f *fixture) compatTruncate() {
@@ -266,12 +234,7 @@ func (f *fixture) compatSlotLost(lose func(), cause string) {
 // max_slot_wal_keep_size of 1MB, a few WAL segments, a checkpoint.
 func (f *fixture) loseSlotWAL() {
 	t := f.t
-	f.exec(`ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'`)
-	f.exec(`SELECT pg_reload_conf()`)
-	t.Cleanup(func() {
-		_, _ = f.db.Exec(context.Background(), `ALTER SYSTEM RESET max_slot_wal_keep_size`)
-		_, _ = f.db.Exec(context.Background(), `SELECT pg_reload_conf()`)
-	})
+	reset := f.setSystem("max_slot_wal_keep_size", "1MB")
 	waitFor(t, 60*time.Second, "the slot to be invalidated (wal_status lost)", func() bool {
 		for i := 0; i < 3; i++ {
 			f.exec(`INSERT INTO other (v) VALUES ('wal')`)
@@ -282,6 +245,19 @@ func (f *fixture) loseSlotWAL() {
 		err := f.db.QueryRow(context.Background(), `SELECT coalesce(wal_status, '') FROM pg_replication_slots WHERE slot_name = 'cdcinvalidate'`).Scan(&status)
 		return err == nil && status == "lost"
 	})
-	f.exec(`ALTER SYSTEM RESET max_slot_wal_keep_size`)
+	reset()
+}
+
+// setSystem sets a reloadable server setting with ALTER SYSTEM and
+// reloads; the returned reset (also run at cleanup) undoes it.
+func (f *fixture) setSystem(name, value string) (reset func()) {
+	f.t.Helper()
+	f.exec(fmt.Sprintf(`ALTER SYSTEM SET %s = '%s'`, name, value))
 	f.exec(`SELECT pg_reload_conf()`)
+	reset = func() {
+		_, _ = f.db.Exec(context.Background(), `ALTER SYSTEM RESET `+name)
+		_, _ = f.db.Exec(context.Background(), `SELECT pg_reload_conf()`)
+	}
+	f.t.Cleanup(reset)
+	return reset
 }

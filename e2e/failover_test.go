@@ -163,6 +163,47 @@ func (w *rowWriter) stop() []string {
 	return keys
 }
 
+// promoteUnderWriter fails over from the primary to the standby while a
+// writer updates users 1..n (their keys cached, and the managed key
+// user:999999 that no change touches), running before first once the
+// writer runs. Afterwards the key of every committed write must be gone
+// and user:999999 kept: the engine resumed from a slot that kept its
+// history, where a flush would have deleted it.
+func (sp *standbyPair) promoteUnderWriter(p *proc, n int, before func()) {
+	f, t := sp.f, sp.f.t
+	f.set("user:999999")
+	f.set(userKeys(1, n)...)
+	w := f.startRowWriter(n)
+	defer w.stop()
+	if before != nil {
+		before()
+	}
+	w.waitMore(t, 50, "writes before the failover")
+	sp.failover()
+	w.waitMore(t, 100, "writes on the promoted standby")
+	keys := w.stop()
+	f.barrierTimeout(2 * time.Minute)
+	if left := f.present(keys...); len(left) > 0 {
+		t.Fatalf("%d of %d keys of committed writes still cached after the failover (lost invalidations): first %q", len(left), len(keys), left[:min(5, len(left))])
+	}
+	if out := p.out.String(); !f.exists("user:999999") || strings.Contains(out, "cannot prove the cache saw every change") {
+		t.Fatalf("the engine flushed at the failover although its slot kept its history; output:\n%s", out)
+	}
+}
+
+// startWithStandby starts a primary of the given version with users 1..n,
+// a physical standby of it (syncing failover slots when syncSlots), and
+// the engine binary with pgExtra in its postgres section, streaming.
+func startWithStandby(t *testing.T, major, n int, syncSlots bool, pgExtra string) (*fixture, *standbyPair, string, *proc) {
+	f := newFixture(t, fixtureOpts{pgVersion: major})
+	f.seedUsers(n)
+	sp := f.newStandbyPair(syncSlots)
+	cfg := sp.config(pgExtra, "")
+	p := f.startBinaryStreaming(cfg)
+	f.barrier()
+	return f, sp, cfg, p
+}
+
 // TestCompatFailoverSlots (PostgreSQL 17+): the engine's slot is a
 // failover slot, synchronized to a physical standby; the standby is
 // promoted while an application writes, and the engine, on a DSN naming
@@ -171,40 +212,16 @@ func (w *rowWriter) stop() []string {
 // committed write is deleted.
 func TestCompatFailoverSlots(t *testing.T) {
 	forVersions(t, 17, func(t *testing.T, major int) {
-		f := newFixture(t, fixtureOpts{pgVersion: major})
-		const n = 400
-		f.seedUsers(n)
-		sp := f.newStandbyPair(true)
-		cfg := sp.config("  failover_slot: true\n", "")
-		p := f.startBinaryStreaming(cfg)
-		f.barrier()
-		// A managed key no change touches: a flush would delete it.
-		f.set("user:999999")
-		f.set(userKeys(1, n)...)
-
+		f, sp, _, p := startWithStandby(t, major, 400, true, "  failover_slot: true\n")
 		started := time.Now()
-		w := f.startRowWriter(n)
-		defer w.stop()
-		waitFor(t, 2*time.Minute, "the failover slot to be synchronized to the standby (persistent, synced)", func() bool {
-			exists, synced, temporary, _ := sp.standbySlot()
-			return exists && synced && !temporary
+		sp.promoteUnderWriter(p, 400, func() {
+			waitFor(t, 2*time.Minute, "the failover slot to be synchronized to the standby (persistent, synced)", func() bool {
+				exists, synced, temporary, _ := sp.standbySlot()
+				return exists && synced && !temporary
+			})
+			_, _, _, syncedAt := sp.standbySlot()
+			t.Logf("failover slot synchronized to the standby at %s after %s", syncedAt, time.Since(started).Round(time.Millisecond))
 		})
-		_, _, _, syncedAt := sp.standbySlot()
-		t.Logf("failover slot synchronized to the standby at %s after %s", syncedAt, time.Since(started).Round(time.Millisecond))
-		w.waitMore(t, 50, "writes before the failover")
-		sp.failover()
-		w.waitMore(t, 100, "writes on the promoted standby")
-		keys := w.stop()
-		f.barrierTimeout(2 * time.Minute)
-		if left := f.present(keys...); len(left) > 0 {
-			t.Fatalf("%d of %d keys of committed writes still cached after the failover (lost invalidations): first %q", len(left), len(keys), left[:min(5, len(left))])
-		}
-		if !f.exists("user:999999") {
-			t.Fatalf("the engine flushed after the failover although the synchronized slot kept its history; output:\n%s", p.out.String())
-		}
-		if out := p.out.String(); strings.Contains(out, "cannot prove the cache saw every change") {
-			t.Fatalf("the engine flushed after the failover; output:\n%s", out)
-		}
 		// It streams from the new primary, the same process all along.
 		var active bool
 		if err := f.db.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = 'cdcinvalidate'`).Scan(&active); err != nil || !active {
@@ -224,13 +241,8 @@ func TestCompatFailoverSlots(t *testing.T) {
 // refuses to start (stop).
 func TestCompatFailoverWithoutFailoverSlots(t *testing.T) {
 	forVersions(t, 17, func(t *testing.T, major int) {
-		f := newFixture(t, fixtureOpts{pgVersion: major})
 		const n = 200
-		f.seedUsers(n)
-		sp := f.newStandbyPair(false)
-		cfg := sp.config("", "")
-		p := f.startBinaryStreaming(cfg)
-		f.barrier()
+		f, sp, cfg, p := startWithStandby(t, major, n, false, "")
 		f.set("user:999999")
 		f.set(userKeys(1, n)...)
 		w := f.startRowWriter(n)
