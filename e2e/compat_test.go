@@ -65,8 +65,8 @@ func TestCompatCore(t *testing.T) {
 		t.Run("messages", func(t *testing.T) { f.compatMessages() })
 		t.Run("streamed transaction", func(t *testing.T) { f.compatStreamed() })
 		t.Run("kill -9 mid-stream", func(t *testing.T) { p = f.compatCrash(p) })
-		if code, _ := p.term(t); code != 0 {
-			t.Fatalf("SIGTERM: exit code %d; output:\n%s", code, p.out.String())
+		if code, _ := p.TermT(t, 30*time.Second); code != 0 {
+			t.Fatalf("SIGTERM: exit code %d; output:\n%s", code, p.Output())
 		}
 		t.Run("slot lost", func(t *testing.T) { f.compatSlotLost(f.loseSlotWAL, "max_slot_wal_keep_size") })
 	})
@@ -81,7 +81,7 @@ func TestCompatIdleTimeoutSlot(t *testing.T) {
 		f := newFixture(t, fixtureOpts{pgVersion: major})
 		p := f.startBinaryStreaming(f.cfgPath)
 		f.barrier()
-		if code, _ := p.term(t); code != 0 {
+		if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 			t.Fatalf("SIGTERM: exit code %d", code)
 		}
 		f.compatSlotLost(f.idleOutSlot, "idle_replication_slot_timeout")
@@ -93,7 +93,7 @@ func TestCompatIdleTimeoutSlot(t *testing.T) {
 func (f *fixture) idleOutSlot() {
 	t := f.t
 	reset := f.setSystem("idle_replication_slot_timeout", "1s")
-	waitFor(t, 60*time.Second, "the slot to be invalidated for idleness", func() bool {
+	harness.WaitFor(t, 60*time.Second, "the slot to be invalidated for idleness", func() bool {
 		time.Sleep(500 * time.Millisecond)
 		f.exec(`CHECKPOINT`)
 		var reason string
@@ -147,7 +147,7 @@ func (f *fixture) compatStreamed() {
 	if _, err := tx.Exec(ctx, emit, "big:msg"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, "the transaction to be streamed while in progress", func() bool { return f.streamTxns() > streamedBefore })
+	harness.WaitFor(t, 60*time.Second, "the transaction to be streamed while in progress", func() bool { return f.streamTxns() > streamedBefore })
 	f.barrier()
 	f.wantKept(keys...)
 	if err := tx.Commit(ctx); err != nil {
@@ -172,7 +172,7 @@ func (f *fixture) streamTxns() int64 {
 // compatCrash kills the engine twice while single-row transactions stream;
 // after restarts every changed row's key is gone. It returns the engine
 // running at the end.
-func (f *fixture) compatCrash(p *proc) *proc {
+func (f *fixture) compatCrash(p *harness.Process) *harness.Process {
 	t := f.t
 	const n = 600
 	f.exec(`INSERT INTO users SELECT g, 'c' || g || '@x', 'n', '' FROM generate_series(1000, 999 + $1) g`, n)
@@ -194,7 +194,7 @@ func (f *fixture) compatCrash(p *proc) *proc {
 	}()
 	for kill := 0; kill < 2; kill++ {
 		time.Sleep(300 * time.Millisecond)
-		p.kill9(t)
+		p.KillT(t)
 		p = f.startBinaryStreaming(f.cfgPath)
 	}
 	if err := <-errc; err != nil {
@@ -217,15 +217,15 @@ func (f *fixture) compatSlotLost(lose func(), cause string) {
 	f.set("user:2", "unmanaged:1")
 	f.exec(`INSERT INTO users VALUES (2, 'b@x', 'n', '') ON CONFLICT (id) DO UPDATE SET name = 'while the slot was lost'`)
 	out := f.startFails(mustRead(t, f.cfgPath)+"consistency:\n  on_history_lost: stop\n", []string{"was invalidated by PostgreSQL", cause, "on_history_lost: flush"})
-	t.Logf("refusal: %s", lastLines(out, 1))
+	t.Logf("refusal: %s", harness.LastLines(out, 1))
 	if !f.exists("user:2") {
 		t.Fatal("on_history_lost: stop deleted keys")
 	}
 	p := f.startBinaryStreaming(f.cfgPath)
-	waitFor(t, 60*time.Second, "the stale key to be flushed", func() bool { return !f.exists("user:2") })
+	harness.WaitFor(t, 60*time.Second, "the stale key to be flushed", func() bool { return !f.exists("user:2") })
 	f.wantKept("unmanaged:1")
 	f.barrier()
-	if code, _ := p.term(t); code != 0 {
+	if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("SIGTERM: exit code %d", code)
 	}
 }
@@ -235,7 +235,7 @@ func (f *fixture) compatSlotLost(lose func(), cause string) {
 func (f *fixture) loseSlotWAL() {
 	t := f.t
 	reset := f.setSystem("max_slot_wal_keep_size", "1MB")
-	waitFor(t, 60*time.Second, "the slot to be invalidated (wal_status lost)", func() bool {
+	harness.WaitFor(t, 60*time.Second, "the slot to be invalidated (wal_status lost)", func() bool {
 		for i := 0; i < 3; i++ {
 			f.exec(`INSERT INTO other (v) VALUES ('wal')`)
 			f.exec(`SELECT pg_switch_wal()`)

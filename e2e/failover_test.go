@@ -56,7 +56,7 @@ func (f *fixture) newStandbyPairFeedback(syncSlots, feedback bool) *standbyPair 
 		f.exec(`ALTER SYSTEM SET synchronized_standby_slots = 'standby1'`)
 		f.exec(`SELECT pg_reload_conf()`)
 	}
-	waitFor(t, 60*time.Second, "the standby to stream from the primary", func() bool {
+	harness.WaitFor(t, 60*time.Second, "the standby to stream from the primary", func() bool {
 		var active bool
 		err := f.db.QueryRow(ctx, `SELECT active FROM pg_replication_slots WHERE slot_name = 'standby1'`).Scan(&active)
 		return err == nil && active
@@ -147,7 +147,7 @@ func (w *rowWriter) count() int {
 func (w *rowWriter) waitMore(t *testing.T, k int, what string) {
 	t.Helper()
 	from := w.count()
-	waitFor(t, 2*time.Minute, what, func() bool { return w.count() >= from+k })
+	harness.WaitFor(t, 2*time.Minute, what, func() bool { return w.count() >= from+k })
 }
 
 // stop stops the writer and returns the keys of the rows it updated.
@@ -169,7 +169,7 @@ func (w *rowWriter) stop() []string {
 // writer runs. Afterwards the key of every committed write must be gone
 // and user:999999 kept: the engine resumed from a slot that kept its
 // history, where a flush would have deleted it.
-func (sp *standbyPair) promoteUnderWriter(p *proc, n int, before func()) {
+func (sp *standbyPair) promoteUnderWriter(p *harness.Process, n int, before func()) {
 	f, t := sp.f, sp.f.t
 	f.set("user:999999")
 	f.set(userKeys(1, n)...)
@@ -186,7 +186,7 @@ func (sp *standbyPair) promoteUnderWriter(p *proc, n int, before func()) {
 	if left := f.present(keys...); len(left) > 0 {
 		t.Fatalf("%d of %d keys of committed writes still cached after the failover (lost invalidations): first %q", len(left), len(keys), left[:min(5, len(left))])
 	}
-	if out := p.out.String(); !f.exists("user:999999") || strings.Contains(out, "cannot prove the cache saw every change") {
+	if out := p.Output(); !f.exists("user:999999") || strings.Contains(out, "cannot prove the cache saw every change") {
 		t.Fatalf("the engine flushed at the failover although its slot kept its history; output:\n%s", out)
 	}
 }
@@ -194,7 +194,7 @@ func (sp *standbyPair) promoteUnderWriter(p *proc, n int, before func()) {
 // startWithStandby starts a primary of the given version with users 1..n,
 // a physical standby of it (syncing failover slots when syncSlots), and
 // the engine binary with pgExtra in its postgres section, streaming.
-func startWithStandby(t *testing.T, major, n int, syncSlots bool, pgExtra string) (*fixture, *standbyPair, string, *proc) {
+func startWithStandby(t *testing.T, major, n int, syncSlots bool, pgExtra string) (*fixture, *standbyPair, string, *harness.Process) {
 	f := newFixture(t, fixtureOpts{pgVersion: major})
 	f.seedUsers(n)
 	sp := f.newStandbyPair(syncSlots)
@@ -215,7 +215,7 @@ func TestCompatFailoverSlots(t *testing.T) {
 		f, sp, _, p := startWithStandby(t, major, 400, true, "  failover_slot: true\n")
 		started := time.Now()
 		sp.promoteUnderWriter(p, 400, func() {
-			waitFor(t, 2*time.Minute, "the failover slot to be synchronized to the standby (persistent, synced)", func() bool {
+			harness.WaitFor(t, 2*time.Minute, "the failover slot to be synchronized to the standby (persistent, synced)", func() bool {
 				exists, synced, temporary, _ := sp.standbySlot()
 				return exists && synced && !temporary
 			})
@@ -227,7 +227,7 @@ func TestCompatFailoverSlots(t *testing.T) {
 		if err := f.db.QueryRow(context.Background(), `SELECT active FROM pg_replication_slots WHERE slot_name = 'cdcinvalidate'`).Scan(&active); err != nil || !active {
 			t.Fatalf("slot on the new primary: active = %v, %v", active, err)
 		}
-		if code, _ := p.term(t); code != 0 {
+		if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 			t.Fatalf("SIGTERM: exit code %d", code)
 		}
 	})
@@ -249,10 +249,10 @@ func TestCompatFailoverWithoutFailoverSlots(t *testing.T) {
 		defer w.stop()
 		w.waitMore(t, 50, "writes before the failover")
 		sp.failover()
-		if code := p.wait(t, 2*time.Minute); code == 0 {
-			t.Fatalf("the engine exited 0 after failing over to a server without its slot; output:\n%s", p.out.String())
+		if code := p.ExitT(t, 2*time.Minute); code == 0 {
+			t.Fatalf("the engine exited 0 after failing over to a server without its slot; output:\n%s", p.Output())
 		}
-		if out := p.out.String(); !strings.Contains(out, "is gone") {
+		if out := p.Output(); !strings.Contains(out, "is gone") {
 			t.Fatalf("the engine stopped without naming the lost slot; output:\n%s", out)
 		}
 		w.waitMore(t, 50, "writes on the promoted standby while no engine runs")
@@ -262,12 +262,12 @@ func TestCompatFailoverWithoutFailoverSlots(t *testing.T) {
 			t.Fatal("on_history_lost: stop deleted keys")
 		}
 		p = f.startBinaryStreaming(cfg)
-		waitFor(t, 60*time.Second, "the managed keys to be flushed", func() bool { return !f.exists("user:999999") })
+		harness.WaitFor(t, 60*time.Second, "the managed keys to be flushed", func() bool { return !f.exists("user:999999") })
 		f.barrier()
 		if left := f.present(keys...); len(left) > 0 {
 			t.Fatalf("%d keys of committed writes still cached after the flush: first %q", len(left), left[:min(5, len(left))])
 		}
-		if code, _ := p.term(t); code != 0 {
+		if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 			t.Fatalf("SIGTERM: exit code %d", code)
 		}
 	})

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // standbyPublication is the publication an operator creates on the
@@ -33,7 +35,7 @@ func (sp *standbyPair) standbyDB() *pgxpool.Pool {
 // it streams there. Creating a slot on a standby waits for the primary to
 // log its running transactions: the test asks the primary to, as an
 // operator would (pg_log_standby_snapshot, PostgreSQL 16+).
-func (sp *standbyPair) startOnStandby(cfg string, sdb *pgxpool.Pool) *proc {
+func (sp *standbyPair) startOnStandby(cfg string, sdb *pgxpool.Pool) *harness.Process {
 	f, t := sp.f, sp.f.t
 	p := f.startBinary(cfg)
 	deadline := time.Now().Add(90 * time.Second)
@@ -45,12 +47,12 @@ WHERE s.slot_name = 'cdcinvalidate' AND r.application_name = 'cdcinvalidate' AND
 			return p
 		}
 		select {
-		case <-p.done:
-			t.Fatalf("engine exited (code %d) before streaming from the standby; output:\n%s", p.exitCode(), p.out.String())
+		case <-p.Done():
+			t.Fatalf("engine exited (code %d) before streaming from the standby; output:\n%s", p.ExitCode(), p.Output())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("engine not streaming from the standby after 90s; output:\n%s", p.out.String())
+			t.Fatalf("engine not streaming from the standby after 90s; output:\n%s", p.Output())
 		}
 		if f.pg.Port() != 0 {
 			_, _ = f.db.Exec(context.Background(), `SELECT pg_log_standby_snapshot()`)
@@ -90,13 +92,13 @@ func TestCompatStandbyDecoding(t *testing.T) {
 
 		// The publication does not exist: a standby cannot create it.
 		out := f.startFails(mustRead(t, sp.standbyConfig("")), []string{"this server is a standby (read-only): create it on the primary", "CREATE PUBLICATION"})
-		t.Logf("refusal: %s", lastLines(out, 1))
+		t.Logf("refusal: %s", harness.LastLines(out, 1))
 		f.exec(standbyPublication)
 
 		cfg := sp.standbyConfig("")
 		p := sp.startOnStandby(cfg, sdb)
 		f.barrier()
-		if out := p.out.String(); !strings.Contains(out, "decoding from a standby") {
+		if out := p.Output(); !strings.Contains(out, "decoding from a standby") {
 			t.Errorf("the engine did not say it decodes from a standby; output:\n%s", out)
 		}
 		var onStandby bool
@@ -119,8 +121,8 @@ func TestCompatStandbyDecoding(t *testing.T) {
 		f.seedUsers(n)
 		f.barrier()
 		sp.promoteUnderWriter(p, n, nil)
-		if code, _ := p.term(t); code != 0 {
-			t.Fatalf("SIGTERM: exit code %d; output:\n%s", code, p.out.String())
+		if code, _ := p.TermT(t, 30*time.Second); code != 0 {
+			t.Fatalf("SIGTERM: exit code %d; output:\n%s", code, p.Output())
 		}
 	})
 }
@@ -140,17 +142,17 @@ func TestCompatStandbySlotConflict(t *testing.T) {
 		cfg := sp.standbyConfig("")
 		p := sp.startOnStandby(cfg, sdb)
 		f.barrier()
-		if out := p.out.String(); !strings.Contains(out, "hot_standby_feedback is off") {
+		if out := p.Output(); !strings.Contains(out, "hot_standby_feedback is off") {
 			t.Errorf("no warning about hot_standby_feedback; output:\n%s", out)
 		}
-		if code, _ := p.term(t); code != 0 {
+		if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 			t.Fatalf("SIGTERM: exit code %d", code)
 		}
 
 		// Catalog rows newer than the slot's catalog_xmin, removed on the
 		// primary, which knows nothing of the standby's slot.
 		// VACUUM FULL: a plain VACUUM did not always conflict within a minute.
-		waitFor(t, 90*time.Second, "the standby's slot to be invalidated by a conflict with recovery", func() bool {
+		harness.WaitFor(t, 90*time.Second, "the standby's slot to be invalidated by a conflict with recovery", func() bool {
 			f.exec(`CREATE TABLE conflict_t (i int); DROP TABLE conflict_t`)
 			f.exec(`VACUUM FULL pg_class`)
 			f.exec(`INSERT INTO other (v) VALUES ('flush the WAL')`)
@@ -166,15 +168,15 @@ func TestCompatStandbySlotConflict(t *testing.T) {
 		f.set("user:1", "unmanaged:1")
 		f.exec(`UPDATE users SET name = 'while the slot was invalidated' WHERE id = 1`)
 		out := f.startFails(strings.Replace(mustRead(t, cfg), "rules:", "consistency:\n  on_history_lost: stop\nrules:", 1), []string{"was invalidated by PostgreSQL", "conflicted with recovery", "hot_standby_feedback"})
-		t.Logf("refusal: %s", lastLines(out, 1))
+		t.Logf("refusal: %s", harness.LastLines(out, 1))
 		if !f.exists("user:1") {
 			t.Fatal("on_history_lost: stop deleted keys")
 		}
 		p = sp.startOnStandby(cfg, sdb)
-		waitFor(t, 60*time.Second, "the managed keys to be flushed", func() bool { return !f.exists("user:1") })
+		harness.WaitFor(t, 60*time.Second, "the managed keys to be flushed", func() bool { return !f.exists("user:1") })
 		f.wantKept("unmanaged:1")
 		f.barrier()
-		if code, _ := p.term(t); code != 0 {
+		if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 			t.Fatalf("SIGTERM: exit code %d", code)
 		}
 	})
