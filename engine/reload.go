@@ -113,7 +113,7 @@ func (e *Engine) Reload(ctx context.Context, cfg *config.Config) (err error) {
 		}
 	}
 	newGlobs := mapping.NewlyManagedGlobs(old, m)
-	flush := e.cfg.Consistency.OnFirstStart == "flush"
+	flush := e.cfg.Consistency.OnFirstStart == config.FirstStartFlush
 	if err := e.stream.SetMapper(ctx, m, newGlobs, flush); err != nil {
 		return err
 	}
