@@ -5,10 +5,12 @@ package main
 // exactly once, through a stop and a restart.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -107,7 +109,8 @@ func (d *demo) leaderboard(ctx context.Context) error {
 	first := fl
 	defer func() { _ = fl.stop() }()
 
-	// Writers: each batch adds 1..5 points to players in turn; acked holds
+	// Writers: each batch adds points to the players in turn (1..5, plus
+	// 1 for bob and 2 for cid, so that the board has an order); acked holds
 	// what Apply acknowledged, per player.
 	var (
 		mu      sync.Mutex
@@ -128,7 +131,8 @@ func (d *demo) leaderboard(ctx context.Context) error {
 				ops := make([]writebehind.Op, lbBatch)
 				sum := map[string]int64{}
 				for i := range ops {
-					p, pts := lbPlayers[(b+i)%len(lbPlayers)], int64(1+(b*7+i)%5)
+					pi := (b + i) % len(lbPlayers)
+					p, pts := lbPlayers[pi], int64(1+(b*7+i)%5+pi)
 					ops[i] = writebehind.IncrOp("score:"+lbBoard+":"+p, pts)
 					sum[p] += pts
 				}
@@ -219,7 +223,9 @@ func (d *demo) leaderboard(ctx context.Context) error {
 	d.say("%s%-8s %10s %10s %14s", indent, "player", "Redis", "database", "acknowledged")
 	var total int64
 	var bad []string
-	for _, p := range lbPlayers {
+	ranked := slices.Clone(lbPlayers)
+	slices.SortFunc(ranked, func(a, b string) int { return cmp.Compare(acked[b], acked[a]) })
+	for _, p := range ranked {
 		key := "score:" + lbBoard + ":" + p
 		rv, err := d.rdb.Get(ctx, key).Int64()
 		if err != nil {
