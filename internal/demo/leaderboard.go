@@ -102,6 +102,7 @@ func (d *demo) leaderboard(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	fl, err := d.startFlusher(ctx)
 	if err != nil {
 		return err
@@ -218,7 +219,8 @@ func (d *demo) leaderboard(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.say("%sall %d batches acknowledged; stream drained (pending 0)", indent, batches.Load())
+	d.say("%sall %d batches acknowledged; stream drained (pending 0), %.1f s after the first write",
+		indent, batches.Load(), time.Since(start).Seconds())
 
 	d.say("%s%-8s %10s %10s %14s", indent, "player", "Redis", "database", "acknowledged")
 	var total int64
