@@ -238,9 +238,13 @@ type Sink struct {
 	ScanCount int `yaml:"scan_count"`
 	// MaxBackoff caps the wait between Redis retries. Default 5s.
 	MaxBackoff time.Duration `yaml:"max_backoff"`
-	// MaxKeyBytes is the longest key sent; longer ones are logged, counted
-	// and not invalidated. Default 65536.
+	// MaxKeyBytes is the key length beyond which a key is logged and
+	// counted (a template over a huge value). Default 65536.
 	MaxKeyBytes int `yaml:"max_key_bytes"`
+	// OnLongKey is what happens to a key longer than MaxKeyBytes: "send"
+	// (default: it is invalidated all the same) or "stop" (the engine stops
+	// with an error). A key is never skipped.
+	OnLongKey string `yaml:"on_long_key"`
 	// Watermark keeps the key cdcinvalidate:<slot>:lsn at the end LSN of the
 	// last applied transaction (never lowered). Default true.
 	Watermark *bool `yaml:"watermark"`
@@ -492,6 +496,9 @@ func (c *Config) setDefaults() {
 	if s.MaxKeyBytes == 0 {
 		s.MaxKeyBytes = 64 << 10
 	}
+	if s.OnLongKey == "" {
+		s.OnLongKey = "send"
+	}
 	if s.MaxBackoff == 0 {
 		s.MaxBackoff = 5 * time.Second
 	}
@@ -607,6 +614,11 @@ func (c *Config) validate(loc locator) []Problem {
 	}
 	if c.Sink.MaxKeyBytes < 1 {
 		add("sink.max_key_bytes", "max_key_bytes must be at least 1")
+	}
+	switch c.Sink.OnLongKey {
+	case "send", "stop":
+	default:
+		add("sink.on_long_key", "on_long_key %q is not one of send, stop", c.Sink.OnLongKey)
 	}
 	if c.Sink.ScanCount < 1 {
 		add("sink.scan_count", "scan_count must be at least 1")

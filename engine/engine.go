@@ -149,7 +149,7 @@ func (e *Engine) run(ctx context.Context) error {
 		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == "del",
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
-		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
+		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, OnLongKey: e.cfg.Sink.OnLongKey, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
 		CatchUpAge: catchUpAge,
 	}, tracker)
 	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {

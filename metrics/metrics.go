@@ -125,7 +125,7 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "errors_total",
 		Help: "Errors by class: redis_transient (retried), redis_permanent (stops), replication (reconnects)."}, []string{"class"})
 	m.tooLong = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "keys_too_long_total",
-		Help: "Keys longer than sink.max_key_bytes, not invalidated (use a digest filter in the template)."})
+		Help: "Keys longer than sink.max_key_bytes, invalidated all the same unless sink.on_long_key is stop (use a digest filter in the template)."})
 	m.actions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "actions_total",
 		Help: "Actions besides plain deletes applied in Redis, by action (unlink, del, version, publish, stream, refresh, generation), before deduplication."}, []string{"action"})
 	for k := replication.ActUnlink; k <= replication.ActIncr; k++ {

@@ -85,12 +85,16 @@ type Config struct {
 	// OnHistoryLost is "flush" (delete FlushPatterns, then go on) or "stop"
 	// (a PermanentError) when Redis lost acknowledged writes.
 	OnHistoryLost string
-	// MaxKeyBytes bounds the length of a key (default 65536). A longer key
-	// (a template over a huge value: use a digest filter) is not sent,
-	// logged and counted in Stats.KeysTooLong.
+	// MaxKeyBytes is the length beyond which a key is reported (default
+	// 65536): a template over a huge value, where a digest filter is
+	// better. Such a key is counted in Stats.KeysTooLong and, by
+	// OnLongKey, still sent (Redis takes keys up to 512 MB) or refused.
 	MaxKeyBytes int
-	Logger      *zap.Logger
-	Observer    Observer
+	// OnLongKey is OnLongKeySend (default: send the key, log and count it)
+	// or OnLongKeyStop (a PermanentError before the batch is sent).
+	OnLongKey string
+	Logger    *zap.Logger
+	Observer  Observer
 	// CatchUpAge: when the last transaction seen committed longer ago than
 	// this (the engine is catching up on a backlog), a batch waits up to
 	// GatherWait (default 2ms) for more events before it is sent; fresh
@@ -110,7 +114,7 @@ type Observer interface {
 	Applied(now time.Time, commitTimes []time.Time)
 	// RedisError reports a failed attempt; permanent ones stop the sink.
 	RedisError(err error, permanent bool)
-	// KeyTooLong reports a key longer than MaxKeyBytes that was not sent.
+	// KeyTooLong reports a key longer than MaxKeyBytes.
 	KeyTooLong()
 	// Actions reports the actions of an applied batch, by kind.
 	Actions(kind replication.ActionKind, n int)
@@ -137,7 +141,8 @@ type Stats struct {
 	Waiting atomic.Bool
 	// Flushes counts flushes of every managed key after Redis lost writes.
 	Flushes atomic.Uint64
-	// KeysTooLong counts keys longer than MaxKeyBytes, not sent.
+	// KeysTooLong counts keys longer than MaxKeyBytes (sent unless
+	// OnLongKey is OnLongKeyStop).
 	KeysTooLong atomic.Uint64
 }
 
@@ -228,6 +233,12 @@ func New(cfg Config, ack Acker) *Sink {
 	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}, obs: cfg.Observer, accs: map[string]*msgAcc{}, gatherTimer: t}
 }
 
+// What the sink does with a key longer than Config.MaxKeyBytes.
+const (
+	OnLongKeySend = "send" // send it, log and count it (default)
+	OnLongKeyStop = "stop" // stop with a PermanentError
+)
+
 // PermanentError is a Redis error that retrying cannot fix.
 type PermanentError struct{ Err error }
 
@@ -266,7 +277,9 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 		// Gather what is queued behind this event into one batch.
 		end := ev.End
 		s.startBatch()
-		s.addEvent(ev)
+		if err := s.addEvent(ev); err != nil {
+			return err
+		}
 		closed := false
 		// While the engine is far behind the server (catching up), waiting
 		// a moment for more events makes far fewer, larger round trips;
@@ -307,7 +320,9 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 				pending = &next
 				break gather
 			}
-			s.addEvent(next)
+			if err := s.addEvent(next); err != nil {
+				return err
+			}
 			if next.End > end {
 				end = next.End
 			}
@@ -379,8 +394,10 @@ func (s *Sink) startBatch() {
 	s.acts.reset()
 }
 
-func (s *Sink) addEvent(ev replication.Event) {
-	s.addKeys(ev.Keys)
+func (s *Sink) addEvent(ev replication.Event) error {
+	if err := s.addKeys(ev.Keys); err != nil {
+		return err
+	}
 	if len(ev.Actions) > 0 {
 		s.addActions(ev.Actions, ev.LSN)
 	}
@@ -391,17 +408,15 @@ func (s *Sink) addEvent(ev replication.Event) {
 		s.commits = append(s.commits, ev.CommitTime)
 		s.lastCommit = ev.CommitTime
 	}
+	return nil
 }
 
-func (s *Sink) addKeys(keys []string) {
+func (s *Sink) addKeys(keys []string) error {
 	for _, k := range keys {
 		if len(k) > s.cfg.MaxKeyBytes {
-			s.obs.KeyTooLong()
-			if s.Stats.KeysTooLong.Add(1)%1000 == 1 {
-				s.log.Error("key longer than sink.max_key_bytes not invalidated: a template renders a huge value; use a digest filter such as {col|sha1}",
-					zap.Int("bytes", len(k)), zap.String("prefix", k[:min(len(k), 64)]), zap.Uint64("total", s.Stats.KeysTooLong.Load()))
+			if err := s.longKey(k); err != nil {
+				return err
 			}
-			continue
 		}
 		if j, ok := s.acts.setIdx[k]; ok {
 			s.acts.sets[j].dropped = true // deleted later in commit order
@@ -417,6 +432,25 @@ func (s *Sink) addKeys(keys []string) {
 			s.extra = append(s.extra, s.cfg.Companion(k), k)
 		}
 	}
+	return nil
+}
+
+// longKey counts a key longer than MaxKeyBytes and, with OnLongKeyStop,
+// refuses it. It is never dropped: a skipped invalidation leaves a stale
+// value until its TTL, or forever.
+func (s *Sink) longKey(k string) error {
+	s.obs.KeyTooLong()
+	n := s.Stats.KeysTooLong.Add(1)
+	prefix := k[:min(len(k), 64)]
+	if s.cfg.OnLongKey == OnLongKeyStop {
+		return &PermanentError{fmt.Errorf("a key of %d bytes (starting %q) is longer than sink.max_key_bytes %d, and sink.on_long_key is stop: a template renders a huge value; use a digest filter such as {col|sha1}, raise sink.max_key_bytes, or set sink.on_long_key: send (Redis accepts keys up to 512 MB)",
+			len(k), prefix, s.cfg.MaxKeyBytes)}
+	}
+	if n%1000 == 1 {
+		s.log.Warn("key longer than sink.max_key_bytes; invalidated anyway, but a template renders a huge value: use a digest filter such as {col|sha1}",
+			zap.Int("bytes", len(k)), zap.String("prefix", prefix), zap.Uint64("total", n))
+	}
+	return nil
 }
 
 // del queues the deletes of keys, KeysPerCommand (rounded to even, so a

@@ -3,6 +3,7 @@ package sink
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -92,29 +93,57 @@ func TestLeaseGoesWithItsKey(t *testing.T) {
 	}
 }
 
-func TestTooLongKeyIsCountedNotSent(t *testing.T) {
+// A key longer than MaxKeyBytes is still invalidated (Redis takes keys up
+// to 512 MB) and counted; with OnLongKey "stop" the sink stops with an
+// error naming the option, before anything of the batch is acknowledged.
+func TestTooLongKeyIsSentAndCounted(t *testing.T) {
 	rd := harness.RedisT(t, harness.RedisOptions{})
 	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
 	defer rdb.Close()
+	ctx := context.Background()
 	huge := "k:" + strings.Repeat("x", 100)
-	if err := rdb.Set(context.Background(), huge, "v", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rdb.Set(context.Background(), "k:1", "v", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	s := New(Config{Client: rdb, MaxKeyBytes: 50}, &ackRecorder{})
-	in := make(chan replication.Event, 1)
-	in <- replication.Event{Keys: []string{huge, "k:1"}, End: 5}
-	close(in)
-	if err := s.Run(context.Background(), in); err != nil {
-		t.Fatal(err)
-	}
-	if n := s.Stats.KeysTooLong.Load(); n != 1 {
-		t.Fatalf("KeysTooLong = %d, want 1", n)
-	}
-	if n, _ := rdb.Exists(context.Background(), "k:1").Result(); n != 0 {
-		t.Fatal("the ordinary key of the same batch was not deleted")
+	for _, tc := range []struct {
+		onLong  string
+		wantErr string
+	}{
+		{"", ""},
+		{OnLongKeySend, ""},
+		{OnLongKeyStop, "sink.on_long_key"},
+	} {
+		if err := rdb.MSet(ctx, huge, "v", "k:1", "v").Err(); err != nil {
+			t.Fatal(err)
+		}
+		ack := &ackRecorder{}
+		s := New(Config{Client: rdb, MaxKeyBytes: 50, OnLongKey: tc.onLong}, ack)
+		in := make(chan replication.Event, 1)
+		in <- replication.Event{Keys: []string{huge, "k:1"}, End: 5}
+		close(in)
+		err := s.Run(ctx, in)
+		if n := s.Stats.KeysTooLong.Load(); n != 1 {
+			t.Errorf("on_long_key %q: KeysTooLong = %d, want 1", tc.onLong, n)
+		}
+		if tc.wantErr != "" {
+			var perm *PermanentError
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.As(err, &perm) {
+				t.Errorf("on_long_key %q: Run = %v, want a permanent error naming %s", tc.onLong, err, tc.wantErr)
+			}
+			if len(ack.acked) != 0 {
+				t.Errorf("on_long_key %q: acknowledged %v although the batch stopped", tc.onLong, ack.acked)
+			}
+			if n, _ := rdb.Exists(ctx, huge).Result(); n != 1 {
+				t.Errorf("on_long_key %q: the long key was deleted although the sink stopped", tc.onLong)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("on_long_key %q: %v", tc.onLong, err)
+		}
+		if n, _ := rdb.Exists(ctx, huge, "k:1").Result(); n != 0 {
+			t.Errorf("on_long_key %q: %d of the long key and the ordinary key still exist, want both deleted", tc.onLong, n)
+		}
+		if fmt.Sprint(ack.acked) != "[0/5]" {
+			t.Errorf("on_long_key %q: acked %v, want [0/5]", tc.onLong, ack.acked)
+		}
 	}
 }
 
