@@ -507,15 +507,8 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 			}
 			return nil
 		})
-		// The watermark script answers nil when there was no watermark:
-		// that is for checkMark to judge, not an error of the pipeline; a
-		// stream entry refused as already there was written before a crash.
-		if err != nil {
-			for _, c := range cmds {
-				if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) && !replayedEntry(c) {
-					return e
-				}
-			}
+		if err := pipelineErr(err, cmds); err != nil {
+			return err
 		}
 		if mark {
 			if err := s.checkMark(ctx, markAt); err != nil {
@@ -548,6 +541,36 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	}
 	s.acts.reset() // sent: a watermark-only pipeline after this must not repeat them
 	return nil
+}
+
+// pipelineErr returns the error of a pipeline that Pipelined returned as
+// err, or nil when every command succeeded. The watermark script answers
+// nil when there was no watermark (for checkMark to judge, not an error);
+// a stream entry refused as already there was written before a crash.
+// An error that no command carries (a hook that failed the pipeline, a
+// connection lost in a way the client did not stamp on each command) is
+// an error too: the batch was not (known to be) applied.
+func pipelineErr(err error, cmds []redis.Cmder) error {
+	if err == nil {
+		return nil
+	}
+	excused := false
+	for _, c := range cmds {
+		e := c.Err()
+		if e == nil {
+			continue
+		}
+		if !errors.Is(e, redis.Nil) && !replayedEntry(c) {
+			return e
+		}
+		if errors.Is(err, e) {
+			excused = true // the error Pipelined returned is this command's
+		}
+	}
+	if excused {
+		return nil
+	}
+	return fmt.Errorf("redis pipeline of %d commands failed: %w", len(cmds), err)
 }
 
 func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
@@ -609,11 +632,11 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 	if ev.End != 0 {
 		if s.cfg.WatermarkKey != "" {
 			err := s.retry(ctx, "set watermark", func() error {
-				_, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+				cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 					s.watermark(ctx, p, ev.End)
 					return nil
 				})
-				if err != nil && !errors.Is(err, redis.Nil) {
+				if err := pipelineErr(err, cmds); err != nil {
 					return err
 				}
 				return s.checkMark(ctx, ev.End)

@@ -179,3 +179,56 @@ func TestLeaseFence(t *testing.T) {
 		t.Errorf("deleted %d, want 2 (a and b existed)", n)
 	}
 }
+
+// failOncePipeline is a go-redis hook (as a tracing or circuit-breaking
+// hook would be) that fails the first pipeline without running it: an
+// error no command carries.
+type failOncePipeline struct{ failed bool }
+
+func (h *failOncePipeline) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *failOncePipeline) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return next
+}
+func (h *failOncePipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if !h.failed {
+			h.failed = true
+			return errors.New("pipeline cut before it was sent")
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// A pipeline error that no single command carries is a failure: the batch
+// is retried, and its position is acknowledged only after Redis applied it.
+func TestPipelineErrorWithoutCommandErrorIsRetried(t *testing.T) {
+	rd := harness.RedisT(t, harness.RedisOptions{})
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	if err := rdb.Set(ctx, "k:1", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	hook := &failOncePipeline{}
+	rdb.AddHook(hook)
+	ack := &ackRecorder{}
+	s := New(Config{Client: rdb, MinBackoff: time.Millisecond}, ack)
+	in := make(chan replication.Event, 1)
+	in <- replication.Event{Keys: []string{"k:1"}, End: 7}
+	close(in)
+	if err := s.Run(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	if !hook.failed {
+		t.Fatal("the hook never ran")
+	}
+	if n, _ := rdb.Exists(ctx, "k:1").Result(); n != 0 {
+		t.Errorf("k:1 still cached, but its position was acknowledged: %v", ack.acked)
+	}
+	if s.Stats.Retries.Load() == 0 {
+		t.Error("the failed pipeline was not retried")
+	}
+	if fmt.Sprint(ack.acked) != "[0/7]" {
+		t.Errorf("acked %v, want [0/7]", ack.acked)
+	}
+}
