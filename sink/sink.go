@@ -35,6 +35,7 @@ import (
 
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
 
@@ -102,6 +103,10 @@ type Config struct {
 	// tell a consumer how far the WAL goes, so the commit time says it.)
 	CatchUpAge time.Duration
 	GatherWait time.Duration
+	// EscalateAfter is how long a Redis operation may keep failing before
+	// it is reported as an error and to Observer.Stalled (default 1m); the
+	// sink goes on retrying.
+	EscalateAfter time.Duration
 }
 
 // Observer receives the sink's measurements; nil means none.
@@ -114,6 +119,10 @@ type Observer interface {
 	Applied(now time.Time, commitTimes []time.Time)
 	// RedisError reports a failed attempt; permanent ones stop the sink.
 	RedisError(err error, permanent bool)
+	// Stalled reports that an operation has been failing for longer than
+	// Config.EscalateAfter (reported once per operation; Batch or Truncate
+	// report the recovery).
+	Stalled(err error)
 	// KeyTooLong reports a key longer than MaxKeyBytes.
 	KeyTooLong()
 	// Actions reports the actions of an applied batch, by kind.
@@ -126,6 +135,7 @@ func (nopObserver) Batch(int, int, time.Duration)       {}
 func (nopObserver) Truncate(int, time.Duration)         {}
 func (nopObserver) Applied(time.Time, []time.Time)      {}
 func (nopObserver) RedisError(error, bool)              {}
+func (nopObserver) Stalled(error)                       {}
 func (nopObserver) KeyTooLong()                         {}
 func (nopObserver) Actions(replication.ActionKind, int) {}
 
@@ -139,6 +149,8 @@ type Stats struct {
 	LastApplied atomic.Uint64
 	// Waiting is true while Redis fails and the sink backs off.
 	Waiting atomic.Bool
+	// Escalations counts operations that kept failing beyond EscalateAfter.
+	Escalations atomic.Uint64
 	// Flushes counts flushes of every managed key after Redis lost writes.
 	Flushes atomic.Uint64
 	// KeysTooLong counts keys longer than MaxKeyBytes (sent unless
@@ -225,6 +237,9 @@ func New(cfg Config, ack Acker) *Sink {
 	if cfg.MaxKeyBytes <= 0 {
 		cfg.MaxKeyBytes = 64 << 10
 	}
+	if cfg.EscalateAfter <= 0 {
+		cfg.EscalateAfter = time.Minute
+	}
 	if cfg.GatherWait <= 0 {
 		cfg.GatherWait = 2 * time.Millisecond
 	}
@@ -239,11 +254,9 @@ const (
 	OnLongKeyStop = "stop" // stop with a PermanentError
 )
 
-// PermanentError is a Redis error that retrying cannot fix.
-type PermanentError struct{ Err error }
-
-func (e *PermanentError) Error() string { return e.Err.Error() }
-func (e *PermanentError) Unwrap() error { return e.Err }
+// PermanentError is an error that retrying cannot fix (the type shared
+// with the replication stream).
+type PermanentError = retry.PermanentError
 
 // Run applies events from in until in is closed (it returns nil), ctx ends
 // (it returns ctx's error) or a permanent Redis error happens.
@@ -443,7 +456,7 @@ func (s *Sink) longKey(k string) error {
 	n := s.Stats.KeysTooLong.Add(1)
 	prefix := k[:min(len(k), 64)]
 	if s.cfg.OnLongKey == OnLongKeyStop {
-		return &PermanentError{fmt.Errorf("a key of %d bytes (starting %q) is longer than sink.max_key_bytes %d, and sink.on_long_key is stop: a template renders a huge value; use a digest filter such as {col|sha1}, raise sink.max_key_bytes, or set sink.on_long_key: send (Redis accepts keys up to 512 MB)",
+		return &PermanentError{Err: fmt.Errorf("a key of %d bytes (starting %q) is longer than sink.max_key_bytes %d, and sink.on_long_key is stop: a template renders a huge value; use a digest filter such as {col|sha1}, raise sink.max_key_bytes, or set sink.on_long_key: send (Redis accepts keys up to 512 MB)",
 			len(k), prefix, s.cfg.MaxKeyBytes)}
 	}
 	if n%1000 == 1 {
@@ -736,7 +749,7 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 		return nil
 	}
 	if s.cfg.OnHistoryLost != "flush" {
-		return &PermanentError{fmt.Errorf("%w: %s; flush the managed keys and restart, or set consistency.on_history_lost: flush", ErrHistoryLost, s.mustFlush)}
+		return &PermanentError{Err: fmt.Errorf("%w: %s; flush the managed keys and restart, or set consistency.on_history_lost: flush", ErrHistoryLost, s.mustFlush)}
 	}
 	s.log.Error("redis went back in time; flushing every managed key", zap.String("reason", s.mustFlush), zap.Strings("patterns", s.flushPatterns()))
 	if err := s.Flush(ctx); err != nil {
@@ -800,49 +813,41 @@ func (s *Sink) SetWatermark(ctx context.Context, lsn replication.LSN) error {
 	})
 }
 
-// retry runs op until it succeeds, ctx ends or the error is permanent.
+// retry runs op until it succeeds, ctx ends or the error is permanent
+// (Classify). Failures that go on longer than EscalateAfter are reported
+// once as an error, and counted.
 func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
-	backoff := s.cfg.MinBackoff
 	defer s.Stats.Waiting.Store(false)
-	for attempt := 1; ; attempt++ {
-		err := op()
-		if err == nil {
-			if attempt > 1 {
-				s.log.Info("redis recovered", zap.String("action", what), zap.Int("attempts", attempt))
+	p := retry.Policy{Min: s.cfg.MinBackoff, Max: s.cfg.MaxBackoff, Classify: Classify, EscalateAfter: s.cfg.EscalateAfter,
+		OnFailure: func(f retry.Failure) {
+			s.obs.RedisError(f.Err, false)
+			s.Stats.Waiting.Store(true)
+			s.Stats.Retries.Add(1)
+			switch {
+			case f.Escalate:
+				s.Stats.Escalations.Add(1)
+				s.obs.Stalled(f.Err)
+				s.log.Error("redis has refused or failed this for a long time; still retrying, nothing is skipped and the position waits. If the error is not a passing outage (Redis down, loading, read-only, out of memory), it needs an operator",
+					zap.String("action", what), zap.Duration("failing_for", f.Failing.Round(time.Second)), zap.Int("attempt", f.Attempt), zap.Error(f.Err))
+			case f.Attempt == 1 || f.Attempt%10 == 0:
+				s.log.Warn("redis unavailable; retrying, nothing is skipped and the position waits",
+					zap.String("action", what), zap.Int("attempt", f.Attempt), zap.Duration("retry_in", f.Wait), zap.Error(f.Err))
 			}
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		var already *PermanentError
-		if errors.As(err, &already) {
-			return err
-		}
-		if perm := Classify(err); perm != nil {
-			s.obs.RedisError(err, true)
-			return perm
-		}
-		s.obs.RedisError(err, false)
-		s.Stats.Waiting.Store(true)
-		s.Stats.Retries.Add(1)
-		if attempt == 1 || attempt%10 == 0 {
-			s.log.Warn("redis unavailable; retrying, nothing is skipped and the position waits",
-				zap.String("action", what), zap.Int("attempt", attempt), zap.Duration("retry_in", backoff), zap.Error(err))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, s.cfg.MaxBackoff)
+		}}
+	attempts, err := p.Do(ctx, op)
+	switch {
+	case err == nil && attempts > 1:
+		s.log.Info("redis recovered", zap.String("action", what), zap.Int("attempts", attempts))
+	case err != nil && ctx.Err() == nil:
+		s.obs.RedisError(err, true)
 	}
+	return err
 }
 
 // aclRefusal is the PermanentError of a command, key or channel the ACL
 // user may not use, with what to grant.
 func aclRefusal(err error) error {
-	return &PermanentError{fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in the README)", err)}
+	return &PermanentError{Err: fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in the README)", err)}
 }
 
 // Classify returns a PermanentError, with what to fix, for Redis errors
@@ -855,22 +860,33 @@ func Classify(err error) error {
 	msg := rerr.Error()
 	prefix, _, _ := strings.Cut(msg, " ")
 	switch prefix {
+	case "CROSSSLOT", "MOVED", "ASK":
+		return &PermanentError{Err: fmt.Errorf("redis: %w (redis.addr is a Redis Cluster node: cdcinvalidate needs one Redis primary, not a cluster; point redis.addr at a standalone Redis or the primary of a replicated one)", err)}
 	case "NOPERM":
 		return aclRefusal(err)
 	case "WRONGPASS", "NOAUTH":
-		return &PermanentError{fmt.Errorf("redis authentication failed: %w (check redis.username and redis.password / CDC_REDIS_PASSWORD)", err)}
+		return &PermanentError{Err: fmt.Errorf("redis authentication failed: %w (check redis.username and redis.password / CDC_REDIS_PASSWORD)", err)}
 	case "WRONGTYPE":
-		return &PermanentError{fmt.Errorf("redis: %w", err)}
+		return &PermanentError{Err: fmt.Errorf("redis: %w", err)}
 	case "ERR":
 		if strings.Contains(msg, "can't run this command") || strings.Contains(msg, "no permissions") {
 			// An ACL refusal inside a script (Redis 7.0 answers ERR there).
 			return aclRefusal(err)
 		}
+		if strings.Contains(msg, "increment or decrement would overflow") {
+			return &PermanentError{Err: fmt.Errorf("redis: %w (a generation key reached the largest integer: choose another generation_key, or delete the key together with every cached key of its rule)", err)}
+		}
+		if strings.Contains(msg, "proto-max-bulk-len") || strings.Contains(msg, "invalid bulk length") {
+			return &PermanentError{Err: fmt.Errorf("redis: %w (a key or value is larger than Redis accepts: raise proto-max-bulk-len in Redis, or use a digest filter such as {col|sha1} in the template and leave large rows out of refresh)", err)}
+		}
+		if strings.Contains(msg, "user_script") || strings.Contains(msg, "Error running script") || strings.Contains(msg, "Error compiling script") {
+			return &PermanentError{Err: fmt.Errorf("redis: a cdcinvalidate script failed: %w (a managed key holds a value of another kind than the script expects, or Redis does not run the script: delete the key it names, or report the error as a bug)", err)}
+		}
 		if strings.Contains(msg, "value is not an integer") {
-			return &PermanentError{fmt.Errorf("redis: %w (a generation key holds something other than an integer: delete it or choose another generation_key)", err)}
+			return &PermanentError{Err: fmt.Errorf("redis: %w (a generation key holds something other than an integer: delete it or choose another generation_key)", err)}
 		}
 		if strings.Contains(msg, "unknown command") {
-			return &PermanentError{fmt.Errorf("redis does not support a command cdcinvalidate needs: %w (Redis older than 4.0 has no UNLINK: set sink.delete_command: del)", err)}
+			return &PermanentError{Err: fmt.Errorf("redis does not support a command cdcinvalidate needs: %w (Redis older than 4.0 has no UNLINK: set sink.delete_command: del)", err)}
 		}
 	}
 	return nil
