@@ -19,6 +19,7 @@ import (
 
 	"github.com/cdcinvalidate/cdcinvalidate/checkpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 )
 
 // Event is one unit of work for the sink, handed over in commit order.
@@ -74,6 +75,9 @@ type Observer interface {
 	Table(qualifiedName string) TableObserver
 	State(state string)
 	Reconnect(err error)
+	// Stalled reports that reconnecting has failed for longer than
+	// Config.EscalateAfter.
+	Stalled(err error)
 }
 
 // TableObserver counts one table's changes and the keys they produced.
@@ -95,6 +99,7 @@ type nopObserver struct{}
 func (nopObserver) Table(string) TableObserver { return nopObserver{} }
 func (nopObserver) State(string)               {}
 func (nopObserver) Reconnect(error)            {}
+func (nopObserver) Stalled(error)              {}
 func (nopObserver) Change(Op, int)             {}
 
 // Config configures a Stream.
@@ -122,6 +127,10 @@ type Config struct {
 	// StandbyRetry is how often a standby (the slot is active for another
 	// process) tries to take the slot over. Default 1s.
 	StandbyRetry time.Duration
+	// EscalateAfter is how long reconnecting may go on failing before it
+	// is reported as an error and to Observer.Stalled (default 1m); the
+	// stream goes on reconnecting.
+	EscalateAfter time.Duration
 	// WALSenderTimeout, when non-zero, sets wal_sender_timeout for this
 	// connection (PostgreSQL 12+): how soon the server drops a consumer that
 	// stopped answering, which bounds the takeover time after a freeze.
@@ -169,6 +178,9 @@ func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
 	if cfg.ShutdownWait <= 0 {
 		cfg.ShutdownWait = 5 * time.Second
 	}
+	if cfg.EscalateAfter <= 0 {
+		cfg.EscalateAfter = time.Minute
+	}
 	if cfg.StandbyRetry <= 0 {
 		cfg.StandbyRetry = time.Second
 	}
@@ -184,55 +196,6 @@ func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
 	return &Stream{cfg: cfg, mapper: m, pos: pos, out: out, log: cfg.Logger, obs: cfg.Observer}
 }
 
-// PermanentError marks an error that reconnecting cannot fix: the engine
-// stops and says what to do.
-type PermanentError struct{ Err error }
-
-func (e *PermanentError) Error() string { return e.Err.Error() }
-func (e *PermanentError) Unwrap() error { return e.Err }
-
-func permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	var p *PermanentError
-	if errors.As(err, &p) {
-		return err
-	}
-	return &PermanentError{Err: err}
-}
-
-// isSlotActive recognises the server's refusal to start streaming from a
-// slot another process holds (SQLSTATE 55006, object_in_use).
-func isSlotActive(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "55006"
-}
-
-// IsPermanent reports whether err must stop the engine instead of a reconnect.
-func IsPermanent(err error) bool {
-	var p *PermanentError
-	if errors.As(err, &p) {
-		return true
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code {
-		case "28P01", "28000": // invalid password, invalid authorization
-			return true
-		case "42704": // undefined object: slot or publication missing
-			return true
-		case "42501": // insufficient privilege
-			return true
-		case "3D000": // database does not exist
-			return true
-		case "55000": // object not in prerequisite state (e.g. wal_level, slot invalidated)
-			return true
-		}
-	}
-	return false
-}
-
 // Run streams until ctx is cancelled (then it returns nil after confirming
 // what the sink applied) or a permanent error happens. Connection losses are
 // retried with capped exponential backoff from the slot's confirmed
@@ -240,8 +203,10 @@ func IsPermanent(err error) bool {
 func (s *Stream) Run(ctx context.Context) error {
 	defer close(s.out)
 	defer s.obs.State(StateStopped)
-	backoff := s.cfg.MinBackoff
+	backoff := retry.Backoff{Min: s.cfg.MinBackoff, Max: s.cfg.MaxBackoff}
 	standby := false
+	var failingSince time.Time // first failed session of a run of failures
+	escalated := false
 	for {
 		started := time.Now()
 		s.obs.State(StateConnecting)
@@ -252,8 +217,11 @@ func (s *Stream) Run(ctx context.Context) error {
 		if err == nil {
 			err = errors.New("replication stream ended")
 		}
-		if IsPermanent(err) {
+		if retry.IsPermanent(err) {
 			return err
+		}
+		if perm := Classify(err); perm != nil {
+			return perm
 		}
 		var active *slotActiveError
 		if errors.As(err, &active) || isSlotActive(err) {
@@ -264,28 +232,37 @@ func (s *Stream) Run(ctx context.Context) error {
 				standby = true
 			}
 			s.obs.State(StateStandby)
-			select {
-			case <-ctx.Done():
+			if retry.Sleep(ctx, s.cfg.StandbyRetry) != nil {
 				return nil
-			case <-time.After(s.cfg.StandbyRetry):
 			}
-			backoff = s.cfg.MinBackoff
+			backoff.Reset()
+			failingSince, escalated = time.Time{}, false
 			continue
 		}
 		standby = false
 		if time.Since(started) > time.Minute {
-			backoff = s.cfg.MinBackoff
+			// The session streamed for a while: a new run of failures.
+			backoff.Reset()
+			failingSince, escalated = time.Time{}, false
 		}
+		if failingSince.IsZero() {
+			failingSince = started
+		}
+		wait := backoff.Next()
 		s.obs.Reconnect(err)
 		s.obs.State(StateBackingOff)
-		s.log.Warn("replication connection lost; reconnecting from the slot's confirmed position",
-			zap.Error(err), zap.Duration("retry_in", backoff))
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
+		if failing := time.Since(failingSince); !escalated && failing >= s.cfg.EscalateAfter {
+			escalated = true
+			s.obs.Stalled(err)
+			s.log.Error("replication has not streamed for a long time; still reconnecting from the slot's confirmed position. If the error is not a passing outage (server down or restarting), it needs an operator",
+				zap.Duration("failing_for", failing.Round(time.Second)), zap.Error(err), zap.Duration("retry_in", wait))
+		} else {
+			s.log.Warn("replication connection lost; reconnecting from the slot's confirmed position",
+				zap.Error(err), zap.Duration("retry_in", wait))
 		}
-		backoff = min(backoff*2, s.cfg.MaxBackoff)
+		if retry.Sleep(ctx, wait) != nil {
+			return nil
+		}
 	}
 }
 
