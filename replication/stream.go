@@ -291,6 +291,12 @@ type session struct {
 
 	lastEnd LSN // highest End handed to the sink
 	timer   *time.Timer
+
+	// lastRecv is when the last message arrived (or the loop last began
+	// to listen again after waiting for the sink); no message for
+	// deadAfter means the connection is dead (half-open) and is dropped.
+	lastRecv  time.Time
+	deadAfter time.Duration
 }
 
 func (s *Stream) session(ctx context.Context) (err error) {
@@ -312,6 +318,10 @@ func (s *Stream) session(ctx context.Context) (err error) {
 	defer conn.Close(context.Background())
 
 	version, err := serverVersion(ctx, conn)
+	if err != nil {
+		return err
+	}
+	wst, err := walSenderTimeout(ctx, conn)
 	if err != nil {
 		return err
 	}
@@ -348,13 +358,15 @@ func (s *Stream) session(ctx context.Context) (err error) {
 
 	ss := &session{
 		s: s, ctx: ctx, conn: conn,
-		rep:     checkpoint.Reporter{Interval: s.cfg.StatusInterval, Prompt: 100 * time.Millisecond},
-		rels:    map[uint32]*Relation{},
-		tables:  map[uint32]TableObserver{},
-		streams: map[uint32]*txnBuffer{},
-		budget:  s.cfg.TxnMemoryBytes,
-		lastEnd: confirmed,
-		timer:   time.NewTimer(time.Hour),
+		rep:       checkpoint.Reporter{Interval: s.cfg.StatusInterval, Prompt: 100 * time.Millisecond},
+		rels:      map[uint32]*Relation{},
+		tables:    map[uint32]TableObserver{},
+		streams:   map[uint32]*txnBuffer{},
+		budget:    s.cfg.TxnMemoryBytes,
+		lastEnd:   confirmed,
+		timer:     time.NewTimer(time.Hour),
+		lastRecv:  time.Now(),
+		deadAfter: deadAfter(wst, s.cfg.StatusInterval),
 	}
 	ss.rep.Received(confirmed)
 	defer ss.close()
@@ -414,8 +426,12 @@ func (ss *session) sendStatus(now time.Time) error {
 	if failpoint.Unsafe("confirm-received") {
 		f, a = w, w // the bug a negative control must catch
 	}
+	// After a quiet spell the server is asked to answer at once: an
+	// answer proves the connection alive even when nothing else flows
+	// (the server's own keepalives stop while status updates come in).
 	err := pglogrepl.SendStandbyStatusUpdate(ss.ctx, ss.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: w, WALFlushPosition: f, WALApplyPosition: a, ClientTime: now,
+		ReplyRequested: now.Sub(ss.lastRecv) >= ss.s.cfg.StatusInterval,
 	})
 	if err != nil {
 		return fmt.Errorf("send standby status: %w", err)
@@ -440,6 +456,7 @@ func (ss *session) loop() error {
 			// Work is in flight: look at the applied position again soon.
 			wake = minTime(wake, now.Add(50*time.Millisecond))
 		}
+		wake = minTime(wake, ss.lastRecv.Add(ss.deadAfter))
 		// Moving the deadline costs a timer update per message; it only
 		// has to move when the wake-up must come earlier (waking up early
 		// just loops).
@@ -462,11 +479,15 @@ func (ss *session) loop() error {
 				// The deadline passed, or someone moved it to wake this
 				// loop (shutdown, a rules swap): set it again next time.
 				deadline = time.Time{}
+				if quiet := time.Since(ss.lastRecv); quiet >= ss.deadAfter {
+					return fmt.Errorf("%w: no message from the server for %s although status updates asked for an answer; reconnecting", ErrConnectionDead, quiet.Round(time.Millisecond))
+				}
 				continue
 			}
 			return fmt.Errorf("receive: %w", err)
 		}
-		blocked := time.Since(now) > blockedRead
+		ss.lastRecv = time.Now()
+		blocked := ss.lastRecv.Sub(now) > blockedRead
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
 			if err := ss.handleCopyData(msg.Data); err != nil {
@@ -891,11 +912,75 @@ func (ss *session) emit(ev Event) error {
 			}
 			break
 		}
+		// The loop did not listen while it waited for the sink: the
+		// silence of the connection counts from now.
+		ss.lastRecv = time.Now()
 	}
 	if ev.End > ss.lastEnd {
 		ss.lastEnd = ev.End
 	}
 	return nil
+}
+
+// ErrConnectionDead is wrapped when the replication connection stayed
+// silent for longer than deadAfter: the peer is gone but no FIN or RST
+// came (a half-open TCP connection), which the kernel would notice only
+// after many minutes.
+var ErrConnectionDead = errors.New("replication connection is dead (half-open)")
+
+// deadAfter is how long a connection may stay silent before it is taken
+// for dead: twice wal_sender_timeout (the server sends keepalives at half
+// of it, and answers a status update that asks for it at once), 2 minutes
+// when the server's timeout is off, and never less than three status
+// intervals.
+func deadAfter(walSenderTimeout, statusInterval time.Duration) time.Duration {
+	if walSenderTimeout <= 0 {
+		walSenderTimeout = time.Minute
+	}
+	return max(2*walSenderTimeout, 3*statusInterval)
+}
+
+// walSenderTimeout reads the connection's wal_sender_timeout (0: off).
+func walSenderTimeout(ctx context.Context, conn *pgconn.PgConn) (time.Duration, error) {
+	res, err := conn.Exec(ctx, "SHOW wal_sender_timeout").ReadAll()
+	if err != nil {
+		return 0, fmt.Errorf("read wal_sender_timeout: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
+		return 0, errors.New("read wal_sender_timeout: unexpected result")
+	}
+	d, err := parsePGDuration(string(res[0].Rows[0][0]))
+	if err != nil {
+		return 0, fmt.Errorf("read wal_sender_timeout: %w", err)
+	}
+	return d, nil
+}
+
+// parsePGDuration parses a time setting as SHOW prints it: an integer with
+// a unit (us, ms, s, min, h, d), or without one (milliseconds, the unit of
+// wal_sender_timeout). A negative value is an error.
+func parsePGDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	if i == 0 || i > 12 {
+		return 0, fmt.Errorf("%q is not a duration PostgreSQL prints", s)
+	}
+	n, err := strconv.ParseInt(s[:i], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration PostgreSQL prints", s)
+	}
+	units := map[string]time.Duration{"": time.Millisecond, "us": time.Microsecond, "ms": time.Millisecond, "s": time.Second, "min": time.Minute, "h": time.Hour, "d": 24 * time.Hour}
+	unit, ok := units[strings.TrimSpace(s[i:])]
+	if !ok {
+		return 0, fmt.Errorf("%q has a unit PostgreSQL does not print", s)
+	}
+	if n > int64(1<<62)/int64(unit) {
+		return 0, fmt.Errorf("%q is too long", s)
+	}
+	return time.Duration(n) * unit, nil
 }
 
 func serverVersion(ctx context.Context, conn *pgconn.PgConn) (int, error) {
