@@ -297,6 +297,8 @@ type session struct {
 	// deadAfter means the connection is dead (half-open) and is dropped.
 	lastRecv  time.Time
 	deadAfter time.Duration
+
+	warnedNonTxn bool // logged the first non-transactional message
 }
 
 func (s *Stream) session(ctx context.Context) (err error) {
@@ -654,15 +656,13 @@ func (ss *session) handleMessage(data []byte) error {
 		if m.prefix != explicitPrefix {
 			return nil // other applications' messages
 		}
-		if !m.transactional {
-			ss.s.log.Warn("ignored a non-transactional logical decoding message with prefix cdcinvalidate: it is not ordered with commits; emit it with pg_logical_emit_message(true, 'cdcinvalidate', ...)",
-				zap.Stringer("lsn", m.lsn))
-			return nil
-		}
 		keys, globs, gens, err := parseExplicit(m.content)
 		if err != nil {
 			txn := ""
-			if ss.inStream {
+			switch {
+			case !m.transactional:
+				txn = " (non-transactional)"
+			case ss.inStream:
 				txn = fmt.Sprintf(" of streamed transaction %d", ss.streamXid)
 			}
 			return permanent(fmt.Errorf("invalidation message (prefix %q) at LSN %s%s is malformed: %v; nothing of its transaction is skipped, so the engine stops: fix the application that emits it, and to get past this transaction flush the keys the rules manage and advance the slot beyond its commit (pg_replication_slot_advance)",
@@ -671,6 +671,9 @@ func (ss *session) handleMessage(data []byte) error {
 		var acts []Action
 		for _, g := range gens {
 			acts = append(acts, Action{Kind: ActIncr, Key: g})
+		}
+		if !m.transactional {
+			return ss.applyNonTransactional(m.lsn, keys, globs, acts)
 		}
 		if ss.inStream {
 			b := ss.stream(ss.streamXid)
@@ -702,6 +705,33 @@ func (ss *session) handleMessage(data []byte) error {
 		}
 	case msgOrigin, msgType:
 		// Origins and types need no invalidation.
+	}
+	return nil
+}
+
+// applyNonTransactional hands over the invalidations of a non-transactional
+// message at once, at its place in the stream: it belongs to no
+// transaction, and the server sends it when it decodes it, between
+// transactions (an open transaction's part gathered so far goes first). It
+// moves no position itself: the next keepalive or commit confirms past it,
+// and only after the sink applied it, as for everything handed over before
+// them; until then a restart receives it again.
+func (ss *session) applyNonTransactional(lsn LSN, keys, globs []string, acts []Action) error {
+	if !ss.warnedNonTxn {
+		ss.warnedNonTxn = true
+		ss.s.log.Info("applying a non-transactional invalidation message at its WAL position; inside a transaction, emit it with pg_logical_emit_message(true, 'cdcinvalidate', ...) so that it is applied at the commit, after the data changed",
+			zap.Stringer("lsn", lsn))
+	}
+	if err := ss.emitPart(); err != nil {
+		return err
+	}
+	if len(keys) > 0 || len(acts) > 0 {
+		if err := ss.emit(Event{Keys: keys, Actions: acts, LSN: lsn}); err != nil {
+			return err
+		}
+	}
+	if len(globs) > 0 {
+		return ss.emit(Event{Globs: globs})
 	}
 	return nil
 }
