@@ -134,6 +134,15 @@ func (ss *session) takeSwap() error {
 	sw.mu.Unlock()
 	if len(pending) > 0 {
 		if err := ss.flushNew(pending); err != nil {
+			if req != nil {
+				// Not taken after all: put it back, so that detachSwaps
+				// hands it to the next session and answers it. SetMapper
+				// calls are serialised, so no other request is waiting.
+				sw.mu.Lock()
+				sw.req = req
+				sw.waiting.Store(true)
+				sw.mu.Unlock()
+			}
 			return err
 		}
 	}
