@@ -59,7 +59,7 @@ func swapSession(t *testing.T, old Mapper) (*session, chan Event) {
 // setMapper runs SetMapper in the background.
 func setMapper(ctx context.Context, s *Stream, m Mapper, globs []string, flush bool) <-chan error {
 	done := make(chan error, 1)
-	go func() { done <- s.SetMapper(ctx, m, globs, flush) }()
+	go func() { done <- s.SetMapper(ctx, m, globs, nil, flush) }()
 	return done
 }
 
@@ -175,7 +175,7 @@ func TestSetMapperBetweenSessions(t *testing.T) {
 	ss, out := swapSession(t, &fakeMapper{name: "old"})
 	ss.detachSwaps()
 	next := &fakeMapper{name: "new"}
-	if err := ss.s.SetMapper(context.Background(), next, []string{"acct:*"}, true); err != nil {
+	if err := ss.s.SetMapper(context.Background(), next, []string{"acct:*"}, nil, true); err != nil {
 		t.Fatal(err)
 	}
 	if ss.s.mapper != next {
@@ -265,7 +265,7 @@ func TestSetMapperAnsweredWhenPendingFlushFails(t *testing.T) {
 	ss, out := swapSession(t, &fakeMapper{name: "old"})
 	ss.detachSwaps()
 	first := &fakeMapper{name: "first"}
-	if err := ss.s.SetMapper(context.Background(), first, []string{"a:*"}, true); err != nil {
+	if err := ss.s.SetMapper(context.Background(), first, []string{"a:*"}, []string{"gen:a"}, true); err != nil {
 		t.Fatal(err)
 	}
 	c1, c2 := net.Pipe()
@@ -305,5 +305,8 @@ func TestSetMapperAnsweredWhenPendingFlushFails(t *testing.T) {
 	}
 	if got := ss.s.swap.pending; !slices.Contains(got, "a:*") || !slices.Contains(got, "b:*") {
 		t.Errorf("patterns left for the next session to flush = %q, want a:* and b:*", got)
+	}
+	if got := ss.s.swap.pendingGens; !slices.Equal(got, []string{"gen:a"}) {
+		t.Errorf("generation keys left for the next session = %q, want gen:a", got)
 	}
 }

@@ -412,7 +412,9 @@ func (s *Sink) addEvent(ev replication.Event) error {
 		return err
 	}
 	if len(ev.Actions) > 0 {
-		s.addActions(ev.Actions, ev.LSN)
+		if err := s.addActions(ev.Actions, ev.LSN); err != nil {
+			return err
+		}
 	}
 	if ev.End != 0 && ev.LSN != 0 && len(s.accs) > 0 {
 		s.endTxn(ev.LSN)
@@ -788,8 +790,8 @@ func (s *Sink) FlushSome(ctx context.Context, patterns, gens []string) error {
 	return s.IncrGenerations(ctx, gens)
 }
 
-// IncrGenerations increments generation keys (newly managed after a rules
-// reload), retrying transient errors; safe to call while Run runs.
+// IncrGenerations increments generation keys, retrying transient errors
+// (before Run starts; a reload's go through the stream as actions).
 func (s *Sink) IncrGenerations(ctx context.Context, keys []string) error {
 	for _, g := range keys {
 		err := s.retry(ctx, "increment generation "+g, func() error {
