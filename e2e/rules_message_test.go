@@ -156,7 +156,7 @@ func TestRulesNonTransactionalMessage(t *testing.T) {
 	}()
 	msg := f.lsn(`SELECT pg_logical_emit_message(false, 'cdcinvalidate', 'feed:3')::text`)
 	f.exec(`SELECT pg_switch_wal()`) // WAL after the message, for keepalives to report
-	time.Sleep(3 * time.Second)     // several status updates (status_interval 1s)
+	time.Sleep(3 * time.Second)      // several status updates (status_interval 1s)
 	if c := f.confirmed(); c > msg {
 		t.Fatalf("slot confirmed %s, past the message at %s, while Redis was paused", c, msg)
 	}
