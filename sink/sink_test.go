@@ -232,3 +232,44 @@ func TestPipelineErrorWithoutCommandErrorIsRetried(t *testing.T) {
 		t.Errorf("acked %v, want [0/7]", ack.acked)
 	}
 }
+
+type stallObserver struct {
+	nopObserver
+	stalled []error
+}
+
+func (o *stallObserver) Stalled(err error) { o.stalled = append(o.stalled, err) }
+
+// Redis failing for longer than EscalateAfter is reported once as stalled;
+// the sink goes on retrying (nothing skipped) until the context ends.
+func TestLongFailureEscalatesOnce(t *testing.T) {
+	rd := harness.RedisT(t, harness.RedisOptions{})
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr(), MaxRetries: -1})
+	defer rdb.Close()
+	ctx := context.Background()
+	// Out of memory: every write is refused (OOM, transient).
+	for _, c := range [][]any{{"config", "set", "maxmemory-policy", "noeviction"}, {"config", "set", "maxmemory", "1"}} {
+		if err := rdb.Do(ctx, c...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	obs := &stallObserver{}
+	ack := &ackRecorder{}
+	s := New(Config{Client: rdb, MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, EscalateAfter: 200 * time.Millisecond, Observer: obs}, ack)
+	in := make(chan replication.Event, 1)
+	in <- replication.Event{Actions: []replication.Action{{Kind: replication.ActSet, Key: "k:1", Value: "{}"}}, LSN: 5, End: 5}
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := s.Run(rctx, in); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run = %v, want the context's end (retrying until then)", err)
+	}
+	if len(obs.stalled) != 1 || s.Stats.Escalations.Load() != 1 {
+		t.Errorf("stalled reported %d times (Escalations %d), want once", len(obs.stalled), s.Stats.Escalations.Load())
+	}
+	if s.Stats.Retries.Load() < 5 {
+		t.Errorf("only %d retries in a second", s.Stats.Retries.Load())
+	}
+	if len(ack.acked) > 0 {
+		t.Errorf("acknowledged %v although Redis refused the write", ack.acked)
+	}
+}
