@@ -145,15 +145,7 @@ func TestRedisStalledHoldsPositionAndKeepsConnection(t *testing.T) {
 	f.exec(`SELECT pg_create_logical_replication_slot('probe', 'test_decoding')`)
 
 	f.set(userKeys(1, n)...)
-	if err := f.rd.Pause(); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	defer func() {
-		if !resumed {
-			_ = f.rd.Resume()
-		}
-	}()
+	resume := f.rd.PauseT(t)
 	if err := <-f.updater(context.Background(), n); err != nil {
 		t.Fatal(err)
 	}
@@ -168,10 +160,7 @@ func TestRedisStalledHoldsPositionAndKeepsConnection(t *testing.T) {
 	if now := f.walsenderPID(); now != pid {
 		t.Fatalf("replication connection was replaced while Redis stalled (walsender pid %d -> %d): status updates did not keep it alive", pid, now)
 	}
-	if err := f.rd.Resume(); err != nil {
-		t.Fatal(err)
-	}
-	resumed = true
+	resume()
 	f.barrier()
 	f.wantGone(userKeys(1, n)...)
 	last := commits[len(commits)-1]

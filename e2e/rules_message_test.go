@@ -145,25 +145,14 @@ func TestRulesNonTransactionalMessage(t *testing.T) {
 
 	// Not confirmed before Redis applied it.
 	f.set("feed:3")
-	if err := f.rd.Pause(); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	defer func() {
-		if !resumed {
-			_ = f.rd.Resume()
-		}
-	}()
+	resume := f.rd.PauseT(t)
 	msg := f.lsn(`SELECT pg_logical_emit_message(false, 'cdcinvalidate', 'feed:3')::text`)
 	f.exec(`SELECT pg_switch_wal()`) // WAL after the message, for keepalives to report
 	time.Sleep(3 * time.Second)      // several status updates (status_interval 1s)
 	if c := f.confirmed(); c > msg {
 		t.Fatalf("slot confirmed %s, past the message at %s, while Redis was paused", c, msg)
 	}
-	if err := f.rd.Resume(); err != nil {
-		t.Fatal(err)
-	}
-	resumed = true
+	resume()
 	f.barrier()
 	f.wantGone("feed:3")
 	waitFor(t, 20*time.Second, "the slot to pass the applied message", func() bool { return f.confirmed() > msg })

@@ -95,15 +95,7 @@ func confirmReceivedRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, 
 	sc.run()
 	f.fill()
 	f.barrier(60 * time.Second)
-	if err := f.rd.Pause(); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	defer func() {
-		if !resumed {
-			_ = f.rd.Resume()
-		}
-	}()
+	resume := f.rd.PauseT(t)
 	sc.fault("Redis SIGSTOP")
 	// Everything committed from here on cannot have been applied.
 	stalled := f.currentLSN()
@@ -126,10 +118,7 @@ func confirmReceivedRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, 
 	sc.note("run %d: with Redis stopped at %s, the slot confirmed %s", i, stalled, f.confirmed())
 	p.kill9(t)
 	sc.fault("kill -9")
-	if err := f.rd.Resume(); err != nil {
-		t.Fatal(err)
-	}
-	resumed = true
+	resume()
 	p = f.startStreaming()
 	r := f.quiesce()
 	sc.record(fmt.Sprintf("run %d, after the broken engine's crash [%d commits]", i, stats.commits.Load()), r)

@@ -184,15 +184,7 @@ func TestRedisStalledPastWalSenderTimeout(t *testing.T) {
 			sleepRand(rng, 200*time.Millisecond, 600*time.Millisecond)
 			pid := f.walsenderPID()
 			stalled := time.Now()
-			if err := f.rd.Pause(); err != nil {
-				t.Fatal(err)
-			}
-			resumed := false
-			defer func() {
-				if !resumed {
-					_ = f.rd.Resume()
-				}
-			}()
+			resumeRedis := f.rd.PauseT(t)
 			sc.fault("SIGSTOP 6s")
 			// Nothing committed from here on can be applied until Redis is
 			// back, so the slot must not be confirmed past this position.
@@ -219,10 +211,7 @@ func TestRedisStalledPastWalSenderTimeout(t *testing.T) {
 			} else {
 				sc.note("run %d: slot confirmed %s <= %s (WAL position at the stop) throughout the stall", i, c, stallLSN)
 			}
-			if err := f.rd.Resume(); err != nil {
-				t.Fatal(err)
-			}
-			resumed = true
+			resumeRedis()
 			resume()
 			if kill {
 				p = f.startStreaming()

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -128,6 +129,23 @@ func (r *Redis) Pause() error {
 		return fmt.Errorf("pause redis: %w", err)
 	}
 	return nil
+}
+
+// PauseT pauses the server (Pause) and returns the function that resumes
+// it, failing t if that fails; if the test ends first (a failure), the
+// server is resumed at cleanup.
+func (r *Redis) PauseT(t testing.TB) (resume func()) {
+	t.Helper()
+	if err := r.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Resume() })
+	return func() {
+		t.Helper()
+		if err := r.Resume(); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // Resume continues a paused server with SIGCONT.
