@@ -117,38 +117,35 @@ func TestSchemaMatchesConfig(t *testing.T) {
 }
 
 // TestSchemaKeysDocumented checks that every option of the schema appears
-// in README.md's configuration reference, under the heading of its section.
+// in the configuration reference, docs/configuration.md, under the heading
+// of its section (## `section`).
 func TestSchemaKeysDocumented(t *testing.T) {
 	t.Parallel()
 	root := loadSchema(t)
-	data, err := os.ReadFile(filepath.Join("..", "README.md"))
+	const doc = "docs/configuration.md"
+	data, err := os.ReadFile(filepath.Join("..", doc))
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme := string(data)
-	start := strings.Index(readme, "\n## Configuration reference")
-	if start < 0 {
-		t.Fatal("README.md has no configuration reference")
-	}
-	ref := readme[start+1:]
-	if end := strings.Index(ref[3:], "\n## "); end >= 0 {
-		ref = ref[:end+3]
+	ref := string(data)
+	if !strings.HasPrefix(ref, "# Configuration reference\n") {
+		t.Fatalf("%s does not start with the heading # Configuration reference", doc)
 	}
 	section := func(name string) string {
-		i := strings.Index(ref, "\n### `"+name+"`")
+		i := strings.Index(ref, "\n## `"+name+"`")
 		if i < 0 {
 			return ""
 		}
 		s := ref[i+1:]
-		if j := strings.Index(s[4:], "\n### "); j >= 0 {
-			s = s[:j+4]
+		if j := strings.Index(s[3:], "\n## "); j >= 0 {
+			s = s[:j+3]
 		}
 		return s
 	}
 	for sec, node := range props(root) {
 		text := section(sec)
 		if text == "" {
-			t.Errorf("README.md's configuration reference has no section ### `%s`", sec)
+			t.Errorf("%s has no section ## `%s`", doc, sec)
 			continue
 		}
 		n := resolve(root, node.(map[string]any))
@@ -157,7 +154,7 @@ func TestSchemaKeysDocumented(t *testing.T) {
 		}
 		for key := range props(n) {
 			if !strings.Contains(text, "`"+key+"`") {
-				t.Errorf("option %s.%s of the schema is not documented in README.md under ### `%s`", sec, key, sec)
+				t.Errorf("option %s.%s of the schema is not documented in %s under ## `%s`", sec, key, doc, sec)
 			}
 		}
 	}

@@ -37,6 +37,7 @@ import (
 	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
+	"github.com/cdcinvalidate/cdcinvalidate/verifier"
 )
 
 // Acker receives the positions whose invalidations Redis acknowledged.
@@ -107,6 +108,17 @@ type Config struct {
 	// it is reported as an error and to Observer.Stalled (default 1m); the
 	// sink goes on retrying.
 	EscalateAfter time.Duration
+	// Verifier, when set, receives a sample of the invalidations of every
+	// batch after Redis acknowledged it (the consistency verifier).
+	Verifier Verifier
+}
+
+// Verifier checks a sample of what Redis acknowledged; see package
+// verifier. Sampled must be cheap (it runs for every key); Offer must not
+// block.
+type Verifier interface {
+	Sampled(key string) bool
+	Offer(samples []verifier.Sample)
 }
 
 // Observer receives the sink's measurements; nil means none.
@@ -181,6 +193,8 @@ type Sink struct {
 
 	gatherTimer *time.Timer
 	lastCommit  time.Time // commit time of the last transaction added
+
+	samples []verifier.Sample // the batch's sampled invalidations, for cfg.Verifier
 
 	acts     actionBatch        // the batch's actions besides plain deletes
 	accs     map[string]*msgAcc // open transaction messages by channel or stream
@@ -404,6 +418,7 @@ func (s *Sink) startBatch() {
 	s.batch = s.batch[:0]
 	s.extra = s.extra[:0]
 	s.commits = s.commits[:0]
+	s.samples = s.samples[:0]
 	s.acts.reset()
 }
 
@@ -416,6 +431,9 @@ func (s *Sink) addEvent(ev replication.Event) error {
 			return err
 		}
 	}
+	if s.cfg.Verifier != nil && ev.LSN != 0 {
+		s.sample(ev)
+	}
 	if ev.End != 0 && ev.LSN != 0 && len(s.accs) > 0 {
 		s.endTxn(ev.LSN)
 	}
@@ -424,6 +442,37 @@ func (s *Sink) addEvent(ev replication.Event) error {
 		s.lastCommit = ev.CommitTime
 	}
 	return nil
+}
+
+// sample records the event's sampled invalidations in commit order. Floor
+// is the watermark this sink had set before the batch: a value stamped
+// below it was loaded before these invalidations were applied. Keys are
+// copied: the mapper carves them from shared blocks that a retained key
+// would keep alive.
+func (s *Sink) sample(ev replication.Event) {
+	v := s.cfg.Verifier
+	for _, k := range ev.Keys {
+		if v.Sampled(k) {
+			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(k), LSN: ev.LSN, Floor: s.lastMark, Kind: verifier.KindDelete})
+		}
+	}
+	for i := range ev.Actions {
+		a := &ev.Actions[i]
+		var kind verifier.Kind
+		switch a.Kind {
+		case replication.ActUnlink, replication.ActDel:
+			kind = verifier.KindDelete
+		case replication.ActVersion:
+			kind = verifier.KindVersion
+		case replication.ActSet:
+			kind = verifier.KindRefresh
+		default:
+			continue
+		}
+		if v.Sampled(a.Key) {
+			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(a.Key), LSN: ev.LSN, Floor: s.lastMark, Kind: kind, Value: strings.Clone(a.Value)})
+		}
+	}
 }
 
 func (s *Sink) addKeys(keys []string) error {
@@ -472,6 +521,9 @@ func (s *Sink) longKey(k string) error {
 // lease and its key stay in one command) keys per command, and returns how
 // many commands it queued.
 func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
+	if failpoint.Unsafe("skip-deletes") {
+		return 0 // a deliberately broken engine, for negative controls
+	}
 	per := s.cfg.KeysPerCommand
 	if s.cfg.Companion != nil {
 		per = max(2, per&^1)
@@ -555,6 +607,10 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 		}
 	}
 	s.acts.reset() // sent: a watermark-only pipeline after this must not repeat them
+	if len(s.samples) > 0 {
+		s.cfg.Verifier.Offer(s.samples)
+		s.samples = s.samples[:0]
+	}
 	return nil
 }
 
@@ -849,7 +905,7 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 // aclRefusal is the PermanentError of a command, key or channel the ACL
 // user may not use, with what to grant.
 func aclRefusal(err error) error {
-	return &PermanentError{Err: fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in the README)", err)}
+	return &PermanentError{Err: fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in docs/operations.md)", err)}
 }
 
 // Classify returns a PermanentError, with what to fix, for Redis errors

@@ -58,7 +58,7 @@
 //     the engine deletes every lease with its key, across crashes, restarts
 //     and Redis failures, which is what this suite checks. The one window
 //     leases cannot close (a commit the engine applies before other
-//     sessions can see it, see README "Not covered by leases") would show
+//     sessions can see it, see cacheaside/README.md, "Commit visibility: the lease fence") would show
 //     up as a stale library key; the checker counts library keys
 //     separately from plain ones (a stale library key fails the test too).
 //
