@@ -413,6 +413,21 @@ func TestRedact(t *testing.T) {
 	}
 }
 
+func TestRedactAll(t *testing.T) {
+	t.Parallel()
+	in := []string{"postgres://u:secret@h/db", "nothing to hide"}
+	got := RedactAll(in)
+	if want := []string{"postgres://u:xxxxx@h/db", "nothing to hide"}; !slices.Equal(got, want) {
+		t.Errorf("RedactAll = %q, want %q", got, want)
+	}
+	if in[0] != "postgres://u:secret@h/db" {
+		t.Errorf("RedactAll changed its argument: %q", in)
+	}
+	if got := RedactAll(nil); len(got) != 0 {
+		t.Errorf("RedactAll(nil) = %q", got)
+	}
+}
+
 // The problem reported for an invalid DSN never quotes its password.
 func TestInvalidDSNErrorHidesPassword(t *testing.T) {
 	t.Parallel()

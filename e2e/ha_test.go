@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // activePID returns the walsender PID streaming from the slot, 0 if none.
@@ -28,7 +30,7 @@ func (f *fixture) invalidationWorks(id int, within time.Duration) time.Duration 
 	f.set(key)
 	start := time.Now()
 	f.exec(`UPDATE users SET name = name || 'x' WHERE id = $1`, id)
-	waitFor(f.t, within, key+" invalidated", func() bool { return !f.exists(key) })
+	harness.WaitFor(f.t, within, key+" invalidated", func() bool { return !f.exists(key) })
 	return time.Since(start)
 }
 
@@ -40,15 +42,15 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	f.seedUsers(100)
 	a := f.startBinaryStreaming(f.cfgPath)
 	b := f.startBinary(f.cfgPath)
-	waitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
-		return strings.Contains(b.out.String(), "waiting as standby")
+	harness.WaitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
+		return strings.Contains(b.Output(), "waiting as standby")
 	})
 	f.invalidationWorks(1, 10*time.Second)
 	leaderPID := f.activePID()
 
-	a.kill9(t)
+	a.KillT(t)
 	killed := time.Now()
-	waitFor(t, 30*time.Second, "the standby to take the slot", func() bool {
+	harness.WaitFor(t, 30*time.Second, "the standby to take the slot", func() bool {
 		pid := f.activePID()
 		return pid != 0 && pid != leaderPID
 	})
@@ -56,7 +58,7 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 	t.Logf("takeover after kill -9 of the leader: slot taken %s after the kill; first invalidation %s after its commit",
 		time.Since(killed)-took, took)
 	f.barrier()
-	if code, _ := b.term(t); code != 0 {
+	if code, _ := b.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("standby-turned-leader exit code %d", code)
 	}
 }
@@ -70,15 +72,15 @@ func TestStandbyTakesOverAfterLeaderFreezes(t *testing.T) {
 	f.seedUsers(100)
 	a := f.startBinaryStreaming(f.cfgPath)
 	b := f.startBinary(f.cfgPath)
-	waitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
-		return strings.Contains(b.out.String(), "waiting as standby")
+	harness.WaitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
+		return strings.Contains(b.Output(), "waiting as standby")
 	})
 	leaderPID := f.activePID()
-	if err := a.cmd.Process.Signal(sigStop); err != nil {
+	if err := a.Signal(sigStop); err != nil {
 		t.Fatal(err)
 	}
 	frozen := time.Now()
-	waitFor(t, 30*time.Second, "the standby to take the slot from the frozen leader", func() bool {
+	harness.WaitFor(t, 30*time.Second, "the standby to take the slot from the frozen leader", func() bool {
 		pid := f.activePID()
 		return pid != 0 && pid != leaderPID
 	})
@@ -86,19 +88,19 @@ func TestStandbyTakesOverAfterLeaderFreezes(t *testing.T) {
 	for i := 3; i < 20; i++ {
 		f.invalidationWorks(i, 30*time.Second)
 	}
-	if err := a.cmd.Process.Signal(sigCont); err != nil {
+	if err := a.Signal(sigCont); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "the woken leader to step back as standby", func() bool {
-		return strings.Contains(a.out.String(), "waiting as standby")
+	harness.WaitFor(t, 30*time.Second, "the woken leader to step back as standby", func() bool {
+		return strings.Contains(a.Output(), "waiting as standby")
 	})
 	for i := 20; i < 30; i++ {
 		f.invalidationWorks(i, 30*time.Second)
 	}
 	f.barrier()
-	for _, p := range []*proc{a, b} {
-		if code, _ := p.term(t); code != 0 {
-			t.Fatalf("exit code %d; output:\n%s", code, p.out.String())
+	for _, p := range []*harness.Process{a, b} {
+		if code, _ := p.TermT(t, 30*time.Second); code != 0 {
+			t.Fatalf("exit code %d; output:\n%s", code, p.Output())
 		}
 	}
 }

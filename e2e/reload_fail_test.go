@@ -35,11 +35,11 @@ func TestReloadRefusedGenerationStops(t *testing.T) {
 	if err := os.WriteFile(f.cfgPath, []byte(next), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := p.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	code := p.wait(t, 60*time.Second)
-	out := p.out.String()
+	code := p.ExitT(t, 60*time.Second)
+	out := p.Output()
 	if code != 1 {
 		t.Fatalf("exit code %d, want 1 (stopped on the refused generation key); output:\n%s", code, out)
 	}

@@ -131,7 +131,7 @@ func runEngine(args []string, stderr io.Writer) int {
 	if err := eng.Run(ctx); err != nil {
 		var setup *engine.SetupError
 		if errors.As(err, &setup) {
-			log.Error("cannot start", zap.Strings("problems", redactAll(setup.Problems)))
+			log.Error("cannot start", zap.Strings("problems", config.RedactAll(setup.Problems)))
 			fmt.Fprintln(stderr, config.Redact(setup.Error()))
 			return 2
 		}
@@ -160,14 +160,6 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, eng *engine.Engine, 
 		}
 		_ = eng.Reload(ctx, cfg)
 	}
-}
-
-func redactAll(ss []string) []string {
-	out := make([]string, len(ss))
-	for i, s := range ss {
-		out[i] = config.Redact(s)
-	}
-	return out
 }
 
 func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {

@@ -4,7 +4,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
 )
 
@@ -41,7 +40,7 @@ const maxQueued = 256
 
 // StartProxy listens on a free loopback port and forwards every connection
 // to target; it is closed at the end of the test.
-func StartProxy(t testing.TB, target string) *Proxy {
+func StartProxy(t TB, target string) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
