@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -102,5 +103,62 @@ func TestStandbyTakesOverAfterLeaderFreezes(t *testing.T) {
 		if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 			t.Fatalf("exit code %d; output:\n%s", code, p.Output())
 		}
+	}
+}
+
+// TestStandbyReadiness checks the readiness the Kubernetes manifests use
+// (deploy/kubernetes): on two engines sharing a slot, plain /readyz is 200
+// only on the leader, /readyz?standby=ok is 200 on both, and /healthz is
+// 200 on both; after the leader stops, the former standby streams and is
+// ready on plain /readyz too.
+func TestStandbyReadiness(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	f.seedUsers(10)
+	listen := func() (string, string) {
+		port, err := harness.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("CDC_METRICS_LISTEN=127.0.0.1:%d", port), fmt.Sprintf("http://127.0.0.1:%d", port)
+	}
+	envA, baseA := listen()
+	envB, baseB := listen()
+	a := f.startBinaryStreaming(f.cfgPath, envA)
+	b := f.startBinary(f.cfgPath, envB)
+	harness.WaitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
+		return strings.Contains(b.Output(), "waiting as standby")
+	})
+	status := func(url string) int {
+		resp, err := http.Get(url)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// The standby's state reaches the metrics a moment after its log line.
+	harness.WaitFor(t, 10*time.Second, "the standby's plain /readyz to answer 503", func() bool {
+		return status(baseB+"/readyz") == 503
+	})
+	for _, c := range []struct {
+		url  string
+		want int
+	}{
+		{baseA + "/healthz", 200}, {baseA + "/readyz", 200}, {baseA + "/readyz?standby=ok", 200},
+		{baseB + "/healthz", 200}, {baseB + "/readyz", 503}, {baseB + "/readyz?standby=ok", 200},
+	} {
+		if got := status(c.url); got != c.want {
+			t.Errorf("GET %s = %d, want %d", c.url, got, c.want)
+		}
+	}
+	if code, _ := a.TermT(t, 30*time.Second); code != 0 {
+		t.Fatalf("leader exit code %d", code)
+	}
+	harness.WaitFor(t, 30*time.Second, "the former standby to stream and be ready on plain /readyz", func() bool {
+		return status(baseB+"/readyz") == 200
+	})
+	f.invalidationWorks(1, 30*time.Second)
+	if code, _ := b.TermT(t, 30*time.Second); code != 0 {
+		t.Fatalf("standby-turned-leader exit code %d", code)
 	}
 }

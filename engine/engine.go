@@ -25,6 +25,7 @@ import (
 	"github.com/cdcinvalidate/cdcinvalidate/cacheaside"
 	"github.com/cdcinvalidate/cdcinvalidate/checkpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/config"
+	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
 	"github.com/cdcinvalidate/cdcinvalidate/metrics"
@@ -150,10 +151,10 @@ func (e *Engine) run(ctx context.Context) error {
 		fence = e.cfg.Client.LeaseFenceOrDefault()
 	}
 	sk := sink.New(sink.Config{
-		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == "del",
+		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == config.DeleteDel,
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
-		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, OnLongKey: e.cfg.Sink.OnLongKey, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
+		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, StopOnLongKey: e.cfg.Sink.OnLongKey == config.LongKeyStop, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), FlushOnHistoryLost: e.cfg.Consistency.OnHistoryLost == config.HistoryLostFlush,
 		CatchUpAge: catchUpAge, Verifier: sinkVerifier(vf),
 	}, tracker)
 	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {
@@ -220,7 +221,7 @@ func (e *Engine) pingRedis(ctx context.Context, rdb *redis.Client) error {
 
 // startEscalateAfter is how long a start-up connection may keep failing
 // before the log says so as an error (it goes on retrying).
-const startEscalateAfter = time.Minute
+const startEscalateAfter = defaults.EscalateAfter
 
 // logStartRetry logs the failures of a start-up connection: the first and
 // every tenth as warnings, the escalation as an error.
@@ -398,9 +399,13 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 		if walStatus == "lost" || confirmed == nil {
 			// PostgreSQL removed WAL the slot needed (max_slot_wal_keep_size):
 			// the changes in between are gone for good.
-			why := fmt.Sprintf("slot %q was invalidated by PostgreSQL (wal_status = lost: it fell behind by more than max_slot_wal_keep_size), so the changes it missed are gone", slot)
-			if e.cfg.Consistency.OnHistoryLost != "flush" {
-				return slotState{}, &SetupError{[]string{why + fmt.Sprintf("; flush the keys the rules manage, then drop the slot (SELECT pg_drop_replication_slot('%s')) and start again, or set consistency.on_history_lost: flush to let cdcinvalidate do both", slot)}}
+			why := fmt.Sprintf("slot %q was invalidated by PostgreSQL (wal_status = lost: "+
+				"it fell behind by more than max_slot_wal_keep_size), so the changes it missed are gone", slot)
+			if e.cfg.Consistency.OnHistoryLost != config.HistoryLostFlush {
+				fix := fmt.Sprintf("; flush the keys the rules manage, then drop the slot "+
+					"(SELECT pg_drop_replication_slot('%s')) and start again, "+
+					"or set consistency.on_history_lost: flush to let cdcinvalidate do both", slot)
+				return slotState{}, &SetupError{[]string{why + fix}}
 			}
 			e.log.Error("slot invalidated; dropping and recreating it, then flushing every managed key", zap.String("slot", slot))
 			if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {

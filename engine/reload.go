@@ -114,7 +114,7 @@ func (e *Engine) Reload(ctx context.Context, cfg *config.Config) (err error) {
 	}
 	newGlobs := mapping.NewlyManagedGlobs(old, m)
 	newGens := mapping.NewGenerations(old, m)
-	flush := e.cfg.Consistency.OnFirstStart == "flush"
+	flush := e.cfg.Consistency.OnFirstStart == config.FirstStartFlush
 	// The flush of the new patterns and generation keys goes through the
 	// stream to the sink, in order: a Redis error there is the sink's (it
 	// retries, or stops the engine), never a reload that half happened.

@@ -33,6 +33,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
@@ -84,19 +85,20 @@ type Config struct {
 	// FlushGenerations are the rules' generation keys; Flush increments
 	// them after deleting FlushPatterns.
 	FlushGenerations []string
-	// OnHistoryLost is "flush" (delete FlushPatterns, then go on) or "stop"
-	// (a PermanentError) when Redis lost acknowledged writes.
-	OnHistoryLost string
+	// FlushOnHistoryLost, when Redis lost acknowledged writes, deletes
+	// FlushPatterns and goes on (consistency.on_history_lost: flush); false
+	// stops with a PermanentError (stop).
+	FlushOnHistoryLost bool
 	// MaxKeyBytes is the length beyond which a key is reported (default
 	// 65536): a template over a huge value, where a digest filter is
-	// better. Such a key is counted in Stats.KeysTooLong and, by
-	// OnLongKey, still sent (Redis takes keys up to 512 MB) or refused.
+	// better. Such a key is counted in Stats.KeysTooLong and still sent
+	// (Redis takes keys up to 512 MB), unless StopOnLongKey.
 	MaxKeyBytes int
-	// OnLongKey is OnLongKeySend (default: send the key, log and count it)
-	// or OnLongKeyStop (a PermanentError before the batch is sent).
-	OnLongKey string
-	Logger    *zap.Logger
-	Observer  Observer
+	// StopOnLongKey refuses a key longer than MaxKeyBytes with a
+	// PermanentError before its batch is sent (sink.on_long_key: stop).
+	StopOnLongKey bool
+	Logger        *zap.Logger
+	Observer      Observer
 	// CatchUpAge: when the last transaction seen committed longer ago than
 	// this (the engine is catching up on a backlog), a batch waits up to
 	// GatherWait (default 2ms) for more events before it is sent; fresh
@@ -166,7 +168,7 @@ type Stats struct {
 	// Flushes counts flushes of every managed key after Redis lost writes.
 	Flushes atomic.Uint64
 	// KeysTooLong counts keys longer than MaxKeyBytes (sent unless
-	// OnLongKey is OnLongKeyStop).
+	// StopOnLongKey).
 	KeysTooLong atomic.Uint64
 }
 
@@ -228,19 +230,19 @@ func (s *Sink) flushGenerations() []string {
 // New returns a sink.
 func New(cfg Config, ack Acker) *Sink {
 	if cfg.MaxBatchKeys <= 0 {
-		cfg.MaxBatchKeys = 10000
+		cfg.MaxBatchKeys = defaults.MaxBatchKeys
 	}
 	if cfg.KeysPerCommand <= 0 {
-		cfg.KeysPerCommand = 256
+		cfg.KeysPerCommand = defaults.KeysPerCommand
 	}
 	if cfg.ScanCount <= 0 {
-		cfg.ScanCount = 1000
+		cfg.ScanCount = defaults.ScanCount
 	}
 	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = 100 * time.Millisecond
+		cfg.MinBackoff = defaults.MinBackoff
 	}
 	if cfg.MaxBackoff < cfg.MinBackoff {
-		cfg.MaxBackoff = 5 * time.Second
+		cfg.MaxBackoff = defaults.SinkBackoff
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -249,24 +251,18 @@ func New(cfg Config, ack Acker) *Sink {
 		cfg.Observer = nopObserver{}
 	}
 	if cfg.MaxKeyBytes <= 0 {
-		cfg.MaxKeyBytes = 64 << 10
+		cfg.MaxKeyBytes = defaults.MaxKeyBytes
 	}
 	if cfg.EscalateAfter <= 0 {
-		cfg.EscalateAfter = time.Minute
+		cfg.EscalateAfter = defaults.EscalateAfter
 	}
 	if cfg.GatherWait <= 0 {
-		cfg.GatherWait = 2 * time.Millisecond
+		cfg.GatherWait = defaults.GatherWait
 	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}, obs: cfg.Observer, accs: map[string]*msgAcc{}, gatherTimer: t}
 }
-
-// What the sink does with a key longer than Config.MaxKeyBytes.
-const (
-	OnLongKeySend = "send" // send it, log and count it (default)
-	OnLongKeyStop = "stop" // stop with a PermanentError
-)
 
 // PermanentError is an error that retrying cannot fix (the type shared
 // with the replication stream).
@@ -499,14 +495,14 @@ func (s *Sink) addKeys(keys []string) error {
 	return nil
 }
 
-// longKey counts a key longer than MaxKeyBytes and, with OnLongKeyStop,
+// longKey counts a key longer than MaxKeyBytes and, with StopOnLongKey,
 // refuses it. It is never dropped: a skipped invalidation leaves a stale
 // value until its TTL, or forever.
 func (s *Sink) longKey(k string) error {
 	s.obs.KeyTooLong()
 	n := s.Stats.KeysTooLong.Add(1)
 	prefix := k[:min(len(k), 64)]
-	if s.cfg.OnLongKey == OnLongKeyStop {
+	if s.cfg.StopOnLongKey {
 		return &PermanentError{Err: fmt.Errorf("a key of %d bytes (starting %q) is longer than sink.max_key_bytes %d, and sink.on_long_key is stop: a template renders a huge value; use a digest filter such as {col|sha1}, raise sink.max_key_bytes, or set sink.on_long_key: send (Redis accepts keys up to 512 MB)",
 			len(k), prefix, s.cfg.MaxKeyBytes)}
 	}
@@ -806,8 +802,9 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 	if s.mustFlush == "" {
 		return nil
 	}
-	if s.cfg.OnHistoryLost != "flush" {
-		return &PermanentError{Err: fmt.Errorf("%w: %s; flush the managed keys and restart, or set consistency.on_history_lost: flush", ErrHistoryLost, s.mustFlush)}
+	if !s.cfg.FlushOnHistoryLost {
+		return &PermanentError{Err: fmt.Errorf("%w: %s; flush the managed keys and restart, "+
+			"or set consistency.on_history_lost: flush", ErrHistoryLost, s.mustFlush)}
 	}
 	s.log.Error("redis went back in time; flushing every managed key", zap.String("reason", s.mustFlush), zap.Strings("patterns", s.flushPatterns()))
 	if err := s.Flush(ctx); err != nil {

@@ -94,7 +94,7 @@ func TestLeaseGoesWithItsKey(t *testing.T) {
 }
 
 // A key longer than MaxKeyBytes is still invalidated (Redis takes keys up
-// to 512 MB) and counted; with OnLongKey "stop" the sink stops with an
+// to 512 MB) and counted; with StopOnLongKey the sink stops with an
 // error naming the option, before anything of the batch is acknowledged.
 func TestTooLongKeyIsSentAndCounted(t *testing.T) {
 	rd := harness.RedisT(t, harness.RedisOptions{})
@@ -103,46 +103,45 @@ func TestTooLongKeyIsSentAndCounted(t *testing.T) {
 	ctx := context.Background()
 	huge := "k:" + strings.Repeat("x", 100)
 	for _, tc := range []struct {
-		onLong  string
+		stop    bool
 		wantErr string
 	}{
-		{"", ""},
-		{OnLongKeySend, ""},
-		{OnLongKeyStop, "sink.on_long_key"},
+		{false, ""},
+		{true, "sink.on_long_key"},
 	} {
 		if err := rdb.MSet(ctx, huge, "v", "k:1", "v").Err(); err != nil {
 			t.Fatal(err)
 		}
 		ack := &ackRecorder{}
-		s := New(Config{Client: rdb, MaxKeyBytes: 50, OnLongKey: tc.onLong}, ack)
+		s := New(Config{Client: rdb, MaxKeyBytes: 50, StopOnLongKey: tc.stop}, ack)
 		in := make(chan replication.Event, 1)
 		in <- replication.Event{Keys: []string{huge, "k:1"}, End: 5}
 		close(in)
 		err := s.Run(ctx, in)
 		if n := s.Stats.KeysTooLong.Load(); n != 1 {
-			t.Errorf("on_long_key %q: KeysTooLong = %d, want 1", tc.onLong, n)
+			t.Errorf("stop %v: KeysTooLong = %d, want 1", tc.stop, n)
 		}
 		if tc.wantErr != "" {
 			var perm *PermanentError
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.As(err, &perm) {
-				t.Errorf("on_long_key %q: Run = %v, want a permanent error naming %s", tc.onLong, err, tc.wantErr)
+				t.Errorf("stop %v: Run = %v, want a permanent error naming %s", tc.stop, err, tc.wantErr)
 			}
 			if len(ack.acked) != 0 {
-				t.Errorf("on_long_key %q: acknowledged %v although the batch stopped", tc.onLong, ack.acked)
+				t.Errorf("stop %v: acknowledged %v although the batch stopped", tc.stop, ack.acked)
 			}
 			if n, _ := rdb.Exists(ctx, huge).Result(); n != 1 {
-				t.Errorf("on_long_key %q: the long key was deleted although the sink stopped", tc.onLong)
+				t.Errorf("stop %v: the long key was deleted although the sink stopped", tc.stop)
 			}
 			continue
 		}
 		if err != nil {
-			t.Fatalf("on_long_key %q: %v", tc.onLong, err)
+			t.Fatalf("stop %v: %v", tc.stop, err)
 		}
 		if n, _ := rdb.Exists(ctx, huge, "k:1").Result(); n != 0 {
-			t.Errorf("on_long_key %q: %d of the long key and the ordinary key still exist, want both deleted", tc.onLong, n)
+			t.Errorf("stop %v: %d of the long key and the ordinary key still exist, want both deleted", tc.stop, n)
 		}
 		if fmt.Sprint(ack.acked) != "[0/5]" {
-			t.Errorf("on_long_key %q: acked %v, want [0/5]", tc.onLong, ack.acked)
+			t.Errorf("stop %v: acked %v, want [0/5]", tc.stop, ack.acked)
 		}
 	}
 }

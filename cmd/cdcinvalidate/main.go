@@ -163,14 +163,14 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, eng *engine.Engine, 
 }
 
 func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(c.Level)
+	lvl, err := zapcore.ParseLevel(string(c.Level))
 	if err != nil {
 		return nil, fmt.Errorf("log level: %w", err)
 	}
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
 	var enc zapcore.Encoder
-	if c.Format == "console" {
+	if c.Format == config.LogConsole {
 		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
 		enc = zapcore.NewConsoleEncoder(encCfg)
 	} else {
@@ -371,7 +371,7 @@ func setMemoryLimit(cfg *config.Config, log *zap.Logger) {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return
 	}
-	limit := int64(cfg.Postgres.TxnBufferMB)<<20 + 32<<20
+	limit := cfg.SoftMemoryLimit()
 	debug.SetMemoryLimit(limit)
 	log.Debug("soft memory limit", zap.Int64("bytes", limit))
 }
