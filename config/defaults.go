@@ -23,6 +23,7 @@ func (c *Config) setDefaults() {
 	setZero(&p.MaxBackoff, defaults.PostgresBackoff)
 	setZero(&p.WarnRetainedWALMB, defaults.WarnRetainedWALMB)
 	setZero(&p.StandbyRetry, defaults.StandbyRetry)
+	setZero(&p.CatalogCheckInterval, defaults.CatalogCheckInterval)
 	setZero(&c.Consistency.OnHistoryLost, defaults.OnHistoryLost)
 	setZero(&c.Consistency.OnFirstStart, defaults.OnFirstStart)
 	r := &c.Redis

@@ -89,6 +89,12 @@ type Postgres struct {
 	// keep a copy and the engine resumes on a promoted standby without
 	// losing history. PostgreSQL 17+. Default false.
 	FailoverSlot bool `yaml:"failover_slot"`
+	// CatalogCheckInterval is how often, while streaming, the rule tables
+	// and the publication are checked against the rules again: a table
+	// dropped from the publication sends nothing more, and a partition
+	// created since the start may lack the replica identity the rules
+	// need; either stops the engine. Default 30s; at least 100ms.
+	CatalogCheckInterval time.Duration `yaml:"catalog_check_interval"`
 }
 
 // Consistency says what to do when the engine cannot prove it saw every change.

@@ -79,6 +79,7 @@ WHERE n.nspname = $1 AND c.relname = $2`, schema, table).Scan(&oid, &kind, &iden
 		return info, fmt.Errorf("read catalog of %s: %w", qualified, err)
 	}
 	info.Exists = true
+	info.OID = oid
 	info.Kind = kind[0]
 	info.ReplicaIdentity = ident[0]
 	if isPartition {

@@ -157,9 +157,10 @@ func (e *Engine) run(ctx context.Context) error {
 		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, StopOnLongKey: e.cfg.Sink.OnLongKey == config.LongKeyStop, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), FlushOnHistoryLost: e.cfg.Consistency.OnHistoryLost == config.HistoryLostFlush,
 		CatchUpAge: catchUpAge, Verifier: sinkVerifier(vf),
 	}, tracker)
-	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {
+	if err := e.checkHistory(ctx, rdb, sk, &start); err != nil {
 		return err
 	}
+	st.SetFlushed(start.walNow, start.flushedGlobs, start.flushedGens)
 	e.stream, e.sink, e.rdb, e.verifier = st, sk, rdb, vf
 	close(e.ready) // reloads may begin
 
@@ -177,6 +178,7 @@ func (e *Engine) run(ctx context.Context) error {
 		e.pollSlot(gctx, sinkCtx)
 		return nil
 	})
+	g.Go(func() error { return e.watchCatalog(gctx, rdb) })
 	if vf != nil {
 		g.Go(func() error { return vf.Run(gctx) })
 	}
@@ -190,7 +192,12 @@ func (e *Engine) run(ctx context.Context) error {
 		}
 		return nil
 	})
-	return g.Wait()
+	err = g.Wait()
+	var ue *replication.UnboundError
+	if errors.As(err, &ue) {
+		err = e.markUnapplied(rdb, ue.Globs, ue.Generations, err)
+	}
+	return err
 }
 
 // sinkVerifier is v as the sink's optional Verifier: nil stays a nil
@@ -289,6 +296,7 @@ func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (slo
 	if err != nil {
 		return slotState{}, err
 	}
+	e.mapper.Expect(cat.infos) // a rule table renamed while stopped is caught (schema.go)
 	if e.cfg.Postgres.FailoverSlot && cat.version < 170000 {
 		return slotState{}, &SetupError{[]string{fmt.Sprintf("postgres.failover_slot: failover slots need PostgreSQL 17 or later (this server is %d.%d); on older versions a promoted standby has no copy of the slot, and the engine's fail-closed path (consistency.on_history_lost) handles the failover: set failover_slot: false", cat.version/10000, cat.version%10000)}}
 	}
@@ -298,6 +306,9 @@ func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (slo
 	st, err := e.ensureSlot(ctx, conn, pgcfg)
 	if err == nil && e.cfg.Postgres.FailoverSlot && !st.created {
 		err = e.ensureFailover(ctx, conn, pgcfg)
+	}
+	if err == nil {
+		st.walNow, err = currentWAL(ctx, conn)
 	}
 	return st, err
 }
@@ -377,6 +388,12 @@ type slotState struct {
 	confirmed replication.LSN
 	created   bool   // the slot did not exist and was created now
 	lost      string // why the slot's history is known to be lost ("" if not)
+	// walNow is the server's WAL position read before any flush at this
+	// start: every transaction that commits below it committed before.
+	walNow replication.LSN
+	// flushedGlobs and flushedGens are what a flush at this start deleted
+	// and incremented (set by checkHistory).
+	flushedGlobs, flushedGens []string
 }
 
 func (e *Engine) ensureSlot(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.Config) (slotState, error) {

@@ -102,6 +102,7 @@ func (e *Engine) Reload(ctx context.Context, cfg *config.Config) (err error) {
 	if err != nil {
 		return err
 	}
+	m.Expect(cat.infos)
 	added, err := e.reloadPublication(ctx, conn, m, cat)
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -154,6 +155,10 @@ type Stream struct {
 	serverEnd atomic.Uint64 // the server's WAL end in its last message
 
 	swap swapper // rules reloads (swap.go)
+
+	// What the start-up flush covered (SetFlushed, unbound.go).
+	coveredBelow              LSN
+	coveredGlobs, coveredGens []string
 }
 
 // Received returns the highest WAL position received from the server.
@@ -289,6 +294,14 @@ type session struct {
 	streamXid uint32
 	streams   map[uint32]*txnBuffer
 	budget    int
+	// lastRel is the relation of the message just handled, if it was a
+	// Relation message (pgoutput describes a partition right before the
+	// first change that goes through it to its root).
+	lastRel *Relation
+	// badRels are relations whose last Relation message, inside the
+	// streamed transaction given, did not bind: that transaction's changes
+	// of them cannot be mapped, and it fails if it commits.
+	badRels map[uint32]uint32
 
 	lastEnd LSN // highest End handed to the sink
 	timer   *time.Timer
@@ -365,6 +378,7 @@ func (s *Stream) session(ctx context.Context) (err error) {
 		rels:      map[uint32]*Relation{},
 		tables:    map[uint32]TableObserver{},
 		streams:   map[uint32]*txnBuffer{},
+		badRels:   map[uint32]uint32{},
 		budget:    s.cfg.TxnMemoryBytes,
 		lastEnd:   confirmed,
 		timer:     time.NewTimer(time.Hour),
@@ -579,6 +593,8 @@ func (ss *session) handleMessage(data []byte) error {
 	if err != nil {
 		return permanent(err)
 	}
+	described := ss.lastRel
+	ss.lastRel = nil
 	switch m.kind {
 	case msgBegin:
 		ss.inTxn = true
@@ -590,13 +606,9 @@ func (ss *session) handleMessage(data []byte) error {
 		ss.keys, ss.acts = nil, nil
 		return ss.emit(Event{Keys: keys, Actions: acts, LSN: m.lsn, End: m.endLSN, CommitTime: m.time})
 	case msgRelation:
-		ss.rels[m.relation.ID] = m.relation
-		ss.tables[m.relation.ID] = ss.s.obs.Table(m.relation.QualifiedName())
-		if err := ss.s.mapper.Bind(m.relation); err != nil {
-			return permanent(err)
-		}
+		return ss.handleRelation(m)
 	case msgInsert, msgUpdate, msgDelete:
-		return ss.handleChange(m)
+		return ss.handleChange(m, described)
 	case msgTruncate:
 		var globs []string
 		var acts []Action
@@ -649,6 +661,7 @@ func (ss *session) handleMessage(data []byte) error {
 		if m.subXid == m.xid {
 			b.release(&ss.budget)
 			delete(ss.streams, m.xid)
+			maps.DeleteFunc(ss.badRels, func(_, xid uint32) bool { return xid == m.xid })
 		} else {
 			b.abortSub(m.subXid)
 		}
@@ -803,10 +816,81 @@ func (ss *session) stream(xid uint32) *txnBuffer {
 	return b
 }
 
-func (ss *session) handleChange(m *message) error {
+// handleRelation binds the rules to a table the server describes. Outside
+// a streamed transaction a table the rules do not fit stops the stream at
+// once: nothing after this point of the transaction is confirmed. Inside
+// one (a DDL in a transaction not yet committed) the verdict waits for its
+// commit: if it aborts, the table never changed.
+func (ss *session) handleRelation(m *message) error {
+	rel := m.relation
+	ss.lastRel = rel
+	ss.rels[rel.ID] = rel
+	ss.tables[rel.ID] = ss.s.obs.Table(rel.QualifiedName())
+	err := ss.s.mapper.Bind(rel)
+	if ss.inStream {
+		b := ss.stream(ss.streamXid)
+		if err != nil {
+			ss.badRels[rel.ID] = ss.streamXid
+			b.failBind(m.xid, rel.ID, err)
+			ss.s.log.Warn("a streamed transaction changed a table so that the rules no longer fit it; the engine stops if it commits",
+				zap.Uint32("xid", ss.streamXid), zap.String("table", rel.QualifiedName()), zap.Error(err))
+			return nil
+		}
+		delete(ss.badRels, rel.ID)
+		b.clearBind(rel.ID)
+		return nil
+	}
+	delete(ss.badRels, rel.ID)
+	if err == nil {
+		return nil
+	}
+	if ss.s.covered(err, ss.commitLSN) {
+		ss.s.log.Warn("skipping changes of a table the rules knew under another name: the flush at this start deleted its keys after they committed",
+			zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
+		return nil
+	}
+	return permanent(err)
+}
+
+// LeafChecker is implemented by a Mapper that checks the partition a
+// change went through, when pgoutput described it right before the change
+// it publishes as its root's: a partition's replica identity is its own,
+// so its old rows may lack columns the root's rules need.
+type LeafChecker interface {
+	CheckLeaf(root, leaf *Relation) error
+}
+
+// handleChange maps a row change. described is the relation of a Relation
+// message that came right before it, or nil.
+func (ss *session) handleChange(m *message, described *Relation) error {
 	rel := ss.rels[m.relID]
 	if rel == nil {
 		return permanent(fmt.Errorf("%w: change of relation %d before its Relation message", ErrMalformed, m.relID))
+	}
+	if lc, ok := ss.s.mapper.(LeafChecker); ok && described != nil && described.ID != rel.ID {
+		if err := lc.CheckLeaf(rel, described); err != nil {
+			if ss.inStream {
+				ss.stream(ss.streamXid).dropChange(m.xid, err) // judged at commit
+				return nil
+			}
+			if !ss.s.covered(err, ss.commitLSN) {
+				return permanent(err)
+			}
+			ss.s.log.Warn("skipping a change through a partition the rules cannot map: the flush at this start deleted its keys after it committed",
+				zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
+			return nil
+		}
+	}
+	if xid, bad := ss.badRels[m.relID]; bad {
+		if ss.inStream && ss.streamXid == xid {
+			// Its commit fails, unless the subtransaction aborts.
+			b := ss.stream(xid)
+			if f, ok := b.binds[m.relID]; ok {
+				b.dropChange(m.xid, f.err)
+			}
+			return nil
+		}
+		return permanent(fmt.Errorf("a change of table %s arrived without a new description of the table after streamed transaction %d changed it so that the rules no longer fit; the engine stops rather than map it with a definition that may not be its own; restart cdcinvalidate", rel.QualifiedName(), xid))
 	}
 	ch := &ss.change
 	ch.Rel = rel
@@ -823,6 +907,10 @@ func (ss *session) handleChange(m *message) error {
 		keys, acts, err := ss.s.mapper.AppendChange(ss.keys, ss.acts, ch)
 		ss.keys, ss.acts = keys, acts
 		if err != nil {
+			if ss.s.covered(err, ss.commitLSN) {
+				ss.s.log.Debug("skipping a change the flush at this start covered", zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
+				return nil
+			}
 			return permanent(err)
 		}
 		ss.tables[m.relID].Change(ch.Op, len(keys)+len(acts)-before)
@@ -836,6 +924,12 @@ func (ss *session) handleChange(m *message) error {
 	}
 	keys, acts, err := ss.s.mapper.AppendChange(ss.keys[:0], ss.acts[:0], ch)
 	ss.keys, ss.acts = keys[:0], acts[:0]
+	var ue *UnboundError
+	if errors.As(err, &ue) {
+		// Judged at commit, as a table's description is.
+		ss.stream(ss.streamXid).dropChange(m.xid, err)
+		return nil
+	}
 	if err != nil {
 		return permanent(err)
 	}
@@ -878,6 +972,14 @@ func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.
 		return ss.emit(Event{End: end, CommitTime: commitTime})
 	}
 	defer b.release(&ss.budget)
+	maps.DeleteFunc(ss.badRels, func(_, x uint32) bool { return x == xid })
+	for _, err := range b.bindErrs() {
+		if !ss.s.covered(err, commitLSN) {
+			return permanent(fmt.Errorf("streamed transaction %d committed at %s: %w", xid, commitLSN, err))
+		}
+		ss.s.log.Warn("skipping changes of a table the rules knew under another name: the flush at this start deleted its keys after they committed",
+			zap.Stringer("commit_lsn", commitLSN), zap.Error(err))
+	}
 	var keys []string
 	var acts []Action
 	flush := func() error {

@@ -22,6 +22,8 @@ const (
 	PostgresBackoff   = 10 * time.Second // postgres.max_backoff
 	StandbyRetry      = time.Second
 	WarnRetainedWALMB = 4096
+	// CatalogCheckInterval is postgres.catalog_check_interval.
+	CatalogCheckInterval = 30 * time.Second
 )
 
 // consistency section (spellings of config.OnHistoryLost and OnFirstStart).
