@@ -300,10 +300,16 @@ func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (slo
 	if e.cfg.Postgres.FailoverSlot && cat.version < 170000 {
 		return slotState{}, &SetupError{[]string{fmt.Sprintf("postgres.failover_slot: failover slots need PostgreSQL 17 or later (this server is %d.%d); on older versions a promoted standby has no copy of the slot, and the engine's fail-closed path (consistency.on_history_lost) handles the failover: set failover_slot: false", cat.version/10000, cat.version%10000)}}
 	}
-	if err := e.ensurePublication(ctx, conn, cat.version, cat.infos, cat.problems); err != nil {
+	if probs := standbyProblems(cat.version, cat.inRecovery, e.cfg.Postgres.FailoverSlot); len(probs) > 0 {
+		return slotState{}, &SetupError{probs}
+	}
+	if cat.inRecovery {
+		e.warnStandby(ctx, conn)
+	}
+	if err := e.ensurePublication(ctx, conn, cat, cat.problems); err != nil {
 		return slotState{}, err
 	}
-	st, err := e.ensureSlot(ctx, conn, pgcfg)
+	st, err := e.ensureSlot(ctx, conn, pgcfg, cat.inRecovery)
 	if err == nil && e.cfg.Postgres.FailoverSlot && !st.created {
 		err = e.ensureFailover(ctx, conn, pgcfg)
 	}
@@ -354,7 +360,8 @@ func (e *Engine) replicationConn(ctx context.Context, pgcfg *pgconn.Config) (*pg
 // ensurePublication checks the publication, or creates it when absent.
 // problems are those found so far: with any, nothing is created, and they
 // are reported with the publication's own.
-func (e *Engine) ensurePublication(ctx context.Context, conn *pgx.Conn, version int, infos map[string]mapping.TableInfo, problems []mapping.Problem) error {
+func (e *Engine) ensurePublication(ctx context.Context, conn *pgx.Conn, cat *catalogCheck, problems []mapping.Problem) error {
+	version, infos := cat.version, cat.infos
 	pub := e.cfg.Postgres.Publication
 	tables := e.mapper.Tables()
 	p, err := readPublication(ctx, conn, pub, version) // check.go
@@ -368,6 +375,9 @@ func (e *Engine) ensurePublication(ctx context.Context, conn *pgx.Conn, version 
 		return nil
 	}
 	sql := createPublicationSQL(pub, tables, version)
+	if cat.inRecovery {
+		return &SetupError{[]string{fmt.Sprintf("publication %q does not exist, and this server is a standby (read-only): create it on the primary, as the tables' owner: %s", pub, sql)}}
+	}
 	// Marked in the same transaction: a reload adds tables only to a
 	// publication the engine created (reload.go).
 	if err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
@@ -396,13 +406,14 @@ type slotState struct {
 	flushedGlobs, flushedGens []string
 }
 
-func (e *Engine) ensureSlot(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.Config) (slotState, error) {
+func (e *Engine) ensureSlot(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.Config, standby bool) (slotState, error) {
 	slot := e.cfg.Postgres.Slot
-	var plugin, slotType, db, walStatus string
+	var plugin, slotType, db, walStatus, reason string
+	var conflicting bool
 	var confirmed *string
 	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), slot_type, coalesce(database, ''), confirmed_flush_lsn::text,
-       coalesce((to_jsonb(s) ->> 'wal_status'), '')
-FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, &db, &confirmed, &walStatus)
+       coalesce((to_jsonb(s) ->> 'wal_status'), ''), `+slotInvalidatedSQL+`
+FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, &db, &confirmed, &walStatus, &reason, &conflicting)
 	if err == nil {
 		var problems []string
 		if slotType != "logical" || plugin != "pgoutput" {
@@ -413,11 +424,14 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 		if len(problems) > 0 {
 			return slotState{}, &SetupError{problems}
 		}
-		if walStatus == "lost" || confirmed == nil {
-			// PostgreSQL removed WAL the slot needed (max_slot_wal_keep_size):
-			// the changes in between are gone for good.
-			why := fmt.Sprintf("slot %q was invalidated by PostgreSQL (wal_status = lost: "+
-				"it fell behind by more than max_slot_wal_keep_size), so the changes it missed are gone", slot)
+		if lost, cause := slotInvalidation(walStatus, reason, conflicting); lost || confirmed == nil {
+			// PostgreSQL invalidated the slot (WAL removed, idle too long, a
+			// conflict with recovery on a standby): it cannot decode any more,
+			// and the changes it had not confirmed are gone for good.
+			if cause == "" {
+				cause = "it has no confirmed position"
+			}
+			why := fmt.Sprintf("slot %q was invalidated by PostgreSQL (%s), so the changes it missed are gone", slot, cause)
 			if e.cfg.Consistency.OnHistoryLost != config.HistoryLostFlush {
 				fix := fmt.Sprintf("; flush the keys the rules manage, then drop the slot "+
 					"(SELECT pg_drop_replication_slot('%s')) and start again, "+
@@ -428,7 +442,7 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 			if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
 				return slotState{}, fmt.Errorf("drop invalidated slot %q: %w", slot, err)
 			}
-			st, err := e.createSlot(ctx, pgcfg)
+			st, err := e.createSlot(ctx, pgcfg, standby)
 			st.lost = why
 			return st, err
 		}
@@ -442,17 +456,20 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return slotState{}, fmt.Errorf("read slot %q: %w", slot, err)
 	}
-	st, err := e.createSlot(ctx, pgcfg)
+	st, err := e.createSlot(ctx, pgcfg, standby)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42710" {
 		// Another instance created it at the same moment: use it.
-		return e.ensureSlot(ctx, conn, pgcfg)
+		return e.ensureSlot(ctx, conn, pgcfg, standby)
 	}
 	return st, err
 }
 
-func (e *Engine) createSlot(ctx context.Context, pgcfg *pgconn.Config) (slotState, error) {
+func (e *Engine) createSlot(ctx context.Context, pgcfg *pgconn.Config, standby bool) (slotState, error) {
 	slot := e.cfg.Postgres.Slot
+	if standby {
+		e.log.Info("creating the slot on a standby: this waits until the primary logs its running transactions (every 15 s while it writes; SELECT pg_log_standby_snapshot() on the primary makes it immediate)", zap.String("slot", slot))
+	}
 	rconn, err := e.replicationConn(ctx, pgcfg)
 	if err != nil {
 		return slotState{}, err
