@@ -15,6 +15,7 @@ import (
 
 	"github.com/cdcinvalidate/cdcinvalidate/config"
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
+	"github.com/cdcinvalidate/cdcinvalidate/sink"
 )
 
 // The start-up checks that `run` and `check` share: the server, the rules
@@ -547,7 +548,11 @@ func (e *Engine) checkRedis(ctx context.Context, rep *CheckReport) {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := rdb.Ping(rctx).Err(); err != nil {
-		rep.add(SeverityError, subject, "PING failed: "+err.Error(), "check redis.addr, that Redis runs, and redis.username / redis.password")
+		fix := "check redis.addr, that Redis runs, and redis.username / redis.password"
+		if perm := sink.Classify(err); perm != nil {
+			err, fix = perm, "retrying does not help: fix what the finding names"
+		}
+		rep.add(SeverityError, subject, "PING failed: "+err.Error(), fix)
 		return
 	}
 	rep.add(SeverityOK, subject, "PING answered", "")

@@ -25,6 +25,8 @@ import (
 	"github.com/cdcinvalidate/cdcinvalidate/cacheaside"
 	"github.com/cdcinvalidate/cdcinvalidate/checkpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/config"
+	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
 	"github.com/cdcinvalidate/cdcinvalidate/metrics"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
@@ -152,7 +154,7 @@ func (e *Engine) run(ctx context.Context) error {
 		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == config.DeleteDel,
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
-		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), FlushOnHistoryLost: e.cfg.Consistency.OnHistoryLost == config.HistoryLostFlush,
+		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, StopOnLongKey: e.cfg.Sink.OnLongKey == config.LongKeyStop, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), FlushOnHistoryLost: e.cfg.Consistency.OnHistoryLost == config.HistoryLostFlush,
 		CatchUpAge: catchUpAge, Verifier: sinkVerifier(vf),
 	}, tracker)
 	if err := e.checkHistory(ctx, rdb, sk, &start); err != nil {
@@ -208,69 +210,71 @@ func sinkVerifier(v *verifier.Verifier) sink.Verifier {
 }
 
 func (e *Engine) pingRedis(ctx context.Context, rdb *redis.Client) error {
-	backoff := 200 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := rdb.Ping(ctx).Err()
-		if err == nil {
+	p := retry.Policy{Min: 200 * time.Millisecond, Max: 5 * time.Second, EscalateAfter: startEscalateAfter,
+		Classify: func(err error) error {
+			if perm := sink.Classify(err); perm != nil {
+				return &SetupError{[]string{fmt.Sprintf("redis at %s: %v", e.cfg.Redis.Addr, perm)}}
+			}
+			if p := tlsProblem(err); p != "" {
+				return &SetupError{[]string{fmt.Sprintf("redis at %s: %s", e.cfg.Redis.Addr, p)}}
+			}
 			return nil
+		},
+		OnFailure: e.logStartRetry("redis not reachable yet", zap.String("addr", e.cfg.Redis.Addr)),
+	}
+	_, err := p.Do(ctx, func() error { return rdb.Ping(ctx).Err() })
+	return err
+}
+
+// startEscalateAfter is how long a start-up connection may keep failing
+// before the log says so as an error (it goes on retrying).
+const startEscalateAfter = defaults.EscalateAfter
+
+// logStartRetry logs the failures of a start-up connection: the first and
+// every tenth as warnings, the escalation as an error.
+func (e *Engine) logStartRetry(what string, fields ...zap.Field) func(retry.Failure) {
+	return func(f retry.Failure) {
+		fs := append(fields[:len(fields):len(fields)], zap.String("error", config.Redact(f.Err.Error())), zap.Int("attempt", f.Attempt))
+		switch {
+		case f.Escalate:
+			e.Metrics.Stalled(f.Err)
+			e.log.Error(what+" for a long time; still retrying", append(fs, zap.Duration("failing_for", f.Failing.Round(time.Second)))...)
+		case f.Attempt == 1 || f.Attempt%10 == 0:
+			e.log.Warn(what+"; retrying", fs...)
 		}
-		msg := err.Error()
-		if strings.HasPrefix(msg, "WRONGPASS") || strings.HasPrefix(msg, "NOAUTH") || strings.HasPrefix(msg, "NOPERM") {
-			return &SetupError{[]string{fmt.Sprintf("redis at %s refused authentication: %s (check redis.username and redis.password or CDC_REDIS_PASSWORD)", e.cfg.Redis.Addr, msg)}}
-		}
-		if p := tlsProblem(err); p != "" {
-			return &SetupError{[]string{fmt.Sprintf("redis at %s: %s", e.cfg.Redis.Addr, p)}}
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if attempt == 1 || attempt%10 == 0 {
-			e.log.Warn("redis not reachable yet; retrying", zap.String("addr", e.cfg.Redis.Addr), zap.Error(err), zap.Int("attempt", attempt))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 
 // connectRetry connects, retrying errors that waiting can fix.
 func (e *Engine) connectRetry(ctx context.Context, connect func() error, what string) error {
-	backoff := 200 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := connect()
-		if err == nil {
+	p := retry.Policy{Min: 200 * time.Millisecond, Max: e.cfg.Postgres.MaxBackoff, EscalateAfter: startEscalateAfter,
+		Classify: func(err error) error {
+			if replication.IsPermanent(err) {
+				return explainPgError(err)
+			}
+			if msg := tlsProblem(err); msg != "" {
+				return &SetupError{[]string{"postgres: " + msg}}
+			}
 			return nil
-		}
-		if replication.IsPermanent(err) || ctx.Err() != nil {
-			return explainPgError(err)
-		}
-		if msg := tlsProblem(err); msg != "" {
-			return &SetupError{[]string{"postgres: " + msg}}
-		}
-		if attempt == 1 || attempt%10 == 0 {
-			e.log.Warn(what+" failed; retrying", zap.String("error", config.Redact(err.Error())), zap.Int("attempt", attempt))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, e.cfg.Postgres.MaxBackoff)
+		},
+		OnFailure: e.logStartRetry(what + " failed"),
 	}
+	_, err := p.Do(ctx, connect)
+	if retry.IsPermanent(err) {
+		return explainPgError(err)
+	}
+	return err
 }
 
+// explainPgError turns a PostgreSQL error that retrying cannot fix
+// (replication.Classify) into a SetupError that says what to fix.
 func explainPgError(err error) error {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code {
-		case "28P01", "28000":
-			return &SetupError{[]string{"postgres refused the login: " + config.Redact(err.Error()) + " (check the user and password in postgres.dsn / CDC_POSTGRES_DSN, and pg_hba.conf; the role needs LOGIN REPLICATION)"}}
-		case "3D000":
-			return &SetupError{[]string{"postgres: " + config.Redact(err.Error()) + " (check the database name in postgres.dsn)"}}
-		}
+	var setup *SetupError
+	if errors.As(err, &setup) {
+		return err
+	}
+	if perm := replication.Classify(err); perm != nil {
+		return &SetupError{[]string{config.Redact(perm.Error())}}
 	}
 	return err
 }
