@@ -227,9 +227,13 @@ type Sink struct {
 	ScanCount int `yaml:"scan_count"`
 	// MaxBackoff caps the wait between Redis retries. Default 5s.
 	MaxBackoff time.Duration `yaml:"max_backoff"`
-	// MaxKeyBytes is the longest key sent; longer ones are logged, counted
-	// and not invalidated. Default 65536.
+	// MaxKeyBytes is the key length beyond which a key is logged and
+	// counted (a template over a huge value). Default 65536.
 	MaxKeyBytes int `yaml:"max_key_bytes"`
+	// OnLongKey is what happens to a key longer than MaxKeyBytes: "send"
+	// (default: it is invalidated all the same) or "stop" (the engine stops
+	// with an error). A key is never skipped.
+	OnLongKey OnLongKey `yaml:"on_long_key"`
 	// Watermark keeps the key cdcinvalidate:<slot>:lsn at the end LSN of the
 	// last applied transaction (never lowered). Default true.
 	Watermark *bool `yaml:"watermark"`

@@ -120,6 +120,7 @@ func (c *Config) validate(loc locator) []Problem {
 	if c.Sink.MaxKeyBytes < 1 {
 		add("sink.max_key_bytes", "max_key_bytes must be at least 1")
 	}
+	enum("sink.on_long_key", oneOf("on_long_key", c.Sink.OnLongKey, onLongKeyValues))
 	if c.Sink.ScanCount < 1 {
 		add("sink.scan_count", "scan_count must be at least 1")
 	}

@@ -52,6 +52,7 @@ type fixtureOpts struct {
 	pgExtra    string // more YAML lines for the postgres section, indented by two spaces
 	extra      string // more top-level YAML sections (sink, log)
 	noSchema   bool
+	pgVersion  int // PostgreSQL major version; 0: the harness's default
 }
 
 type fixture struct {
@@ -67,7 +68,7 @@ type fixture struct {
 func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	t.Helper()
 	f := &fixture{t: t}
-	f.pg = harness.PostgresT(t, harness.PostgresOptions{Settings: o.pgSettings})
+	f.pg = harness.PostgresT(t, harness.PostgresOptions{Settings: o.pgSettings, Version: o.pgVersion})
 	f.rd = harness.RedisT(t, harness.RedisOptions{Args: o.redisArgs})
 	f.connect()
 	if !o.noSchema {

@@ -132,7 +132,7 @@ func (b *actionBatch) size() int {
 
 // addActions adds an event's actions to the batch; lsn is the commit LSN
 // of their transaction.
-func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) {
+func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) error {
 	b := &s.acts
 	if b.otherSeen == nil {
 		b.otherSeen, b.setIdx, b.verIdx, b.incrSeen = map[string]struct{}{}, map[string]int{}, map[string]int{}, map[string]struct{}{}
@@ -145,7 +145,9 @@ func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) {
 		switch a.Kind {
 		case replication.ActUnlink, replication.ActDel:
 			if (a.Kind == replication.ActDel) == s.cfg.UseDel {
-				s.addKeys([]string{a.Key}, lsn)
+				if err := s.addKeys([]string{a.Key}, lsn); err != nil {
+					return err
+				}
 			} else {
 				s.addOther(a.Key)
 			}
@@ -185,6 +187,7 @@ func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) {
 			s.addMessageKey(a, lsn)
 		}
 	}
+	return nil
 }
 
 // addOther queues a delete with the command that is not the default.
