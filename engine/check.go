@@ -397,7 +397,7 @@ func (e *Engine) checkPostgres(ctx context.Context, rep *CheckReport) error {
 		if info.Kind == 'p' {
 			what = fmt.Sprintf("partitioned table with %d partitions", len(info.Partitions))
 		}
-		rep.add(SeverityOK, subject, fmt.Sprintf("%s, replica identity %s; the rule's columns exist and old keys can be computed", what, identityText(info.ReplicaIdentity)), "")
+		rep.add(SeverityOK, subject, fmt.Sprintf("%s, replica identity %s; the rule's columns exist and old keys can be computed", what, mapping.IdentityName(info.ReplicaIdentity)), "")
 	}
 
 	// The publication.
@@ -556,18 +556,4 @@ func (e *Engine) checkRedis(ctx context.Context, rep *CheckReport) {
 		return
 	}
 	rep.add(SeverityOK, subject, "PING answered", "")
-}
-
-func identityText(b byte) string {
-	switch b {
-	case 'd':
-		return "DEFAULT"
-	case 'n':
-		return "NOTHING"
-	case 'f':
-		return "FULL"
-	case 'i':
-		return "USING INDEX"
-	}
-	return string(b)
 }
