@@ -62,6 +62,13 @@ func TestLeaseFenceCoversCommitVisibility(t *testing.T) {
 				_ = writer.QueryRow(ctx, `SHOW synchronous_standby_names`).Scan(&v)
 				return v == "ghost"
 			})
+			// Commits read whether synchronous standbys are defined from
+			// shared memory, which the checkpointer sets when it handles the
+			// reload: until then they do not wait. A CHECKPOINT returns only
+			// after the checkpointer went through its loop, reload included
+			// (the pause lets the postmaster's SIGHUP reach it first).
+			f.exec(`SELECT pg_sleep(0.3)`)
+			f.exec(`CHECKPOINT`)
 			committed := make(chan error, 1)
 			go func() {
 				_, err := writer.Exec(ctx, `UPDATE users SET name = 'new' WHERE id = 1`)
