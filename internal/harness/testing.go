@@ -47,3 +47,38 @@ func RedisT(t testing.TB, opts RedisOptions) *Redis {
 	})
 	return r
 }
+
+// ClusterT starts a Redis Cluster for a test and closes it in t.Cleanup.
+func ClusterT(t testing.TB, opts ClusterOptions) *Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	c, err := StartCluster(ctx, opts)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("harness: %v", err)
+		}
+	})
+	return c
+}
+
+// SentinelT starts a Sentinel deployment for a test and closes it in
+// t.Cleanup.
+func SentinelT(t testing.TB, opts SentinelOptions) *Sentinel {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	s, err := StartSentinel(ctx, opts)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("harness: %v", err)
+		}
+	})
+	return s
+}
