@@ -10,7 +10,8 @@ import (
 )
 
 // applyEnv overrides scalar options from CDC_<SECTION>_<OPTION> variables,
-// e.g. CDC_POSTGRES_DSN, CDC_REDIS_ADDR, CDC_REDIS_PASSWORD, CDC_LOG_LEVEL.
+// e.g. CDC_POSTGRES_DSN, CDC_REDIS_ADDR, CDC_REDIS_PASSWORD, CDC_LOG_LEVEL;
+// a list of strings is comma-separated (CDC_REDIS_ADDRS=a:7000,b:7000).
 func applyEnv(c *Config, env func(string) (string, bool)) []Problem {
 	var ps []Problem
 	v := reflect.ValueOf(c).Elem()
@@ -81,6 +82,15 @@ func setScalar(f reflect.Value, s string) error {
 			return fmt.Errorf("%q is not a whole number", s)
 		}
 		f.SetInt(int64(n))
+	case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.String:
+		// A list from the environment is comma-separated: "a:1,b:2".
+		var items []string
+		for _, it := range strings.Split(s, ",") {
+			if it = strings.TrimSpace(it); it != "" {
+				items = append(items, it)
+			}
+		}
+		f.Set(reflect.ValueOf(items).Convert(f.Type()))
 	case f.Kind() == reflect.Bool:
 		b, err := strconv.ParseBool(s)
 		if err != nil {

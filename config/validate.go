@@ -76,11 +76,7 @@ func (c *Config) validate(loc locator) []Problem {
 	default:
 		add("consistency.on_first_start", "on_first_start %q is not one of flush, keep", c.Consistency.OnFirstStart)
 	}
-	if c.Redis.Addr == "" {
-		add("redis.addr", "redis.addr is required (or set CDC_REDIS_ADDR), e.g. 127.0.0.1:6379")
-	} else if _, _, err := net.SplitHostPort(c.Redis.Addr); err != nil {
-		add("redis.addr", "redis.addr %q is not host:port", c.Redis.Addr)
-	}
+	validateRedisTopology(c.Redis, add)
 	for _, f := range []struct{ path, name string }{
 		{c.Redis.TLSCAFile, "redis.tls_ca_file"}, {c.Redis.TLSCertFile, "redis.tls_cert_file"}, {c.Redis.TLSKeyFile, "redis.tls_key_file"},
 	} {
@@ -328,4 +324,46 @@ func (c *Config) validateRuleActions(loc locator, i int, ops mapping.OpSet) []Pr
 		add(base+".on_truncate", "on_truncate %q is not one of scan, generation", r.OnTruncate)
 	}
 	return ps
+}
+
+// validateRedisTopology checks that the Redis options name exactly one
+// topology: addr (standalone), addrs with cluster (Redis Cluster), or addrs
+// with master_name (Sentinel).
+func validateRedisTopology(r Redis, add func(where, format string, args ...any)) {
+	switch {
+	case r.Addr == "" && len(r.Addrs) == 0:
+		add("redis.addr", "redis.addr is required (or set CDC_REDIS_ADDR), e.g. 127.0.0.1:6379; for a Redis Cluster set redis.addrs and redis.cluster: true, for Sentinel redis.addrs (the sentinels) and redis.master_name")
+		return
+	case r.Addr != "" && len(r.Addrs) > 0:
+		add("redis.addrs", "set redis.addr (one standalone server) or redis.addrs (cluster nodes or sentinels), not both")
+		return
+	case r.Cluster && r.MasterName != "":
+		add("redis.master_name", "redis.cluster and redis.master_name exclude each other: a Redis Cluster is not run by sentinels")
+		return
+	case r.Addr != "" && r.Cluster:
+		add("redis.cluster", "redis.cluster: true takes the seed nodes in redis.addrs, not redis.addr")
+		return
+	case r.Addr != "" && r.MasterName != "":
+		add("redis.master_name", "redis.master_name takes the sentinels' addresses in redis.addrs, not redis.addr")
+		return
+	case len(r.Addrs) > 0 && !r.Cluster && r.MasterName == "":
+		add("redis.addrs", "redis.addrs needs redis.cluster: true (the addresses are cluster nodes) or redis.master_name (they are sentinels); for one standalone server use redis.addr")
+		return
+	}
+	if r.Addr != "" {
+		if _, _, err := net.SplitHostPort(r.Addr); err != nil {
+			add("redis.addr", "redis.addr %q is not host:port", r.Addr)
+		}
+	}
+	for i, a := range r.Addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			add(fmt.Sprintf("redis.addrs[%d]", i), "redis.addrs entry %q is not host:port", a)
+		}
+	}
+	if r.Cluster && r.DB != 0 {
+		add("redis.db", "redis.db must be 0 with redis.cluster: a Redis Cluster has only database 0")
+	}
+	if r.MasterName == "" && (r.SentinelPassword != "" || r.SentinelUsername != "") {
+		add("redis.sentinel_password", "redis.sentinel_username / sentinel_password are for sentinels: set redis.master_name and list the sentinels in redis.addrs, or remove them")
+	}
 }

@@ -45,7 +45,7 @@ type Engine struct {
 	reloadMu sync.Mutex
 	stream   *replication.Stream
 	sink     *sink.Sink
-	rdb      *redis.Client
+	rdb      redis.UniversalClient
 }
 
 // catchUpAge is how old the last transaction's commit must be for the sink
@@ -108,7 +108,7 @@ func (e *Engine) run(ctx context.Context) error {
 	}
 	e.log.Info("starting",
 		zap.String("postgres", fmt.Sprintf("%s@%s:%d/%s", pgcfg.User, pgcfg.Host, pgcfg.Port, pgcfg.Database)),
-		zap.String("redis", e.cfg.Redis.Addr), zap.Int("redis_db", e.cfg.Redis.DB),
+		zap.String("redis", e.cfg.Redis.Describe()), zap.Int("redis_db", e.cfg.Redis.DB),
 		zap.String("slot", e.cfg.Postgres.Slot), zap.String("publication", e.cfg.Postgres.Publication),
 		zap.Strings("tables", e.mapper.Tables()))
 
@@ -117,12 +117,10 @@ func (e *Engine) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ropts, err := redisOptions(e.cfg.Redis)
+	rdb, err := newRedisClient(e.cfg.Redis, -1) // the sink retries whole batches itself
 	if err != nil {
 		return err
 	}
-	ropts.MaxRetries = -1 // the sink retries whole batches itself
-	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 	if err := e.pingRedis(ctx, rdb); err != nil {
 		return err
@@ -185,7 +183,7 @@ func (e *Engine) run(ctx context.Context) error {
 	return g.Wait()
 }
 
-func (e *Engine) pingRedis(ctx context.Context, rdb *redis.Client) error {
+func (e *Engine) pingRedis(ctx context.Context, rdb redis.UniversalClient) error {
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := rdb.Ping(ctx).Err()
@@ -194,16 +192,16 @@ func (e *Engine) pingRedis(ctx context.Context, rdb *redis.Client) error {
 		}
 		msg := err.Error()
 		if strings.HasPrefix(msg, "WRONGPASS") || strings.HasPrefix(msg, "NOAUTH") || strings.HasPrefix(msg, "NOPERM") {
-			return &SetupError{[]string{fmt.Sprintf("redis at %s refused authentication: %s (check redis.username and redis.password or CDC_REDIS_PASSWORD)", e.cfg.Redis.Addr, msg)}}
+			return &SetupError{[]string{fmt.Sprintf("redis at %s refused authentication: %s (check redis.username and redis.password or CDC_REDIS_PASSWORD)", e.cfg.Redis.Describe(), msg)}}
 		}
 		if p := tlsProblem(err); p != "" {
-			return &SetupError{[]string{fmt.Sprintf("redis at %s: %s", e.cfg.Redis.Addr, p)}}
+			return &SetupError{[]string{fmt.Sprintf("redis at %s: %s", e.cfg.Redis.Describe(), p)}}
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if attempt == 1 || attempt%10 == 0 {
-			e.log.Warn("redis not reachable yet; retrying", zap.String("addr", e.cfg.Redis.Addr), zap.Error(err), zap.Int("attempt", attempt))
+			e.log.Warn("redis not reachable yet; retrying", zap.String("addr", e.cfg.Redis.Describe()), zap.Error(err), zap.Int("attempt", attempt))
 		}
 		select {
 		case <-ctx.Done():

@@ -28,7 +28,7 @@ import (
 // A new slot without a watermark is a first start: cached values may
 // predate the slot, so they are flushed unless consistency.on_first_start
 // is keep.
-func (e *Engine) checkHistory(ctx context.Context, rdb *redis.Client, sk *sink.Sink, st slotState) error {
+func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk *sink.Sink, st slotState) error {
 	key := e.cfg.WatermarkKey()
 	var lost, first string
 	switch {
@@ -109,7 +109,7 @@ if #ARGV > 0 then redis.call('SADD', KEYS[1], unpack(ARGV)) end
 return 1`)
 
 // recordManaged replaces the record of what the rules manage.
-func (e *Engine) recordManaged(ctx context.Context, rdb *redis.Client, members []string) error {
+func (e *Engine) recordManaged(ctx context.Context, rdb redis.UniversalClient, members []string) error {
 	key := e.cfg.ManagedKey()
 	if key == "" {
 		return nil
@@ -134,7 +134,7 @@ func (e *Engine) recordManaged(ctx context.Context, rdb *redis.Client, members [
 // kept consistent. It follows consistency.on_first_start. Without a record
 // (an engine from before the record existed) nothing is flushed and the
 // record is started.
-func (e *Engine) flushNewlyManaged(ctx context.Context, rdb *redis.Client, sk *sink.Sink) error {
+func (e *Engine) flushNewlyManaged(ctx context.Context, rdb redis.UniversalClient, sk *sink.Sink) error {
 	key := e.cfg.ManagedKey()
 	if key == "" {
 		return nil

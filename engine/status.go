@@ -86,12 +86,10 @@ FROM pg_replication_slots WHERE slot_name = $1`, st.Slot).Scan(&st.Plugin, &st.A
 		return nil, fmt.Errorf("read publication %q: %w", st.Publication, err)
 	}
 	if st.WatermarkKey != "" {
-		ropts, err := redisOptions(cfg.Redis)
+		rdb, err := newRedisClient(cfg.Redis, 1)
 		if err != nil {
 			return nil, err
 		}
-		ropts.MaxRetries = 1
-		rdb := redis.NewClient(ropts)
 		defer rdb.Close()
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
