@@ -558,6 +558,8 @@ type redisTopology struct {
 	// Sentinel: the quorum and how many sentinels know the master.
 	Quorum, Sentinels int
 	MasterFlags       string
+	// ClusterNode: redis.addr is a node of a Redis Cluster.
+	ClusterNode bool
 }
 
 func (t redisTopology) String() string {
@@ -577,6 +579,8 @@ func (t redisTopology) problem() string {
 		return fmt.Sprintf("%d hash slots have no master: keys in them can be neither deleted nor cached; assign them (redis-cli --cluster fix HOST:PORT) and run check again", clusterSlots-t.Slots)
 	case t.Mode == "sentinel" && strings.Contains(t.MasterFlags, "down"):
 		return "the sentinels see the master down (" + t.MasterFlags + "): wait for the failover or repair the master"
+	case t.Mode == "standalone" && t.ClusterNode:
+		return "redis.addr is a node of a Redis Cluster, which answers MOVED for the keys of other nodes and refuses commands across slots: list the nodes in redis.addrs and set redis.cluster: true"
 	case t.Mode == "standalone" && t.Role != "master":
 		return "redis.addr is a " + t.Role + ", which refuses writes (READONLY): point redis.addr at the master, or use Sentinel (redis.master_name)"
 	}
@@ -648,6 +652,9 @@ func readTopology(ctx context.Context, c config.Redis, rdb redis.UniversalClient
 		info, err := rdb.Info(ctx, "replication").Result()
 		if err != nil {
 			return t, fmt.Errorf("INFO replication: %w", err)
+		}
+		if cinfo, err := rdb.Info(ctx, "cluster").Result(); err == nil && strings.Contains(cinfo, "cluster_enabled:1") {
+			t.ClusterNode = true
 		}
 		for _, line := range strings.Split(info, "\n") {
 			k, v, ok := strings.Cut(strings.TrimSpace(line), ":")

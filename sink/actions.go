@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/keyslot"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
 
@@ -314,6 +315,28 @@ func (s *Sink) emitMessage(acc *msgAcc, last bool) {
 func (s *Sink) queueVersions(ctx context.Context, p redis.Pipeliner) {
 	v := s.acts.versions
 	per := max(1, s.cfg.KeysPerCommand)
+	if s.cfg.Cluster && len(v) > 1 {
+		// One script touches the keys of one slot only.
+		groups := keyslot.GroupBySlot(len(v), func(i int) string { return v[i].key })
+		if len(groups) > 1 {
+			sorted := make([]versionItem, 0, len(v))
+			for _, g := range groups {
+				for _, i := range g {
+					sorted = append(sorted, v[i])
+				}
+			}
+			v = sorted
+			for _, g := range groups {
+				s.queueVersionChunks(ctx, p, v[:len(g)], per)
+				v = v[len(g):]
+			}
+			return
+		}
+	}
+	s.queueVersionChunks(ctx, p, v, per)
+}
+
+func (s *Sink) queueVersionChunks(ctx context.Context, p redis.Pipeliner, v []versionItem, per int) {
 	for i := 0; i < len(v); i += per {
 		chunk := v[i:min(i+per, len(v))]
 		keys := make([]string, len(chunk))
@@ -331,14 +354,13 @@ func (s *Sink) queueVersions(ctx context.Context, p redis.Pipeliner) {
 func (s *Sink) queueAfterDeletes(ctx context.Context, p redis.Pipeliner) {
 	b := &s.acts
 	per := max(1, s.cfg.KeysPerCommand)
-	for i := 0; i < len(b.other); i += per {
-		chunk := b.other[i:min(i+per, len(b.other))]
+	s.chunks(b.other, 1, per, func(chunk []string) {
 		if s.cfg.UseDel {
 			p.Unlink(ctx, chunk...)
 		} else {
 			p.Del(ctx, chunk...)
 		}
-	}
+	})
 	for _, it := range b.sets {
 		if it.dropped {
 			continue

@@ -25,6 +25,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,7 @@ import (
 
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/keyslot"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
 
@@ -57,8 +59,18 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the wait between retries (100ms, 5s).
 	MinBackoff, MaxBackoff time.Duration
 	// Companion, when set, names one more key to delete with every
-	// invalidated key (the client library's lease key).
+	// invalidated key (the client library's lease key). With Cluster it
+	// must name a key of the same hash slot (cacheaside.LeaseKey does).
 	Companion func(key string) string
+	// CompanionPatterns, when set with Companion, returns the SCAN patterns
+	// of the companions of the keys a pattern matches (default: the
+	// companion of the pattern itself).
+	CompanionPatterns func(pattern string) []string
+	// Cluster says Client is a Redis Cluster client: every multi-key
+	// command and script then carries keys of one hash slot only (the
+	// cluster pipeline sends each to its slot's master, masters in
+	// parallel), and TRUNCATE patterns and flushes SCAN every master.
+	Cluster bool
 	// FenceValue and Fence, when Fence > 0, replace deleting the companion
 	// with setting it to FenceValue for Fence, in the same script as the
 	// key's delete (the client library's lease fence: readers that miss
@@ -428,8 +440,11 @@ func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
 		per = max(2, per&^1)
 	}
 	n := 0
-	for i := 0; i < len(keys); i += per {
-		chunk := keys[i:min(i+per, len(keys))]
+	step := 1
+	if s.cfg.Companion != nil {
+		step = 2 // a lease and its key, of one slot, stay in one command
+	}
+	s.chunks(keys, step, per, func(chunk []string) {
 		if s.cfg.Companion != nil && s.cfg.Fence > 0 {
 			fenceScript.Eval(ctx, p, chunk, s.cfg.FenceValue, s.cfg.Fence.Milliseconds(), boolArg(s.cfg.UseDel))
 		} else if s.cfg.UseDel {
@@ -438,8 +453,30 @@ func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
 			p.Unlink(ctx, chunk...)
 		}
 		n++
-	}
+	})
 	return n
+}
+
+// chunks calls f with the keys in chunks of at most per keys, cut only
+// between units of step keys (the last key of a unit names its slot). In
+// cluster mode a chunk holds the keys of one hash slot: the keys are
+// grouped by slot first (the order within a slot kept).
+func (s *Sink) chunks(keys []string, step, per int, f func(chunk []string)) {
+	if !s.cfg.Cluster {
+		for i := 0; i < len(keys); i += per {
+			f(keys[i:min(i+per, len(keys))])
+		}
+		return
+	}
+	for _, g := range keyslot.GroupBySlot(len(keys)/step, func(i int) string { return keys[i*step+step-1] }) {
+		run := make([]string, 0, len(g)*step)
+		for _, u := range g {
+			run = append(run, keys[u*step:u*step+step]...)
+		}
+		for i := 0; i < len(run); i += per {
+			f(run[i:min(i+per, len(run))])
+		}
+	}
 }
 
 // applyKeys deletes keys in one pipeline; end is the last transaction end
@@ -523,40 +560,25 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		// lease keys of a pattern's keys match the wrapped pattern.
 		// Leases first: a fill that still finds its lease writes before the
 		// key pattern is scanned, and that scan deletes it.
-		globs = make([]string, 0, 2*len(ev.Globs))
+		globs = make([]string, 0, 3*len(ev.Globs))
 		for _, g := range ev.Globs {
-			globs = append(globs, s.cfg.Companion(g))
+			if s.cfg.CompanionPatterns != nil {
+				globs = append(globs, s.cfg.CompanionPatterns(g)...)
+			} else {
+				globs = append(globs, s.cfg.Companion(g))
+			}
 		}
 		globs = append(globs, ev.Globs...)
 	}
 	for _, g := range globs {
 		err := s.retry(ctx, "delete keys matching "+g, func() error {
 			start := time.Now()
-			deleted := 0
-			var cursor uint64
-			for {
-				keys, next, err := s.cfg.Client.Scan(ctx, cursor, g, int64(s.cfg.ScanCount)).Result()
-				if err != nil {
-					return err
-				}
-				if len(keys) > 0 {
-					del := s.cfg.Client.Unlink
-					if s.cfg.UseDel {
-						del = s.cfg.Client.Del
-					}
-					n, err := del(ctx, keys...).Result()
-					if err != nil {
-						return err
-					}
-					s.Stats.Deleted.Add(uint64(n))
-					deleted += int(n)
-				}
-				if next == 0 {
-					s.obs.Truncate(deleted, time.Since(start))
-					return nil
-				}
-				cursor = next
+			deleted, err := s.scanDelete(ctx, g)
+			if err != nil {
+				return err
 			}
+			s.obs.Truncate(deleted, time.Since(start))
+			return nil
 		})
 		if err != nil {
 			return err
@@ -592,6 +614,102 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		s.Stats.LastApplied.Store(uint64(ev.End))
 	}
 	return nil
+}
+
+// scanDelete deletes the keys matching pattern (SCAN + UNLINK, never
+// KEYS) and returns how many existed. On a cluster every master is
+// scanned, in parallel; when the masters or the slots they serve changed
+// during the scan (a failover, a master added, a slot migrated), keys may
+// have moved to a master already scanned, so the scan is repeated.
+func (s *Sink) scanDelete(ctx context.Context, pattern string) (int, error) {
+	cc, ok := s.cfg.Client.(*redis.ClusterClient)
+	if !s.cfg.Cluster || !ok {
+		return s.scanNode(ctx, s.cfg.Client, pattern)
+	}
+	total := 0
+	for {
+		before, err := clusterShape(ctx, cc)
+		if err != nil {
+			return total, err
+		}
+		var deleted atomic.Int64
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			n, err := s.scanNode(ctx, m, pattern)
+			deleted.Add(int64(n))
+			return err
+		})
+		total += int(deleted.Load())
+		if err != nil {
+			return total, err
+		}
+		after, err := clusterShape(ctx, cc)
+		if err != nil {
+			return total, err
+		}
+		if after == before {
+			return total, nil
+		}
+		s.log.Info("the cluster changed during a SCAN of every master; scanning again", zap.String("pattern", pattern))
+		cc.ReloadState(ctx)
+	}
+}
+
+// scanNode SCANs one server for pattern and deletes what it finds through
+// the sink's client (on a cluster: one command per hash slot, each sent to
+// the slot's master).
+func (s *Sink) scanNode(ctx context.Context, node redis.Cmdable, pattern string) (int, error) {
+	deleted := 0
+	var cursor uint64
+	for {
+		keys, next, err := node.Scan(ctx, cursor, pattern, int64(s.cfg.ScanCount)).Result()
+		if err != nil {
+			return deleted, err
+		}
+		if len(keys) > 0 {
+			var cmds []*redis.IntCmd
+			_, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+				s.chunks(keys, 1, len(keys), func(chunk []string) {
+					if s.cfg.UseDel {
+						cmds = append(cmds, p.Del(ctx, chunk...))
+					} else {
+						cmds = append(cmds, p.Unlink(ctx, chunk...))
+					}
+				})
+				return nil
+			})
+			if err != nil {
+				return deleted, err
+			}
+			for _, c := range cmds {
+				n := int(c.Val())
+				s.Stats.Deleted.Add(uint64(n))
+				deleted += n
+			}
+		}
+		if next == 0 {
+			return deleted, nil
+		}
+		cursor = next
+	}
+}
+
+// clusterShape describes which master serves which slots, to notice a
+// change during a scan.
+func clusterShape(ctx context.Context, cc *redis.ClusterClient) (string, error) {
+	slots, err := cc.ClusterSlots(ctx).Result()
+	if err != nil {
+		return "", err
+	}
+	parts := make([]string, 0, len(slots))
+	for _, sl := range slots {
+		master := ""
+		if len(sl.Nodes) > 0 {
+			master = sl.Nodes[0].ID + "@" + sl.Nodes[0].Addr
+		}
+		parts = append(parts, fmt.Sprintf("%d-%d:%s", sl.Start, sl.End, master))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ","), nil
 }
 
 // fenceScript sets each lease KEYS[2i-1] to the fence ARGV[1] for ARGV[2]
@@ -804,6 +922,8 @@ func Classify(err error) error {
 		return &PermanentError{fmt.Errorf("redis authentication failed: %w (check redis.username and redis.password / CDC_REDIS_PASSWORD)", err)}
 	case "WRONGTYPE":
 		return &PermanentError{fmt.Errorf("redis: %w", err)}
+	case "CROSSSLOT":
+		return &PermanentError{fmt.Errorf("redis: %w (a command spans Redis Cluster hash slots: for a cluster set redis.addrs and redis.cluster: true)", err)}
 	case "ERR":
 		if strings.Contains(msg, "can't run this command") || strings.Contains(msg, "no permissions") {
 			// An ACL refusal inside a script (Redis 7.0 answers ERR there).
