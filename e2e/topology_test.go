@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
@@ -148,4 +149,54 @@ func TestClusterEndToEnd(t *testing.T) {
 	if w := parseLSN(t, f.get("cdcinvalidate:cdcinvalidate:lsn")); w < f.confirmed() {
 		t.Errorf("watermark %s below the confirmed position %s", w, f.confirmed())
 	}
+}
+
+// TestTopologyCheck: `cdcinvalidate check` reports what it found on each
+// topology and refuses a cluster whose slots are not all served, or a
+// cluster node given as a standalone redis.addr.
+func TestTopologyCheck(t *testing.T) {
+	f := newFixture(t, fixtureOpts{cluster: true})
+	ctx := f.ctx()
+	out, code := cli(t, "check", "--config", f.cfgPath)
+	t.Logf("check output:\n%s", out)
+	if code != 0 {
+		t.Errorf("exit status %d on a healthy cluster, want 0", code)
+	}
+	wantFindings(t, out, []string{"OK", "redis cluster 127.0.0.1:", "mode cluster: 3 masters", "3 replicas", "16384 of 16384 slots covered"})
+
+	// A cluster node named as a standalone server.
+	one := f.writeConfig(fmt.Sprintf("postgres:\n  dsn: %q\nredis:\n  addr: %q\n%s", f.pg.DSN("postgres"), f.cl.Nodes[0].Addr(), rules))
+	out, code = cli(t, "check", "--config", one)
+	if code != 1 {
+		t.Errorf("exit status %d with a cluster node as redis.addr, want 1", code)
+	}
+	wantFindings(t, out, []string{"ERROR", "is a node of a Redis Cluster", "redis.cluster: true"})
+
+	// Slots 0-99 unassigned on every node: refused.
+	for _, r := range f.cl.Nodes {
+		c := redis.NewClient(&redis.Options{Addr: r.Addr()})
+		err := c.ClusterDelSlotsRange(ctx, 0, 99).Err()
+		c.Close()
+		if err != nil && !strings.Contains(err.Error(), "already unassigned") {
+			t.Fatalf("CLUSTER DELSLOTSRANGE on %s: %v", r.Addr(), err)
+		}
+	}
+	out, code = cli(t, "check", "--config", f.cfgPath)
+	t.Logf("check output:\n%s", out)
+	if code != 1 {
+		t.Errorf("exit status %d with 100 slots unassigned, want 1", code)
+	}
+	wantFindings(t, out, []string{"ERROR", "16284 of 16384 slots covered", "100 hash slots have no master", "redis-cli --cluster fix"})
+}
+
+// TestTopologyCheckSentinel: check asks the sentinels for the master, its
+// replicas and the quorum.
+func TestTopologyCheckSentinel(t *testing.T) {
+	f := newFixture(t, fixtureOpts{sentinel: true})
+	out, code := cli(t, "check", "--config", f.cfgPath)
+	t.Logf("check output:\n%s", out)
+	if code != 0 {
+		t.Errorf("exit status %d, want 0", code)
+	}
+	wantFindings(t, out, []string{"OK", "redis sentinel master mymaster via", "mode sentinel: master " + f.sn.Master.Addr(), "1 replicas, 3 sentinels, quorum 2"})
 }
