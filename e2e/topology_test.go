@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -199,4 +200,130 @@ func TestTopologyCheckSentinel(t *testing.T) {
 		t.Errorf("exit status %d, want 0", code)
 	}
 	wantFindings(t, out, []string{"OK", "redis sentinel master mymaster via", "mode sentinel: master " + f.sn.Master.Addr(), "1 replicas, 3 sentinels, quorum 2"})
+}
+
+// TestSentinelFailoverLostWrites: the engine reaches Redis through
+// Sentinel. The replica is paused while the engine deletes keys on the
+// master (acknowledged, so PostgreSQL is confirmed), then the master is
+// killed (-9) and the sentinels promote the replica, which never received
+// those deletes: the stale values are back. The engine follows the
+// failover, its watermark check sees the new master behind what it had
+// acknowledged, and on_history_lost: flush deletes every managed key, so
+// no stale value survives. The negative control (sink.watermark: false)
+// shows the same failover leaving the stale values in place.
+func TestSentinelFailoverLostWrites(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		watermark bool
+	}{{"watermark", true}, {"negative control without watermark", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			extra := ""
+			if !tc.watermark {
+				extra = "sink:\n  watermark: false\n"
+			}
+			f := newFixture(t, fixtureOpts{sentinel: true, extra: extra})
+			ctx := f.ctx()
+			f.start()
+			f.barrier()
+			var keys []string
+			for i := 1; i <= 20; i++ {
+				keys = append(keys, fmt.Sprintf("user:%d", i))
+				f.exec(`INSERT INTO users VALUES ($1, $2, 'n', '')`, i, fmt.Sprintf("u%d@x", i))
+			}
+			f.barrier()
+			f.set(keys...)
+			if err := f.rdb.Do(ctx, "wait", 1, 10000).Err(); err != nil {
+				t.Fatal(err)
+			}
+
+			// The replica misses the deletes the master acknowledges: it is
+			// stopped, and the master drops its replication link (else the
+			// deletes would wait in the replica's socket buffer).
+			if err := f.sn.Replica.Pause(); err != nil {
+				t.Fatal(err)
+			}
+			master := redis.NewClient(&redis.Options{Addr: f.sn.Master.Addr()})
+			defer master.Close()
+			if err := master.ClientKillByFilter(ctx, "TYPE", "replica").Err(); err != nil {
+				t.Fatal(err)
+			}
+			f.exec(`UPDATE users SET name = 'changed'`)
+			f.barrier()
+			f.wantGone(keys...)
+			confirmedBefore := f.confirmed()
+			if err := f.sn.Master.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.sn.Replica.Resume(); err != nil {
+				t.Fatal(err)
+			}
+			now, err := f.sn.WaitNewMaster(ctx, f.sn.Master.Addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if now != f.sn.Replica.Addr() {
+				t.Fatalf("new master %s, want the replica %s", now, f.sn.Replica.Addr())
+			}
+			// The promoted replica has the values the engine had deleted.
+			direct := redis.NewClient(&redis.Options{Addr: now})
+			defer direct.Close()
+			if n := direct.Exists(ctx, keys...).Val(); n != int64(len(keys)) {
+				t.Fatalf("the promoted replica has %d of the %d deleted keys; the test needs it to lack the deletes", n, len(keys))
+			}
+			// A later commit: the engine follows the failover.
+			f.exec(`UPDATE users SET name = 'again' WHERE id = 1000`) // no row: only the barrier matters
+			f.barrierTimeout(2 * time.Minute)
+			// The flush deletes barrier:* too, before user:*: a second
+			// barrier, and a bounded wait, let it finish.
+			f.barrier()
+			present := f.present(keys...)
+			for deadline := time.Now().Add(30 * time.Second); tc.watermark && len(present) > 0 && time.Now().Before(deadline); {
+				time.Sleep(50 * time.Millisecond)
+				present = f.present(keys...)
+			}
+			if tc.watermark {
+				if len(present) > 0 {
+					t.Errorf("after a failover that lost acknowledged deletes, stale keys are still cached: %q", present)
+				}
+				if w := parseLSN(t, f.get("cdcinvalidate:cdcinvalidate:lsn")); w < confirmedBefore {
+					t.Errorf("watermark %s on the new master below the position confirmed before the failover %s", w, confirmedBefore)
+				}
+			} else if len(present) != len(keys) {
+				t.Errorf("negative control: %d of %d stale keys present, want all (the scenario must lose the deletes)", len(present), len(keys))
+			}
+		})
+	}
+}
+
+// TestSentinelFollowsFailover: a SENTINEL FAILOVER while the engine
+// streams (the replica in sync): invalidations after it reach the new
+// master, and nothing was lost, so nothing is flushed (a managed key no
+// change touched survives).
+func TestSentinelFollowsFailover(t *testing.T) {
+	f := newFixture(t, fixtureOpts{sentinel: true})
+	ctx := f.ctx()
+	f.start()
+	f.barrier()
+	f.exec(`INSERT INTO users SELECT g, 'u' || g || '@x', 'n', '' FROM generate_series(1, 20) g`)
+	f.barrier()
+	f.set("user:1", "user:2", "user:999")
+	if err := f.rdb.Do(ctx, "wait", 1, 10000).Err(); err != nil {
+		t.Fatal(err)
+	}
+	now, err := f.sn.Failover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if now != f.sn.Replica.Addr() {
+		t.Fatalf("new master %s, want %s", now, f.sn.Replica.Addr())
+	}
+	f.exec(`UPDATE users SET name = 'x' WHERE id IN (1, 2)`)
+	f.barrierTimeout(2 * time.Minute)
+	f.wantGone("user:1", "user:2")
+	f.wantKept("user:999")
+	direct := redis.NewClient(&redis.Options{Addr: now})
+	defer direct.Close()
+	if n := direct.Exists(ctx, "user:1", "user:2").Val(); n != 0 {
+		t.Errorf("the new master %s still has %d of the invalidated keys", now, n)
+	}
 }
