@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/cdcinvalidate/cdcinvalidate/cacheaside"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/keyslot"
 )
 
@@ -325,5 +326,108 @@ func TestSentinelFollowsFailover(t *testing.T) {
 	defer direct.Close()
 	if n := direct.Exists(ctx, "user:1", "user:2").Val(); n != 0 {
 		t.Errorf("the new master %s still has %d of the invalidated keys", now, n)
+	}
+}
+
+// TestClusterShardLostWrites: on a cluster, a master that does not hold
+// the main watermark fails over (kill -9) to a replica that missed the
+// deletes it had acknowledged. Its own watermark (one per master) shows
+// it, and on_history_lost: flush removes the stale values from every
+// master. The negative control (sink.watermark: false) keeps them.
+func TestClusterShardLostWrites(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		watermark bool
+	}{{"watermark", true}, {"negative control without watermark", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			extra := ""
+			if !tc.watermark {
+				extra = "sink:\n  watermark: false\n"
+			}
+			f := newFixture(t, fixtureOpts{cluster: true, extra: extra})
+			ctx := f.ctx()
+			f.start()
+			f.barrier()
+			mainMaster, err := f.cl.MasterOf(ctx, keyslot.Slot("cdcinvalidate:cdcinvalidate:lsn"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Rows whose keys live on another master than the main watermark.
+			var keys []string
+			var victim *harness.Redis
+			for i := 1; len(keys) < 10; i++ {
+				k := fmt.Sprintf("user:%d", i)
+				m, err := f.cl.MasterOf(ctx, keyslot.Slot(k))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m == mainMaster || (victim != nil && m != victim) {
+					continue
+				}
+				victim = m
+				keys = append(keys, k)
+				f.exec(`INSERT INTO users VALUES ($1, $2, 'n', '')`, i, fmt.Sprintf("u%d@x", i))
+			}
+			f.barrier()
+			f.set(keys...)
+			replica, err := f.cl.ReplicaOf(ctx, victim)
+			if err != nil {
+				t.Fatal(err)
+			}
+			vc := redis.NewClient(&redis.Options{Addr: victim.Addr()})
+			defer vc.Close()
+			if err := vc.Do(ctx, "wait", 1, 10000).Err(); err != nil {
+				t.Fatal(err)
+			}
+			// The replica misses the deletes its master acknowledges.
+			if err := replica.Pause(); err != nil {
+				t.Fatal(err)
+			}
+			if err := vc.ClientKillByFilter(ctx, "TYPE", "replica").Err(); err != nil {
+				t.Fatal(err)
+			}
+			f.exec(`UPDATE users SET name = 'changed'`)
+			f.barrier()
+			f.wantGone(keys...)
+			if err := victim.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			if err := replica.Resume(); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.cl.WaitMaster(ctx, keyslot.Slot(keys[0]), replica); err != nil {
+				t.Fatal(err)
+			}
+			rc := redis.NewClient(&redis.Options{Addr: replica.Addr()})
+			defer rc.Close()
+			if n := rc.Exists(ctx, keys[0]).Val(); n != 1 {
+				t.Fatalf("the promoted replica lacks the stale key; the test needs it to have missed the deletes")
+			}
+			// The test's own client learns the new master too.
+			probe := "probe:{" + keyslot.SlotTag(keyslot.Slot(keys[0])) + "}"
+			for deadline := time.Now().Add(time.Minute); ; {
+				f.rdb.(*redis.ClusterClient).ReloadState(ctx)
+				if err := f.rdb.Set(ctx, probe, 1, 0).Err(); err == nil {
+					break
+				} else if time.Now().After(deadline) {
+					t.Fatalf("the test's cluster client does not reach the new master: %v", err)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			f.exec(`UPDATE users SET name = 'again' WHERE id = -1`)
+			f.barrierTimeout(2 * time.Minute)
+			f.barrier()
+			present := f.present(keys...)
+			for deadline := time.Now().Add(30 * time.Second); tc.watermark && len(present) > 0 && time.Now().Before(deadline); {
+				time.Sleep(50 * time.Millisecond)
+				present = f.present(keys...)
+			}
+			switch {
+			case tc.watermark && len(present) > 0:
+				t.Errorf("after a shard failover that lost acknowledged deletes, stale keys are still cached: %q", present)
+			case !tc.watermark && len(present) != len(keys):
+				t.Errorf("negative control: %d of %d stale keys present, want all", len(present), len(keys))
+			}
+		})
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -170,6 +171,14 @@ type Sink struct {
 	// one later means it lost acknowledged writes.
 	lastMark  replication.LSN
 	markCmd   *redis.Cmd
+	// On a cluster, one watermark per master (shardMarks), named after a
+	// slot the master serves, so a master that fails over to a replica
+	// which missed acknowledged writes is caught even when the main
+	// watermark lives on another master.
+	shardKeys   []string
+	shardKeysAt time.Time
+	shardMarks  map[string]replication.LSN // the highest this sink set, by key
+	shardCmds   []shardMark
 	mustFlush string          // why a flush is owed ("" when none)
 	held      replication.LSN // applied, not yet watermarked and reported
 	markedAt  time.Time
@@ -495,6 +504,9 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 		dels = s.extra
 	}
 	err := s.retry(ctx, "delete keys", func() error {
+		if mark {
+			s.refreshShardKeys(ctx)
+		}
 		start := time.Now()
 		var nver, ndel int
 		cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -597,6 +609,7 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 	if ev.End != 0 {
 		if s.cfg.WatermarkKey != "" {
 			err := s.retry(ctx, "set watermark", func() error {
+				s.refreshShardKeys(ctx)
 				_, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 					s.watermark(ctx, p, ev.End)
 					return nil
@@ -765,6 +778,62 @@ func (s *Sink) watermark(ctx context.Context, p redis.Pipeliner, end replication
 	// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT, and a
 	// Redis restarted empty has no scripts.
 	s.markCmd = watermarkScript.Eval(ctx, p, []string{s.cfg.WatermarkKey}, end.String(), s.lastMark.String())
+	s.shardCmds = s.shardCmds[:0]
+	for _, k := range s.shardKeys {
+		mine := s.shardMarks[k]
+		s.shardCmds = append(s.shardCmds, shardMark{key: k, mine: mine,
+			cmd: watermarkScript.Eval(ctx, p, []string{k}, end.String(), mine.String())})
+	}
+}
+
+// shardMark is one master's watermark raise in a pipeline.
+type shardMark struct {
+	key  string
+	mine replication.LSN // the highest this sink had set; 0: none yet
+	cmd  *redis.Cmd
+}
+
+// shardKeysEvery is how often the masters of a cluster are listed again
+// for their watermarks.
+const shardKeysEvery = time.Second
+
+// ShardWatermarkKey names the watermark of the master that serves slot:
+// the main watermark key, ":", the slot and a hash tag of that slot.
+func ShardWatermarkKey(main string, slot int) string {
+	return main + ":" + strconv.Itoa(slot) + ":{" + keyslot.SlotTag(slot) + "}"
+}
+
+// refreshShardKeys lists, on a cluster, one watermark key per master (in
+// the lowest slot it serves), at most every shardKeysEvery. A slot that
+// moves to another master takes its key along (MIGRATE), so it still
+// holds what this sink set; a master's new lowest slot starts a new key.
+func (s *Sink) refreshShardKeys(ctx context.Context) {
+	if !s.cfg.Cluster || s.cfg.WatermarkKey == "" || time.Since(s.shardKeysAt) < shardKeysEvery {
+		return
+	}
+	slots, err := s.cfg.Client.ClusterSlots(ctx).Result()
+	if err != nil {
+		return // the pipeline that follows reports what is wrong
+	}
+	lowest := map[string]int{}
+	for _, sl := range slots {
+		if len(sl.Nodes) == 0 {
+			continue
+		}
+		m := sl.Nodes[0].Addr
+		if cur, ok := lowest[m]; !ok || int(sl.Start) < cur {
+			lowest[m] = int(sl.Start)
+		}
+	}
+	s.shardKeys = s.shardKeys[:0]
+	for _, slot := range lowest {
+		s.shardKeys = append(s.shardKeys, ShardWatermarkKey(s.cfg.WatermarkKey, slot))
+	}
+	slices.Sort(s.shardKeys)
+	if s.shardMarks == nil {
+		s.shardMarks = map[string]replication.LSN{}
+	}
+	s.shardKeysAt = time.Now()
 }
 
 // ErrHistoryLost is wrapped when Redis lost writes it had acknowledged.
@@ -793,6 +862,24 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 	if end > s.lastMark {
 		s.lastMark = end
 	}
+	for _, sm := range s.shardCmds {
+		prev, err := sm.cmd.Text()
+		var had replication.LSN
+		switch {
+		case errors.Is(err, redis.Nil):
+		case err != nil:
+			return err
+		default:
+			had, _ = pglogrepl.ParseLSN(prev)
+		}
+		if sm.mine != 0 && had < sm.mine && s.mustFlush == "" {
+			s.mustFlush = fmt.Sprintf("the watermark %s of a cluster master was %s, below %s which this engine had set: that master lost writes it had acknowledged (a failover to a replica that had not received them, a restart without persistence), so deleted keys may be back with old values",
+				sm.key, orNone(prev, err), sm.mine)
+		}
+		if end > sm.mine {
+			s.shardMarks[sm.key] = end
+		}
+	}
 	if s.mustFlush == "" {
 		return nil
 	}
@@ -806,6 +893,11 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 	// Only now may the watermark say that everything up to here is applied.
 	if err := s.cfg.Client.Set(ctx, s.cfg.WatermarkKey, s.lastMark.String(), 0).Err(); err != nil {
 		return err
+	}
+	for _, sm := range s.shardCmds {
+		if err := s.cfg.Client.Set(ctx, sm.key, s.shardMarks[sm.key].String(), 0).Err(); err != nil {
+			return err
+		}
 	}
 	s.mustFlush = ""
 	s.Stats.Flushes.Add(1)

@@ -174,3 +174,40 @@ func (r *Redis) running() bool {
 	defer r.mu.Unlock()
 	return r.proc != nil
 }
+
+// ReplicaOf returns a running node that replicates master (ROLE).
+func (c *Cluster) ReplicaOf(ctx context.Context, master *Redis) (*Redis, error) {
+	for _, r := range c.Nodes {
+		if r == master || !r.running() {
+			continue
+		}
+		cl := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
+		role, err := cl.Do(ctx, "role").Slice()
+		cl.Close()
+		if err != nil || len(role) < 3 || role[0] != "slave" {
+			continue
+		}
+		if fmt.Sprintf("%v:%v", role[1], role[2]) == master.Addr() {
+			return r, nil
+		}
+	}
+	return nil, fmt.Errorf("no running replica of %s", master.Addr())
+}
+
+// WaitMaster waits until the cluster (as the running nodes see it)
+// serves slot from want.
+func (c *Cluster) WaitMaster(ctx context.Context, slot int, want *Redis) error {
+	ctx, cancel := context.WithTimeout(ctx, clusterReadyTimeout)
+	defer cancel()
+	for {
+		m, err := c.MasterOf(ctx, slot)
+		if err == nil && m == want {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("slot %d not served by %s: %w (last: %v, %v)", slot, want.Addr(), ctx.Err(), m, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

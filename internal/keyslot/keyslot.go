@@ -67,6 +67,10 @@ var (
 	slotTags     *[Slots]string
 )
 
+// SlotTag returns a short string of [0-9a-z] that hashes to slot, for
+// naming a key that must live in that slot: "name:{" + SlotTag(s) + "}".
+func SlotTag(slot int) string { return slotTag(slot) }
+
 // slotTag returns the shortest string of [0-9a-z] (first in length, then
 // alphabetical order) that hashes to slot.
 func slotTag(slot int) string {
