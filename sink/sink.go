@@ -169,8 +169,8 @@ type Sink struct {
 	obs     Observer
 	// lastMark is the highest watermark this sink set; Redis showing a lower
 	// one later means it lost acknowledged writes.
-	lastMark  replication.LSN
-	markCmd   *redis.Cmd
+	lastMark replication.LSN
+	markCmd  *redis.Cmd
 	// On a cluster, one watermark per master (shardMarks), named after a
 	// slot the master serves, so a master that fails over to a replica
 	// which missed acknowledged writes is caught even when the main
@@ -179,9 +179,9 @@ type Sink struct {
 	shardKeysAt time.Time
 	shardMarks  map[string]replication.LSN // the highest this sink set, by key
 	shardCmds   []shardMark
-	mustFlush string          // why a flush is owed ("" when none)
-	held      replication.LSN // applied, not yet watermarked and reported
-	markedAt  time.Time
+	mustFlush   string          // why a flush is owed ("" when none)
+	held        replication.LSN // applied, not yet watermarked and reported
+	markedAt    time.Time
 
 	gatherTimer *time.Timer
 	lastCommit  time.Time // commit time of the last transaction added
