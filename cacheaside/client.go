@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,6 +68,14 @@ type Options struct {
 	MaxValueBytes int
 	// L1 configures the optional in-process cache in front of Redis.
 	L1 L1Options
+	// StampKey is the engine's applied watermark key
+	// ("cdcinvalidate:<slot>:lsn"). When set, every fill carries the
+	// watermark read after its lease was taken and before its load (see
+	// AppendStamp), so the engine's consistency verifier (its verify:
+	// section) can prove a cached value fresh or stale instead of counting
+	// it unverifiable. It costs one GET per miss. Reads unwrap stamped
+	// values either way. Default "": no stamp.
+	StampKey string
 	// Logger receives Redis errors (at most one line a second), refused
 	// fills (debug) and subscription changes. Default: no logging.
 	Logger *zap.Logger
@@ -238,6 +248,7 @@ func (c *Client) fetch(ctx context.Context, full string, load func(context.Conte
 		switch kind {
 		case replyHit:
 			c.Stats.Hits.Add(1)
+			_, val, _ = ParseStamp(val)
 			c.storeL1(full, val, snap)
 			return val, nil
 		case replyLeased:
@@ -303,6 +314,7 @@ func (c *Client) loadAndFill(ctx context.Context, full, lease, token string, loa
 			c.release(ctx, full, lease, token)
 		}
 	}()
+	stamp, stamped := c.readStamp(ctx)
 	val, err := c.callLoad(ctx, full, load)
 	if err != nil {
 		c.release(ctx, full, lease, token)
@@ -316,7 +328,11 @@ func (c *Client) loadAndFill(ctx context.Context, full, lease, token string, loa
 		return val, nil
 	}
 	returned = true
-	ok, err := fillScript.Run(ctx, c.rdb, []string{full, lease}, token, val, c.ttl().Milliseconds()).Int()
+	stored := val
+	if stamped {
+		stored = AppendStamp(make([]byte, 0, stampLen+len(val)), stamp, val)
+	}
+	ok, err := fillScript.Run(ctx, c.rdb, []string{full, lease}, token, stored, c.ttl().Milliseconds()).Int()
 	switch {
 	case err != nil:
 		if ctx.Err() != nil { // cancelled, not a Redis failure: free the lease for others
@@ -332,6 +348,43 @@ func (c *Client) loadAndFill(ctx context.Context, full, lease, token string, loa
 		c.log.Debug("fill refused: the key was invalidated, or its lease expired, while its value loaded", zap.String("key", full))
 	}
 	return val, nil
+}
+
+// readStamp reads the engine's watermark for a fill's stamp. Without
+// StampKey, or when Redis fails, the fill goes unstamped (the verifier then
+// counts it unverifiable, never consistent); no watermark yet stamps 0.
+func (c *Client) readStamp(ctx context.Context) (uint64, bool) {
+	if c.opt.StampKey == "" {
+		return 0, false
+	}
+	v, err := c.rdb.Get(ctx, c.opt.StampKey).Result()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return 0, true
+	case err != nil:
+		c.redisError("read the watermark for a stamp", c.opt.StampKey, err)
+		return 0, false
+	}
+	lsn, ok := parseLSN(v)
+	if !ok {
+		c.redisError("read the watermark for a stamp", c.opt.StampKey, fmt.Errorf("not an LSN: %q", v))
+		return 0, false
+	}
+	return lsn, true
+}
+
+// parseLSN reads an LSN written as "X/Y" (hexadecimal halves).
+func parseLSN(s string) (uint64, bool) {
+	hi, lo, ok := strings.Cut(s, "/")
+	if !ok {
+		return 0, false
+	}
+	h, err1 := strconv.ParseUint(hi, 16, 32)
+	l, err2 := strconv.ParseUint(lo, 16, 32)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return h<<32 | l, true
 }
 
 // loadOnly loads without a lease and does not cache the value: it may have

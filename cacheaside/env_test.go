@@ -35,16 +35,26 @@ const (
 CREATE TABLE items (id bigint PRIMARY KEY, v bigint NOT NULL);
 CREATE TABLE barrier (id bigint PRIMARY KEY);
 `
+	// The consistency verifier checks every invalidated key 300ms after
+	// it was applied; rules[0] and rules[1] tell the two ways apart.
 	testRules = `
 rules:
   - table: items
-    keys: ["naive:item:{id}", "lib:item:{id}"]
+    keys: ["naive:item:{id}"]
+  - table: items
+    keys: ["lib:item:{id}"]
   - table: barrier
     keys: ["barrier:{id}"]
 client:
   leases: true
   publish_channel: ` + testChannel + `
+verify:
+  enabled: true
+  sample_rate: 1
+  windows: [300ms]
 `
+	// testWatermark is the engine's applied watermark, which stamped fills carry.
+	testWatermark = "cdcinvalidate:cdcinvalidate:lsn"
 )
 
 type env struct {
@@ -53,6 +63,7 @@ type env struct {
 	rdb      *redis.Client
 	db       *pgxpool.Pool
 	logs     *syncBuffer
+	eng      *engine.Engine
 	stop     context.CancelFunc
 	done     chan error
 	barrierN atomic.Int64
@@ -134,6 +145,7 @@ func startEnv() (_ *env, err error) {
 	if err != nil {
 		return nil, err
 	}
+	e.eng = eng
 	runCtx, stop := context.WithCancel(context.Background())
 	e.stop, e.done = stop, make(chan error, 1)
 	go func() { e.done <- eng.Run(runCtx) }()

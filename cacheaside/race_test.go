@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cdcinvalidate/cdcinvalidate/cacheaside"
@@ -123,10 +124,21 @@ func TestStaleSetPlainVersusLeases(t *testing.T) {
 	}
 	directLoad := loader(e.value)
 
+	// naiveGet is plain cache-aside that stamps its fills like the
+	// library (the watermark read before the load), so that the engine's
+	// verifier can judge them.
 	naiveGet := func(id int, load loader) error {
 		key := "naive:" + itemKey(id)
 		err := e.rdb.Get(ctx, key).Err()
 		if !errors.Is(err, redis.Nil) {
+			return err
+		}
+		w, err := e.rdb.Get(ctx, testWatermark).Result()
+		if err != nil {
+			return err
+		}
+		stamp, err := pglogrepl.ParseLSN(w)
+		if err != nil {
 			return err
 		}
 		v, err := load(ctx, id)
@@ -134,13 +146,13 @@ func TestStaleSetPlainVersusLeases(t *testing.T) {
 			return err
 		}
 		naiveFills.Add(1)
-		return e.rdb.Set(ctx, key, v, 10*time.Minute).Err()
+		return e.rdb.Set(ctx, key, cacheaside.AppendStamp(nil, uint64(stamp), []byte(strconv.FormatInt(v, 10))), 10*time.Minute).Err()
 	}
 	libs := make([]*cacheaside.Client, libProcesses)
 	for i := range libs {
 		rdb := redis.NewClient(&redis.Options{Addr: e.rd.Addr()})
 		t.Cleanup(func() { _ = rdb.Close() })
-		c, err := cacheaside.New(rdb, cacheaside.Options{Prefix: "lib:", TTL: 10 * time.Minute, MaxWait: 300 * time.Millisecond})
+		c, err := cacheaside.New(rdb, cacheaside.Options{Prefix: "lib:", TTL: 10 * time.Minute, MaxWait: 300 * time.Millisecond, StampKey: testWatermark})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -178,7 +190,7 @@ func TestStaleSetPlainVersusLeases(t *testing.T) {
 					t.Fatal(err)
 				}
 				*k.present++
-				if got != strconv.FormatInt(want, 10) {
+				if _, v, _ := cacheaside.ParseStamp([]byte(got)); string(v) != strconv.FormatInt(want, 10) {
 					*k.stale++
 					if k.key[0] == 'l' {
 						t.Errorf("%s: library entry %s = %s, database has %d", phase, k.key, got, want)
@@ -308,4 +320,46 @@ func TestStaleSetPlainVersusLeases(t *testing.T) {
 	if libPresent == 0 {
 		t.Error("the library cached nothing")
 	}
+
+	// The engine's verifier (verify: in env_test.go) judged every
+	// invalidation 300ms after it was applied, by the stamps: it must have
+	// seen the plain way's stale sets, and none of the library's.
+	time.Sleep(2 * time.Second) // the last checks, and their confirmations
+	checks := verifierChecks(t, e)
+	t.Logf("verifier after 300ms: plain cache-aside %v; library %v", checks["rules[0]"], checks["rules[1]"])
+	if checks["rules[0]"]["stale"] == 0 {
+		t.Error("the verifier found no stale plain cache-aside entry (negative control failed)")
+	}
+	if n := checks["rules[1]"]["stale"]; n != 0 {
+		t.Errorf("the verifier counted %v stale library entries", n)
+	}
+	if checks["rules[1]"]["newer"] == 0 {
+		t.Error("the verifier proved no library fill fresh: stamps not read")
+	}
+}
+
+// verifierChecks reads cdcinvalidate_verify_checks_total by rule and result.
+func verifierChecks(t *testing.T, e *env) map[string]map[string]float64 {
+	t.Helper()
+	fams, err := e.eng.Metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]map[string]float64{}
+	for _, f := range fams {
+		if f.GetName() != "cdcinvalidate_verify_checks_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if out[labels["rule"]] == nil {
+				out[labels["rule"]] = map[string]float64{}
+			}
+			out[labels["rule"]][labels["result"]] += m.GetCounter().GetValue()
+		}
+	}
+	return out
 }

@@ -69,6 +69,7 @@ func (c *Config) setDefaults() {
 	if c.Metrics.SlotPollInterval == 0 {
 		c.Metrics.SlotPollInterval = 15 * time.Second
 	}
+	c.Verify.setDefaults()
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}

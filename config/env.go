@@ -10,8 +10,7 @@ import (
 )
 
 // applyEnv overrides scalar options from CDC_<SECTION>_<OPTION> variables,
-// e.g. CDC_POSTGRES_DSN, CDC_REDIS_ADDR, CDC_REDIS_PASSWORD, CDC_LOG_LEVEL;
-// a list of strings is comma-separated (CDC_REDIS_ADDRS=a:7000,b:7000).
+// e.g. CDC_POSTGRES_DSN, CDC_REDIS_ADDR, CDC_REDIS_PASSWORD, CDC_LOG_LEVEL.
 func applyEnv(c *Config, env func(string) (string, bool)) []Problem {
 	var ps []Problem
 	v := reflect.ValueOf(c).Elem()
@@ -82,15 +81,16 @@ func setScalar(f reflect.Value, s string) error {
 			return fmt.Errorf("%q is not a whole number", s)
 		}
 		f.SetInt(int64(n))
-	case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.String:
-		// A list from the environment is comma-separated: "a:1,b:2".
-		var items []string
-		for _, it := range strings.Split(s, ",") {
-			if it = strings.TrimSpace(it); it != "" {
-				items = append(items, it)
+	case f.Kind() == reflect.Slice:
+		// A comma-separated list, e.g. CDC_VERIFY_WINDOWS=1s,60s.
+		parts := strings.Split(s, ",")
+		out := reflect.MakeSlice(f.Type(), len(parts), len(parts))
+		for i, p := range parts {
+			if err := setScalar(out.Index(i), strings.TrimSpace(p)); err != nil {
+				return fmt.Errorf("item %d: %w", i+1, err)
 			}
 		}
-		f.Set(reflect.ValueOf(items).Convert(f.Type()))
+		f.Set(out)
 	case f.Kind() == reflect.Bool:
 		b, err := strconv.ParseBool(s)
 		if err != nil {

@@ -53,7 +53,7 @@ func TestRedisTopologyEnv(t *testing.T) {
 	t.Parallel()
 	const file = "postgres:\n  dsn: \"postgres://h/db\"\nrules:\n  - table: users\n    keys: [\"user:{id}\"]\n"
 	cfg, err := Parse("c.yaml", []byte(file), mapEnv(map[string]string{
-		"CDC_REDIS_ADDRS":             " s1:26379, s2:26379 ,,s3:26379",
+		"CDC_REDIS_ADDRS":             " s1:26379, s2:26379 ,s3:26379",
 		"CDC_REDIS_MASTER_NAME":       "mymaster",
 		"CDC_REDIS_SENTINEL_USERNAME": "sen",
 		"CDC_REDIS_SENTINEL_PASSWORD": "senpw",

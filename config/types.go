@@ -21,6 +21,7 @@ type Config struct {
 	Client      Client      `yaml:"client"`
 	Metrics     Metrics     `yaml:"metrics"`
 	Consistency Consistency `yaml:"consistency"`
+	Verify      Verify      `yaml:"verify"`
 	Log         Log         `yaml:"log"`
 }
 

@@ -66,6 +66,7 @@ func (c *Config) validate(loc locator) []Problem {
 	if w := c.Postgres.WALSenderTimeout; w != 0 && w < 2*c.Postgres.StatusInterval {
 		add("postgres.wal_sender_timeout", "wal_sender_timeout %s must be at least twice status_interval (%s), or the server drops the engine between two status updates", w, c.Postgres.StatusInterval)
 	}
+	c.Verify.validate(add)
 	switch c.Consistency.OnHistoryLost {
 	case "flush", "stop":
 	default:

@@ -392,7 +392,13 @@ type syncBuffer = harness.SyncBuffer
 
 func (f *fixture) startBinary(path string, env ...string) *proc {
 	f.t.Helper()
-	bin := harness.BuildEngine(f.t)
+	return f.startBinaryOf(harness.BuildEngine(f.t), path, env...)
+}
+
+// startBinaryOf starts the engine binary bin (e.g. one built with
+// failpoints) with the configuration path.
+func (f *fixture) startBinaryOf(bin, path string, env ...string) *proc {
+	f.t.Helper()
 	p := &proc{out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, "run", "--config", path)
 	p.cmd.Env = append(os.Environ(), env...)
@@ -422,7 +428,13 @@ func (f *fixture) startBinary(path string, env ...string) *proc {
 // startBinaryStreaming starts the binary and waits until it streams.
 func (f *fixture) startBinaryStreaming(path string, env ...string) *proc {
 	f.t.Helper()
-	p := f.startBinary(path, env...)
+	return f.startBinaryOfStreaming(harness.BuildEngine(f.t), path, env...)
+}
+
+// startBinaryOfStreaming starts bin and waits until it streams.
+func (f *fixture) startBinaryOfStreaming(bin, path string, env ...string) *proc {
+	f.t.Helper()
+	p := f.startBinaryOf(bin, path, env...)
 	done := make(chan error, 1)
 	go func() {
 		<-p.done

@@ -29,6 +29,7 @@ import (
 	"github.com/cdcinvalidate/cdcinvalidate/metrics"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 	"github.com/cdcinvalidate/cdcinvalidate/sink"
+	"github.com/cdcinvalidate/cdcinvalidate/verifier"
 )
 
 // Engine is one configured cdcinvalidate.
@@ -46,6 +47,7 @@ type Engine struct {
 	stream   *replication.Stream
 	sink     *sink.Sink
 	rdb      redis.UniversalClient
+	verifier *verifier.Verifier // nil unless verify.enabled
 }
 
 // catchUpAge is how old the last transaction's commit must be for the sink
@@ -137,6 +139,7 @@ func (e *Engine) run(ctx context.Context) error {
 	}, e.mapper, tracker, events)
 	e.Metrics.Attach(tracker, st)
 	e.Metrics.AttachRules(metrics.RuleSource{Stats: e.mapper.Stats, RefreshFallbacks: e.mapper.RefreshFallbacks})
+	vf := e.newVerifier(rdb)
 	var companion func(string) string
 	var fence time.Duration
 	if e.cfg.Client.Leases {
@@ -149,12 +152,12 @@ func (e *Engine) run(ctx context.Context) error {
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, CompanionPatterns: cacheaside.LeasePatterns, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
 		Cluster:     e.cfg.Redis.Cluster,
 		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
-		CatchUpAge: catchUpAge,
+		CatchUpAge: catchUpAge, Verifier: sinkVerifier(vf),
 	}, tracker)
 	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {
 		return err
 	}
-	e.stream, e.sink, e.rdb = st, sk, rdb
+	e.stream, e.sink, e.rdb, e.verifier = st, sk, rdb, vf
 	close(e.ready) // reloads may begin
 
 	// The sink outlives the stream: at shutdown the stream stops reading,
@@ -171,6 +174,9 @@ func (e *Engine) run(ctx context.Context) error {
 		e.pollSlot(gctx, sinkCtx)
 		return nil
 	})
+	if vf != nil {
+		g.Go(func() error { return vf.Run(gctx) })
+	}
 	g.Go(func() error {
 		err := sk.Run(sinkCtx, events)
 		if errors.Is(err, context.Canceled) {
@@ -182,6 +188,15 @@ func (e *Engine) run(ctx context.Context) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// sinkVerifier is v as the sink's optional Verifier: nil stays a nil
+// interface, so the sink skips sampling.
+func sinkVerifier(v *verifier.Verifier) sink.Verifier {
+	if v == nil {
+		return nil
+	}
+	return v
 }
 
 func (e *Engine) pingRedis(ctx context.Context, rdb redis.UniversalClient) error {

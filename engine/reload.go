@@ -133,6 +133,9 @@ func (e *Engine) Reload(ctx context.Context, cfg *config.Config) (err error) {
 		e.log.Warn("could not update the record of the managed patterns; the next start flushes the new ones", zap.Error(err))
 	}
 	e.Metrics.AttachRules(metrics.RuleSource{Stats: m.Stats, RefreshFallbacks: m.RefreshFallbacks})
+	if e.verifier != nil {
+		e.verifier.SetLabeler(labelerOf(m))
+	}
 	e.mapper = m
 	e.Metrics.RuleReload(true)
 	fields := []zap.Field{zap.Strings("tables", m.Tables()), zap.Int("rules", len(m.AllRules()))}

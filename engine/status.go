@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cdcinvalidate/cdcinvalidate/config"
+	"github.com/cdcinvalidate/cdcinvalidate/verifier"
 )
 
 // Status is what `cdcinvalidate status` reports.
@@ -35,6 +37,11 @@ type Status struct {
 	WatermarkKey  string
 	WatermarkErr  string
 	ServerVersion int
+	// Verify holds the verifier's latest figures (verify.enabled), as the
+	// engine last stored them; VerifyErr says why there are none.
+	Verify    *verifyRecord
+	VerifyOn  bool
+	VerifyErr string
 }
 
 // ReadStatus reads the slot, the publication and the watermark. It
@@ -85,14 +92,18 @@ FROM pg_replication_slots WHERE slot_name = $1`, st.Slot).Scan(&st.Plugin, &st.A
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)`, st.Publication).Scan(&st.PubExists); err != nil {
 		return nil, fmt.Errorf("read publication %q: %w", st.Publication, err)
 	}
+	st.VerifyOn = cfg.Verify.Enabled
+	if st.WatermarkKey == "" && !st.VerifyOn {
+		return st, nil
+	}
+	rdb, err := newRedisClient(cfg.Redis, 1)
+	if err != nil {
+		return nil, err
+	}
+	defer rdb.Close()
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	if st.WatermarkKey != "" {
-		rdb, err := newRedisClient(cfg.Redis, 1)
-		if err != nil {
-			return nil, err
-		}
-		defer rdb.Close()
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
 		v, err := rdb.Get(rctx, st.WatermarkKey).Result()
 		switch {
 		case errors.Is(err, redis.Nil):
@@ -103,6 +114,20 @@ FROM pg_replication_slots WHERE slot_name = $1`, st.Slot).Scan(&st.Plugin, &st.A
 			if st.Watermark, err = pglogrepl.ParseLSN(v); err != nil {
 				st.WatermarkErr = fmt.Sprintf("unreadable value %q", v)
 			}
+		}
+	}
+	if st.VerifyOn {
+		v, err := rdb.Get(rctx, cfg.VerifyKey()).Bytes()
+		var rec verifyRecord
+		switch {
+		case errors.Is(err, redis.Nil):
+			st.VerifyErr = "no figures yet (the engine stores them every 10s while it streams)"
+		case err != nil:
+			st.VerifyErr = "redis: " + err.Error()
+		case json.Unmarshal(v, &rec) != nil:
+			st.VerifyErr = fmt.Sprintf("unreadable figures in %s", cfg.VerifyKey())
+		default:
+			st.Verify = &rec
 		}
 	}
 	return st, nil
@@ -170,6 +195,17 @@ func (st *Status) Print(w io.Writer) {
 		row("watermark", fmt.Sprintf("%s = %s", st.WatermarkKey, st.Watermark))
 		if st.Current >= st.Watermark {
 			row("lag (applied in Redis)", bytesText(int64(st.Current-st.Watermark)))
+		}
+	}
+	switch {
+	case !st.VerifyOn:
+		row("consistency", "not measured (verify.enabled: false)")
+	case st.Verify == nil:
+		row("consistency", st.VerifyErr)
+	default:
+		for _, f := range st.Verify.Windows {
+			row("consistency after "+verifier.WindowLabel(f.Window), fmt.Sprintf("%.6f of %d judged checks (absent %d, newer %d, stale %d; unverifiable %d; dropped %d) as of %s",
+				f.Ratio(), f.Absent+f.Newer+f.Stale, f.Absent, f.Newer, f.Stale, f.Unverifiable, f.Dropped, st.Verify.At.Format(time.RFC3339)))
 		}
 	}
 	_ = tw.Flush()

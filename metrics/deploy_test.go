@@ -9,6 +9,7 @@ import (
 
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
+	"github.com/cdcinvalidate/cdcinvalidate/verifier"
 )
 
 type fakePositions struct{}
@@ -33,6 +34,8 @@ func exposed(t *testing.T) map[string]bool {
 		t.Fatal(err)
 	}
 	m.AttachRules(RuleSource{Stats: rules.Stats, RefreshFallbacks: rules.RefreshFallbacks})
+	m.Verifier().Checked(time.Second, "public.t", "rules[0]", verifier.Stale)
+	m.Verifier().Ratio(time.Second, 0.5)
 	fams, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)

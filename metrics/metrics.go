@@ -25,6 +25,7 @@ import (
 
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
+	"github.com/cdcinvalidate/cdcinvalidate/verifier"
 )
 
 const ns = "cdcinvalidate"
@@ -74,6 +75,11 @@ type Metrics struct {
 	tooLong      prometheus.Counter
 	actions      *prometheus.CounterVec
 	reloads      *prometheus.CounterVec
+
+	verifyChecks   *prometheus.CounterVec
+	verifyRatio    *prometheus.GaugeVec
+	verifyStaleAge prometheus.Histogram
+	verifyDropped  prometheus.Counter
 
 	state      atomic.Value // string
 	redisDown  atomic.Bool
@@ -133,6 +139,15 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 	}
 	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rule_reloads_total",
 		Help: "Rules reloads (SIGHUP) by result: ok (the new rules run), rejected (the old rules keep running; the log says why)."}, []string{"result"})
+	m.verifyChecks = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "verify_checks_total",
+		Help: "Consistency checks of sampled invalidations (verify: section), by window, table, rule and result: absent and newer are consistent, stale is not, unverifiable cannot be told."},
+		[]string{"window", "table", "rule", "result"})
+	m.verifyRatio = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "verify_consistency_ratio",
+		Help: "Share of the judged checks of a window that were consistent since start (1 with none); five nines is 0.99999."}, []string{"window"})
+	m.verifyStaleAge = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "verify_stale_age_seconds",
+		Help: "Age of an invalidation when its key was confirmed stale.", Buckets: prometheus.ExponentialBuckets(0.1, 4, 8)})
+	m.verifyDropped = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "verify_samples_dropped_total",
+		Help: "Sampled invalidations not checked because verify.max_pending checks were waiting."})
 	for _, c := range []string{"redis_transient", "redis_permanent", "replication"} {
 		m.errors.WithLabelValues(c)
 	}
@@ -140,7 +155,8 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 		m.reloads.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{m.changes, m.keysRendered, m.batches, m.batchKeys, m.keysSent, m.keysDeleted,
-		m.truncates, m.redisRTT, m.commitApply, m.errors, m.tooLong, m.actions, m.reloads} {
+		m.truncates, m.redisRTT, m.commitApply, m.errors, m.tooLong, m.actions, m.reloads,
+		m.verifyChecks, m.verifyRatio, m.verifyStaleAge, m.verifyDropped} {
 		f(c)
 	}
 	f(collectors.NewGoCollector())
@@ -152,6 +168,28 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 	f(&stateCollector{m: m})
 	return m
 }
+
+// Verifier returns the consistency verifier's observer (see package verifier).
+func (m *Metrics) Verifier() VerifyObserver { return VerifyObserver{m} }
+
+// VerifyObserver records the consistency verifier's checks.
+type VerifyObserver struct{ m *Metrics }
+
+// Checked counts one finished check.
+func (o VerifyObserver) Checked(window time.Duration, table, rule string, r verifier.Result) {
+	o.m.verifyChecks.WithLabelValues(verifier.WindowLabel(window), table, rule, string(r)).Inc()
+}
+
+// Ratio sets a window's consistency ratio.
+func (o VerifyObserver) Ratio(window time.Duration, ratio float64) {
+	o.m.verifyRatio.WithLabelValues(verifier.WindowLabel(window)).Set(ratio)
+}
+
+// StaleAge records the age of a stale invalidation.
+func (o VerifyObserver) StaleAge(age time.Duration) { o.m.verifyStaleAge.Observe(age.Seconds()) }
+
+// Dropped counts dropped samples.
+func (o VerifyObserver) Dropped(n int) { o.m.verifyDropped.Add(float64(n)) }
 
 // Attach sets where position gauges are read from.
 func (m *Metrics) Attach(pos Positions, stream StreamPositions) {

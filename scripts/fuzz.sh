@@ -19,6 +19,7 @@ targets=(
 	"./mapping FuzzFilters"
 	"./config FuzzParse"
 	"./config FuzzRules"
+	"./cacheaside FuzzParseStamp"
 )
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

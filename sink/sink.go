@@ -39,6 +39,7 @@ import (
 	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/keyslot"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
+	"github.com/cdcinvalidate/cdcinvalidate/verifier"
 )
 
 // Acker receives the positions whose invalidations Redis acknowledged.
@@ -111,6 +112,17 @@ type Config struct {
 	// tell a consumer how far the WAL goes, so the commit time says it.)
 	CatchUpAge time.Duration
 	GatherWait time.Duration
+	// Verifier, when set, receives a sample of the invalidations of every
+	// batch after Redis acknowledged it (the consistency verifier).
+	Verifier Verifier
+}
+
+// Verifier checks a sample of what Redis acknowledged; see package
+// verifier. Sampled must be cheap (it runs for every key); Offer must not
+// block.
+type Verifier interface {
+	Sampled(key string) bool
+	Offer(samples []verifier.Sample)
 }
 
 // Observer receives the sink's measurements; nil means none.
@@ -185,6 +197,8 @@ type Sink struct {
 
 	gatherTimer *time.Timer
 	lastCommit  time.Time // commit time of the last transaction added
+
+	samples []verifier.Sample // the batch's sampled invalidations, for cfg.Verifier
 
 	acts     actionBatch        // the batch's actions besides plain deletes
 	accs     map[string]*msgAcc // open transaction messages by channel or stream
@@ -397,6 +411,7 @@ func (s *Sink) startBatch() {
 	s.batch = s.batch[:0]
 	s.extra = s.extra[:0]
 	s.commits = s.commits[:0]
+	s.samples = s.samples[:0]
 	s.acts.reset()
 }
 
@@ -405,12 +420,46 @@ func (s *Sink) addEvent(ev replication.Event) {
 	if len(ev.Actions) > 0 {
 		s.addActions(ev.Actions, ev.LSN)
 	}
+	if s.cfg.Verifier != nil && ev.LSN != 0 {
+		s.sample(ev)
+	}
 	if ev.End != 0 && ev.LSN != 0 && len(s.accs) > 0 {
 		s.endTxn(ev.LSN)
 	}
 	if ev.End != 0 && !ev.CommitTime.IsZero() {
 		s.commits = append(s.commits, ev.CommitTime)
 		s.lastCommit = ev.CommitTime
+	}
+}
+
+// sample records the event's sampled invalidations in commit order. Floor
+// is the watermark this sink had set before the batch: a value stamped
+// below it was loaded before these invalidations were applied. Keys are
+// copied: the mapper carves them from shared blocks that a retained key
+// would keep alive.
+func (s *Sink) sample(ev replication.Event) {
+	v := s.cfg.Verifier
+	for _, k := range ev.Keys {
+		if v.Sampled(k) {
+			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(k), LSN: ev.LSN, Floor: s.lastMark, Kind: verifier.KindDelete})
+		}
+	}
+	for i := range ev.Actions {
+		a := &ev.Actions[i]
+		var kind verifier.Kind
+		switch a.Kind {
+		case replication.ActUnlink, replication.ActDel:
+			kind = verifier.KindDelete
+		case replication.ActVersion:
+			kind = verifier.KindVersion
+		case replication.ActSet:
+			kind = verifier.KindRefresh
+		default:
+			continue
+		}
+		if v.Sampled(a.Key) {
+			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(a.Key), LSN: ev.LSN, Floor: s.lastMark, Kind: kind, Value: strings.Clone(a.Value)})
+		}
 	}
 }
 
@@ -444,6 +493,9 @@ func (s *Sink) addKeys(keys []string) {
 // lease and its key stay in one command) keys per command, and returns how
 // many commands it queued.
 func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
+	if failpoint.Unsafe("skip-deletes") {
+		return 0 // a deliberately broken engine, for negative controls
+	}
 	per := s.cfg.KeysPerCommand
 	if s.cfg.Companion != nil {
 		per = max(2, per&^1)
@@ -562,6 +614,10 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 		}
 	}
 	s.acts.reset() // sent: a watermark-only pipeline after this must not repeat them
+	if len(s.samples) > 0 {
+		s.cfg.Verifier.Offer(s.samples)
+		s.samples = s.samples[:0]
+	}
 	return nil
 }
 

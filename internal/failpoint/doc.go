@@ -16,4 +16,6 @@
 //
 // CDC_UNSAFE=confirm-received makes the stream confirm the received
 // position instead of the applied one: the bug the checker must catch.
+// CDC_UNSAFE=skip-deletes makes the sink skip its plain deletes: the bug
+// the consistency verifier must catch.
 package failpoint

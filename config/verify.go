@@ -1,0 +1,69 @@
+package config
+
+import "time"
+
+// Verify configures the online consistency verifier (package verifier):
+// it re-reads a deterministic sample of invalidated keys after each window
+// and counts them consistent, stale or unverifiable.
+type Verify struct {
+	// Enabled turns the verifier on. Default false. Env: CDC_VERIFY_ENABLED.
+	Enabled bool `yaml:"enabled"`
+	// SampleRate checks 1 in SampleRate invalidated keys, chosen by a hash
+	// of the key (so every change of a sampled key is checked). Default
+	// 1000; 1 checks every key.
+	SampleRate int `yaml:"sample_rate"`
+	// Windows are the ages at which each sampled invalidation is checked.
+	// Default [1s, 60s, 600s]; from the environment as "1s,60s".
+	Windows []time.Duration `yaml:"windows"`
+	// MaxPending bounds the checks waiting at once; further samples are
+	// dropped and counted (cdcinvalidate_verify_samples_dropped_total),
+	// never waited for. Default 10000.
+	MaxPending int `yaml:"max_pending"`
+}
+
+// Defaults of the verify section.
+const (
+	DefaultVerifySampleRate = 1000
+	DefaultVerifyMaxPending = 10000
+)
+
+// DefaultVerifyWindows are the default check ages.
+var DefaultVerifyWindows = []time.Duration{time.Second, time.Minute, 10 * time.Minute}
+
+func (v *Verify) setDefaults() {
+	if v.SampleRate == 0 {
+		v.SampleRate = DefaultVerifySampleRate
+	}
+	if len(v.Windows) == 0 {
+		v.Windows = append([]time.Duration(nil), DefaultVerifyWindows...)
+	}
+	if v.MaxPending == 0 {
+		v.MaxPending = DefaultVerifyMaxPending
+	}
+}
+
+func (v *Verify) validate(add func(path, format string, args ...any)) {
+	if v.SampleRate < 1 {
+		add("verify.sample_rate", "sample_rate %d must be at least 1 (1 checks every key, 1000 one key in a thousand)", v.SampleRate)
+	}
+	for i, w := range v.Windows {
+		if w < 10*time.Millisecond || w > 24*time.Hour {
+			add("verify.windows", "windows[%d] %s is out of range: use 10ms to 24h", i, w)
+		}
+		if i > 0 && w <= v.Windows[i-1] {
+			add("verify.windows", "windows must grow: %s follows %s", w, v.Windows[i-1])
+		}
+	}
+	if len(v.Windows) > 8 {
+		add("verify.windows", "at most 8 windows (got %d)", len(v.Windows))
+	}
+	if v.MaxPending < 1 {
+		add("verify.max_pending", "max_pending %d must be at least 1", v.MaxPending)
+	}
+}
+
+// VerifyKey is where the engine keeps the verifier's latest figures for
+// `cdcinvalidate status` (a JSON string, rewritten every 10 s).
+func (c *Config) VerifyKey() string {
+	return "cdcinvalidate:" + c.Postgres.Slot + ":verify"
+}

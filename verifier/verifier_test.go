@@ -1,0 +1,250 @@
+package verifier
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/cacheaside"
+	"github.com/cdcinvalidate/cdcinvalidate/replication"
+)
+
+func str(s string) *string { return &s }
+
+func stamped(lsn uint64, v string) *string {
+	return str(string(cacheaside.AppendStamp(nil, lsn, []byte(v))))
+}
+
+func TestClassify(t *testing.T) {
+	del := Sample{Key: "k", LSN: 0x200, Floor: 0x100, Kind: KindDelete}
+	ver := Sample{Key: "k:v", LSN: 0x200, Kind: KindVersion}
+	ref := Sample{Key: "k", LSN: 0x200, Kind: KindRefresh, Value: `{"id":1}`}
+	for _, c := range []struct {
+		name   string
+		latest Sample
+		val    *string
+		want   Result
+	}{
+		{"deleted, absent", del, nil, Absent},
+		{"deleted, refilled by code that does not stamp", del, str("v"), Unverifiable},
+		{"deleted, stamped at the commit", del, stamped(0x200, "v"), Newer},
+		{"deleted, stamped after", del, stamped(0x300, "v"), Newer},
+		{"deleted, stamped below the floor: loaded before the delete", del, stamped(0xff, "v"), Stale},
+		{"deleted, stamped at the floor: cannot tell", del, stamped(0x100, "v"), Unverifiable},
+		{"deleted, stamped between floor and commit", del, stamped(0x1ff, "v"), Unverifiable},
+		{"version absent", ver, nil, Absent},
+		{"version at the commit", ver, str("0/200"), Newer},
+		{"version above", ver, str("0/201"), Newer},
+		{"version below", ver, str("0/1FF"), Stale},
+		{"version not an LSN", ver, str("x"), Unverifiable},
+		{"refresh absent", ref, nil, Absent},
+		{"refresh equal", ref, str(`{"id":1}`), Newer},
+		{"refresh other value", ref, str(`{"id":2}`), Stale},
+	} {
+		if got := Classify(c.latest, c.val); got != c.want {
+			t.Errorf("%s: Classify = %s, want %s", c.name, got, c.want)
+		}
+	}
+	if !Absent.Consistent() || !Newer.Consistent() || Stale.Consistent() || Unverifiable.Consistent() {
+		t.Error("Consistent: only absent and newer count as consistent")
+	}
+}
+
+func TestSampled(t *testing.T) {
+	all := New(nil, Options{Rate: 1})
+	some := New(nil, Options{Rate: 1000})
+	n := 0
+	for i := 0; i < 200000; i++ {
+		k := fmt.Sprintf("user:%d", i)
+		if !all.Sampled(k) {
+			t.Fatalf("rate 1 skipped %s", k)
+		}
+		if some.Sampled(k) {
+			n++
+			if !some.Sampled(k) {
+				t.Fatalf("%s sampled once, not twice: not deterministic", k)
+			}
+		}
+	}
+	if n < 100 || n > 400 {
+		t.Errorf("rate 1000 sampled %d of 200,000 keys, want about 200", n)
+	}
+	if a := testing.AllocsPerRun(100, func() { some.Sampled("user:123456") }); a != 0 {
+		t.Errorf("Sampled allocates %v times", a)
+	}
+}
+
+// fakeRedis answers GetMany from a map; each read can change a value
+// (script) to model a write landing between two reads.
+type fakeRedis struct {
+	mu    sync.Mutex
+	vals  map[string]string
+	reads int
+	fail  int // fail this many reads first
+}
+
+func (f *fakeRedis) GetMany(_ context.Context, keys []string) ([]*string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail > 0 {
+		f.fail--
+		return nil, fmt.Errorf("connection refused")
+	}
+	f.reads++
+	out := make([]*string, len(keys))
+	for i, k := range keys {
+		if v, ok := f.vals[k]; ok {
+			out[i] = &v
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeRedis) set(k, v string) {
+	f.mu.Lock()
+	f.vals[k] = v
+	f.mu.Unlock()
+}
+
+type recorder struct {
+	mu      sync.Mutex
+	results map[string]int // "window/table/rule/result"
+	dropped int
+	ages    int
+}
+
+func (r *recorder) Checked(w time.Duration, table, rule string, res Result) {
+	r.mu.Lock()
+	r.results[fmt.Sprintf("%s/%s/%s/%s", WindowLabel(w), table, rule, res)]++
+	r.mu.Unlock()
+}
+func (r *recorder) Ratio(time.Duration, float64) {}
+func (r *recorder) StaleAge(time.Duration)       { r.mu.Lock(); r.ages++; r.mu.Unlock() }
+func (r *recorder) Dropped(n int)                { r.mu.Lock(); r.dropped += n; r.mu.Unlock() }
+
+func waitChecks(t *testing.T, v *Verifier, window int, n uint64) WindowFigures {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f := v.Figures()[window]
+		if f.Checks() >= n {
+			return f
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("window %s: %d checks after 10s, want %d: %+v", f.Window, f.Checks(), n, f)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestRunClassifiesEachWindow(t *testing.T) {
+	rd := &fakeRedis{vals: map[string]string{
+		"user:1:v": "0/300",    // raised past the sample: newer
+		"user:2:v": "0/100",    // below: stale
+		"p:1":      `{"id":1}`, // the refreshed value: newer
+		"p:2":      `{"id":0}`, // another value, fixed before the confirmation
+		"u:3":      "plain",    // filled by code that does not stamp
+	}, fail: 1}
+	rec := &recorder{results: map[string]int{}}
+	lab := &RuleLabeler{}
+	lab.Add("user:*:v", "public.users", "rules[0]")
+	lab.Add("p:*", "public.products", "rules[1]")
+	v := New(rd, Options{Rate: 1, Windows: []time.Duration{20 * time.Millisecond, 60 * time.Millisecond},
+		ConfirmAfter: 50 * time.Millisecond, Observer: rec, Labeler: lab})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- v.Run(ctx) }()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			cancel()
+			<-done
+			stopped = true
+		}
+	}
+	defer stop()
+
+	v.Offer([]Sample{
+		{Key: "user:1:v", LSN: 0x200, Kind: KindVersion},
+		{Key: "user:2:v", LSN: 0x200, Kind: KindVersion},
+		{Key: "p:1", LSN: 0x200, Kind: KindRefresh, Value: `{"id":0}`},
+		{Key: "p:1", LSN: 0x201, Kind: KindRefresh, Value: `{"id":1}`}, // newer write of the same key wins
+		{Key: "p:2", LSN: 0x200, Kind: KindRefresh, Value: `{"id":2}`},
+		{Key: "gone", LSN: 0x200, Kind: KindDelete},
+		{Key: "u:3", LSN: 0x200, Kind: KindDelete},
+	})
+	go func() {
+		time.Sleep(40 * time.Millisecond)
+		rd.set("p:2", `{"id":2}`) // the write was in flight at the first read
+	}()
+	for w := 0; w < 2; w++ {
+		f := waitChecks(t, v, w, 7)
+		if f.Absent != 1 || f.Newer != 4 || f.Stale != 1 || f.Unverifiable != 1 {
+			t.Errorf("window %s: %+v, want absent 1, newer 4 (user:1:v, both p:1, p:2 after confirming), stale 1 (user:2:v), unverifiable 1", f.Window, f)
+		}
+		if r := f.Ratio(); r < 0.83 || r > 0.84 {
+			t.Errorf("window %s: ratio %v, want 5/6", f.Window, r)
+		}
+	}
+	stop() // Run owns latest and pending
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if rec.results["0.02s/public.users/rules[0]/stale"] != 1 || rec.results["0.06s/public.products/rules[1]/newer"] != 3 || rec.results["0.02s///absent"] != 1 {
+		t.Errorf("labelled results: %v", rec.results)
+	}
+	if rec.ages != 2 {
+		t.Errorf("stale ages observed %d, want 2 (one per window)", rec.ages)
+	}
+	if len(v.latest) != 0 || v.pending != 0 {
+		t.Errorf("after every check: %d latest entries, %d pending; want none", len(v.latest), v.pending)
+	}
+}
+
+func TestOfferDropsWhenFull(t *testing.T) {
+	rd := &fakeRedis{vals: map[string]string{}}
+	rec := &recorder{results: map[string]int{}}
+	v := New(rd, Options{Rate: 1, Windows: []time.Duration{time.Hour, 2 * time.Hour}, MaxPending: 10, Observer: rec})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- v.Run(ctx) }()
+	batch := make([]Sample, 8)
+	for i := range batch {
+		batch[i] = Sample{Key: fmt.Sprint("k", i), LSN: replication.LSN(i + 1), Kind: KindDelete}
+	}
+	v.Offer(batch)
+	deadline := time.Now().Add(5 * time.Second)
+	for v.Figures()[0].Dropped < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	// 10 pending checks hold 5 samples of 2 windows; 3 are dropped.
+	if f := v.Figures()[0]; f.Dropped != 3 || rec.dropped != 3 || v.pending != 10 {
+		t.Errorf("dropped %d (observer %d), pending %d; want 3 dropped and 10 pending", f.Dropped, rec.dropped, v.pending)
+	}
+}
+
+func TestMatchGlob(t *testing.T) {
+	for _, c := range []struct {
+		glob, s string
+		want    bool
+	}{
+		{"user:*", "user:1", true},
+		{"user:*", "user:", true},
+		{"user:*", "users:1", false},
+		{"user:*:v", "user:1:v", true},
+		{"user:*:v", "user:1:x:v", true},
+		{"user:*:v", "user:1:vv", false},
+		{`a\*b*`, "a*bc", true},
+		{`a\*b*`, "axbc", false},
+		{"a?c", "abc", true},
+		{"*", "", true},
+		{"", "x", false},
+	} {
+		if got := MatchGlob(c.glob, c.s); got != c.want {
+			t.Errorf("MatchGlob(%q, %q) = %v, want %v", c.glob, c.s, got, c.want)
+		}
+	}
+}
