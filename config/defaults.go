@@ -38,6 +38,9 @@ func (c *Config) setDefaults() {
 		c.Consistency.OnFirstStart = "flush"
 	}
 	r := &c.Redis
+	if r.WaitTimeout == 0 {
+		r.WaitTimeout = time.Second
+	}
 	if r.DialTimeout == 0 {
 		r.DialTimeout = 5 * time.Second
 	}

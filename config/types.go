@@ -121,6 +121,14 @@ type Redis struct {
 	// Env: CDC_REDIS_SENTINEL_USERNAME, CDC_REDIS_SENTINEL_PASSWORD.
 	SentinelUsername string `yaml:"sentinel_username"`
 	SentinelPassword string `yaml:"sentinel_password"`
+	// WaitReplicas, when above 0, sends WAIT WaitReplicas after every
+	// batch, on the connection that wrote it, and confirms the batch to
+	// PostgreSQL only once that many replicas acknowledged it (retrying
+	// the batch, which is idempotent, until they do): durability over
+	// latency. Not on a Redis Cluster yet. Default 0.
+	WaitReplicas int `yaml:"wait_replicas"`
+	// WaitTimeout bounds one WAIT. Default 1s.
+	WaitTimeout time.Duration `yaml:"wait_timeout"`
 	// DB is the database number. Default 0.
 	DB int `yaml:"db"`
 	// Username and Password for AUTH (ACL). Env: CDC_REDIS_USERNAME, CDC_REDIS_PASSWORD.

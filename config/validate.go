@@ -364,6 +364,15 @@ func validateRedisTopology(r Redis, add func(where, format string, args ...any))
 	if r.Cluster && r.DB != 0 {
 		add("redis.db", "redis.db must be 0 with redis.cluster: a Redis Cluster has only database 0")
 	}
+	if r.WaitReplicas < 0 {
+		add("redis.wait_replicas", "redis.wait_replicas must not be negative")
+	}
+	if r.WaitReplicas > 0 && r.Cluster {
+		add("redis.wait_replicas", "redis.wait_replicas is not supported on a Redis Cluster yet (WAIT would have to reach every master on the connection that wrote to it); remove it")
+	}
+	if r.WaitTimeout < 0 {
+		add("redis.wait_timeout", "redis.wait_timeout must not be negative")
+	}
 	if r.MasterName == "" && (r.SentinelPassword != "" || r.SentinelUsername != "") {
 		add("redis.sentinel_password", "redis.sentinel_username / sentinel_password are for sentinels: set redis.master_name and list the sentinels in redis.addrs, or remove them")
 	}

@@ -150,7 +150,7 @@ func (e *Engine) run(ctx context.Context) error {
 		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == "del",
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, CompanionPatterns: cacheaside.LeasePatterns, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
-		Cluster:     e.cfg.Redis.Cluster,
+		Cluster: e.cfg.Redis.Cluster, WaitReplicas: e.cfg.Redis.WaitReplicas, WaitTimeout: e.cfg.Redis.WaitTimeout,
 		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
 		CatchUpAge: catchUpAge, Verifier: sinkVerifier(vf),
 	}, tracker)

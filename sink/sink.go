@@ -68,6 +68,11 @@ type Config struct {
 	// of the companions of the keys a pattern matches (default: the
 	// companion of the pattern itself).
 	CompanionPatterns func(pattern string) []string
+	// WaitReplicas, when above 0, ends every pipeline with WAIT
+	// WaitReplicas WaitTimeout: a batch is acknowledged (to the checkpoint)
+	// only when that many replicas have it; else it is sent again.
+	WaitReplicas int
+	WaitTimeout  time.Duration
 	// Cluster says Client is a Redis Cluster client: every multi-key
 	// command and script then carries keys of one hash slot only (the
 	// cluster pipeline sends each to its slot's master, masters in
@@ -561,6 +566,7 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 		}
 		start := time.Now()
 		var nver, ndel int
+		var wait *redis.Cmd
 		cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			s.queueVersions(ctx, p)
 			nver = p.Len()
@@ -572,6 +578,7 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 			if mark {
 				s.watermark(ctx, p, markAt)
 			}
+			wait = s.queueWait(ctx, p)
 			return nil
 		})
 		// The watermark script answers nil when there was no watermark:
@@ -588,6 +595,9 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 			if err := s.checkMark(ctx, markAt); err != nil {
 				return err
 			}
+		}
+		if err := s.checkWait(wait); err != nil {
+			return err
 		}
 		var n uint64
 		for _, c := range cmds[nver : nver+ndel] {
@@ -666,14 +676,19 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		if s.cfg.WatermarkKey != "" {
 			err := s.retry(ctx, "set watermark", func() error {
 				s.refreshShardKeys(ctx)
+				var wait *redis.Cmd
 				_, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 					s.watermark(ctx, p, ev.End)
+					wait = s.queueWait(ctx, p)
 					return nil
 				})
 				if err != nil && !errors.Is(err, redis.Nil) {
 					return err
 				}
-				return s.checkMark(ctx, ev.End)
+				if err := s.checkMark(ctx, ev.End); err != nil {
+					return err
+				}
+				return s.checkWait(wait)
 			})
 			if err != nil {
 				return err
@@ -779,6 +794,34 @@ func clusterShape(ctx context.Context, cc *redis.ClusterClient) (string, error) 
 	}
 	slices.Sort(parts)
 	return strings.Join(parts, ","), nil
+}
+
+// queueWait ends a pipeline with WAIT when WaitReplicas is set: on the
+// connection that sent the batch's writes, so it waits for them (and for
+// everything the master had before them).
+func (s *Sink) queueWait(ctx context.Context, p redis.Pipeliner) *redis.Cmd {
+	if s.cfg.WaitReplicas <= 0 {
+		return nil
+	}
+	return p.Do(ctx, "wait", s.cfg.WaitReplicas, max(s.cfg.WaitTimeout, time.Millisecond).Milliseconds())
+}
+
+// ErrReplicasBehind is wrapped when fewer replicas than WaitReplicas
+// acknowledged a batch in time; the batch is sent again.
+var ErrReplicasBehind = errors.New("too few redis replicas acknowledged the batch")
+
+func (s *Sink) checkWait(wait *redis.Cmd) error {
+	if wait == nil {
+		return nil
+	}
+	n, err := wait.Int64()
+	if err != nil {
+		return err
+	}
+	if n < int64(s.cfg.WaitReplicas) {
+		return fmt.Errorf("%w: WAIT %d answered %d within %s (redis.wait_replicas); the position waits until they catch up", ErrReplicasBehind, s.cfg.WaitReplicas, n, s.cfg.WaitTimeout)
+	}
+	return nil
 }
 
 // fenceScript sets each lease KEYS[2i-1] to the fence ARGV[1] for ARGV[2]
