@@ -431,3 +431,71 @@ func TestClusterShardLostWrites(t *testing.T) {
 		})
 	}
 }
+
+// TestSentinelWaitReplicasLosesNothing: the failover of
+// TestSentinelFailoverLostWrites with redis.wait_replicas: 1. While the
+// replica lacks the deletes, the engine does not confirm them to
+// PostgreSQL; after the failover it sends them again to the promoted
+// replica once it has a replica of its own (the old master, restarted):
+// the keys are gone and nothing had to be flushed (a managed key no change
+// touched survives).
+func TestSentinelWaitReplicasLosesNothing(t *testing.T) {
+	f := newFixture(t, fixtureOpts{sentinel: true})
+	ctx := f.ctx()
+	cfg := strings.Replace(mustRead(t, f.cfgPath), "redis:\n", "redis:\n  wait_replicas: 1\n  wait_timeout: 200ms\n", 1)
+	f.startWith(f.writeConfig(cfg), zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)))
+	f.barrier()
+	f.exec(`INSERT INTO users SELECT g, 'u' || g || '@x', 'n', '' FROM generate_series(1, 20) g`)
+	f.barrier()
+	var keys []string
+	for i := 1; i <= 20; i++ {
+		keys = append(keys, fmt.Sprintf("user:%d", i))
+	}
+	f.set(append(keys, "user:999")...)
+	if err := f.rdb.Do(ctx, "wait", 1, 10000).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.sn.Replica.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	master := redis.NewClient(&redis.Options{Addr: f.sn.Master.Addr()})
+	defer master.Close()
+	if err := master.ClientKillByFilter(ctx, "TYPE", "replica").Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.exec(`UPDATE users SET name = 'changed'`)
+	after := f.currentLSN()
+	time.Sleep(3 * time.Second) // the engine retries; nothing may be confirmed
+	if c := f.confirmed(); c >= after {
+		t.Fatalf("confirmed %s at or past the update %s although no replica has it", c, after)
+	}
+	if err := f.sn.Master.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.sn.Replica.Resume(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.sn.WaitNewMaster(ctx, f.sn.Master.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	// The new master has no replica yet: the position still waits.
+	time.Sleep(2 * time.Second)
+	if c := f.confirmed(); c >= after {
+		t.Fatalf("confirmed %s at or past the update %s while the new master has no replica", c, after)
+	}
+	// The old master comes back (empty); the sentinels make it a replica.
+	if err := f.sn.Master.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.barrierTimeout(2 * time.Minute)
+	f.wantGone(keys...)
+	f.wantKept("user:999")
+	// Status updates go every status_interval (1s): a bounded wait.
+	c := f.confirmed()
+	for deadline := time.Now().Add(30 * time.Second); c < after && time.Now().Before(deadline); c = f.confirmed() {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if c < after {
+		t.Errorf("confirmed %s still below the update %s after the failover", c, after)
+	}
+}

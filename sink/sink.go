@@ -591,13 +591,16 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 				}
 			}
 		}
+		// WAIT first: a batch the replicas lack is sent again before this
+		// sink counts its watermark as set (else a failover to such a
+		// replica would look like lost history, and flush for nothing).
+		if err := s.checkWait(wait); err != nil {
+			return err
+		}
 		if mark {
 			if err := s.checkMark(ctx, markAt); err != nil {
 				return err
 			}
-		}
-		if err := s.checkWait(wait); err != nil {
-			return err
 		}
 		var n uint64
 		for _, c := range cmds[nver : nver+ndel] {
@@ -685,10 +688,10 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 				if err != nil && !errors.Is(err, redis.Nil) {
 					return err
 				}
-				if err := s.checkMark(ctx, ev.End); err != nil {
+				if err := s.checkWait(wait); err != nil {
 					return err
 				}
-				return s.checkWait(wait)
+				return s.checkMark(ctx, ev.End)
 			})
 			if err != nil {
 				return err
