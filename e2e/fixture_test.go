@@ -70,6 +70,10 @@ type fixture struct {
 	db       *pgxpool.Pool
 	cfgPath  string
 	barrierN atomic.Int64
+	// watermarked: on a cluster, a barrier also waits for the watermark
+	// (the masters delete a batch's keys in parallel, so the barrier key
+	// can go before the others; the watermark is raised after all).
+	watermarked bool
 }
 
 func newFixture(t *testing.T, o fixtureOpts) *fixture {
@@ -79,6 +83,7 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	switch {
 	case o.cluster:
 		f.cl = harness.ClusterT(t, harness.ClusterOptions{})
+		f.watermarked = !strings.Contains(o.extra, "watermark: false")
 	case o.sentinel:
 		f.sn = harness.SentinelT(t, harness.SentinelOptions{})
 	default:
@@ -282,6 +287,10 @@ func (f *fixture) barrierTimeout(d time.Duration) {
 	id := f.barrierN.Add(1)
 	key := fmt.Sprintf("barrier:%d", id)
 	f.set(key)
+	var at pglogrepl.LSN // below the barrier's commit
+	if f.cl != nil && f.watermarked {
+		at = f.currentLSN()
+	}
 	f.exec(`INSERT INTO barrier VALUES ($1)`, id)
 	deadline := time.Now().Add(d)
 	for f.exists(key) {
@@ -289,6 +298,18 @@ func (f *fixture) barrierTimeout(d time.Duration) {
 			f.t.Fatalf("barrier %d not applied within %s", id, d)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	if f.cl != nil && f.watermarked {
+		for {
+			v, err := f.rdb.Get(context.Background(), "cdcinvalidate:cdcinvalidate:lsn").Result()
+			if l, perr := pglogrepl.ParseLSN(v); err == nil && perr == nil && l > at {
+				break
+			}
+			if time.Now().After(deadline) {
+				f.t.Fatalf("barrier %d: watermark %q not at %s within %s", id, v, at, d)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 }
 

@@ -499,3 +499,63 @@ func TestSentinelWaitReplicasLosesNothing(t *testing.T) {
 		t.Errorf("confirmed %s still below the update %s after the failover", c, after)
 	}
 }
+
+// TestClusterReshardUnderLoad: 3000 slots move from one master to another
+// (redis-cli --cluster reshard, keys migrated one by one: MOVED and ASK)
+// while rows change and their keys are cached again, round after round.
+// After each round every changed row's keys are gone: nothing is lost to a
+// redirection, and the engine keeps up.
+func TestClusterReshardUnderLoad(t *testing.T) {
+	f := newFixture(t, fixtureOpts{cluster: true})
+	ctx := f.ctx()
+	f.start()
+	f.barrier()
+	const rows = 400
+	f.exec(fmt.Sprintf(`INSERT INTO users SELECT g, 'u' || g || '@x', 'n', '' FROM generate_series(1, %d) g`, rows))
+	f.barrier()
+	var keys []string
+	for i := 1; i <= rows; i++ {
+		keys = append(keys, fmt.Sprintf("user:%d", i))
+	}
+	from, err := f.cl.MasterOf(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	to, err := f.cl.MasterOf(ctx, keyslot.Slots-1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Filler keys so that the migration takes a while.
+	var filler []string
+	for i := 0; i < 20000; i++ {
+		filler = append(filler, fmt.Sprintf("filler:%d", i))
+	}
+	f.set(filler...)
+	done := make(chan error, 1)
+	go func() { done <- f.cl.Reshard(ctx, from, to, 3000) }()
+	rounds := 0
+	for finished := false; !finished || rounds < 2; rounds++ {
+		f.set(keys...)
+		f.exec(`UPDATE users SET name = $1`, fmt.Sprint(rounds))
+		f.barrier()
+		if left := f.present(keys...); len(left) > 0 {
+			t.Fatalf("round %d: %d keys of changed rows still cached, e.g. %q", rounds, len(left), left[0])
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			finished = true
+		default:
+		}
+	}
+	m, err := f.cl.MasterOf(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m != to {
+		t.Errorf("slot 0 served by %s after the reshard, want %s", m.Addr(), to.Addr())
+	}
+	t.Logf("%d rounds of updates during and after the reshard", rounds)
+}

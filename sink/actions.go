@@ -350,7 +350,7 @@ func (s *Sink) queueVersionChunks(ctx context.Context, p redis.Pipeliner, v []ve
 }
 
 // queueAfterDeletes queues deletes with the other command, refreshed
-// values, generation bumps and messages.
+// values and generation bumps.
 func (s *Sink) queueAfterDeletes(ctx context.Context, p redis.Pipeliner) {
 	b := &s.acts
 	per := max(1, s.cfg.KeysPerCommand)
@@ -375,7 +375,11 @@ func (s *Sink) queueAfterDeletes(ctx context.Context, p redis.Pipeliner) {
 	for _, k := range b.incrs {
 		p.Incr(ctx, k)
 	}
-	for _, m := range b.msgs {
+}
+
+// queueMessages queues the batch's publish messages and stream entries.
+func (s *Sink) queueMessages(ctx context.Context, p redis.Pipeliner) {
+	for _, m := range s.acts.msgs {
 		if !m.stream {
 			p.Publish(ctx, m.target, m.body)
 			continue

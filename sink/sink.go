@@ -567,11 +567,13 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 		start := time.Now()
 		var nver, ndel int
 		var wait *redis.Cmd
-		cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
-			s.queueVersions(ctx, p)
-			nver = p.Len()
+		versions := func(p redis.Pipeliner) { s.queueVersions(ctx, p) }
+		deletes := func(p redis.Pipeliner) {
 			ndel = s.del(ctx, p, dels)
 			s.queueAfterDeletes(ctx, p)
+		}
+		announce := func(p redis.Pipeliner) {
+			s.queueMessages(ctx, p)
 			if s.cfg.PublishChannel != "" && len(keys) > 0 {
 				p.Publish(ctx, s.cfg.PublishChannel, s.msg)
 			}
@@ -579,16 +581,34 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 				s.watermark(ctx, p, markAt)
 			}
 			wait = s.queueWait(ctx, p)
-			return nil
-		})
-		// The watermark script answers nil when there was no watermark:
-		// that is for checkMark to judge, not an error of the pipeline; a
-		// stream entry refused as already there was written before a crash.
-		if err != nil {
-			for _, c := range cmds {
-				if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) && !replayedEntry(c) {
-					return e
-				}
+		}
+		var cmds []redis.Cmder
+		var err error
+		if s.cfg.Cluster {
+			// Masters apply their parts in parallel, so the order that one
+			// server's pipeline gives is kept with round trips: versions
+			// are raised everywhere before any key goes, and messages and
+			// the watermark (which readers take as "invalidated") go out
+			// only after every master deleted its keys.
+			if cmds, err = s.stage(ctx, cmds, versions); err != nil {
+				return err
+			}
+			nver = len(cmds)
+			if cmds, err = s.stage(ctx, cmds, deletes); err != nil {
+				return err
+			}
+			if cmds, err = s.stage(ctx, cmds, announce); err != nil {
+				return err
+			}
+		} else {
+			cmds, err = s.stage(ctx, nil, func(p redis.Pipeliner) {
+				versions(p)
+				nver = p.Len()
+				deletes(p)
+				announce(p)
+			})
+			if err != nil {
+				return err
 			}
 		}
 		// WAIT first: a batch the replicas lack is sent again before this
@@ -632,6 +652,25 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 		s.samples = s.samples[:0]
 	}
 	return nil
+}
+
+// stage sends what queue queues in one pipeline and appends its commands
+// to cmds. The watermark script answers nil when there was no watermark:
+// that is for checkMark to judge, not an error of the pipeline; a stream
+// entry refused as already there was written before a crash.
+func (s *Sink) stage(ctx context.Context, cmds []redis.Cmder, queue func(redis.Pipeliner)) ([]redis.Cmder, error) {
+	out, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		queue(p)
+		return nil
+	})
+	if err != nil {
+		for _, c := range out {
+			if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) && !replayedEntry(c) {
+				return cmds, e
+			}
+		}
+	}
+	return append(cmds, out...), nil
 }
 
 func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {

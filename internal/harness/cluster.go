@@ -211,3 +211,29 @@ func (c *Cluster) WaitMaster(ctx context.Context, slot int, want *Redis) error {
 		}
 	}
 }
+
+// Reshard moves n slots from one master to another with redis-cli
+// --cluster reshard (MIGRATE key by key: clients see MOVED and ASK).
+func (c *Cluster) Reshard(ctx context.Context, from, to *Redis, n int) error {
+	ids := make([]string, 2)
+	for i, r := range []*Redis{from, to} {
+		cl := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
+		id, err := cl.Do(ctx, "cluster", "myid").Text()
+		cl.Close()
+		if err != nil {
+			return fmt.Errorf("reshard: CLUSTER MYID of %s: %w", r.Addr(), err)
+		}
+		ids[i] = id
+	}
+	cli, err := exec.LookPath("redis-cli")
+	if err != nil {
+		return fmt.Errorf("reshard: redis-cli not found on PATH; install it with: %s", redisInstallHint)
+	}
+	args := []string{"--cluster", "reshard", from.Addr(), "--cluster-from", ids[0], "--cluster-to", ids[1],
+		"--cluster-slots", fmt.Sprint(n), "--cluster-yes", "--cluster-pipeline", "10"}
+	out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("reshard: redis-cli %s: %v\n%s", strings.Join(args, " "), err, lastLines(string(out), redisLogTailLines))
+	}
+	return nil
+}
