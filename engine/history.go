@@ -63,6 +63,11 @@ func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk
 			lost = fmt.Sprintf("slot %q exists but Redis has no watermark %s: Redis lost its data (restart without persistence, failover, FLUSHALL) or this cache never had one", e.cfg.Postgres.Slot, key)
 		case mark < st.confirmed:
 			lost = fmt.Sprintf("the watermark %s = %s in Redis is below the slot's confirmed position %s: Redis went back in time (restore, failover to a lagging replica), so keys deleted since may be back", key, mark, st.confirmed)
+		case e.cfg.Redis.Cluster:
+			lost, err = shardHistoryLost(ctx, rdb, key, st.confirmed)
+			if err != nil {
+				return err
+			}
 		}
 	}
 	if lost == "" && first == "" {
@@ -86,6 +91,31 @@ func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk
 	}
 	e.log.Info("flushed the managed keys", zap.Uint64("deleted", sk.Stats.Deleted.Load()))
 	return e.recordManaged(ctx, rdb, managedSet(e.mapper.Globs(), e.mapper.Generations()))
+}
+
+// shardHistoryLost checks, on a cluster, each master's watermark against
+// the slot's confirmed position: one below it means that master lost
+// acknowledged writes (while the engine was stopped, or before its last
+// flush). A missing one proves nothing (a master's lowest slot changed by
+// resharding starts a new key) and is started by the first batch.
+func shardHistoryLost(ctx context.Context, rdb redis.UniversalClient, main string, confirmed pglogrepl.LSN) (string, error) {
+	keys, err := sink.ShardWatermarkKeys(ctx, rdb, main)
+	if err != nil {
+		return "", fmt.Errorf("list the cluster's masters for their watermarks: %w", err)
+	}
+	for _, k := range keys {
+		val, err := rdb.Get(ctx, k).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("read watermark %s: %w", k, err)
+		}
+		if mark, perr := pglogrepl.ParseLSN(val); perr == nil && mark < confirmed {
+			return fmt.Sprintf("the watermark %s = %s of a cluster master is below the slot's confirmed position %s: that master lost acknowledged writes (a failover to a lagging replica, a restart without persistence), so keys deleted since may be back", k, mark, confirmed), nil
+		}
+	}
+	return "", nil
 }
 
 // managedSet lists what the rules manage, as the members of the Redis set

@@ -944,17 +944,12 @@ func ShardWatermarkKey(main string, slot int) string {
 	return main + ":" + strconv.Itoa(slot) + ":{" + keyslot.SlotTag(slot) + "}"
 }
 
-// refreshShardKeys lists, on a cluster, one watermark key per master (in
-// the lowest slot it serves), at most every shardKeysEvery. A slot that
-// moves to another master takes its key along (MIGRATE), so it still
-// holds what this sink set; a master's new lowest slot starts a new key.
-func (s *Sink) refreshShardKeys(ctx context.Context) {
-	if !s.cfg.Cluster || s.cfg.WatermarkKey == "" || time.Since(s.shardKeysAt) < shardKeysEvery {
-		return
-	}
-	slots, err := s.cfg.Client.ClusterSlots(ctx).Result()
+// ShardWatermarkKeys lists the per-master watermark keys of a cluster: one
+// per master, in the lowest slot it serves.
+func ShardWatermarkKeys(ctx context.Context, c redis.UniversalClient, main string) ([]string, error) {
+	slots, err := c.ClusterSlots(ctx).Result()
 	if err != nil {
-		return // the pipeline that follows reports what is wrong
+		return nil, err
 	}
 	lowest := map[string]int{}
 	for _, sl := range slots {
@@ -966,11 +961,27 @@ func (s *Sink) refreshShardKeys(ctx context.Context) {
 			lowest[m] = int(sl.Start)
 		}
 	}
-	s.shardKeys = s.shardKeys[:0]
+	keys := make([]string, 0, len(lowest))
 	for _, slot := range lowest {
-		s.shardKeys = append(s.shardKeys, ShardWatermarkKey(s.cfg.WatermarkKey, slot))
+		keys = append(keys, ShardWatermarkKey(main, slot))
 	}
-	slices.Sort(s.shardKeys)
+	slices.Sort(keys)
+	return keys, nil
+}
+
+// refreshShardKeys lists, on a cluster, one watermark key per master (in
+// the lowest slot it serves), at most every shardKeysEvery. A slot that
+// moves to another master takes its key along (MIGRATE), so it still
+// holds what this sink set; a master's new lowest slot starts a new key.
+func (s *Sink) refreshShardKeys(ctx context.Context) {
+	if !s.cfg.Cluster || s.cfg.WatermarkKey == "" || time.Since(s.shardKeysAt) < shardKeysEvery {
+		return
+	}
+	keys, err := ShardWatermarkKeys(ctx, s.cfg.Client, s.cfg.WatermarkKey)
+	if err != nil {
+		return // the pipeline that follows reports what is wrong
+	}
+	s.shardKeys = keys
 	if s.shardMarks == nil {
 		s.shardMarks = map[string]replication.LSN{}
 	}
@@ -1090,7 +1101,22 @@ func (s *Sink) SetWatermark(ctx context.Context, lsn replication.LSN) error {
 		return nil
 	}
 	return s.retry(ctx, "set watermark", func() error {
-		return s.cfg.Client.Set(ctx, s.cfg.WatermarkKey, lsn.String(), 0).Err()
+		if err := s.cfg.Client.Set(ctx, s.cfg.WatermarkKey, lsn.String(), 0).Err(); err != nil {
+			return err
+		}
+		if !s.cfg.Cluster {
+			return nil
+		}
+		keys, err := ShardWatermarkKeys(ctx, s.cfg.Client, s.cfg.WatermarkKey)
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if err := s.cfg.Client.Set(ctx, k, lsn.String(), 0).Err(); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 
