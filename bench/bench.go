@@ -185,7 +185,7 @@ type bench struct {
 	tmp        string
 
 	mu          sync.Mutex
-	children    []*child
+	children    []*harness.Process
 	keyspaceOld *string  // notify-keyspace-events to restore
 	keysSet     int      // keys item:0..keysSet may have been set
 	watermarks  []string // watermark keys set
@@ -489,8 +489,7 @@ func (b *bench) engineConfig(slot, metricsListen string) (string, error) {
 // CDC_* (which would override the file), plus the DSN, and the Redis
 // credentials the bench itself uses.
 func (b *bench) childEnv() []string {
-	env := childEnv("CDC_REDIS_USERNAME", "CDC_REDIS_PASSWORD")
-	return append(env, "CDC_POSTGRES_DSN="+b.dsn)
+	return harness.WithoutCDCEnv([]string{"CDC_REDIS_USERNAME", "CDC_REDIS_PASSWORD"}, "CDC_POSTGRES_DSN="+b.dsn)
 }
 
 // startEngine starts the engine on slot, which the bench created at
@@ -504,7 +503,7 @@ func (b *bench) childEnv() []string {
 // created the slot would have written: the deletes being measured then
 // find the prefilled keys, and with given servers no other item:* key is
 // touched.
-func (b *bench) startEngine(ctx context.Context, slot string, created pglogrepl.LSN, metricsListen string) (*child, error) {
+func (b *bench) startEngine(ctx context.Context, slot string, created pglogrepl.LSN, metricsListen string) (*harness.Process, error) {
 	cfg, err := b.engineConfig(slot, metricsListen)
 	if err != nil {
 		return nil, err
@@ -540,7 +539,7 @@ func managedKey(slot string) string {
 	return cfg.ManagedKey()
 }
 
-func (b *bench) track(c *child) {
+func (b *bench) track(c *harness.Process) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.children = append(b.children, c)
@@ -548,7 +547,7 @@ func (b *bench) track(c *child) {
 
 // waitActive waits until a consumer streams from slot and returns the
 // walsender's PID.
-func (b *bench) waitActive(ctx context.Context, c *child, slot string) (int, error) {
+func (b *bench) waitActive(ctx context.Context, c *harness.Process, slot string) (int, error) {
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		st, err := b.readSlot(ctx, slot)
@@ -558,11 +557,11 @@ func (b *bench) waitActive(ctx context.Context, c *child, slot string) (int, err
 		if st.activePID != 0 {
 			return st.activePID, nil
 		}
-		if c.exited() {
-			return 0, c.failed()
+		if !c.Running() {
+			return 0, exitedUnexpectedly(c)
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("%s not streaming from slot %s after 2 minutes; its output:\n%s", c.name, slot, indentText(c.out.String()))
+			return 0, fmt.Errorf("%s not streaming from slot %s after 2 minutes; its output:\n%s", c.Name(), slot, outputOf(c))
 		}
 		select {
 		case <-ctx.Done():
@@ -620,7 +619,7 @@ func (b *bench) cleanup() {
 	b.children = nil
 	b.mu.Unlock()
 	for _, c := range children {
-		c.kill()
+		stopChild(c)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

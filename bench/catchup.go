@@ -127,19 +127,19 @@ func (b *bench) catchUpRun(ctx context.Context, w workload, step string) (CatchU
 	}
 	ef, err := b.follow(ctx, eng, engineSlot, start, end, false)
 	if err != nil {
-		eng.kill()
+		stopChild(eng)
 		return run, 0, err
 	}
 	after := b.redisStats(ctx)
-	if err := eng.stop(30 * time.Second); err != nil {
+	if err := eng.Stop(30 * time.Second); err != nil {
 		return run, 0, err
 	}
 	run.RedisCommands, run.RedisCPUSeconds = after.since(before)
 	run.EngineSeconds = ef.elapsed.Seconds()
 	run.EngineStartupSeconds = ef.startup.Seconds()
 	run.EngineWalsenderCPU = cpuSeconds(ef.walsenderCPU)
-	run.EngineCPUSeconds = cpuSeconds(eng.cpuTime())
-	run.EngineMaxRSSBytes = eng.maxRSS()
+	run.EngineCPUSeconds = cpuSeconds(eng.CPUTime())
+	run.EngineMaxRSSBytes = eng.MaxRSS()
 	if run.KeysLeft, err = b.countKeys(ctx, 1, b.opts.Rows); err != nil {
 		return run, 0, err
 	}
@@ -154,20 +154,20 @@ func (b *bench) catchUpRun(ctx context.Context, w workload, step string) (CatchU
 	for _, o := range b.pluginOpts {
 		args = append(args, "-o", o)
 	}
-	recv, err := startChild("pg_recvlogical", b.recvBin, args, childEnv())
+	recv, err := startChild("pg_recvlogical", b.recvBin, args, harness.WithoutCDCEnv(nil))
 	if err != nil {
 		return run, 0, err
 	}
 	b.track(recv)
 	rf, err := b.follow(ctx, recv, recvSlot, start, end, true)
 	if err != nil {
-		recv.kill()
+		stopChild(recv)
 		return run, 0, err
 	}
 	run.RecvSeconds = rf.elapsed.Seconds()
 	run.RecvStartupSeconds = rf.startup.Seconds()
 	run.RecvWalsenderCPU = cpuSeconds(rf.walsenderCPU)
-	run.RecvCPUSeconds = cpuSeconds(recv.cpuTime())
+	run.RecvCPUSeconds = cpuSeconds(recv.CPUTime())
 	run.Ratio = ratio(run.EngineSeconds, run.RecvSeconds)
 
 	for _, s := range []string{engineSlot, recvSlot} {
@@ -245,20 +245,20 @@ type followResult struct {
 // follow polls slot every 10 ms while c consumes it. With untilExit the
 // consumer is done when it exits with status 0 (pg_recvlogical --endpos);
 // otherwise when the slot's confirmed_flush_lsn reaches end (the engine).
-func (b *bench) follow(ctx context.Context, c *child, slot string, start, end pglogrepl.LSN, untilExit bool) (followResult, error) {
+func (b *bench) follow(ctx context.Context, c *harness.Process, slot string, start, end pglogrepl.LSN, untilExit bool) (followResult, error) {
 	res := followResult{walsenderCPU: -1}
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
-	deadline := c.started.Add(consumerTimeout)
+	deadline := c.StartedAt().Add(consumerTimeout)
 	for {
 		select {
 		case <-ctx.Done():
 			return res, ctx.Err()
-		case <-c.done:
-			if !untilExit || c.err != nil {
-				return res, c.failed()
+		case <-c.Done():
+			if !untilExit || c.Err() != nil {
+				return res, exitedUnexpectedly(c)
 			}
-			res.elapsed = c.exitedAt.Sub(c.started)
+			res.elapsed = c.ExitedAt().Sub(c.StartedAt())
 			if res.startup == 0 {
 				res.startup = res.elapsed
 			}
@@ -272,17 +272,17 @@ func (b *bench) follow(ctx context.Context, c *child, slot string, start, end pg
 		now := time.Now()
 		if st.activePID != 0 {
 			if res.startup == 0 {
-				res.startup = now.Sub(c.started)
+				res.startup = now.Sub(c.StartedAt())
 			}
 			// The walsender is on this machine only with throwaway servers.
 			if b.throwaway {
-				if d, err := procCPU(st.activePID); err == nil {
+				if d, err := harness.ProcCPU(st.activePID); err == nil {
 					res.walsenderCPU = d
 				}
 			}
 		}
 		if !untilExit && st.confirmed >= end {
-			res.elapsed = now.Sub(c.started)
+			res.elapsed = now.Sub(c.StartedAt())
 			return res, nil
 		}
 		if untilExit {
@@ -291,7 +291,7 @@ func (b *bench) follow(ctx context.Context, c *child, slot string, start, end pg
 			b.prog.Detail("%.0f%% of %s of WAL confirmed", 100*progressOf(start, end, st.confirmed), megabytes(int64(walBytes(start, end))))
 		}
 		if now.After(deadline) {
-			return res, fmt.Errorf("%s not done after %s", c.name, consumerTimeout)
+			return res, fmt.Errorf("%s not done after %s", c.Name(), consumerTimeout)
 		}
 	}
 }
@@ -324,7 +324,7 @@ func (b *bench) profileRun(ctx context.Context, w workload, expect time.Duration
 	if err != nil {
 		return "", err
 	}
-	defer eng.kill()
+	defer stopChild(eng)
 	secs := int(math.Ceil(expect.Seconds()*1.5)) + 2
 	fetched := make(chan error, 1)
 	go func() {
@@ -342,7 +342,7 @@ func (b *bench) profileRun(ctx context.Context, w workload, expect time.Duration
 	case <-time.After(time.Duration(secs)*time.Second + time.Minute):
 		return "", fmt.Errorf("no profile from %s within %d s", addr, secs+60)
 	}
-	if err := eng.stop(30 * time.Second); err != nil {
+	if err := eng.Stop(30 * time.Second); err != nil {
 		return "", err
 	}
 	return path, b.dropSlot(ctx, engineSlot)

@@ -46,7 +46,7 @@ func (b *bench) latency(ctx context.Context) ([]Latency, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer eng.kill()
+	defer stopChild(eng)
 	if _, err := b.waitActive(ctx, eng, engineSlot); err != nil {
 		return nil, err
 	}
@@ -90,7 +90,7 @@ func (b *bench) latency(ctx context.Context) ([]Latency, error) {
 		}
 		out = append(out, l)
 	}
-	if err := eng.stop(30 * time.Second); err != nil {
+	if err := eng.Stop(30 * time.Second); err != nil {
 		return out, err
 	}
 	return out, b.dropSlot(ctx, engineSlot)
@@ -119,7 +119,7 @@ func writerConns(r Rate, maxConns int) int {
 	return min(max(int(math.Ceil(r.PerSecond/1000)), 1), 4)
 }
 
-func (b *bench) latencyAt(ctx context.Context, r Rate, tr *tracker, eng *child, pprofAddr string) (Latency, error) {
+func (b *bench) latencyAt(ctx context.Context, r Rate, tr *tracker, eng *harness.Process, pprofAddr string) (Latency, error) {
 	l := Latency{Rate: r.String(), TargetPerSecond: r.PerSecond, Conns: writerConns(r, b.opts.MaxConns)}
 	b.prog.Step("latency at %s commits/s for %s", r, b.opts.Duration)
 	conns := make([]*pgx.Conn, l.Conns)
@@ -237,8 +237,8 @@ func (b *bench) latencyAt(ctx context.Context, r Rate, tr *tracker, eng *child, 
 	if err != nil {
 		return l, err
 	}
-	if eng.exited() {
-		return l, eng.failed()
+	if !eng.Running() {
+		return l, exitedUnexpectedly(eng)
 	}
 	if profiled != nil {
 		if err := <-profiled; err != nil {

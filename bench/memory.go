@@ -44,12 +44,12 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 	if err != nil {
 		return m, err
 	}
-	defer eng.kill()
+	defer stopChild(eng)
 	if _, err := b.waitActive(ctx, eng, engineSlot); err != nil {
 		return m, err
 	}
-	pid := eng.cmd.Process.Pid
-	if hwm, _, err := procMem(pid); err == nil {
+	pid := eng.Pid()
+	if hwm, _, err := harness.ProcMem(pid); err == nil {
 		m.BaselineRSSBytes = hwm
 	}
 
@@ -90,13 +90,13 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 		if st.confirmed >= end {
 			break
 		}
-		if eng.exited() {
-			return m, eng.failed()
+		if !eng.Running() {
+			return m, exitedUnexpectedly(eng)
 		}
 		if time.Now().After(deadline) {
 			return m, fmt.Errorf("engine did not confirm the transaction within %s", consumerTimeout)
 		}
-		if hwm, rss, err := procMem(pid); err == nil {
+		if hwm, rss, err := harness.ProcMem(pid); err == nil {
 			b.prog.Detail("RSS %s, peak %s", megabytes(rss), megabytes(hwm))
 		}
 		select {
@@ -106,7 +106,7 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 		}
 	}
 	m.ConfirmedSeconds = time.Since(committed).Seconds()
-	if hwm, _, err := procMem(pid); err == nil {
+	if hwm, _, err := harness.ProcMem(pid); err == nil {
 		m.PeakRSSBytes = hwm
 	}
 	if pprofAddr != "" {
@@ -116,11 +116,11 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 		}
 		m.HeapProfile = path
 	}
-	if err := eng.stop(30 * time.Second); err != nil {
+	if err := eng.Stop(30 * time.Second); err != nil {
 		return m, err
 	}
 	if m.PeakRSSBytes < 0 {
-		m.PeakRSSBytes = eng.maxRSS() // without /proc: getrusage after the exit
+		m.PeakRSSBytes = eng.MaxRSS() // without /proc: getrusage after the exit
 	}
 	if m.TargetRSSBytes > 0 && m.PeakRSSBytes > 0 {
 		met := m.PeakRSSBytes <= m.TargetRSSBytes
@@ -131,19 +131,19 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 
 // watchRSS shows the engine's RSS until done delivers, and fails early
 // when the engine exits.
-func (b *bench) watchRSS(ctx context.Context, eng *child, done <-chan error, what string) error {
+func (b *bench) watchRSS(ctx context.Context, eng *harness.Process, done <-chan error, what string) error {
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
 		case err := <-done:
 			return err
-		case <-eng.done:
-			return eng.failed()
+		case <-eng.Done():
+			return exitedUnexpectedly(eng)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-t.C:
-			if hwm, rss, err := procMem(eng.cmd.Process.Pid); err == nil {
+			if hwm, rss, err := harness.ProcMem(eng.Pid()); err == nil {
 				b.prog.Detail("%s; engine RSS %s, peak %s", what, megabytes(rss), megabytes(hwm))
 			}
 		}

@@ -216,28 +216,8 @@ func (e *env) value(ctx context.Context, id int) (int64, error) {
 // order, so every earlier commit has been applied (its keys and leases
 // deleted, its message published) too. Safe for concurrent use.
 func (e *env) barrier(ctx context.Context) error {
-	id := e.barrierN.Add(1)
-	key := fmt.Sprintf("barrier:%d", id)
-	if err := e.rdb.Set(ctx, key, "x", time.Hour).Err(); err != nil {
-		return err
-	}
-	if _, err := e.db.Exec(ctx, `INSERT INTO barrier VALUES ($1)`, id); err != nil {
-		return err
-	}
-	for {
-		n, err := e.rdb.Exists(ctx, key).Result()
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("barrier %d not applied: %w", id, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	// ctx bounds the wait.
+	return harness.AwaitBarrier(ctx, e.rdb, harness.BarrierRow(e.db, e.barrierN.Add(1), time.Hour))
 }
 
 func (e *env) mustBarrier(t testing.TB) {

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 func TestFlightSharesOneRun(t *testing.T) {
@@ -37,7 +39,7 @@ func TestFlightSharesOneRun(t *testing.T) {
 			})
 		}()
 	}
-	waitUntil(t, time.Second, "all callers waiting", func() bool {
+	harness.WaitFor(t, time.Second, "all callers waiting", func() bool {
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		return g.calls["k"].waiters == len(results)-1
@@ -82,7 +84,7 @@ func TestFlightWaiterContextAndLeaderCancel(t *testing.T) {
 	// A waiter whose context is fine is told to retry when the leader's ended.
 	waiter := make(chan flightResult)
 	go func() { waiter <- g.do(context.Background(), "k", nil) }()
-	waitUntil(t, time.Second, "waiter joined", func() bool {
+	harness.WaitFor(t, time.Second, "waiter joined", func() bool {
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		return g.calls["k"].waiters == 2
@@ -112,7 +114,7 @@ func TestFlightPanicReleasesWaiters(t *testing.T) {
 	<-started
 	waiter := make(chan flightResult)
 	go func() { waiter <- g.do(context.Background(), "k", nil) }()
-	waitUntil(t, time.Second, "waiter joined", func() bool {
+	harness.WaitFor(t, time.Second, "waiter joined", func() bool {
 		g.mu.Lock()
 		defer g.mu.Unlock()
 		return g.calls["k"].waiters == 1
@@ -128,16 +130,5 @@ func TestFlightPanicReleasesWaiters(t *testing.T) {
 	defer g.mu.Unlock()
 	if len(g.calls) != 0 {
 		t.Error("the call was not removed")
-	}
-}
-
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }

@@ -303,7 +303,7 @@ func TestLeaderCancelled(t *testing.T) {
 		}
 		follower <- string(v)
 	}()
-	waitUntil(t, time.Second, "follower joined", func() bool { return c.Stats.Coalesced.Load() == 0 && joined(c, "k") })
+	harness.WaitFor(t, time.Second, "follower joined", func() bool { return c.Stats.Coalesced.Load() == 0 && joined(c, "k") })
 	cancel()
 	if err := <-leaderErr; !errors.Is(err, context.Canceled) {
 		t.Errorf("leader: %v", err)

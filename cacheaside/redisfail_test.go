@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -16,7 +17,7 @@ func TestL1MessagesAndDrops(t *testing.T) {
 	_, rdb := testRedis(t)
 	c := testClient(t, rdb, Options{L1: L1Options{Size: 100, Channel: "inv", HealthInterval: 200 * time.Millisecond}})
 	ctx := context.Background()
-	waitUntil(t, 5*time.Second, "L1 subscription", c.L1Active)
+	harness.WaitFor(t, 5*time.Second, "L1 subscription", c.L1Active)
 	var loads atomic.Int32
 	c.Get(ctx, "a", constLoader("a1", &loads))
 	c.Get(ctx, "b", constLoader("b1", &loads))
@@ -26,7 +27,7 @@ func TestL1MessagesAndDrops(t *testing.T) {
 
 	rdb.Set(ctx, "a", "a2", time.Minute) // the new value, as a fill after the invalidation would
 	rdb.Publish(ctx, "inv", `{"lsn":"0/16B3748","keys":["a","zzz"]}`)
-	waitUntil(t, 2*time.Second, "invalidation message", func() bool { return c.Stats.L1Invalidated.Load() == 1 })
+	harness.WaitFor(t, 2*time.Second, "invalidation message", func() bool { return c.Stats.L1Invalidated.Load() == 1 })
 	if v, _ := c.Get(ctx, "a", constLoader("x", &loads)); string(v) != "a2" {
 		t.Errorf("after the message Get = %q, want a2 from Redis", v)
 	}
@@ -35,7 +36,7 @@ func TestL1MessagesAndDrops(t *testing.T) {
 	}
 
 	rdb.Publish(ctx, "inv", `{"lsn":`)
-	waitUntil(t, 2*time.Second, "flush after a bad message", func() bool { return c.Stats.L1Flushes.Load() == 1 })
+	harness.WaitFor(t, 2*time.Second, "flush after a bad message", func() bool { return c.Stats.L1Flushes.Load() == 1 })
 	if c.l1.len() != 0 {
 		t.Error("L1 not cleared by an undecodable message")
 	}
@@ -44,7 +45,7 @@ func TestL1MessagesAndDrops(t *testing.T) {
 	// against L1 keys is not worth it for a rare event).
 	c.Get(ctx, "b", constLoader("x", &loads))
 	rdb.Publish(ctx, "inv", `{"lsn":"0/16B3748","patterns":["zzz:*"]}`)
-	waitUntil(t, 2*time.Second, "flush after a TRUNCATE", func() bool { return c.Stats.L1Flushes.Load() == 2 })
+	harness.WaitFor(t, 2*time.Second, "flush after a TRUNCATE", func() bool { return c.Stats.L1Flushes.Load() == 2 })
 	if c.l1.len() != 0 {
 		t.Error("L1 not cleared by a TRUNCATE message")
 	}
@@ -58,7 +59,7 @@ func TestL1MessagesAndDrops(t *testing.T) {
 	if err := rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 2*time.Second, "flush after the subscription was killed", func() bool { return c.Stats.L1Flushes.Load() == 3 })
+	harness.WaitFor(t, 2*time.Second, "flush after the subscription was killed", func() bool { return c.Stats.L1Flushes.Load() == 3 })
 	if c.Stats.SubscriptionDrops.Load() != 1 {
 		t.Errorf("drops = %d", c.Stats.SubscriptionDrops.Load())
 	}
@@ -66,7 +67,7 @@ func TestL1MessagesAndDrops(t *testing.T) {
 	if c.Stats.L1Hits.Load() != hits {
 		t.Error("an L1 entry survived the subscription drop")
 	}
-	waitUntil(t, 5*time.Second, "resubscribed", c.L1Active)
+	harness.WaitFor(t, 5*time.Second, "resubscribed", c.L1Active)
 	c.Get(ctx, "b", constLoader("x", &loads))
 	c.Get(ctx, "b", constLoader("x", &loads))
 	if c.Stats.L1Hits.Load() != hits+1 {
@@ -95,7 +96,7 @@ func TestRedisDown(t *testing.T) {
 	t.Cleanup(func() { _ = rdb.Close() })
 	c := testClient(t, rdb, Options{L1: L1Options{Size: 100, Channel: "inv", HealthInterval: 200 * time.Millisecond}})
 	ctx := context.Background()
-	waitUntil(t, 5*time.Second, "L1 subscription", c.L1Active)
+	harness.WaitFor(t, 5*time.Second, "L1 subscription", c.L1Active)
 	if v, err := c.Get(ctx, "k", constLoader("v1", nil)); err != nil || string(v) != "v1" {
 		t.Fatalf("Get = %q, %v", v, err)
 	}
@@ -119,7 +120,7 @@ func TestRedisDown(t *testing.T) {
 	if c.Stats.RedisErrors.Load() == 0 {
 		t.Error("the Redis error was not counted")
 	}
-	waitUntil(t, 3*time.Second, "L1 off while Redis is paused", func() bool { return !c.L1Active() })
+	harness.WaitFor(t, 3*time.Second, "L1 off while Redis is paused", func() bool { return !c.L1Active() })
 	if c.l1.len() != 0 {
 		t.Error("L1 kept its entries although the subscription is dead")
 	}
@@ -127,7 +128,7 @@ func TestRedisDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	paused = false
-	waitUntil(t, 10*time.Second, "L1 back after Resume", c.L1Active)
+	harness.WaitFor(t, 10*time.Second, "L1 back after Resume", c.L1Active)
 	if v, err := c.Get(ctx, "k", constLoader("x", nil)); err != nil || string(v) != "v1" {
 		t.Errorf("after Resume Get = %q, %v", v, err)
 	}
@@ -143,11 +144,11 @@ func TestRedisDown(t *testing.T) {
 		t.Fatalf("Get with Redis killed = %q, %v (errors %d)", v, err, c.Stats.RedisErrors.Load())
 	}
 	t.Logf("Get with Redis killed took %s", time.Since(start).Round(time.Millisecond))
-	waitUntil(t, 3*time.Second, "L1 off while Redis is down", func() bool { return !c.L1Active() })
+	harness.WaitFor(t, 3*time.Second, "L1 off while Redis is down", func() bool { return !c.L1Active() })
 	if err := rd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 10*time.Second, "L1 back after restart", c.L1Active)
+	harness.WaitFor(t, 10*time.Second, "L1 back after restart", c.L1Active)
 	// The restarted Redis has forgotten the scripts: EVALSHA falls back to EVAL.
 	if v, err := c.Get(ctx, "k2", constLoader("db3", nil)); err != nil || string(v) != "db3" {
 		t.Errorf("after restart Get = %q, %v", v, err)

@@ -58,12 +58,12 @@ func TestLoadGoodDefaults(t *testing.T) {
 		{"dial_timeout", cfg.Redis.DialTimeout, 5 * time.Second},
 		{"read_timeout", cfg.Redis.ReadTimeout, 10 * time.Second},
 		{"write_timeout", cfg.Redis.WriteTimeout, 10 * time.Second},
-		{"delete_command", cfg.Sink.DeleteCommand, "unlink"},
+		{"delete_command", cfg.Sink.DeleteCommand, DeleteCommand("unlink")},
 		{"max_batch_keys", cfg.Sink.MaxBatchKeys, 10000},
 		{"scan_count", cfg.Sink.ScanCount, 1000},
 		{"sink.max_backoff", cfg.Sink.MaxBackoff, 5 * time.Second},
-		{"log.level", cfg.Log.Level, "info"},
-		{"log.format", cfg.Log.Format, "json"},
+		{"log.level", cfg.Log.Level, LogLevel("info")},
+		{"log.format", cfg.Log.Format, LogFormat("json")},
 		{"rules", len(cfg.Rules), 2},
 		{"rules[1].table", cfg.Rules[1].Table, "shop.orders"},
 		{"rules[1].keys", strings.Join(cfg.Rules[1].Keys, ","), "order:{id},user:{user_id}:orders"},
@@ -407,6 +407,21 @@ func TestRedact(t *testing.T) {
 		if again := Redact(got); again != got {
 			t.Errorf("Redact is not idempotent on %q: %q", got, again)
 		}
+	}
+}
+
+func TestRedactAll(t *testing.T) {
+	t.Parallel()
+	in := []string{"postgres://u:secret@h/db", "nothing to hide"}
+	got := RedactAll(in)
+	if want := []string{"postgres://u:xxxxx@h/db", "nothing to hide"}; !slices.Equal(got, want) {
+		t.Errorf("RedactAll = %q, want %q", got, want)
+	}
+	if in[0] != "postgres://u:secret@h/db" {
+		t.Errorf("RedactAll changed its argument: %q", in)
+	}
+	if got := RedactAll(nil); len(got) != 0 {
+		t.Errorf("RedactAll(nil) = %q", got)
 	}
 }
 

@@ -1,90 +1,67 @@
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
+)
 
 // DefaultChannel is the default publish channel and stream key of rules.
-const DefaultChannel = "cdcinvalidate:changes"
+const DefaultChannel = defaults.Channel
 
 // DefaultStreamMaxLen is the default stream_maxlen.
-const DefaultStreamMaxLen = 100000
+const DefaultStreamMaxLen = defaults.StreamMaxLen
 
+// setDefaults fills every option left out (zero) with its value from the
+// defaults package.
 func (c *Config) setDefaults() {
 	p := &c.Postgres
-	if p.Slot == "" {
-		p.Slot = "cdcinvalidate"
-	}
-	if p.Publication == "" {
-		p.Publication = "cdcinvalidate"
-	}
-	if p.StatusInterval == 0 {
-		p.StatusInterval = 10 * time.Second
-	}
-	if p.TxnBufferMB == 0 {
-		p.TxnBufferMB = 64
-	}
-	if p.MaxBackoff == 0 {
-		p.MaxBackoff = 10 * time.Second
-	}
-	if p.WarnRetainedWALMB == 0 {
-		p.WarnRetainedWALMB = 4096
-	}
-	if p.StandbyRetry == 0 {
-		p.StandbyRetry = time.Second
-	}
-	if c.Consistency.OnHistoryLost == "" {
-		c.Consistency.OnHistoryLost = "flush"
-	}
-	if c.Consistency.OnFirstStart == "" {
-		c.Consistency.OnFirstStart = "flush"
-	}
+	setZero(&p.Slot, defaults.Slot)
+	setZero(&p.Publication, defaults.Publication)
+	setZero(&p.StatusInterval, defaults.StatusInterval)
+	setZero(&p.TxnBufferMB, defaults.TxnBufferMB)
+	setZero(&p.MaxBackoff, defaults.PostgresBackoff)
+	setZero(&p.WarnRetainedWALMB, defaults.WarnRetainedWALMB)
+	setZero(&p.StandbyRetry, defaults.StandbyRetry)
+	setZero(&c.Consistency.OnHistoryLost, defaults.OnHistoryLost)
+	setZero(&c.Consistency.OnFirstStart, defaults.OnFirstStart)
 	r := &c.Redis
-	if r.WaitTimeout == 0 {
-		r.WaitTimeout = time.Second
-	}
-	if r.DialTimeout == 0 {
-		r.DialTimeout = 5 * time.Second
-	}
-	if r.ReadTimeout == 0 {
-		r.ReadTimeout = 10 * time.Second
-	}
-	if r.WriteTimeout == 0 {
-		r.WriteTimeout = 10 * time.Second
-	}
+	setZero(&r.WaitTimeout, defaults.WaitTimeout)
+	setZero(&r.DialTimeout, defaults.DialTimeout)
+	setZero(&r.ReadTimeout, defaults.ReadTimeout)
+	setZero(&r.WriteTimeout, defaults.WriteTimeout)
 	s := &c.Sink
-	if s.DeleteCommand == "" {
-		s.DeleteCommand = "unlink"
-	}
-	if s.MaxBatchKeys == 0 {
-		s.MaxBatchKeys = 10000
-	}
-	if s.ScanCount == 0 {
-		s.ScanCount = 1000
-	}
-	if s.MaxKeyBytes == 0 {
-		s.MaxKeyBytes = 64 << 10
-	}
-	if s.MaxBackoff == 0 {
-		s.MaxBackoff = 5 * time.Second
-	}
-	if c.Metrics.ReadyMaxLag == 0 {
-		c.Metrics.ReadyMaxLag = 30 * time.Second
-	}
-	if c.Metrics.SlotPollInterval == 0 {
-		c.Metrics.SlotPollInterval = 15 * time.Second
-	}
+	setZero(&s.DeleteCommand, defaults.DeleteCommand)
+	setZero(&s.MaxBatchKeys, defaults.MaxBatchKeys)
+	setZero(&s.ScanCount, defaults.ScanCount)
+	setZero(&s.MaxKeyBytes, defaults.MaxKeyBytes)
+	setZero(&s.MaxBackoff, defaults.SinkBackoff)
+	setZero(&c.Metrics.ReadyMaxLag, defaults.ReadyMaxLag)
+	setZero(&c.Metrics.SlotPollInterval, defaults.SlotPollInterval)
 	c.Verify.setDefaults()
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
+	setZero(&c.Log.Level, defaults.LogLevel)
+	setZero(&c.Log.Format, defaults.LogFormat)
+}
+
+// setZero sets *p to def when it is the zero value (the option was left out).
+func setZero[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
 	}
-	if c.Log.Format == "" {
-		c.Log.Format = "json"
-	}
+}
+
+// SoftMemoryLimit is the garbage collector's soft memory limit the command
+// sets unless GOMEMLIMIT is given: the streamed-transaction buffer plus
+// defaults.SoftMemoryHeadroom.
+func (c *Config) SoftMemoryLimit() int64 {
+	return int64(c.Postgres.TxnBufferMB)<<20 + defaults.SoftMemoryHeadroom
 }
 
 // LeaseFenceOrDefault returns client.lease_fence with its default.
 func (c Client) LeaseFenceOrDefault() time.Duration {
 	if c.LeaseFence == nil {
-		return 50 * time.Millisecond
+		return defaults.LeaseFence
 	}
 	return *c.LeaseFence
 }

@@ -59,18 +59,22 @@ func Parse(name string, data []byte, env func(string) (string, bool)) (*Config, 
 		return nil, e
 	}
 	if len(root.Content) == 0 {
-		e.Problems = append(e.Problems, Problem{Where: name, Msg: "the file is empty; see rules.yaml in the repository for an example"})
+		e.Problems = append(e.Problems, Problem{Where: name,
+			Msg: "the file is empty; see rules.yaml in the repository for an example"})
 		return nil, e
 	}
 	// One document only: a second one ("---") would otherwise be ignored silently.
 	docs := yaml.NewDecoder(strings.NewReader(string(data)))
 	var first, second yaml.Node
 	if docs.Decode(&first) == nil && docs.Decode(&second) == nil {
-		e.Problems = append(e.Problems, Problem{Where: fmt.Sprintf("%s:%d", name, second.Line), Msg: "a second YAML document (after ---) would be ignored: keep the whole configuration in one document"})
+		e.Problems = append(e.Problems, Problem{Where: fmt.Sprintf("%s:%d", name, second.Line),
+			Msg: "a second YAML document (after ---) would be ignored: " +
+				"keep the whole configuration in one document"})
 		return nil, e
 	}
 	if a := findAlias(&root); a != nil {
-		e.Problems = append(e.Problems, Problem{Where: fmt.Sprintf("%s:%d:%d", name, a.Line, a.Column), Msg: "YAML aliases (*name) are not allowed in the configuration"})
+		e.Problems = append(e.Problems, Problem{Where: fmt.Sprintf("%s:%d:%d", name, a.Line, a.Column),
+			Msg: "YAML aliases (*name) are not allowed in the configuration"})
 		return nil, e
 	}
 	var cfg Config
@@ -116,7 +120,9 @@ var fieldRE = regexp.MustCompile(`field (\S+) not found in type config\.(\w+)`)
 
 func unknownField(m string) string {
 	if g := fieldRE.FindStringSubmatch(m); g != nil {
-		return strings.Replace(m, g[0], fmt.Sprintf("unknown option %q in %s (check the spelling against the configuration reference in docs/configuration.md)", g[1], strings.ToLower(g[2])), 1)
+		msg := fmt.Sprintf("unknown option %q in %s (check the spelling against "+
+			"the configuration reference in docs/configuration.md)", g[1], strings.ToLower(g[2]))
+		return strings.Replace(m, g[0], msg, 1)
 	}
 	return m
 }

@@ -18,3 +18,13 @@ func Redact(s string) string {
 	s = userinfoRE.ReplaceAllString(s, "${1}xxxxx@")
 	return passwordKVRE.ReplaceAllString(s, "${1}xxxxx")
 }
+
+// RedactAll is Redact of each of ss, in a new slice (for a list of
+// problems that may quote a DSN).
+func RedactAll(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		out[i] = Redact(s)
+	}
+	return out
+}

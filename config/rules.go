@@ -12,7 +12,10 @@ func (c *Config) MappingRules(file string) []mapping.Rule {
 	out := make([]mapping.Rule, 0, len(c.Rules))
 	for i, r := range c.Rules {
 		s, t := SplitTable(r.Table)
-		mr := mapping.Rule{Schema: s, Table: t, AllowStaleOldKeys: r.UnsafeAllowStaleOldKeys, Where: fmt.Sprintf("rules[%d] (table %s in %s)", i, r.Table, file)}
+		mr := mapping.Rule{
+			Schema: s, Table: t, AllowStaleOldKeys: r.UnsafeAllowStaleOldKeys,
+			Where: fmt.Sprintf("rules[%d] (table %s in %s)", i, r.Table, file),
+		}
 		for _, k := range r.Keys {
 			tpl, err := mapping.ParseTemplate(k)
 			if err == nil {
@@ -41,12 +44,14 @@ func (r *Rule) mappingActions() mapping.Actions {
 	}
 	a := mapping.Actions{
 		Delete:        r.hasAction(ActionDelete),
-		DeleteCommand: r.DeleteCommand,
+		DeleteCommand: r.DeleteCommand.ActionKind(),
 		Version:       r.hasAction(ActionVersion), VersionKey: r.VersionKey, VersionTTL: r.VersionTTL,
 		Publish: r.hasAction(ActionPublish), PublishChannel: r.PublishChannel,
 		Stream: r.hasAction(ActionStream), StreamKey: r.StreamKey, StreamMaxLen: DefaultStreamMaxLen,
-		Refresh: r.hasAction(ActionRefresh), RefreshColumns: slices.Clone(r.RefreshColumns), RefreshTTL: r.RefreshTTL, RefreshJitter: r.RefreshTTLJitter,
-		Generation: r.hasAction(ActionGeneration), GenerationKey: r.GenerationKey, TruncateGeneration: r.OnTruncate == "generation",
+		Refresh: r.hasAction(ActionRefresh), RefreshColumns: slices.Clone(r.RefreshColumns),
+		RefreshTTL: r.RefreshTTL, RefreshJitter: r.RefreshTTLJitter,
+		Generation: r.hasAction(ActionGeneration), GenerationKey: r.GenerationKey,
+		TruncateGeneration: r.OnTruncate == TruncateGeneration,
 	}
 	if r.StreamMaxLen != nil {
 		a.StreamMaxLen = *r.StreamMaxLen

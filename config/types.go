@@ -96,10 +96,10 @@ type Postgres struct {
 type Consistency struct {
 	// OnHistoryLost: "flush" (default) deletes every key the rules manage,
 	// then streams on; "stop" exits with an error that says what happened.
-	OnHistoryLost string `yaml:"on_history_lost"`
+	OnHistoryLost OnHistoryLost `yaml:"on_history_lost"`
 	// OnFirstStart: "flush" (default) deletes every managed key when the
 	// slot is created, since cached values may predate it; "keep" trusts them.
-	OnFirstStart string `yaml:"on_first_start"`
+	OnFirstStart OnFirstStart `yaml:"on_first_start"`
 }
 
 // Redis is where keys are invalidated.
@@ -218,7 +218,7 @@ type Rule struct {
 	// publish, stream, refresh, generation. Default: [delete].
 	Actions []string `yaml:"actions"`
 	// DeleteCommand overrides sink.delete_command for this rule (unlink, del).
-	DeleteCommand string `yaml:"delete_command"`
+	DeleteCommand DeleteCommand `yaml:"delete_command"`
 	// VersionKey names the version key of a key, {key} standing for it.
 	// Default "{key}:v".
 	VersionKey string `yaml:"version_key"`
@@ -245,7 +245,7 @@ type Rule struct {
 	GenerationKey string `yaml:"generation_key"`
 	// OnTruncate is "scan" (SCAN + UNLINK the rule's keys, default) or
 	// "generation" (only increment the generation key).
-	OnTruncate string `yaml:"on_truncate"`
+	OnTruncate OnTruncate `yaml:"on_truncate"`
 
 	cond *mapping.Condition // When, compiled by validate
 }
@@ -271,7 +271,7 @@ func (r *Rule) hasAction(a string) bool {
 // Sink tunes how keys are deleted.
 type Sink struct {
 	// DeleteCommand is "unlink" (default) or "del".
-	DeleteCommand string `yaml:"delete_command"`
+	DeleteCommand DeleteCommand `yaml:"delete_command"`
 	// MaxBatchKeys bounds the keys of one Redis pipeline. Default 10000.
 	MaxBatchKeys int `yaml:"max_batch_keys"`
 	// ScanCount is the COUNT hint for TRUNCATE's SCAN. Default 1000.
@@ -307,9 +307,9 @@ func (c *Config) ManagedKey() string {
 // Log configures logging.
 type Log struct {
 	// Level is debug, info (default), warn or error. Env: CDC_LOG_LEVEL.
-	Level string `yaml:"level"`
+	Level LogLevel `yaml:"level"`
 	// Format is json (default) or console. Env: CDC_LOG_FORMAT.
-	Format string `yaml:"format"`
+	Format LogFormat `yaml:"format"`
 }
 
 // StreamingEnabled reports whether in-progress streaming is on.

@@ -34,7 +34,8 @@ func (c *Config) validate(loc locator) []Problem {
 		ps = append(ps, Problem{Where: loc.where(path), Msg: fmt.Sprintf(format, args...)})
 	}
 	if c.Postgres.DSN == "" {
-		add("postgres.dsn", "postgres.dsn is required (or set CDC_POSTGRES_DSN), e.g. postgres://app@127.0.0.1:5432/app?sslmode=disable")
+		add("postgres.dsn", "postgres.dsn is required (or set CDC_POSTGRES_DSN), "+
+			"e.g. postgres://app@127.0.0.1:5432/app?sslmode=disable")
 	} else if _, err := pgconn.ParseConfig(c.Postgres.DSN); err != nil {
 		// pgconn quotes the connection string after its own best-effort
 		// redaction, which misses passwords such as "p@ss" in a URL or
@@ -46,13 +47,16 @@ func (c *Config) validate(loc locator) []Problem {
 		add("postgres.dsn", "postgres.dsn is not a valid connection string: %s", Redact(err.Error()))
 	}
 	if !slotRE.MatchString(c.Postgres.Slot) {
-		add("postgres.slot", "slot name %q is invalid: use 1-63 lower-case letters, digits and underscores", c.Postgres.Slot)
+		add("postgres.slot", "slot name %q is invalid: "+
+			"use 1-63 lower-case letters, digits and underscores", c.Postgres.Slot)
 	}
 	if !identRE.MatchString(c.Postgres.Publication) {
-		add("postgres.publication", "publication name %q is invalid: use a lower-case identifier (letters, digits, underscores; not starting with a digit)", c.Postgres.Publication)
+		add("postgres.publication", "publication name %q is invalid: use a lower-case identifier "+
+			"(letters, digits, underscores; not starting with a digit)", c.Postgres.Publication)
 	}
 	if c.Postgres.StatusInterval < 100*time.Millisecond || c.Postgres.StatusInterval > 30*time.Second {
-		add("postgres.status_interval", "status_interval %s is out of range: use 100ms to 30s (it must stay well below the server's wal_sender_timeout)", c.Postgres.StatusInterval)
+		add("postgres.status_interval", "status_interval %s is out of range: use 100ms to 30s "+
+			"(it must stay well below the server's wal_sender_timeout)", c.Postgres.StatusInterval)
 	}
 	if c.Postgres.TxnBufferMB < 1 {
 		add("postgres.txn_buffer_mb", "txn_buffer_mb must be at least 1")
@@ -64,22 +68,23 @@ func (c *Config) validate(loc locator) []Problem {
 		add("postgres.standby_retry", "standby_retry must be at least 100ms")
 	}
 	if w := c.Postgres.WALSenderTimeout; w != 0 && w < 2*c.Postgres.StatusInterval {
-		add("postgres.wal_sender_timeout", "wal_sender_timeout %s must be at least twice status_interval (%s), or the server drops the engine between two status updates", w, c.Postgres.StatusInterval)
+		add("postgres.wal_sender_timeout", "wal_sender_timeout %s must be at least twice status_interval (%s), "+
+			"or the server drops the engine between two status updates", w, c.Postgres.StatusInterval)
 	}
 	c.Verify.validate(add)
-	switch c.Consistency.OnHistoryLost {
-	case "flush", "stop":
-	default:
-		add("consistency.on_history_lost", "on_history_lost %q is not one of flush, stop", c.Consistency.OnHistoryLost)
+	enum := func(path, msg string) {
+		if msg != "" {
+			add(path, "%s", msg)
+		}
 	}
-	switch c.Consistency.OnFirstStart {
-	case "flush", "keep":
-	default:
-		add("consistency.on_first_start", "on_first_start %q is not one of flush, keep", c.Consistency.OnFirstStart)
-	}
+	enum("consistency.on_history_lost",
+		oneOf("on_history_lost", c.Consistency.OnHistoryLost, onHistoryLostValues))
+	enum("consistency.on_first_start", oneOf("on_first_start", c.Consistency.OnFirstStart, onFirstStartValues))
 	validateRedisTopology(c.Redis, add)
 	for _, f := range []struct{ path, name string }{
-		{c.Redis.TLSCAFile, "redis.tls_ca_file"}, {c.Redis.TLSCertFile, "redis.tls_cert_file"}, {c.Redis.TLSKeyFile, "redis.tls_key_file"},
+		{c.Redis.TLSCAFile, "redis.tls_ca_file"},
+		{c.Redis.TLSCertFile, "redis.tls_cert_file"},
+		{c.Redis.TLSKeyFile, "redis.tls_key_file"},
 	} {
 		if f.path == "" {
 			continue
@@ -89,16 +94,13 @@ func (c *Config) validate(loc locator) []Problem {
 		}
 	}
 	if (c.Redis.TLSCertFile == "") != (c.Redis.TLSKeyFile == "") {
-		add("redis.tls_cert_file", "tls_cert_file and tls_key_file go together: set both for a client certificate, or neither")
+		add("redis.tls_cert_file", "tls_cert_file and tls_key_file go together: "+
+			"set both for a client certificate, or neither")
 	}
 	if c.Redis.DB < 0 {
 		add("redis.db", "redis.db must not be negative")
 	}
-	switch c.Sink.DeleteCommand {
-	case "unlink", "del":
-	default:
-		add("sink.delete_command", "delete_command %q is not one of unlink, del", c.Sink.DeleteCommand)
-	}
+	enum("sink.delete_command", oneOf("delete_command", c.Sink.DeleteCommand, deleteCommandValues))
 	if c.Sink.MaxBatchKeys < 1 {
 		add("sink.max_batch_keys", "max_batch_keys must be at least 1")
 	}
@@ -116,14 +118,16 @@ func (c *Config) validate(loc locator) []Problem {
 	}
 	if c.Metrics.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
-			add("metrics.listen", "metrics.listen %q is not host:port (e.g. 127.0.0.1:9187 or :9187)", c.Metrics.Listen)
+			add("metrics.listen", "metrics.listen %q is not host:port "+
+				"(e.g. 127.0.0.1:9187 or :9187)", c.Metrics.Listen)
 		}
 	}
 	if f := c.Client.LeaseFence; f != nil && (*f < 0 || *f > time.Minute || (*f > 0 && *f < time.Millisecond)) {
 		add("client.lease_fence", "lease_fence %s must be 0 (delete leases) or between 1ms and 1m", *f)
 	}
 	if c.Client.LeaseFence != nil && !c.Client.Leases {
-		add("client.lease_fence", "lease_fence is set, but client.leases is off: turn leases on, or remove lease_fence")
+		add("client.lease_fence", "lease_fence is set, but client.leases is off: "+
+			"turn leases on, or remove lease_fence")
 	}
 	if c.Metrics.ReadyMaxLag < 0 {
 		add("metrics.ready_max_lag", "ready_max_lag must not be negative")
@@ -131,18 +135,13 @@ func (c *Config) validate(loc locator) []Problem {
 	if c.Metrics.SlotPollInterval < time.Second {
 		add("metrics.slot_poll_interval", "slot_poll_interval must be at least 1s")
 	}
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		add("log.level", "log level %q is not one of debug, info, warn, error", c.Log.Level)
-	}
-	switch c.Log.Format {
-	case "json", "console":
-	default:
-		add("log.format", "log format %q is not one of json, console", c.Log.Format)
-	}
+	enum("log.level", oneOf("log level", c.Log.Level, logLevelValues))
+	enum("log.format", oneOf("log format", c.Log.Format, logFormatValues))
 	if len(c.Rules) == 0 {
-		add("rules", "no rules: add at least one, e.g.\n      rules:\n        - table: users\n          keys: [\"user:{id}\"]")
+		add("rules", "no rules: add at least one, e.g.\n"+
+			"      rules:\n"+
+			"        - table: users\n"+
+			"          keys: [\"user:{id}\"]")
 	}
 	for i, r := range c.Rules {
 		base := fmt.Sprintf("rules[%d]", i)
@@ -154,8 +153,11 @@ func (c *Config) validate(loc locator) []Problem {
 				add(base+".table", "table %q is not a plain lower-case name or schema.name", r.Table)
 			}
 		}
-		if len(r.Keys) == 0 && !(len(r.Actions) > 0 && slices.Equal(slices.Compact(slices.Clone(r.Actions)), []string{ActionGeneration})) {
-			add(base+".keys", "rule for table %q has no keys (only a rule whose actions are [generation] may leave keys out)", r.Table)
+		onlyGeneration := len(r.Actions) > 0 &&
+			slices.Equal(slices.Compact(slices.Clone(r.Actions)), []string{ActionGeneration})
+		if len(r.Keys) == 0 && !onlyGeneration {
+			add(base+".keys", "rule for table %q has no keys "+
+				"(only a rule whose actions are [generation] may leave keys out)", r.Table)
 		}
 		seen := map[string]bool{}
 		for j, k := range r.Keys {
@@ -185,7 +187,8 @@ func (c *Config) validateRuleOptions(loc locator, i int) []Problem {
 	}
 	var ops mapping.OpSet
 	if r.Ops != nil && len(r.Ops) == 0 {
-		add(base+".ops", "ops is empty, so the rule would never invalidate anything: list some of %s, or leave ops out for all of them", mapping.OpNames)
+		add(base+".ops", "ops is empty, so the rule would never invalidate anything: "+
+			"list some of %s, or leave ops out for all of them", mapping.OpNames)
 	}
 	for j, o := range r.Ops {
 		op, ok := mapping.ParseOp(o)
@@ -198,11 +201,13 @@ func (c *Config) validateRuleOptions(loc locator, i int) []Problem {
 		ops |= op
 	}
 	if r.WhenChanged != nil && len(r.WhenChanged) == 0 {
-		add(base+".when_changed", "when_changed is empty, so no UPDATE would invalidate anything through this rule: name columns, or leave when_changed out")
+		add(base+".when_changed", "when_changed is empty, so no UPDATE would invalidate anything "+
+			"through this rule: name columns, or leave when_changed out")
 	}
 	columnList(add, base, "when_changed", r.WhenChanged)
 	if len(r.WhenChanged) > 0 && !ops.Has(mapping.OnUpdate) {
-		add(base+".when_changed", "when_changed filters UPDATEs only, but the rule's ops %v leave out update: remove when_changed or add update to ops", r.Ops)
+		add(base+".when_changed", "when_changed filters UPDATEs only, but the rule's ops %v leave out update: "+
+			"remove when_changed or add update to ops", r.Ops)
 	}
 	ps = append(ps, c.validateRuleActions(loc, i, ops)...)
 	if r.When != "" {
@@ -212,7 +217,8 @@ func (c *Config) validateRuleOptions(loc locator, i int) []Problem {
 		case errors.As(err, &ce):
 			for _, is := range ce.Issues {
 				ps = append(ps, Problem{Where: loc.whereKey(base + ".when"),
-					Msg: fmt.Sprintf("when condition %q: %s (line %d, column %d of the condition)", r.When, is.Msg, is.Line, is.Column)})
+					Msg: fmt.Sprintf("when condition %q: %s (line %d, column %d of the condition)",
+						r.When, is.Msg, is.Line, is.Column)})
 			}
 		case err != nil:
 			ps = append(ps, Problem{Where: loc.whereKey(base + ".when"), Msg: err.Error()})
@@ -247,7 +253,8 @@ func (c *Config) validateRuleActions(loc locator, i int, ops mapping.OpSet) []Pr
 		ps = append(ps, Problem{Where: loc.where(path), Msg: fmt.Sprintf(format, args...)})
 	}
 	if r.Actions != nil && len(r.Actions) == 0 {
-		add(base+".actions", "actions is empty, so the rule would do nothing: list some of %s, or leave actions out to delete", mapping.ActionNames)
+		add(base+".actions", "actions is empty, so the rule would do nothing: "+
+			"list some of %s, or leave actions out to delete", mapping.ActionNames)
 	}
 	seen := map[string]bool{}
 	for j, a := range r.Actions {
@@ -263,12 +270,14 @@ func (c *Config) validateRuleActions(loc locator, i int, ops mapping.OpSet) []Pr
 		seen[a] = true
 	}
 	if r.hasAction(ActionDelete) && r.hasAction(ActionRefresh) {
-		add(base+".actions", "delete and refresh are both listed: refresh writes the keys that delete would remove (and deletes them when the row goes); keep one")
+		add(base+".actions", "delete and refresh are both listed: refresh writes the keys that delete "+
+			"would remove (and deletes them when the row goes); keep one")
 	}
 	// An option of an action the rule does not list is a mistake.
 	needs := func(path, action string, set bool) {
 		if set && !r.hasAction(action) {
-			add(base+"."+path, "%s is set, but actions does not list %s: add %s to actions, or remove %s", path, action, action, path)
+			add(base+"."+path, "%s is set, but actions does not list %s: "+
+				"add %s to actions, or remove %s", path, action, action, path)
 		}
 	}
 	needs("delete_command", ActionDelete, r.DeleteCommand != "")
@@ -281,10 +290,10 @@ func (c *Config) validateRuleActions(loc locator, i int, ops mapping.OpSet) []Pr
 	needs("refresh_ttl", ActionRefresh, r.RefreshTTL != 0)
 	needs("refresh_ttl_jitter", ActionRefresh, r.RefreshTTLJitter != 0)
 	needs("generation_key", ActionGeneration, r.GenerationKey != "")
-	switch r.DeleteCommand {
-	case "", "unlink", "del":
-	default:
-		add(base+".delete_command", "delete_command %q is not one of unlink, del", r.DeleteCommand)
+	if r.DeleteCommand != "" {
+		if msg := oneOf("delete_command", r.DeleteCommand, deleteCommandValues); msg != "" {
+			add(base+".delete_command", "%s", msg)
+		}
 	}
 	if r.VersionKey != "" {
 		if err := mapping.CheckVersionKey(r.VersionKey); err != nil {
@@ -304,17 +313,19 @@ func (c *Config) validateRuleActions(loc locator, i int, ops mapping.OpSet) []Pr
 		add(base+".refresh_ttl", "refresh_ttl must be 0 (no TTL) or at least 1ms")
 	}
 	if r.RefreshTTLJitter < 0 || r.RefreshTTLJitter > 0.9 {
-		add(base+".refresh_ttl_jitter", "refresh_ttl_jitter %g must be between 0 and 0.9 (a fraction of refresh_ttl)", r.RefreshTTLJitter)
+		add(base+".refresh_ttl_jitter", "refresh_ttl_jitter %g must be between 0 and 0.9 "+
+			"(a fraction of refresh_ttl)", r.RefreshTTLJitter)
 	} else if r.RefreshTTLJitter > 0 && r.RefreshTTL == 0 {
 		add(base+".refresh_ttl_jitter", "refresh_ttl_jitter needs refresh_ttl")
 	}
 	if r.RefreshColumns != nil && len(r.RefreshColumns) == 0 {
-		add(base+".refresh_columns", "refresh_columns is empty: name columns, or leave it out to write every column")
+		add(base+".refresh_columns", "refresh_columns is empty: "+
+			"name columns, or leave it out to write every column")
 	}
 	columnList(add, base, "refresh_columns", r.RefreshColumns)
 	switch r.OnTruncate {
-	case "", "scan":
-	case "generation":
+	case "", TruncateScan:
+	case TruncateGeneration:
 		if !r.hasAction(ActionGeneration) {
 			add(base+".on_truncate", "on_truncate: generation needs generation in actions")
 		}
@@ -322,7 +333,7 @@ func (c *Config) validateRuleActions(loc locator, i int, ops mapping.OpSet) []Pr
 			add(base+".on_truncate", "on_truncate is set, but the rule's ops %v leave out truncate", r.Ops)
 		}
 	default:
-		add(base+".on_truncate", "on_truncate %q is not one of scan, generation", r.OnTruncate)
+		add(base+".on_truncate", "%s", oneOf("on_truncate", r.OnTruncate, onTruncateValues))
 	}
 	return ps
 }

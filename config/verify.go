@@ -1,6 +1,10 @@
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
+)
 
 // Verify configures the online consistency verifier (package verifier):
 // it re-reads a deterministic sample of invalidated keys after each window
@@ -23,8 +27,8 @@ type Verify struct {
 
 // Defaults of the verify section.
 const (
-	DefaultVerifySampleRate = 1000
-	DefaultVerifyMaxPending = 10000
+	DefaultVerifySampleRate = defaults.VerifySampleRate
+	DefaultVerifyMaxPending = defaults.VerifyMaxPending
 )
 
 // DefaultVerifyWindows are the default check ages.
@@ -44,7 +48,8 @@ func (v *Verify) setDefaults() {
 
 func (v *Verify) validate(add func(path, format string, args ...any)) {
 	if v.SampleRate < 1 {
-		add("verify.sample_rate", "sample_rate %d must be at least 1 (1 checks every key, 1000 one key in a thousand)", v.SampleRate)
+		add("verify.sample_rate", "sample_rate %d must be at least 1 "+
+			"(1 checks every key, 1000 one key in a thousand)", v.SampleRate)
 	}
 	for i, w := range v.Windows {
 		if w < 10*time.Millisecond || w > 24*time.Hour {

@@ -30,8 +30,8 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 	if f.get("cdcinvalidate:cdcinvalidate:lsn") == "" {
 		t.Error("no watermark written by the restricted user")
 	}
-	if code, _ := p.term(t); code != 0 {
-		t.Fatalf("exit code %d after SIGTERM; output:\n%s", code, p.out.String())
+	if code, _ := p.TermT(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM; output:\n%s", code, p.Output())
 	}
 
 	// Without ~cdcinvalidate:* the watermark is refused: the engine cannot
@@ -41,8 +41,8 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 	}
 	p = f.startBinary(f.writeConfig(cfg), "CDC_REDIS_PASSWORD="+secret)
 	f.exec(`UPDATE users SET name = 'b' WHERE id = 1`)
-	code := p.wait(t, 60*time.Second)
-	out := p.out.String()
+	code := p.ExitT(t, 60*time.Second)
+	out := p.Output()
 	if code != 2 {
 		t.Fatalf("exit code %d, want 2; output:\n%s", code, out)
 	}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // startFails runs the binary with a configuration and expects it to exit
@@ -12,8 +14,8 @@ import (
 func (f *fixture) startFails(cfg string, want []string, env ...string) string {
 	f.t.Helper()
 	p := f.startBinary(f.writeConfig(cfg), env...)
-	code := p.wait(f.t, 60*time.Second)
-	out := p.out.String()
+	code := p.ExitT(f.t, 60*time.Second)
+	out := p.Output()
 	if code != 2 {
 		f.t.Fatalf("exit code %d, want 2; output:\n%s", code, out)
 	}
@@ -85,14 +87,14 @@ func TestColumnOutsideReplicaIdentityIsRefusedUnlessOptedIn(t *testing.T) {
 	p := f.startBinaryStreaming(f.writeConfig(f.header() + strings.Replace(rule, `"]`, "\"]\n    unsafe_allow_stale_old_keys: true", 1)))
 	f.exec(`INSERT INTO accounts VALUES (1, 'old')`)
 	target := f.currentLSN()
-	waitFor(t, 30*time.Second, "the insert to be applied", func() bool { return f.confirmed() >= target })
+	harness.WaitFor(t, 30*time.Second, "the insert to be applied", func() bool { return f.confirmed() >= target })
 	f.set("account:1", "account:login:old", "account:login:new")
 	f.exec(`UPDATE accounts SET login = 'new' WHERE id = 1`)
-	waitFor(t, 30*time.Second, "new keys deleted", func() bool { return !f.exists("account:1") && !f.exists("account:login:new") })
+	harness.WaitFor(t, 30*time.Second, "new keys deleted", func() bool { return !f.exists("account:1") && !f.exists("account:login:new") })
 	if !f.exists("account:login:old") {
 		t.Fatal("old login key deleted although the change cannot carry it under REPLICA IDENTITY DEFAULT")
 	}
-	if code, _ := p.term(t); code != 0 {
+	if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
 
@@ -143,7 +145,7 @@ func TestRedisPermissionErrorStopsWithTheFix(t *testing.T) {
 	}
 	cfg := fmt.Sprintf("postgres:\n  dsn: %q\nredis:\n  addr: %q\n  username: cdc\n%s", f.pg.DSN("postgres"), f.rd.Addr(), rules)
 	p := f.startBinaryStreaming(f.writeConfig(cfg), "CDC_REDIS_PASSWORD="+secret)
-	if code, _ := p.term(t); code != 0 {
+	if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("first run: exit code %d", code)
 	}
 	if err := f.rdb.Do(f.ctx(), "ACL", "SETUSER", "cdc", "-unlink", "-del").Err(); err != nil {
@@ -151,8 +153,8 @@ func TestRedisPermissionErrorStopsWithTheFix(t *testing.T) {
 	}
 	p = f.startBinaryStreaming(f.writeConfig(cfg), "CDC_REDIS_PASSWORD="+secret)
 	f.exec(`INSERT INTO users VALUES (1, 'a@x', '', '')`) // its delete is refused
-	code := p.wait(t, 60*time.Second)
-	out := p.out.String()
+	code := p.ExitT(t, 60*time.Second)
+	out := p.Output()
 	if code != 1 {
 		t.Fatalf("exit code %d, want 1; output:\n%s", code, out)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/cdcinvalidate/cdcinvalidate/cacheaside"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 func TestInsertUpdateDeleteInvalidateOldAndNewKeys(t *testing.T) {
@@ -275,13 +276,13 @@ func TestWatermarkFollowsAppliedPosition(t *testing.T) {
 	f.set("user:1")
 	f.exec(`INSERT INTO users VALUES (1, 'a@x', '', '')`)
 	mine := f.currentLSN()
-	waitFor(t, 30*time.Second, "watermark to reach the insert", func() bool { return watermark() >= mine })
+	harness.WaitFor(t, 30*time.Second, "watermark to reach the insert", func() bool { return watermark() >= mine })
 	if f.exists("user:1") {
 		t.Fatal("watermark passed the commit but its key is still cached")
 	}
 	f.exec(`INSERT INTO other (v) VALUES ('x')`)
 	mine = f.currentLSN()
-	waitFor(t, 30*time.Second, "watermark to follow a commit outside the rules", func() bool { return watermark() >= mine })
+	harness.WaitFor(t, 30*time.Second, "watermark to follow a commit outside the rules", func() bool { return watermark() >= mine })
 
 	// Never lowered: a value above anything applied stays.
 	if err := f.rdb.Set(f.ctx(), key, "FF/0", 0).Err(); err != nil {

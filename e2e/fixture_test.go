@@ -2,19 +2,17 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -153,28 +151,31 @@ func (f *fixture) ctx() context.Context {
 func (f *fixture) exec(sql string, args ...any) {
 	f.t.Helper()
 	if _, err := f.db.Exec(context.Background(), sql, args...); err != nil {
-		f.t.Fatalf("exec %q: %v", firstLine(sql), err)
+		f.t.Fatalf("exec %q: %v", harness.Abbreviate(sql, 80), err)
 	}
 }
 
-func firstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i] + " ..."
+// begin begins a transaction and runs stmts in it, leaving it open; a
+// transaction still open when the test ends is rolled back.
+func (f *fixture) begin(stmts ...string) pgx.Tx {
+	f.t.Helper()
+	ctx := f.ctx()
+	tx, err := f.db.Begin(ctx)
+	if err != nil {
+		f.t.Fatalf("begin: %v", err)
 	}
-	return s
+	f.t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	for _, sql := range stmts {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			f.t.Fatalf("exec %q: %v", harness.Abbreviate(sql, 80), err)
+		}
+	}
+	return tx
 }
 
 func (f *fixture) lsn(sql string) pglogrepl.LSN {
 	f.t.Helper()
-	var s *string
-	if err := f.db.QueryRow(context.Background(), sql).Scan(&s); err != nil {
-		f.t.Fatalf("%s: %v", sql, err)
-	}
-	if s == nil {
-		return 0
-	}
-	l, err := pglogrepl.ParseLSN(*s)
+	l, err := harness.QueryLSN(context.Background(), f.db, sql)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -284,32 +285,25 @@ func (f *fixture) barrier() {
 
 func (f *fixture) barrierTimeout(d time.Duration) {
 	f.t.Helper()
-	id := f.barrierN.Add(1)
-	key := fmt.Sprintf("barrier:%d", id)
-	f.set(key)
-	var at pglogrepl.LSN // below the barrier's commit
+	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
+	defer cancel()
+	b := harness.BarrierRow(f.db, f.barrierN.Add(1), d)
 	if f.cl != nil && f.watermarked {
-		at = f.currentLSN()
-	}
-	f.exec(`INSERT INTO barrier VALUES ($1)`, id)
-	deadline := time.Now().Add(d)
-	for f.exists(key) {
-		if time.Now().After(deadline) {
-			f.t.Fatalf("barrier %d not applied within %s", id, d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if f.cl != nil && f.watermarked {
-		for {
-			v, err := f.rdb.Get(context.Background(), "cdcinvalidate:cdcinvalidate:lsn").Result()
-			if l, perr := pglogrepl.ParseLSN(v); err == nil && perr == nil && l > at {
-				break
+		// On a cluster the masters delete a batch's keys in parallel, so
+		// the barrier key can go before the others; the watermark is
+		// raised after all of them.
+		at := f.currentLSN() // below the barrier's commit
+		b.Applied = func(ctx context.Context) (bool, error) {
+			v, err := f.rdb.Get(ctx, "cdcinvalidate:cdcinvalidate:lsn").Result()
+			if err != nil {
+				return false, err
 			}
-			if time.Now().After(deadline) {
-				f.t.Fatalf("barrier %d: watermark %q not at %s within %s", id, v, at, d)
-			}
-			time.Sleep(10 * time.Millisecond)
+			l, err := pglogrepl.ParseLSN(v)
+			return err == nil && l > at, err
 		}
+	}
+	if err := harness.AwaitBarrier(ctx, f.rdb, b); err != nil {
+		f.t.Fatal(err)
 	}
 }
 
@@ -344,33 +338,24 @@ func (f *fixture) startWith(path string, log *zap.Logger) *engineRun {
 			f.t.Error("engine did not stop within 15s")
 		}
 	})
-	f.waitStreaming(r.done)
+	f.waitStreaming(func() error {
+		select {
+		case err := <-r.done:
+			return fmt.Errorf("engine stopped before streaming: %v", err)
+		default:
+			return nil
+		}
+	})
 	return r
 }
 
 // waitStreaming waits until the engine streams from its slot: changes
-// committed before the slot exists are not part of its history.
-func (f *fixture) waitStreaming(done <-chan error) {
+// committed before the slot exists are not part of its history. gone
+// reports an engine that stopped.
+func (f *fixture) waitStreaming(gone func() error) {
 	f.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		var n int
-		// The streaming connection, not the set-up one that creates the slot
-		// (the slot is active while it is being created, too).
-		err := f.db.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
-WHERE s.slot_name = 'cdcinvalidate' AND r.application_name = 'cdcinvalidate' AND r.state IN ('streaming', 'catchup')`).Scan(&n)
-		if err == nil && n == 1 {
-			return
-		}
-		select {
-		case err := <-done:
-			f.t.Fatalf("engine stopped before streaming: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			f.t.Fatal("engine not streaming after 60s")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := harness.WaitStreaming(context.Background(), f.db, "cdcinvalidate", 60*time.Second, gone); err != nil {
+		f.t.Fatal(err)
 	}
 }
 
@@ -401,134 +386,40 @@ func (r *engineRun) wait(t *testing.T, d time.Duration) error {
 	}
 }
 
-// proc is the engine binary running as a child process.
-type proc struct {
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-	err  error
-}
-
-type syncBuffer = harness.SyncBuffer
-
-func (f *fixture) startBinary(path string, env ...string) *proc {
+// startBinary starts the engine binary with run --config path; env adds
+// variables ("NAME=value") to this process's environment.
+func (f *fixture) startBinary(path string, env ...string) *harness.Process {
 	f.t.Helper()
 	return f.startBinaryOf(harness.BuildEngine(f.t), path, env...)
 }
 
 // startBinaryOf starts the engine binary bin (e.g. one built with
 // failpoints) with the configuration path.
-func (f *fixture) startBinaryOf(bin, path string, env ...string) *proc {
+func (f *fixture) startBinaryOf(bin, path string, env ...string) *harness.Process {
 	f.t.Helper()
-	p := &proc{out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "run", "--config", path)
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout = p.out
-	p.cmd.Stderr = p.out
-	if err := p.cmd.Start(); err != nil {
-		f.t.Fatalf("start engine: %v", err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	f.t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		if f.t.Failed() {
-			f.t.Logf("engine output:\n%s", p.out.String())
-		}
+	return harness.StartProcessT(f.t, harness.Command{
+		Name: "engine",
+		Path: bin,
+		Args: []string{"run", "--config", path},
+		Env:  append(os.Environ(), env...),
 	})
-	return p
 }
 
 // startBinaryStreaming starts the binary and waits until it streams.
-func (f *fixture) startBinaryStreaming(path string, env ...string) *proc {
+func (f *fixture) startBinaryStreaming(path string, env ...string) *harness.Process {
 	f.t.Helper()
 	return f.startBinaryOfStreaming(harness.BuildEngine(f.t), path, env...)
 }
 
 // startBinaryOfStreaming starts bin and waits until it streams.
-func (f *fixture) startBinaryOfStreaming(bin, path string, env ...string) *proc {
+func (f *fixture) startBinaryOfStreaming(bin, path string, env ...string) *harness.Process {
 	f.t.Helper()
 	p := f.startBinaryOf(bin, path, env...)
-	done := make(chan error, 1)
-	go func() {
-		<-p.done
-		done <- fmt.Errorf("exit code %d; output:\n%s", p.exitCode(), p.out.String())
-	}()
-	f.waitStreaming(done)
+	f.waitStreaming(func() error {
+		if p.Running() {
+			return nil
+		}
+		return fmt.Errorf("engine exited before streaming, exit code %d; output:\n%s", p.ExitCode(), p.Output())
+	})
 	return p
-}
-
-func (p *proc) kill9(t *testing.T) {
-	t.Helper()
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// term sends SIGTERM and returns the exit code and how long the exit took.
-func (p *proc) term(t *testing.T) (int, time.Duration) {
-	t.Helper()
-	start := time.Now()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("engine did not exit within 30s of SIGTERM")
-	}
-	return p.exitCode(), time.Since(start)
-}
-
-func (p *proc) wait(t *testing.T, d time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(d):
-		t.Fatalf("engine still running after %s; output:\n%s", d, p.out.String())
-	}
-	return p.exitCode()
-}
-
-func (p *proc) exitCode() int {
-	var ee *exec.ExitError
-	if errors.As(p.err, &ee) {
-		return ee.ExitCode()
-	}
-	if p.err != nil {
-		return -1
-	}
-	return 0
-}
-
-// peakRSS returns the process's peak resident set size (VmHWM) in bytes.
-func (p *proc) peakRSS() int64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return -1
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, "VmHWM:") {
-			var kb int64
-			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:")), "%d", &kb)
-			return kb * 1024
-		}
-	}
-	return -1
-}
-
-// waitFor polls cond until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

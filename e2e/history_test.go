@@ -8,6 +8,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // TestFirstStartFlushesCachedValues: values cached before the slot existed
@@ -39,7 +41,7 @@ func TestDroppedSlotIsDetected(t *testing.T) {
 	f.seedUsers(3)
 	p := f.startBinaryStreaming(f.cfgPath)
 	f.barrier()
-	if code, _ := p.term(t); code != 0 {
+	if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
 	f.exec(`SELECT pg_drop_replication_slot('cdcinvalidate')`)
@@ -47,13 +49,13 @@ func TestDroppedSlotIsDetected(t *testing.T) {
 	f.exec(`UPDATE users SET name = 'changed while nobody listened' WHERE id = 1`)
 
 	out := f.startFails(mustRead(t, f.cfgPath)+"consistency:\n  on_history_lost: stop\n", []string{"did not exist although Redis holds the watermark", "on_history_lost: flush"})
-	t.Logf("refusal:\n%s", lastLines(out, 2))
+	t.Logf("refusal:\n%s", harness.LastLines(out, 2))
 	if !f.exists("user:1") {
 		t.Fatal("on_history_lost: stop deleted keys")
 	}
 
 	f.startBinaryStreaming(f.cfgPath) // default: flush
-	waitFor(t, 30*time.Second, "the stale key to be flushed", func() bool { return !f.exists("user:1") })
+	harness.WaitFor(t, 30*time.Second, "the stale key to be flushed", func() bool { return !f.exists("user:1") })
 	f.barrier()
 }
 
@@ -74,7 +76,7 @@ func TestRedisBackInTimeIsDetected(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.exec(`UPDATE users SET name = 'y' WHERE id = 3`) // any change: its batch sees the watermark gone
-	waitFor(t, 30*time.Second, "the stale key to be flushed while running", func() bool { return !f.exists("user:2") })
+	harness.WaitFor(t, 30*time.Second, "the stale key to be flushed while running", func() bool { return !f.exists("user:2") })
 	f.barrier()
 
 	// At start: a watermark below the slot's confirmed position.
@@ -86,7 +88,7 @@ func TestRedisBackInTimeIsDetected(t *testing.T) {
 	}
 	f.set("user:1")
 	f.start()
-	waitFor(t, 30*time.Second, "the stale key to be flushed at start", func() bool { return !f.exists("user:1") })
+	harness.WaitFor(t, 30*time.Second, "the stale key to be flushed at start", func() bool { return !f.exists("user:1") })
 	f.barrier()
 }
 
@@ -97,14 +99,6 @@ func mustRead(t *testing.T, path string) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimSpace(s), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // TestFailoverSlotNeedsPostgres17: failover slots exist from PostgreSQL 17

@@ -64,7 +64,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Fatalf("/readyz = %d %q", code, body)
 	}
 	var body string
-	waitFor(t, 10*time.Second, "slot statistics in /metrics", func() bool {
+	harness.WaitFor(t, 10*time.Second, "slot statistics in /metrics", func() bool {
 		_, body = httpGet(t, base+"/metrics")
 		return strings.Contains(body, "\ncdcinvalidate_slot_active 1\n")
 	})
@@ -105,7 +105,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 	defer func() { _ = f.rd.Resume() }()
 	f.exec(`INSERT INTO users VALUES (3, 'd@x', '', '')`)
-	waitFor(t, 30*time.Second, "/readyz to report Redis unavailable", func() bool {
+	harness.WaitFor(t, 30*time.Second, "/readyz to report Redis unavailable", func() bool {
 		code, body := httpGet(t, base+"/readyz")
 		return code == 503 && strings.Contains(body, "redis_unavailable")
 	})
@@ -120,7 +120,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.barrier()
-	waitFor(t, 10*time.Second, "/readyz back to 200", func() bool {
+	harness.WaitFor(t, 10*time.Second, "/readyz back to 200", func() bool {
 		code, _ := httpGet(t, base+"/readyz")
 		return code == 200
 	})

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"testing"
+	"time"
 )
 
 // TestLeastPrivilegeRole runs the engine as a role with LOGIN REPLICATION
@@ -23,8 +24,8 @@ func TestLeastPrivilegeRole(t *testing.T) {
 	if err := f.db.QueryRow(f.ctx(), `SELECT rolsuper FROM pg_roles WHERE rolname = 'cdc'`).Scan(&super); err != nil || super {
 		t.Fatalf("role cdc superuser=%v (%v)", super, err)
 	}
-	if code, _ := p.term(t); code != 0 {
-		t.Fatalf("exit code %d; output:\n%s", code, p.out.String())
+	if code, _ := p.TermT(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d; output:\n%s", code, p.Output())
 	}
 
 	// Without the pre-created publication the role cannot create one (it

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // userKeys returns user:{id} for ids in [from, to].
@@ -57,7 +59,7 @@ func TestKill9AtRandomMomentsLosesNothing(t *testing.T) {
 	kills := 0
 	for kills < 3 {
 		time.Sleep(time.Duration(100+rand.IntN(400)) * time.Millisecond)
-		p.kill9(t)
+		p.KillT(t)
 		kills++
 		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
 		p = f.startBinaryStreaming(f.cfgPath)
@@ -71,7 +73,7 @@ func TestKill9AtRandomMomentsLosesNothing(t *testing.T) {
 	}
 	// The slot's position follows: a graceful stop confirms everything applied.
 	barrierLSN := f.currentLSN()
-	if code, took := p.term(t); code != 0 || took > 10*time.Second {
+	if code, took := p.TermT(t, 30*time.Second); code != 0 || took > 10*time.Second {
 		t.Fatalf("SIGTERM: exit code %d after %s, want 0 within 10s", code, took)
 	}
 	if c := f.confirmed(); c < barrierLSN {
@@ -88,9 +90,9 @@ func TestGracefulShutdownConfirmsApplied(t *testing.T) {
 	f.exec(`INSERT INTO users VALUES (1, 'a@x', '', '')`)
 	f.barrier()
 	applied := f.currentLSN()
-	code, took := p.term(t)
+	code, took := p.TermT(t, 30*time.Second)
 	if code != 0 {
-		t.Fatalf("exit code %d after SIGTERM, want 0; output:\n%s", code, p.out.String())
+		t.Fatalf("exit code %d after SIGTERM, want 0; output:\n%s", code, p.Output())
 	}
 	if took > 10*time.Second {
 		t.Fatalf("exit took %s, want < 10s", took)
@@ -98,8 +100,8 @@ func TestGracefulShutdownConfirmsApplied(t *testing.T) {
 	if c := f.confirmed(); c < applied {
 		t.Fatalf("confirmed_flush_lsn = %s after a clean stop, want >= %s (applied)", c, applied)
 	}
-	if strings.Contains(p.out.String(), "panic") {
-		t.Fatalf("output mentions a panic:\n%s", p.out.String())
+	if strings.Contains(p.Output(), "panic") {
+		t.Fatalf("output mentions a panic:\n%s", p.Output())
 	}
 	t.Logf("stopped in %s", took)
 }
@@ -145,15 +147,7 @@ func TestRedisStalledHoldsPositionAndKeepsConnection(t *testing.T) {
 	f.exec(`SELECT pg_create_logical_replication_slot('probe', 'test_decoding')`)
 
 	f.set(userKeys(1, n)...)
-	if err := f.rd.Pause(); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	defer func() {
-		if !resumed {
-			_ = f.rd.Resume()
-		}
-	}()
+	resumeRedis := f.rd.PauseT(t)
 	if err := <-f.updater(context.Background(), n); err != nil {
 		t.Fatal(err)
 	}
@@ -168,14 +162,11 @@ func TestRedisStalledHoldsPositionAndKeepsConnection(t *testing.T) {
 	if now := f.walsenderPID(); now != pid {
 		t.Fatalf("replication connection was replaced while Redis stalled (walsender pid %d -> %d): status updates did not keep it alive", pid, now)
 	}
-	if err := f.rd.Resume(); err != nil {
-		t.Fatal(err)
-	}
-	resumed = true
+	resumeRedis()
 	f.barrier()
 	f.wantGone(userKeys(1, n)...)
 	last := commits[len(commits)-1]
-	waitFor(t, 20*time.Second, "confirmed position to pass the last update", func() bool { return f.confirmed() > last })
+	harness.WaitFor(t, 20*time.Second, "confirmed position to pass the last update", func() bool { return f.confirmed() > last })
 	f.exec(`SELECT pg_drop_replication_slot('probe')`)
 }
 
@@ -261,7 +252,7 @@ func TestIdlePublicationStillAdvancesSlot(t *testing.T) {
 		f.exec(`INSERT INTO other (v) SELECT repeat('x', 100) FROM generate_series(1, 500)`)
 	}
 	target := f.currentLSN()
-	waitFor(t, 30*time.Second, "confirmed_flush_lsn to follow writes to other tables", func() bool { return f.confirmed() >= target })
+	harness.WaitFor(t, 30*time.Second, "confirmed_flush_lsn to follow writes to other tables", func() bool { return f.confirmed() >= target })
 	var retained int64
 	if err := f.db.QueryRow(context.Background(), `SELECT pg_current_wal_lsn() - restart_lsn FROM pg_replication_slots WHERE slot_name = 'cdcinvalidate'`).Scan(&retained); err != nil {
 		t.Fatal(err)
@@ -297,9 +288,9 @@ func TestLargeTransactionBoundedMemory(t *testing.T) {
 	if left := f.count("big:*"); left != 0 || !f.exists("keep:me") {
 		t.Fatalf("after the 500,000-row transaction %d big:* keys are left (want 0), keep:me kept: %v", left, f.exists("keep:me"))
 	}
-	rss := p.peakRSS()
+	rss, _, _ := harness.ProcMem(p.Pid())
 	t.Logf("500,000-row transaction: commit took %s, all keys deleted %s after the statement started; engine peak RSS %.1f MiB", committed, applied, float64(rss)/(1<<20))
-	if code, _ := p.term(t); code != 0 {
+	if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
 }

@@ -17,28 +17,28 @@ import (
 // reload rewrites the configuration file and sends SIGHUP to the engine
 // process this test started, then waits until the engine logged msg once
 // more than before.
-func (f *fixture) reload(p *proc, text, msg string) {
+func (f *fixture) reload(p *harness.Process, text, msg string) {
 	f.t.Helper()
 	if err := os.WriteFile(f.cfgPath, []byte(text), 0o600); err != nil {
 		f.t.Fatal(err)
 	}
-	before := strings.Count(p.out.String(), msg)
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	before := strings.Count(p.Output(), msg)
+	if err := p.Signal(syscall.SIGHUP); err != nil {
 		f.t.Fatalf("SIGHUP: %v", err)
 	}
-	waitFor(f.t, 60*time.Second, fmt.Sprintf("log %q after SIGHUP", msg), func() bool {
+	harness.WaitFor(f.t, 60*time.Second, fmt.Sprintf("log %q after SIGHUP", msg), func() bool {
 		select {
-		case <-p.done:
-			f.t.Fatalf("engine exited (code %d) after SIGHUP; output:\n%s", p.exitCode(), p.out.String())
+		case <-p.Done():
+			f.t.Fatalf("engine exited (code %d) after SIGHUP; output:\n%s", p.ExitCode(), p.Output())
 		default:
 		}
-		return strings.Count(p.out.String(), msg) > before
+		return strings.Count(p.Output(), msg) > before
 	})
 }
 
 // logLine returns the last line of the engine's output containing msg.
-func logLine(p *proc, msg string) string {
-	lines := strings.Split(p.out.String(), "\n")
+func logLine(p *harness.Process, msg string) string {
+	lines := strings.Split(p.Output(), "\n")
 	for i := len(lines) - 1; i >= 0; i-- {
 		if strings.Contains(lines[i], msg) {
 			return lines[i]
@@ -124,7 +124,7 @@ func TestReloadAddsRulesKeepingPosition(t *testing.T) {
 			written.Store(int64(i))
 		}
 	}()
-	waitFor(t, 10*time.Second, "the writer to start", func() bool { return written.Load() >= 50 })
+	harness.WaitFor(t, 10*time.Second, "the writer to start", func() bool { return written.Load() >= 50 })
 	next := base + `  - table: users
     keys: ["user:name:{name}"]
   - table: accounts
@@ -135,7 +135,7 @@ sink:
 	atReload := written.Load()
 	f.reload(p, next, msgReloaded)
 	atSwitch := written.Load()
-	waitFor(t, 30*time.Second, "more writes after the reload", func() bool { return written.Load() >= atSwitch+200 })
+	harness.WaitFor(t, 30*time.Second, "more writes after the reload", func() bool { return written.Load() >= atSwitch+200 })
 	close(stop)
 	if err := <-errc; err != nil {
 		t.Fatal(err)
@@ -175,13 +175,13 @@ sink:
 	f.wantGone("account:1", "user:name:n1", "user:name:renamed")
 	f.wantKept("user:name:n2")
 	before := f.confirmed()
-	waitFor(t, 20*time.Second, "the confirmed position to move on", func() bool { return f.confirmed() > before })
+	harness.WaitFor(t, 20*time.Second, "the confirmed position to move on", func() bool { return f.confirmed() > before })
 
 	_, body := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
 	if v := metricValue(t, body, `cdcinvalidate_rule_reloads_total{result="ok"}`); v != 1 {
 		t.Errorf("rule_reloads_total{ok} = %v, want 1", v)
 	}
-	if code, _ := p.term(t); code != 0 {
+	if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 		t.Errorf("exit code %d after SIGTERM", code)
 	}
 }
@@ -210,7 +210,7 @@ func TestReloadRejectsInvalidRules(t *testing.T) {
 	dsnLine := regexp.MustCompile(`(?m)^  dsn: .*$`)
 	f.reload(p, dsnLine.ReplaceAllString(base, `  dsn: "postgres://u:hunter2@127.0.0.1:notaport/x"`), msgInvalid)
 	line = logLine(p, msgInvalid)
-	if strings.Contains(p.out.String(), "hunter2") || !strings.Contains(line, "postgres.dsn") {
+	if strings.Contains(p.Output(), "hunter2") || !strings.Contains(line, "postgres.dsn") {
 		t.Errorf("the password is not redacted, or the problem not named: %s", line)
 	}
 	f.set("user:1")
@@ -299,14 +299,7 @@ func TestReloadDuringStreamedTransaction(t *testing.T) {
 	f.barrier()
 
 	ctx := f.ctx()
-	tx, err := f.db.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, `UPDATE users SET name = 'new' || id`); err != nil {
-		t.Fatal(err)
-	}
+	tx := f.begin(`UPDATE users SET name = 'new' || id`)
 	// The barrier commits after the update's changes in the WAL: once it
 	// is applied, the decoder has streamed the open transaction's chunks.
 	f.barrier()
@@ -339,23 +332,16 @@ func TestReloadWaitsForOlderTransactions(t *testing.T) {
 	f.barrier()
 
 	ctx := f.ctx()
-	tx, err := f.db.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, `INSERT INTO accounts VALUES (1, 'before the reload')`); err != nil {
-		t.Fatal(err)
-	}
+	tx := f.begin(`INSERT INTO accounts VALUES (1, 'before the reload')`)
 	if err := os.WriteFile(f.cfgPath, []byte(base+"  - table: accounts\n    keys: [\"account:{id}\"]\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := p.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "the publication to include accounts", func() bool { return f.published("accounts") })
+	harness.WaitFor(t, 30*time.Second, "the publication to include accounts", func() bool { return f.published("accounts") })
 	time.Sleep(time.Second)
-	if strings.Contains(p.out.String(), msgReloaded) {
+	if strings.Contains(p.Output(), msgReloaded) {
 		t.Fatal("rules reloaded while a transaction older than the publication change was open")
 	}
 	// A reader caches account:1 as the database shows it before the commit.
@@ -363,7 +349,7 @@ func TestReloadWaitsForOlderTransactions(t *testing.T) {
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "the reload", func() bool { return strings.Contains(p.out.String(), msgReloaded) })
+	harness.WaitFor(t, 30*time.Second, "the reload", func() bool { return strings.Contains(p.Output(), msgReloaded) })
 	f.barrier()
 	f.wantGone("account:1")
 	f.set("account:2")
@@ -386,18 +372,18 @@ func TestRestartAfterReloadRepeatsItsFlush(t *testing.T) {
 	p := f.startBinaryStreaming(f.cfgPath)
 	f.reload(p, after, "rules reloaded")
 	f.barrier()
-	p.kill9(t) // as if the reload's flush had not reached Redis
+	p.KillT(t) // as if the reload's flush had not reached Redis
 	f.set("profile:1", "user:1")
 	p = f.startBinaryStreaming(f.cfgPath)
 	f.barrier()
 	f.wantGone("profile:1")
 	f.wantKept("user:1")
-	if code, _ := p.term(t); code != 0 {
+	if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
 	f.set("profile:2")
 	p = f.startBinaryStreaming(f.cfgPath)
 	f.barrier()
 	f.wantKept("profile:2")
-	_, _ = p.term(t)
+	_, _ = p.TermT(t, 30*time.Second)
 }

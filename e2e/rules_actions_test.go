@@ -74,19 +74,11 @@ func TestRulesActionsVersionPublishStream(t *testing.T) {
 	}
 	f.set("user:1", "user:email:a@x", "user:email:c@x", "order:10")
 	before := f.currentLSN()
-	tx, err := f.db.Begin(f.ctx())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{
+	tx := f.begin(
 		`UPDATE users SET email = 'c@x' WHERE id = 1`,
 		`UPDATE users SET name = 'Ann B' WHERE id = 1`,
 		`DELETE FROM orders WHERE id = 10`,
-	} {
-		if _, err := tx.Exec(f.ctx(), q); err != nil {
-			t.Fatal(err)
-		}
-	}
+	)
 	if err := tx.Commit(f.ctx()); err != nil {
 		t.Fatal(err)
 	}

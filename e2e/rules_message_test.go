@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // emit is the one-line SQL of an explicit invalidation.
@@ -84,7 +86,7 @@ SAVEPOINT s; SELECT pg_logical_emit_message(true, 'cdcinvalidate', 'feed:3'); RO
 		}
 		// The server streams the transaction before its end; nothing of it
 		// may be applied yet.
-		waitFor(t, 30*time.Second, "the transaction to be streamed", func() bool {
+		harness.WaitFor(t, 30*time.Second, "the transaction to be streamed", func() bool {
 			var n int64
 			err := f.db.QueryRow(ctx, `SELECT coalesce(sum(stream_txns), 0) FROM pg_stat_replication_slots WHERE slot_name = 'cdcinvalidate'`).Scan(&n)
 			return err == nil && n > 0

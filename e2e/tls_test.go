@@ -112,7 +112,7 @@ func TestTLSToPostgresAndRedis(t *testing.T) {
 	f.exec(`INSERT INTO users VALUES (1, 'a@x', '', '')`)
 	f.barrier()
 	f.wantGone("user:1")
-	if code, _ := p.term(t); code != 0 {
+	if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("exit code %d", code)
 	}
 

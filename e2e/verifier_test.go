@@ -43,7 +43,7 @@ func verifyCounts(t *testing.T, port int, rule string) map[string]float64 {
 func waitCounts(t *testing.T, port int, rule string, n float64) map[string]float64 {
 	t.Helper()
 	var got map[string]float64
-	waitFor(t, 30*time.Second, fmt.Sprintf("%v checks of %s", n, rule), func() bool {
+	harness.WaitFor(t, 30*time.Second, fmt.Sprintf("%v checks of %s", n, rule), func() bool {
 		got = verifyCounts(t, port, rule)
 		sum := 0.0
 		for _, v := range got {
@@ -146,7 +146,7 @@ func TestVerifierCatchesBrokenEngine(t *testing.T) {
 			applied := func() {
 				t.Helper()
 				at := f.currentLSN()
-				waitFor(t, 30*time.Second, "the watermark at "+at.String(), func() bool {
+				harness.WaitFor(t, 30*time.Second, "the watermark at "+at.String(), func() bool {
 					v, err := f.rdb.Get(context.Background(), "cdcinvalidate:cdcinvalidate:lsn").Result()
 					return err == nil && v != "" && parseLSN(t, v) >= at
 				})
@@ -174,7 +174,7 @@ func TestVerifierCatchesBrokenEngine(t *testing.T) {
 			if !broken && got["stale"] != 0 {
 				t.Errorf("sound engine: %v, want nothing stale", got)
 			}
-			p.term(t)
+			p.TermT(t, 30*time.Second)
 		})
 	}
 }

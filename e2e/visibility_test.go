@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/cdcinvalidate/cdcinvalidate/cacheaside"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // TestLeaseFenceCoversCommitVisibility reproduces, deterministically, the
@@ -56,7 +57,7 @@ func TestLeaseFenceCoversCommitVisibility(t *testing.T) {
 			defer writer.Release()
 			f.exec(`ALTER SYSTEM SET synchronous_standby_names = 'ghost'`)
 			f.exec(`SELECT pg_reload_conf()`)
-			waitFor(t, 10*time.Second, "synchronous_standby_names in the writer's session", func() bool {
+			harness.WaitFor(t, 10*time.Second, "synchronous_standby_names in the writer's session", func() bool {
 				var v string
 				_ = writer.QueryRow(ctx, `SHOW synchronous_standby_names`).Scan(&v)
 				return v == "ghost"
@@ -66,7 +67,7 @@ func TestLeaseFenceCoversCommitVisibility(t *testing.T) {
 				_, err := writer.Exec(ctx, `UPDATE users SET name = 'new' WHERE id = 1`)
 				committed <- err
 			}()
-			waitFor(t, 20*time.Second, "the engine's invalidation of user:1", func() bool { return !f.exists("user:1") })
+			harness.WaitFor(t, 20*time.Second, "the engine's invalidation of user:1", func() bool { return !f.exists("user:1") })
 			var visible string
 			if err := f.db.QueryRow(ctx, `SELECT name FROM users WHERE id = 1`).Scan(&visible); err != nil || visible != "old" {
 				t.Fatalf("other sessions see %q (%v): the commit should not be visible yet", visible, err)

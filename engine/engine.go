@@ -147,11 +147,11 @@ func (e *Engine) run(ctx context.Context) error {
 		fence = e.cfg.Client.LeaseFenceOrDefault()
 	}
 	sk := sink.New(sink.Config{
-		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == "del",
+		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == config.DeleteDel,
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, CompanionPatterns: cacheaside.LeasePatterns, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
 		Cluster: e.cfg.Redis.Cluster, WaitReplicas: e.cfg.Redis.WaitReplicas, WaitTimeout: e.cfg.Redis.WaitTimeout,
-		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), OnHistoryLost: e.cfg.Consistency.OnHistoryLost,
+		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), FlushOnHistoryLost: e.cfg.Consistency.OnHistoryLost == config.HistoryLostFlush,
 		CatchUpAge: catchUpAge, Verifier: sinkVerifier(vf),
 	}, tracker)
 	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {
@@ -394,9 +394,13 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 		if walStatus == "lost" || confirmed == nil {
 			// PostgreSQL removed WAL the slot needed (max_slot_wal_keep_size):
 			// the changes in between are gone for good.
-			why := fmt.Sprintf("slot %q was invalidated by PostgreSQL (wal_status = lost: it fell behind by more than max_slot_wal_keep_size), so the changes it missed are gone", slot)
-			if e.cfg.Consistency.OnHistoryLost != "flush" {
-				return slotState{}, &SetupError{[]string{why + fmt.Sprintf("; flush the keys the rules manage, then drop the slot (SELECT pg_drop_replication_slot('%s')) and start again, or set consistency.on_history_lost: flush to let cdcinvalidate do both", slot)}}
+			why := fmt.Sprintf("slot %q was invalidated by PostgreSQL (wal_status = lost: "+
+				"it fell behind by more than max_slot_wal_keep_size), so the changes it missed are gone", slot)
+			if e.cfg.Consistency.OnHistoryLost != config.HistoryLostFlush {
+				fix := fmt.Sprintf("; flush the keys the rules manage, then drop the slot "+
+					"(SELECT pg_drop_replication_slot('%s')) and start again, "+
+					"or set consistency.on_history_lost: flush to let cdcinvalidate do both", slot)
+				return slotState{}, &SetupError{[]string{why + fix}}
 			}
 			e.log.Error("slot invalidated; dropping and recreating it, then flushing every managed key", zap.String("slot", slot))
 			if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/cdcinvalidate/cdcinvalidate/config"
 	"github.com/cdcinvalidate/cdcinvalidate/sink"
 )
 
@@ -74,11 +75,13 @@ func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk
 		return e.flushNewlyManaged(ctx, rdb, sk)
 	}
 	switch {
-	case lost != "" && e.cfg.Consistency.OnHistoryLost != "flush":
-		return &SetupError{[]string{lost + "; flush the keys the rules manage (patterns: " + fmt.Sprint(e.mapper.Globs()) + ") and start again, or set consistency.on_history_lost: flush to let cdcinvalidate do it"}}
+	case lost != "" && e.cfg.Consistency.OnHistoryLost != config.HistoryLostFlush:
+		return &SetupError{[]string{lost + "; flush the keys the rules manage " +
+			"(patterns: " + fmt.Sprint(e.mapper.Globs()) + ") and start again, " +
+			"or set consistency.on_history_lost: flush to let cdcinvalidate do it"}}
 	case lost != "":
 		e.log.Error("cannot prove the cache saw every change; flushing every managed key before streaming", zap.String("reason", lost), zap.Strings("patterns", e.mapper.Globs()))
-	case first != "" && e.cfg.Consistency.OnFirstStart == "flush":
+	case first != "" && e.cfg.Consistency.OnFirstStart == config.FirstStartFlush:
 		e.log.Warn("first start: flushing every managed key, since cached values may predate the slot (consistency.on_first_start: keep trusts them)", zap.Strings("patterns", e.mapper.Globs()))
 	default:
 		return nil
@@ -195,7 +198,7 @@ func (e *Engine) flushNewlyManaged(ctx context.Context, rdb redis.UniversalClien
 			gens = append(gens, g)
 		}
 	}
-	if (len(globs) > 0 || len(gens) > 0) && e.cfg.Consistency.OnFirstStart == "flush" {
+	if (len(globs) > 0 || len(gens) > 0) && e.cfg.Consistency.OnFirstStart == config.FirstStartFlush {
 		e.log.Warn("the rules manage keys that the last run did not (rules edited while the engine was stopped, or a reload): flushing them, since their cached values may be stale (consistency.on_first_start: keep trusts them)",
 			zap.Strings("patterns", globs), zap.Strings("generations", gens))
 		if err := sk.FlushSome(ctx, globs, gens); err != nil {

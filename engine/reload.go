@@ -83,7 +83,7 @@ func (e *Engine) Reload(ctx context.Context, cfg *config.Config) (err error) {
 			err = re
 		}
 		e.Metrics.RuleReload(false)
-		e.log.Error("rules not reloaded; the running rules stay", zap.Strings("problems", redactAll(re.Problems)))
+		e.log.Error("rules not reloaded; the running rules stay", zap.Strings("problems", config.RedactAll(re.Problems)))
 	}()
 	if sections := config.RestartSections(e.cfg, cfg); len(sections) > 0 {
 		e.log.Warn("the reloaded configuration changes more than the rules; only the rules are applied, restart to apply the rest",
@@ -113,7 +113,7 @@ func (e *Engine) Reload(ctx context.Context, cfg *config.Config) (err error) {
 		}
 	}
 	newGlobs := mapping.NewlyManagedGlobs(old, m)
-	flush := e.cfg.Consistency.OnFirstStart == "flush"
+	flush := e.cfg.Consistency.OnFirstStart == config.FirstStartFlush
 	if err := e.stream.SetMapper(ctx, m, newGlobs, flush); err != nil {
 		return err
 	}
@@ -251,12 +251,4 @@ func (e *Engine) waitOlderTransactions(ctx context.Context, conn *pgx.Conn, tabl
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-func redactAll(ss []string) []string {
-	out := make([]string, len(ss))
-	for i, s := range ss {
-		out[i] = config.Redact(s)
-	}
-	return out
 }

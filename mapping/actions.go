@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
@@ -15,10 +16,10 @@ import (
 // deletes them with the sink's command (UNLINK unless configured
 // otherwise), as a rule without an actions list does.
 type Actions struct {
-	// Delete deletes the keys; DeleteCommand "unlink" or "del" overrides
-	// the sink's command for this rule ("" keeps it).
+	// Delete deletes the keys; DeleteCommand (replication.ActUnlink or
+	// ActDel) overrides the sink's command for this rule (0 keeps it).
 	Delete        bool
-	DeleteCommand string
+	DeleteCommand replication.ActionKind
 
 	// Version raises a version key per invalidated key to the commit LSN.
 	// VersionKey names it, with {key} standing for the key (default
@@ -57,7 +58,7 @@ type Actions struct {
 
 // plain reports whether the rule only deletes with the sink's command.
 func (a *Actions) plain() bool {
-	return !a.Version && !a.Publish && !a.Stream && !a.Refresh && !a.Generation && a.DeleteCommand == ""
+	return !a.Version && !a.Publish && !a.Stream && !a.Refresh && !a.Generation && a.DeleteCommand == 0
 }
 
 // keepsKeys reports whether the actions keep the rendered keys consistent
@@ -68,7 +69,7 @@ func (a *Actions) keepsKeys() bool { return a.plain() || a.Delete || a.Refresh }
 const ActionNames = "delete, version, publish, stream, refresh, generation"
 
 // DefaultVersionKey names a key's version key.
-const DefaultVersionKey = "{key}:v"
+const DefaultVersionKey = defaults.VersionKey
 
 // CheckVersionKey reports whether a version key template holds {key}
 // exactly once, with literal text around it.
@@ -120,7 +121,7 @@ func (m *Mapper) appendActions(keys []string, start int, acts []replication.Acti
 	}
 	if a.Delete || a.plain() {
 		switch a.DeleteCommand {
-		case "":
+		case 0:
 		outer:
 			for _, k := range all {
 				for _, have := range keys[start:] {
@@ -132,7 +133,7 @@ func (m *Mapper) appendActions(keys []string, start int, acts []replication.Acti
 			}
 		default:
 			kind := replication.ActUnlink
-			if a.DeleteCommand == "del" {
+			if a.DeleteCommand == replication.ActDel {
 				kind = replication.ActDel
 			}
 			for _, k := range all {

@@ -56,7 +56,7 @@ func TestAppendChangeActions(t *testing.T) {
 		},
 		{
 			name:     "delete listed with del command",
-			rule:     email(Actions{Delete: true, DeleteCommand: "del"}),
+			rule:     email(Actions{Delete: true, DeleteCommand: replication.ActDel}),
 			ch:       upd,
 			wantActs: []string{"del user:1", "del user:email:old@x", "del user:email:new@x"},
 		},

@@ -436,8 +436,16 @@ func (m *Metrics) Handler(withPprof bool) http.Handler {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		ok, why := m.Ready()
+		// ?standby=ok also counts a standby as ready: with several
+		// instances (one streams, the others wait to take over) an
+		// orchestrator's readiness must include the standbys, or a rollout
+		// or a PodDisruptionBudget waits for a standby to stream, which it
+		// never does while the leader lives.
+		if !ok && r.URL.Query().Get("standby") == "ok" && m.CurrentState() == replication.StateStandby {
+			ok, why = true, replication.StateStandby
+		}
 		if !ok {
 			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return

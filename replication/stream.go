@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cdcinvalidate/cdcinvalidate/checkpoint"
+	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
 )
 
@@ -155,25 +156,25 @@ func (s *Stream) ServerWALEnd() LSN { return LSN(s.serverEnd.Load()) }
 // New returns a stream that sends events to out and closes out when Run returns.
 func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
 	if cfg.StatusInterval <= 0 {
-		cfg.StatusInterval = 10 * time.Second
+		cfg.StatusInterval = defaults.StatusInterval
 	}
 	if cfg.ChunkKeys <= 0 {
-		cfg.ChunkKeys = 2048
+		cfg.ChunkKeys = defaults.ChunkKeys
 	}
 	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = 100 * time.Millisecond
+		cfg.MinBackoff = defaults.MinBackoff
 	}
 	if cfg.MaxBackoff < cfg.MinBackoff {
-		cfg.MaxBackoff = 10 * time.Second
+		cfg.MaxBackoff = defaults.PostgresBackoff
 	}
 	if cfg.ShutdownWait <= 0 {
-		cfg.ShutdownWait = 5 * time.Second
+		cfg.ShutdownWait = defaults.ShutdownWait
 	}
 	if cfg.StandbyRetry <= 0 {
-		cfg.StandbyRetry = time.Second
+		cfg.StandbyRetry = defaults.StandbyRetry
 	}
 	if cfg.TxnMemoryBytes <= 0 {
-		cfg.TxnMemoryBytes = 64 << 20
+		cfg.TxnMemoryBytes = defaults.TxnBufferMB << 20
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()

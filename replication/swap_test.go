@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // fakeMapper records the relations it was bound to; Bind fails for tables
@@ -208,7 +210,7 @@ func TestSetMapperSessionEndsBeforeBoundary(t *testing.T) {
 	ss.inTxn = true
 	next := &fakeMapper{name: "new"}
 	done := setMapper(context.Background(), ss.s, next, nil, true)
-	waitUntil(t, func() bool { return ss.s.swap.waiting.Load() })
+	harness.WaitFor(t, 5*time.Second, "the swap request to wait", func() bool { return ss.s.swap.waiting.Load() })
 	ss.detachSwaps()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -225,7 +227,7 @@ func TestSetMapperCancelledBeforeTaken(t *testing.T) {
 	ss.inTxn = true
 	ctx, cancel := context.WithCancel(context.Background())
 	done := setMapper(ctx, ss.s, &fakeMapper{name: "new"}, nil, true)
-	waitUntil(t, func() bool { return ss.s.swap.waiting.Load() })
+	harness.WaitFor(t, 5*time.Second, "the swap request to wait", func() bool { return ss.s.swap.waiting.Load() })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("SetMapper = %v, want context.Canceled", err)
@@ -236,16 +238,5 @@ func TestSetMapperCancelledBeforeTaken(t *testing.T) {
 	}
 	if ss.s.mapper != old {
 		t.Fatal("a withdrawn request was applied")
-	}
-}
-
-func waitUntil(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/keyslot"
@@ -101,9 +102,10 @@ type Config struct {
 	// FlushGenerations are the rules' generation keys; Flush increments
 	// them after deleting FlushPatterns.
 	FlushGenerations []string
-	// OnHistoryLost is "flush" (delete FlushPatterns, then go on) or "stop"
-	// (a PermanentError) when Redis lost acknowledged writes.
-	OnHistoryLost string
+	// FlushOnHistoryLost, when Redis lost acknowledged writes, deletes
+	// FlushPatterns and goes on (consistency.on_history_lost: flush); false
+	// stops with a PermanentError (stop).
+	FlushOnHistoryLost bool
 	// MaxKeyBytes bounds the length of a key (default 65536). A longer key
 	// (a template over a huge value: use a digest filter) is not sent,
 	// logged and counted in Stats.KeysTooLong.
@@ -237,19 +239,19 @@ func (s *Sink) flushGenerations() []string {
 // New returns a sink.
 func New(cfg Config, ack Acker) *Sink {
 	if cfg.MaxBatchKeys <= 0 {
-		cfg.MaxBatchKeys = 10000
+		cfg.MaxBatchKeys = defaults.MaxBatchKeys
 	}
 	if cfg.KeysPerCommand <= 0 {
-		cfg.KeysPerCommand = 256
+		cfg.KeysPerCommand = defaults.KeysPerCommand
 	}
 	if cfg.ScanCount <= 0 {
-		cfg.ScanCount = 1000
+		cfg.ScanCount = defaults.ScanCount
 	}
 	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = 100 * time.Millisecond
+		cfg.MinBackoff = defaults.MinBackoff
 	}
 	if cfg.MaxBackoff < cfg.MinBackoff {
-		cfg.MaxBackoff = 5 * time.Second
+		cfg.MaxBackoff = defaults.SinkBackoff
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = zap.NewNop()
@@ -258,10 +260,10 @@ func New(cfg Config, ack Acker) *Sink {
 		cfg.Observer = nopObserver{}
 	}
 	if cfg.MaxKeyBytes <= 0 {
-		cfg.MaxKeyBytes = 64 << 10
+		cfg.MaxKeyBytes = defaults.MaxKeyBytes
 	}
 	if cfg.GatherWait <= 0 {
-		cfg.GatherWait = 2 * time.Millisecond
+		cfg.GatherWait = defaults.GatherWait
 	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
@@ -1035,8 +1037,9 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 	if s.mustFlush == "" {
 		return nil
 	}
-	if s.cfg.OnHistoryLost != "flush" {
-		return &PermanentError{fmt.Errorf("%w: %s; flush the managed keys and restart, or set consistency.on_history_lost: flush", ErrHistoryLost, s.mustFlush)}
+	if !s.cfg.FlushOnHistoryLost {
+		return &PermanentError{fmt.Errorf("%w: %s; flush the managed keys and restart, "+
+			"or set consistency.on_history_lost: flush", ErrHistoryLost, s.mustFlush)}
 	}
 	s.log.Error("redis went back in time; flushing every managed key", zap.String("reason", s.mustFlush), zap.Strings("patterns", s.flushPatterns()))
 	if err := s.Flush(ctx); err != nil {

@@ -131,7 +131,7 @@ func runEngine(args []string, stderr io.Writer) int {
 	if err := eng.Run(ctx); err != nil {
 		var setup *engine.SetupError
 		if errors.As(err, &setup) {
-			log.Error("cannot start", zap.Strings("problems", redactAll(setup.Problems)))
+			log.Error("cannot start", zap.Strings("problems", config.RedactAll(setup.Problems)))
 			fmt.Fprintln(stderr, config.Redact(setup.Error()))
 			return 2
 		}
@@ -162,23 +162,15 @@ func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, eng *engine.Engine, 
 	}
 }
 
-func redactAll(ss []string) []string {
-	out := make([]string, len(ss))
-	for i, s := range ss {
-		out[i] = config.Redact(s)
-	}
-	return out
-}
-
 func newLogger(c config.Log, w io.Writer) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(c.Level)
+	lvl, err := zapcore.ParseLevel(string(c.Level))
 	if err != nil {
 		return nil, fmt.Errorf("log level: %w", err)
 	}
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
 	var enc zapcore.Encoder
-	if c.Format == "console" {
+	if c.Format == config.LogConsole {
 		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
 		enc = zapcore.NewConsoleEncoder(encCfg)
 	} else {
@@ -379,7 +371,7 @@ func setMemoryLimit(cfg *config.Config, log *zap.Logger) {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return
 	}
-	limit := int64(cfg.Postgres.TxnBufferMB)<<20 + 32<<20
+	limit := cfg.SoftMemoryLimit()
 	debug.SetMemoryLimit(limit)
 	log.Debug("soft memory limit", zap.Int64("bytes", limit))
 }

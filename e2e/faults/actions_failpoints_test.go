@@ -6,8 +6,11 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // terminateMidEvent waits up to d until the newest stream entry is a part
@@ -16,7 +19,7 @@ import (
 // the engine streams again on a new one. It reports whether it found such
 // a moment. The engine reconnects in-process: the new session sends the
 // transaction again from its start, while the sink holds its unsent keys.
-func (a *actionsRef) terminateMidEvent(p *proc, d time.Duration) bool {
+func (a *actionsRef) terminateMidEvent(p *harness.Process, d time.Duration) bool {
 	f := a.f
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d+time.Minute)
@@ -29,7 +32,7 @@ func (a *actionsRef) terminateMidEvent(p *proc, d time.Duration) bool {
 			if strings.Contains(body[:min(len(body), 80)], `"last":false`) {
 				if pid := f.walsenderPID(); pid != 0 {
 					f.exec(`SELECT pg_terminate_backend($1)`, pid)
-					waitFor(f.t, 30*time.Second, "a new walsender", func() bool { n := f.walsenderPID(); return n != 0 && n != pid })
+					harness.WaitFor(f.t, 30*time.Second, "a new walsender", func() bool { n := f.walsenderPID(); return n != 0 && n != pid })
 					f.waitStreaming(p, 30*time.Second)
 					return true
 				}
@@ -79,13 +82,13 @@ func TestActionsFailpoints(t *testing.T) {
 			}
 			sleepRand(rng, 100*time.Millisecond, 400*time.Millisecond)
 			ref.sample()
-			if code := p.term(t); code != 0 {
+			if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 				t.Fatalf("SIGTERM before arming: exit code %d", code)
 			}
 			armed := f.startEngine(fmt.Sprintf("CDC_FAILPOINT=%s:%d", fp.name, n))
-			armed.waitExit(t, 90*time.Second, "at failpoint "+fp.name)
-			if !armed.killedBySIGKILL() || !strings.Contains(armed.out.String(), "failpoint "+fp.name+": SIGKILL") {
-				t.Fatalf("armed engine ended (%s) without reaching failpoint %s:%d; output:\n%s", armed.state(), fp.name, n, lastLines(armed.out.String(), 30))
+			armed.ExitT(t, 90*time.Second)
+			if !armed.KilledBy(syscall.SIGKILL) || !strings.Contains(armed.Output(), "failpoint "+fp.name+": SIGKILL") {
+				t.Fatalf("armed engine ended (%s) without reaching failpoint %s:%d; output:\n%s", armed.State(), fp.name, n, armed.Tail(30))
 			}
 			sc.fault(fp.name)
 			ref.sample()

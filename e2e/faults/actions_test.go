@@ -998,22 +998,7 @@ func TestActionsKill9AtRandomMoments(t *testing.T) {
 	o.bulk, o.bulkRows, o.bulkHold = 1, [2]int{500, 3000}, 200*time.Millisecond
 	for i := 1; i <= runs(2); i++ {
 		f.cycle(sc, rng, o, fmt.Sprintf("run %d", i), func(l *load) {
-			for k := 0; k < 2; k++ {
-				sleepRand(rng, 200*time.Millisecond, 1200*time.Millisecond)
-				ref.sample()
-				p.kill9(t)
-				sc.fault("kill -9 while streaming")
-				sleepRand(rng, 0, 300*time.Millisecond)
-				if k == 0 {
-					p = f.startEngine()
-					sleepRand(rng, 0, 500*time.Millisecond)
-					p.kill9(t)
-					sc.fault("kill -9 0-500 ms after start")
-				}
-				p = f.startStreaming()
-				ref.sample()
-			}
-			sleepRand(rng, 200*time.Millisecond, 800*time.Millisecond)
+			p = f.kill9Round(sc, rng, p, ref.sample)
 		}, nil)
 		ref.check(sc, fmt.Sprintf("run %d", i))
 	}

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // failpointRuns replaces the running engine, once per run, by one armed
@@ -23,13 +26,13 @@ func failpointRuns(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, o loa
 		n := 1 + rng.IntN(maxN)
 		f.cycle(sc, rng, o, fmt.Sprintf("run %d (%s:%d)", i, point, n), func(l *load) {
 			sleepRand(rng, 100*time.Millisecond, 400*time.Millisecond)
-			if code := p.term(t); code != 0 {
+			if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 				t.Fatalf("SIGTERM before arming: exit code %d", code)
 			}
 			armed := f.startEngine(fmt.Sprintf("CDC_FAILPOINT=%s:%d", point, n))
-			armed.waitExit(t, 90*time.Second, "at failpoint "+point)
-			if !armed.killedBySIGKILL() || !strings.Contains(armed.out.String(), "failpoint "+point+": SIGKILL") {
-				t.Fatalf("armed engine ended (%s) without reaching failpoint %s:%d; output:\n%s", armed.state(), point, n, lastLines(armed.out.String(), 30))
+			armed.ExitT(t, 90*time.Second)
+			if !armed.KilledBy(syscall.SIGKILL) || !strings.Contains(armed.Output(), "failpoint "+point+": SIGKILL") {
+				t.Fatalf("armed engine ended (%s) without reaching failpoint %s:%d; output:\n%s", armed.State(), point, n, armed.Tail(30))
 			}
 			sc.fault(point)
 			l.stopBulk(commitOpen)
@@ -84,10 +87,10 @@ func TestFailpointStreamAfterStop(t *testing.T) {
 // the slot's confirmed position has passed transactions Redis never saw
 // (and settled), kills the engine with SIGKILL, resumes Redis, starts a
 // correct engine (returned) and checks.
-func confirmReceivedRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, p *proc, i int) (checkResult, *proc) {
+func confirmReceivedRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, p *harness.Process, i int) (checkResult, *harness.Process) {
 	t.Helper()
 	if p != nil {
-		if code := p.term(t); code != 0 {
+		if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 			t.Fatalf("SIGTERM: exit code %d", code)
 		}
 	}
@@ -95,15 +98,7 @@ func confirmReceivedRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, 
 	sc.run()
 	f.fill()
 	f.barrier(60 * time.Second)
-	if err := f.rd.Pause(); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	defer func() {
-		if !resumed {
-			_ = f.rd.Resume()
-		}
-	}()
+	resumeRedis := f.rd.PauseT(t)
 	sc.fault("Redis SIGSTOP")
 	// Everything committed from here on cannot have been applied.
 	stalled := f.currentLSN()
@@ -112,11 +107,11 @@ func confirmReceivedRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, 
 	// Enough transactions to fill the engine's queue (it stops reading,
 	// and so confirming, when 64 wait for the sink), then let its
 	// confirmed position settle.
-	waitFor(t, 60*time.Second, "120 commits while Redis is stopped", func() bool { return stats.commits.Load() >= 120 })
+	harness.WaitFor(t, 60*time.Second, "120 commits while Redis is stopped", func() bool { return stats.commits.Load() >= 120 })
 	l.stop()
 	sc.addLoad(stats)
 	last, since := f.confirmed(), time.Now()
-	waitFor(t, 60*time.Second, "the broken engine to confirm transactions Redis never saw, and then stop moving", func() bool {
+	harness.WaitFor(t, 60*time.Second, "the broken engine to confirm transactions Redis never saw, and then stop moving", func() bool {
 		c := f.confirmed()
 		if c != last {
 			last, since = c, time.Now()
@@ -124,12 +119,9 @@ func confirmReceivedRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, 
 		return c > stalled && time.Since(since) > 2500*time.Millisecond
 	})
 	sc.note("run %d: with Redis stopped at %s, the slot confirmed %s", i, stalled, f.confirmed())
-	p.kill9(t)
+	p.KillT(t)
 	sc.fault("kill -9")
-	if err := f.rd.Resume(); err != nil {
-		t.Fatal(err)
-	}
-	resumed = true
+	resumeRedis()
 	p = f.startStreaming()
 	r := f.quiesce()
 	sc.record(fmt.Sprintf("run %d, after the broken engine's crash [%d commits]", i, stats.commits.Load()), r)
@@ -144,7 +136,7 @@ func TestNegativeConfirmReceived(t *testing.T) {
 	sc := newScenario(t, "NEGATIVE: CDC_UNSAFE=confirm-received + kill -9 while Redis is stopped, watermark off", "the checker sees lost invalidations", true)
 	f := newFixture(t, fixtureOpts{noWatermark: true})
 	rng := rngFor(t)
-	var p *proc
+	var p *harness.Process
 	for i := 1; i <= runs(1); i++ {
 		var r checkResult
 		r, p = confirmReceivedRun(t, sc, f, rng, p, i)
@@ -164,10 +156,10 @@ func TestConfirmReceivedCaughtByWatermark(t *testing.T) {
 	sc := newScenario(t, "CDC_UNSAFE=confirm-received + kill -9 while Redis is stopped, watermark on", "fail closed: watermark below the slot => flush", false)
 	f := newFixture(t, fixtureOpts{})
 	rng := rngFor(t)
-	var p *proc
+	var p *harness.Process
 	for i := 1; i <= runs(1); i++ {
 		_, p = confirmReceivedRun(t, sc, f, rng, p, i)
-		if !strings.Contains(p.out.String(), "cannot prove the cache saw every change") {
+		if !strings.Contains(p.Output(), "cannot prove the cache saw every change") {
 			t.Errorf("run %d: the restarted engine did not flush although its watermark was below the slot's confirmed position", i)
 		} else {
 			sc.note("run %d: the restarted engine found its watermark below the slot and flushed", i)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // defaultLoad: three writers of random small transactions and three
@@ -78,24 +80,40 @@ func TestKill9AtRandomMoments(t *testing.T) {
 	o.bulk, o.bulkRows, o.bulkHold = 1, [2]int{500, 3000}, 200*time.Millisecond
 	for i := 1; i <= runs(3); i++ {
 		f.cycle(sc, rng, o, fmt.Sprintf("run %d", i), func(l *load) {
-			for k := 0; k < 2; k++ {
-				sleepRand(rng, 200*time.Millisecond, 1200*time.Millisecond)
-				p.kill9(t)
-				sc.fault("kill -9 while streaming")
-				sleepRand(rng, 0, 300*time.Millisecond)
-				if k == 0 {
-					// Start-up too: connecting, checking the slot and the
-					// watermark, or just streaming.
-					p = f.startEngine()
-					sleepRand(rng, 0, 500*time.Millisecond)
-					p.kill9(t)
-					sc.fault("kill -9 0-500 ms after start")
-				}
-				p = f.startStreaming()
-			}
-			sleepRand(rng, 200*time.Millisecond, 800*time.Millisecond)
+			p = f.kill9Round(sc, rng, p, nil)
 		}, nil)
 	}
+}
+
+// kill9Round kills the engine p with SIGKILL twice while it streams, and
+// restarts it; after the first kill it also starts one that it kills 0-500
+// ms after its start (connecting, checking the slot and the watermark, or
+// just streaming). It returns the engine streaming at the end. sample,
+// when not nil, runs before each kill while streaming and after each
+// restart.
+func (f *fixture) kill9Round(sc *scenario, rng *rand.Rand, p *harness.Process, sample func()) *harness.Process {
+	f.t.Helper()
+	for k := 0; k < 2; k++ {
+		sleepRand(rng, 200*time.Millisecond, 1200*time.Millisecond)
+		if sample != nil {
+			sample()
+		}
+		p.KillT(f.t)
+		sc.fault("kill -9 while streaming")
+		sleepRand(rng, 0, 300*time.Millisecond)
+		if k == 0 {
+			p = f.startEngine()
+			sleepRand(rng, 0, 500*time.Millisecond)
+			p.KillT(f.t)
+			sc.fault("kill -9 0-500 ms after start")
+		}
+		p = f.startStreaming()
+		if sample != nil {
+			sample()
+		}
+	}
+	sleepRand(rng, 200*time.Millisecond, 800*time.Millisecond)
+	return p
 }
 
 // TestInterleavedTransactionsAcrossRestart keeps transactions open across
@@ -135,12 +153,12 @@ func TestInterleavedTransactionsAcrossRestart(t *testing.T) {
 			// transactions' first changes.
 			sleepRand(rng, 400*time.Millisecond, 900*time.Millisecond)
 			past := f.currentLSN()
-			waitFor(t, 30*time.Second, "the slot to confirm past the open transactions' changes", func() bool { return f.confirmed() > past })
+			harness.WaitFor(t, 30*time.Second, "the slot to confirm past the open transactions' changes", func() bool { return f.confirmed() > past })
 			if kill {
-				p.kill9(t)
+				p.KillT(t)
 				sc.fault("kill -9 with 2 transactions open")
 			} else {
-				if code := p.term(t); code != 0 {
+				if code, _ := p.TermT(t, 30*time.Second); code != 0 {
 					t.Fatalf("SIGTERM: exit code %d", code)
 				}
 				sc.fault("SIGTERM with 2 transactions open")
@@ -184,15 +202,7 @@ func TestRedisStalledPastWalSenderTimeout(t *testing.T) {
 			sleepRand(rng, 200*time.Millisecond, 600*time.Millisecond)
 			pid := f.walsenderPID()
 			stalled := time.Now()
-			if err := f.rd.Pause(); err != nil {
-				t.Fatal(err)
-			}
-			resumed := false
-			defer func() {
-				if !resumed {
-					_ = f.rd.Resume()
-				}
-			}()
+			resumeRedis := f.rd.PauseT(t)
 			sc.fault("SIGSTOP 6s")
 			// Nothing committed from here on can be applied until Redis is
 			// back, so the slot must not be confirmed past this position.
@@ -203,7 +213,7 @@ func TestRedisStalledPastWalSenderTimeout(t *testing.T) {
 				if now := f.walsenderPID(); now != pid {
 					t.Errorf("walsender replaced during the stall (pid %d -> %d)", pid, now)
 				}
-				p.kill9(t)
+				p.KillT(t)
 				sc.fault("kill -9 during the stall")
 			}
 			time.Sleep(time.Until(stalled.Add(6 * time.Second)))
@@ -219,10 +229,7 @@ func TestRedisStalledPastWalSenderTimeout(t *testing.T) {
 			} else {
 				sc.note("run %d: slot confirmed %s <= %s (WAL position at the stop) throughout the stall", i, c, stallLSN)
 			}
-			if err := f.rd.Resume(); err != nil {
-				t.Fatal(err)
-			}
-			resumed = true
+			resumeRedis()
 			resume()
 			if kill {
 				p = f.startStreaming()
@@ -258,7 +265,7 @@ func TestRedisSlow(t *testing.T) {
 			resume := burst(l, 1500*time.Millisecond)
 			if kill {
 				time.Sleep(time.Until(slow.Add(lat / 2)))
-				p.kill9(t)
+				p.KillT(t)
 				sc.fault("kill -9 during latency")
 				f.proxy.SetDelay(0)
 				resume()
@@ -288,7 +295,7 @@ func TestRedisRestartedEmpty(t *testing.T) {
 	rng := rngFor(t)
 	p := f.startStreaming()
 	for i := 1; i <= runs(2); i++ {
-		before := strings.Count(p.out.String(), "flushing every managed key")
+		before := strings.Count(p.Output(), "flushing every managed key")
 		f.cycle(sc, rng, defaultLoad, fmt.Sprintf("run %d", i), func(l *load) {
 			sleepRand(rng, 300*time.Millisecond, 900*time.Millisecond)
 			if err := f.rd.Kill(); err != nil {
@@ -303,7 +310,7 @@ func TestRedisRestartedEmpty(t *testing.T) {
 			l.pauseFill()
 			sleepRand(rng, 400*time.Millisecond, 900*time.Millisecond)
 		}, nil)
-		if after := strings.Count(p.out.String(), "flushing every managed key"); after <= before {
+		if after := strings.Count(p.Output(), "flushing every managed key"); after <= before {
 			t.Errorf("run %d: the engine did not flush after Redis came back empty (its watermark vanished)", i)
 		} else {
 			sc.note("run %d: engine flushed after the empty restart", i)
@@ -478,9 +485,9 @@ func TestRedisBackInTime(t *testing.T) {
 	rng := rngFor(t)
 	p := f.startStreaming()
 	for i := 1; i <= runs(1); i++ {
-		before := strings.Count(p.out.String(), "flushing every managed key")
+		before := strings.Count(p.Output(), "flushing every managed key")
 		redisBackInTime(t, sc, f, rng, i)
-		if after := strings.Count(p.out.String(), "flushing every managed key"); after <= before {
+		if after := strings.Count(p.Output(), "flushing every managed key"); after <= before {
 			t.Errorf("run %d: the engine did not flush after Redis went back in time", i)
 		} else {
 			sc.note("run %d: engine flushed (watermark below the one it set)", i)

@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -91,7 +89,7 @@ type fixture struct {
 
 	barrierN atomic.Int64
 	mu       sync.Mutex
-	procs    []*proc
+	procs    []*harness.Process
 }
 
 var dbCounter atomic.Int64
@@ -190,30 +188,15 @@ func (f *fixture) exec(sql string, args ...any) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := f.db.Exec(ctx, sql, args...); err != nil {
-		f.t.Fatalf("exec %q: %v", firstLine(sql), err)
+		f.t.Fatalf("exec %q: %v", harness.Abbreviate(sql, 80), err)
 	}
-}
-
-func firstLine(s string) string {
-	s = strings.TrimSpace(s)
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i] + " ..."
-	}
-	return s
 }
 
 func (f *fixture) lsn(sql string, args ...any) pglogrepl.LSN {
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var s *string
-	if err := f.db.QueryRow(ctx, sql, args...).Scan(&s); err != nil {
-		f.t.Fatalf("%s: %v", sql, err)
-	}
-	if s == nil {
-		return 0
-	}
-	l, err := pglogrepl.ParseLSN(*s)
+	l, err := harness.QueryLSN(ctx, f.db, sql, args...)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -278,7 +261,7 @@ func (f *fixture) barrier(within time.Duration) {
 	if f.o.noWatermark {
 		return
 	}
-	waitFor(f.t, within, fmt.Sprintf("the slot's confirmed position to reach the watermark %s", mark), func() bool { return f.confirmed() >= mark })
+	harness.WaitFor(f.t, within, fmt.Sprintf("the slot's confirmed position to reach the watermark %s", mark), func() bool { return f.confirmed() >= mark })
 }
 
 // barrierMark is the first half of barrier: it returns once the barrier's
@@ -289,53 +272,39 @@ func (f *fixture) barrierMark(within time.Duration) pglogrepl.LSN {
 	ctx, cancel := context.WithTimeout(context.Background(), within+30*time.Second)
 	defer cancel()
 	id := f.barrierN.Add(1)
-	key := fmt.Sprintf("barrier:%d", id)
-	if err := f.rdb.Set(ctx, key, "pending", 0).Err(); err != nil {
-		f.t.Fatalf("barrier: %v", err)
-	}
-	var msgLSN string
-	err := pgx.BeginFunc(ctx, f.db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `INSERT INTO barrier VALUES ($1)`, id); err != nil {
+	b := harness.BarrierRow(f.db, id, within)
+	var target, mark pglogrepl.LSN
+	b.Commit = func(ctx context.Context) error {
+		var msgLSN string
+		err := pgx.BeginFunc(ctx, f.db, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `INSERT INTO barrier VALUES ($1)`, id); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, `SELECT pg_logical_emit_message(true, $1, $2)::text`, barrierPrefix, b.Key).Scan(&msgLSN)
+		})
+		if err != nil {
 			return err
 		}
-		return tx.QueryRow(ctx, `SELECT pg_logical_emit_message(true, $1, $2)::text`, barrierPrefix, key).Scan(&msgLSN)
-	})
-	if err != nil {
-		f.t.Fatalf("barrier transaction: %v", err)
+		target, err = pglogrepl.ParseLSN(msgLSN)
+		return err
 	}
-	target, _ := pglogrepl.ParseLSN(msgLSN)
-	deadline := time.Now().Add(within)
-	for {
-		n, err := f.rdb.Exists(ctx, key).Result()
-		done := err == nil && n == 0
-		var mark pglogrepl.LSN
-		if done && !f.o.noWatermark {
-			mark, err = f.watermark(ctx)
-			done = err == nil && mark >= target
+	if !f.o.noWatermark {
+		b.Applied = func(ctx context.Context) (bool, error) {
+			m, err := f.watermark(ctx)
+			mark = m
+			return err == nil && m >= target, err
 		}
-		if done {
-			return mark
-		}
-		if p := f.lastEngine(); p != nil && !p.alive() {
-			f.t.Fatalf("barrier %d: the engine exited (%s); output:\n%s", id, p.state(), lastLines(p.out.String(), 40))
-		}
-		if time.Now().After(deadline) {
-			f.t.Fatalf("barrier %d (message at %s) not applied within %s (key exists: %v, watermark %s, err %v)", id, target, within, n == 1, mark, err)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// waitFor polls cond until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
+	b.Gone = func() error {
+		if p := f.lastEngine(); p != nil && !p.Running() {
+			return fmt.Errorf("the engine exited (%s); output:\n%s", p.State(), p.Tail(40))
 		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
 	}
+	if err := harness.AwaitBarrier(ctx, f.rdb, b); err != nil {
+		f.t.Fatalf("%v (message at %s, watermark %s)", err, target, mark)
+	}
+	return mark
 }
 
 func (f *fixture) dropSlot() {
@@ -351,7 +320,7 @@ func (f *fixture) dropSlot() {
 }
 
 // lastEngine is the engine started last, nil if none.
-func (f *fixture) lastEngine() *proc {
+func (f *fixture) lastEngine() *harness.Process {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.procs) == 0 {
@@ -360,59 +329,35 @@ func (f *fixture) lastEngine() *proc {
 	return f.procs[len(f.procs)-1]
 }
 
-// proc is one run of the engine binary.
-type proc struct {
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	env  []string
-	done chan struct{}
-	err  error
-}
-
-type syncBuffer = harness.SyncBuffer
-
 // startEngine starts the engine binary (env adds CDC_* variables) without
 // waiting for it to stream.
-func (f *fixture) startEngine(env ...string) *proc {
+func (f *fixture) startEngine(env ...string) *harness.Process {
 	f.t.Helper()
-	bin := buildEngine(f.t)
-	p := &proc{out: &syncBuffer{}, done: make(chan struct{}), env: env}
-	p.cmd = exec.Command(bin, "run", "--config", f.cfg, "--log-format", "console")
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout = p.out
-	p.cmd.Stderr = p.out
-	if err := p.cmd.Start(); err != nil {
-		f.t.Fatalf("start engine: %v", err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
+	f.mu.Lock()
+	n := len(f.procs) + 1
+	f.mu.Unlock()
+	p := harness.StartProcessT(f.t, harness.Command{
+		Name: fmt.Sprintf("engine run %d (env %q)", n, env),
+		Path: buildEngine(f.t),
+		Args: []string{"run", "--config", f.cfg, "--log-format", "console"},
+		Env:  append(os.Environ(), env...),
+	})
 	f.mu.Lock()
 	f.procs = append(f.procs, p)
-	n := len(f.procs)
 	f.mu.Unlock()
+	// Runs before the harness's own cleanup (which kills what still runs
+	// and logs the output of a failed test): a gentle stop first.
 	f.t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-p.done:
-			case <-time.After(15 * time.Second):
-				_ = p.cmd.Process.Kill()
-				<-p.done
-			}
-		}
-		if f.t.Failed() || os.Getenv("CDC_FAULTS_LOGS") != "" {
-			f.t.Logf("engine run %d (env %q, %s) output, last lines:\n%s", n, p.env, p.state(), lastLines(p.out.String(), 60))
+		_ = p.Stop(15 * time.Second)
+		if !f.t.Failed() && os.Getenv("CDC_FAULTS_LOGS") != "" {
+			f.t.Logf("%s (%s) output, last lines:\n%s", p.Name(), p.State(), p.Tail(60))
 		}
 	})
 	return p
 }
 
 // startStreaming starts the engine and waits until it streams.
-func (f *fixture) startStreaming(env ...string) *proc {
+func (f *fixture) startStreaming(env ...string) *harness.Process {
 	f.t.Helper()
 	p := f.startEngine(env...)
 	f.waitStreaming(p, 60*time.Second)
@@ -421,104 +366,17 @@ func (f *fixture) startStreaming(env ...string) *proc {
 
 // waitStreaming waits until p's replication connection streams from the
 // slot (the set-up connection that creates the slot is not enough).
-func (f *fixture) waitStreaming(p *proc, within time.Duration) {
+func (f *fixture) waitStreaming(p *harness.Process, within time.Duration) {
 	f.t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		var n int
-		err := f.db.QueryRow(ctx, `SELECT count(*) FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid
-WHERE s.slot_name = $1 AND r.application_name = 'cdcinvalidate' AND r.state IN ('streaming', 'catchup')`, f.name).Scan(&n)
-		cancel()
-		if err == nil && n == 1 {
-			return
+	err := harness.WaitStreaming(context.Background(), f.db, f.name, within, func() error {
+		if p.Running() {
+			return nil
 		}
-		select {
-		case <-p.done:
-			f.t.Fatalf("engine exited before streaming (%s); output:\n%s", p.state(), lastLines(p.out.String(), 40))
-		default:
-		}
-		if time.Now().After(deadline) {
-			f.t.Fatalf("engine not streaming after %s; output:\n%s", within, lastLines(p.out.String(), 40))
-		}
-		time.Sleep(25 * time.Millisecond)
+		return fmt.Errorf("engine exited before streaming (%s)", p.State())
+	})
+	if err != nil {
+		f.t.Fatalf("%v; output:\n%s", err, p.Tail(40))
 	}
-}
-
-func (p *proc) kill9(t *testing.T) {
-	t.Helper()
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// term sends SIGTERM and returns the exit code.
-func (p *proc) term(t *testing.T) int {
-	t.Helper()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		t.Fatal("engine did not exit within 30s of SIGTERM")
-	}
-	return p.exitCode()
-}
-
-// waitExit waits until the process ends by itself.
-func (p *proc) waitExit(t *testing.T, d time.Duration, what string) {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(d):
-		t.Fatalf("engine still running %s after %s; output:\n%s", what, d, lastLines(p.out.String(), 30))
-	}
-}
-
-func (p *proc) alive() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-func (p *proc) exitCode() int {
-	var ee *exec.ExitError
-	if errors.As(p.err, &ee) {
-		return ee.ExitCode()
-	}
-	if p.err != nil {
-		return -1
-	}
-	return 0
-}
-
-// killedBySIGKILL reports whether the process ended by SIGKILL.
-func (p *proc) killedBySIGKILL() bool {
-	var ee *exec.ExitError
-	if !errors.As(p.err, &ee) {
-		return false
-	}
-	ws, ok := ee.Sys().(syscall.WaitStatus)
-	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
-}
-
-func (p *proc) state() string {
-	if p.alive() {
-		return "running"
-	}
-	if p.cmd.ProcessState != nil {
-		return p.cmd.ProcessState.String()
-	}
-	return "ended"
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // sleepRand sleeps a random duration in [lo, hi).

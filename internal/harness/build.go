@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"testing"
 )
 
 // enginePkg is the engine's main package, relative to the module root.
@@ -32,15 +32,29 @@ var (
 // fails the test with the compiler output. The binary's temporary
 // directory is named after the test process and outlives it (no hook runs
 // at process exit); each build removes those of processes that are gone.
-func BuildEngine(t testing.TB) string {
+func BuildEngine(t TB) string {
 	t.Helper()
 	return BuildEngineTags(t, "")
 }
 
 // BuildEngineTags is BuildEngine with go build -tags tags (e.g.
 // "failpoints"), once per test process and set of tags.
-func BuildEngineTags(t testing.TB, tags string) string {
+func BuildEngineTags(t TB, tags string) string {
 	t.Helper()
+	bin, err := BuildEngineBinary(context.Background(), tags)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	return bin
+}
+
+// BuildEngineBinary builds ./cmd/cdcinvalidate of this module with go
+// build -o (and -tags tags, if not ""), once per process and set of tags,
+// and returns the binary's path; ctx bounds the first build. The binary
+// has a temporary directory of its own, which outlives the process (see
+// BuildEngine); a command that is done with it may remove
+// filepath.Dir(path).
+func BuildEngineBinary(ctx context.Context, tags string) (string, error) {
 	buildsMu.Lock()
 	b := builds[tags]
 	if b == nil {
@@ -48,15 +62,16 @@ func BuildEngineTags(t testing.TB, tags string) string {
 		builds[tags] = b
 	}
 	buildsMu.Unlock()
-	b.once.Do(func() { b.path, b.err = buildEngine(tags) })
-	if b.err != nil {
-		t.Fatalf("harness: %v", b.err)
-	}
-	return b.path
+	b.once.Do(func() { b.path, b.err = buildEngine(ctx, tags) })
+	return b.path, b.err
 }
 
-func buildEngine(tags string) (string, error) {
+func buildEngine(ctx context.Context, tags string) (string, error) {
 	root, err := ModuleRoot()
+	if err != nil {
+		return "", fmt.Errorf("build engine: %w", err)
+	}
+	goBin, err := goCommand()
 	if err != nil {
 		return "", fmt.Errorf("build engine: %w", err)
 	}
@@ -70,13 +85,27 @@ func buildEngine(tags string) (string, error) {
 	if tags != "" {
 		args = append(args, "-tags", tags)
 	}
-	cmd := exec.Command("go", append(args, enginePkg)...)
+	cmd := exec.CommandContext(ctx, goBin, append(args, enginePkg)...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		_ = os.RemoveAll(dir)
 		return "", fmt.Errorf("build engine: go %s in %s: %w\n%s", strings.Join(cmd.Args[1:], " "), root, err, bytes.TrimSpace(out))
 	}
 	return bin, nil
+}
+
+// goInstallPath is where the official Go tarball puts the go command.
+const goInstallPath = "/usr/local/go/bin/go"
+
+// goCommand is the go command: on PATH, or at goInstallPath.
+func goCommand() (string, error) {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p, nil
+	}
+	if fi, err := os.Stat(goInstallPath); err == nil && !fi.IsDir() {
+		return goInstallPath, nil
+	}
+	return "", fmt.Errorf("the go command is not on PATH (nor at %s); it is needed to build the engine", goInstallPath)
 }
 
 const buildDirPrefix = "cdcinvalidate-bin-"

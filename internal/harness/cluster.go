@@ -70,7 +70,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (_ *Cluster, err err
 	args = append(args, "--cluster-replicas", fmt.Sprint(replicas), "--cluster-yes")
 	out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "[OK] All 16384 slots covered") {
-		return nil, fmt.Errorf("start cluster: redis-cli %s: %v\n%s", strings.Join(args, " "), err, lastLines(string(out), redisLogTailLines))
+		return nil, fmt.Errorf("start cluster: redis-cli %s: %v\n%s", strings.Join(args, " "), err, LastLines(string(out), redisLogTailLines))
 	}
 	if err := c.WaitReady(ctx); err != nil {
 		return nil, fmt.Errorf("start cluster: %w", err)
@@ -233,7 +233,7 @@ func (c *Cluster) Reshard(ctx context.Context, from, to *Redis, n int) error {
 		"--cluster-slots", fmt.Sprint(n), "--cluster-yes", "--cluster-pipeline", "10"}
 	out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("reshard: redis-cli %s: %v\n%s", strings.Join(args, " "), err, lastLines(string(out), redisLogTailLines))
+		return fmt.Errorf("reshard: redis-cli %s: %v\n%s", strings.Join(args, " "), err, LastLines(string(out), redisLogTailLines))
 	}
 	return nil
 }

@@ -1,5 +1,10 @@
 // Package harness starts throwaway PostgreSQL and Redis servers for the
-// end-to-end tests, the demo and the benchmark of cdcinvalidate.
+// end-to-end tests, the demo and the benchmark of cdcinvalidate, and holds
+// what they share besides: child processes (Process), bounded waits (Poll,
+// WaitFor, WaitStreaming), the barrier that proves an engine applied
+// everything committed before it (AwaitBarrier), and output helpers for
+// failure messages. Only the functions that take a TB (a *testing.T)
+// are for tests; the demo and the bench use the others.
 //
 // Guarantees:
 //   - Every server listens on 127.0.0.1 only, on a free port picked at start

@@ -278,7 +278,7 @@ func (p *Postgres) Exec(ctx context.Context, sql string, args ...any) error {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := conn.Exec(ctx, sql, args...); err != nil {
-		return fmt.Errorf("postgres exec %q: %w", abbreviate(sql, 80), err)
+		return fmt.Errorf("postgres exec %q: %w", Abbreviate(sql, 80), err)
 	}
 	return nil
 }
@@ -426,7 +426,7 @@ func (p *Postgres) start(ctx context.Context) (portInUse bool, err error) {
 	logText := readFrom(p.logPath, offset)
 	portInUse = strings.Contains(logText, "Address already in use")
 	msg := strings.TrimSpace(out.String())
-	if tail := lastLines(logText, pgLogTailLines); tail != "" {
+	if tail := LastLines(logText, pgLogTailLines); tail != "" {
 		msg += "\nlast lines of the server log:\n" + tail
 	}
 	return portInUse, fmt.Errorf("pg_ctl start on port %d: %w\n%s", p.port, err, msg)
@@ -736,20 +736,4 @@ func readFrom(path string, offset int64) string {
 		return ""
 	}
 	return string(b)
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.TrimSpace(strings.Join(lines, "\n"))
-}
-
-func abbreviate(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "..."
 }

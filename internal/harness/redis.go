@@ -44,21 +44,12 @@ type Redis struct {
 	conf    string // config file path, "" for none
 
 	mu     sync.Mutex
-	proc   *redisProc // nil when not running
+	proc   *Process // nil when not running
 	closed bool
-}
-
-// redisProc is one run of redis-server. Its waiter goroutine reaps the
-// process and then closes done.
-type redisProc struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error // result of cmd.Wait, set before done is closed
 }
 
 const (
 	redisReadyTimeout = 15 * time.Second
-	redisKillTimeout  = 10 * time.Second
 	redisPortAttempts = 3
 	redisLogTailLines = 20
 	redisDefaultBin   = "/usr/bin/redis-server"
@@ -149,7 +140,7 @@ func (r *Redis) Dir() string { return r.dir }
 
 // LogTail returns the last lines of the server's log, for test failures.
 func (r *Redis) LogTail() string {
-	return lastLines(readFrom(r.logPath, 0)+readFrom(r.outPath, 0), redisLogTailLines)
+	return LastLines(readFrom(r.logPath, 0)+readFrom(r.outPath, 0), redisLogTailLines)
 }
 
 // Pause stops the server process with SIGSTOP: connections are still
@@ -175,12 +166,7 @@ func (r *Redis) signal(sig os.Signal) error {
 	if r.proc == nil {
 		return errors.New("not running")
 	}
-	select {
-	case <-r.proc.done:
-		return fmt.Errorf("redis-server exited: %v", r.proc.err)
-	default:
-	}
-	return r.proc.cmd.Process.Signal(sig)
+	return r.proc.Signal(sig)
 }
 
 // Kill kills the server with SIGKILL (paused or not) and waits until the
@@ -238,30 +224,14 @@ func (r *Redis) Close() error {
 	return nil
 }
 
-// kill sends SIGKILL to the running process and waits for its waiter.
-// Called with r.mu held and r.proc != nil.
+// kill sends SIGKILL to the running process and waits until it is
+// reaped. Called with r.mu held and r.proc != nil.
 func (r *Redis) kill() error {
-	p := r.proc
-	select {
-	case <-p.done:
-		r.proc = nil
-		return nil
-	default:
+	if err := r.proc.Kill(); err != nil {
+		return err
 	}
-	// Signal goes through the process handle, so it can never reach a
-	// process that reused the PID after ours was reaped.
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("SIGKILL pid %d: %w", p.cmd.Process.Pid, err)
-	}
-	timer := time.NewTimer(redisKillTimeout)
-	defer timer.Stop()
-	select {
-	case <-p.done:
-		r.proc = nil
-		return nil
-	case <-timer.C:
-		return fmt.Errorf("pid %d did not exit %v after SIGKILL", p.cmd.Process.Pid, redisKillTimeout)
-	}
+	r.proc = nil
+	return nil
 }
 
 // start runs redis-server and waits until it answers PING. Called with
@@ -296,32 +266,23 @@ func (r *Redis) start(ctx context.Context) (portInUse bool, err error) {
 			"--cluster-port", strconv.Itoa(r.busPort), "--cluster-node-timeout", "2000")
 	}
 	args = append(args, r.args...)
-	cmd := exec.Command(r.bin, args...)
-	cmd.Dir = r.dir
-	cmd.Stdout, cmd.Stderr = out, out // *os.File: no copying goroutine
 	// Its own process group: a Ctrl-C in the terminal must not reach the
 	// server before the owner stops it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	err = cmd.Start()
+	p, err := StartProcess(Command{Name: "redis-server", Path: r.bin, Args: args, Dir: r.dir, OutputFile: out, OwnProcessGroup: true})
 	out.Close() // the child has its own copy
 	if err != nil {
-		return false, fmt.Errorf("run %s: %w", r.bin, err)
+		return false, err
 	}
-	p := &redisProc{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
 	r.proc = p
 
-	if err := waitRedisReady(ctx, r.Addr(), p.done); err != nil {
+	if err := waitRedisReady(ctx, r.Addr(), p.Done()); err != nil {
 		if kerr := r.kill(); kerr != nil {
 			err = errors.Join(err, kerr)
 		}
 		logText := readFrom(r.logPath, logOffset) + readFrom(r.outPath, outOffset)
 		portInUse = strings.Contains(logText, "Address already in use")
 		msg := fmt.Sprintf("redis-server on port %d: %v", r.port, err)
-		if tail := lastLines(logText, redisLogTailLines); tail != "" {
+		if tail := LastLines(logText, redisLogTailLines); tail != "" {
 			msg += "\nlast lines of the redis log:\n" + tail
 		}
 		return portInUse, errors.New(msg)
