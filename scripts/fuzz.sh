@@ -20,6 +20,7 @@ targets=(
 	"./config FuzzParse"
 	"./config FuzzRules"
 	"./cacheaside FuzzParseStamp"
+	"./writebehind FuzzTemplate"
 )
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -9,6 +9,14 @@
 //	CDC_FAILPOINT=sink-after-ack          SIGKILL itself at the first hit
 //	CDC_FAILPOINT=sink-after-ack:3        ... at the third hit
 //
+// Points of the write-behind flusher (package writebehind): wb-before-commit
+// (a window is written, not committed), wb-after-commit (committed, not yet
+// acknowledged in Redis), wb-after-ack (acknowledged, not yet trimmed), and
+// with CDC_UNSAFE=wb-ack-before-commit (the negative control: acknowledge
+// first) wb-after-early-ack (acknowledged, not yet committed).
+// CDC_UNSAFE=wb-drop-read makes the flusher ignore one read's entries, as
+// if the reply had been lost: the check before each commit must notice.
+//
 // Points: sink-after-ack (Redis acknowledged a batch, the position is not
 // yet recorded), sink-mid-txn (a chunk of a large transaction was applied,
 // its commit not yet), stream-after-stop (a Stream Stop arrived while a

@@ -24,7 +24,7 @@ type build struct {
 
 var (
 	buildsMu sync.Mutex
-	builds   = map[string]*build{} // by build tags
+	builds   = map[string]*build{} // by package and build tags
 )
 
 // BuildEngine builds ./cmd/cdcinvalidate of this module with go build -o,
@@ -55,41 +55,59 @@ func BuildEngineTags(t TB, tags string) string {
 // BuildEngine); a command that is done with it may remove
 // filepath.Dir(path).
 func BuildEngineBinary(ctx context.Context, tags string) (string, error) {
+	return buildOnce(ctx, enginePkg, tags)
+}
+
+// BuildCommand builds another main package of this module (pkg relative to
+// the module root, e.g. "./writebehind/internal/wbflusher") as
+// BuildEngineTags builds the engine: once per test process, package and
+// tags (may be ""). A failed build fails the test with the compiler output.
+func BuildCommand(t TB, pkg, tags string) string {
+	t.Helper()
+	bin, err := buildOnce(context.Background(), pkg, tags)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	return bin
+}
+
+func buildOnce(ctx context.Context, pkg, tags string) (string, error) {
+	key := pkg + "\x00" + tags
 	buildsMu.Lock()
-	b := builds[tags]
+	b := builds[key]
 	if b == nil {
 		b = &build{}
-		builds[tags] = b
+		builds[key] = b
 	}
 	buildsMu.Unlock()
-	b.once.Do(func() { b.path, b.err = buildEngine(ctx, tags) })
+	b.once.Do(func() { b.path, b.err = buildPackage(ctx, pkg, tags) })
 	return b.path, b.err
 }
 
-func buildEngine(ctx context.Context, tags string) (string, error) {
+func buildPackage(ctx context.Context, pkg, tags string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
-		return "", fmt.Errorf("build engine: %w", err)
+		return "", fmt.Errorf("build %s: %w", pkg, err)
 	}
 	goBin, err := goCommand()
 	if err != nil {
-		return "", fmt.Errorf("build engine: %w", err)
+		return "", fmt.Errorf("build %s: %w", pkg, err)
 	}
 	removeStaleBuilds()
 	dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-*", buildDirPrefix, os.Getpid()))
 	if err != nil {
-		return "", fmt.Errorf("build engine: %w", err)
+		return "", fmt.Errorf("build %s: %w", pkg, err)
 	}
-	bin := filepath.Join(dir, "cdcinvalidate")
+	bin := filepath.Join(dir, filepath.Base(pkg))
 	args := []string{"build", "-o", bin}
 	if tags != "" {
 		args = append(args, "-tags", tags)
 	}
-	cmd := exec.CommandContext(ctx, goBin, append(args, enginePkg)...)
+	cmd := exec.CommandContext(ctx, goBin, append(args, pkg)...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		_ = os.RemoveAll(dir)
-		return "", fmt.Errorf("build engine: go %s in %s: %w\n%s", strings.Join(cmd.Args[1:], " "), root, err, bytes.TrimSpace(out))
+		return "", fmt.Errorf("build %s: go %s in %s: %w\n%s", pkg, strings.Join(cmd.Args[1:], " "), root, err, bytes.TrimSpace(out))
 	}
 	return bin, nil
 }
