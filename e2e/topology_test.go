@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -238,17 +239,7 @@ func TestSentinelFailoverLostWrites(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			// The replica misses the deletes the master acknowledges: it is
-			// stopped, and the master drops its replication link (else the
-			// deletes would wait in the replica's socket buffer).
-			if err := f.sn.Replica.Pause(); err != nil {
-				t.Fatal(err)
-			}
-			master := redis.NewClient(&redis.Options{Addr: f.sn.Master.Addr()})
-			defer master.Close()
-			if err := master.ClientKillByFilter(ctx, "TYPE", "replica").Err(); err != nil {
-				t.Fatal(err)
-			}
+			cutReplica(t, f.sn.Replica, f.sn.Master)
 			f.exec(`UPDATE users SET name = 'changed'`)
 			f.barrier()
 			f.wantGone(keys...)
@@ -380,13 +371,7 @@ func TestClusterShardLostWrites(t *testing.T) {
 			if err := vc.Do(ctx, "wait", 1, 10000).Err(); err != nil {
 				t.Fatal(err)
 			}
-			// The replica misses the deletes its master acknowledges.
-			if err := replica.Pause(); err != nil {
-				t.Fatal(err)
-			}
-			if err := vc.ClientKillByFilter(ctx, "TYPE", "replica").Err(); err != nil {
-				t.Fatal(err)
-			}
+			cutReplica(t, replica, victim)
 			f.exec(`UPDATE users SET name = 'changed'`)
 			f.barrier()
 			f.wantGone(keys...)
@@ -456,14 +441,7 @@ func TestSentinelWaitReplicasLosesNothing(t *testing.T) {
 	if err := f.rdb.Do(ctx, "wait", 1, 10000).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.sn.Replica.Pause(); err != nil {
-		t.Fatal(err)
-	}
-	master := redis.NewClient(&redis.Options{Addr: f.sn.Master.Addr()})
-	defer master.Close()
-	if err := master.ClientKillByFilter(ctx, "TYPE", "replica").Err(); err != nil {
-		t.Fatal(err)
-	}
+	cutReplica(t, f.sn.Replica, f.sn.Master)
 	f.exec(`UPDATE users SET name = 'changed'`)
 	after := f.currentLSN()
 	time.Sleep(3 * time.Second) // the engine retries; nothing may be confirmed
@@ -608,5 +586,21 @@ func TestClusterShardLostWhileStopped(t *testing.T) {
 	f.wantGone("user:999")
 	if w := parseLSN(t, f.get(victim)); w <= 1 {
 		t.Errorf("shard watermark %s still %s after the flush", victim, w)
+	}
+}
+
+// cutReplica makes replica miss what master acknowledges from now on: the
+// replica is stopped (SIGSTOP) and the master drops its replication link,
+// else the writes would wait in the replica's socket buffer and arrive
+// when it resumes.
+func cutReplica(t *testing.T, replica, master *harness.Redis) {
+	t.Helper()
+	if err := replica.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(&redis.Options{Addr: master.Addr()})
+	defer c.Close()
+	if err := c.ClientKillByFilter(context.Background(), "TYPE", "replica").Err(); err != nil {
+		t.Fatal(err)
 	}
 }

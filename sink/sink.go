@@ -993,42 +993,46 @@ func (s *Sink) refreshShardKeys(ctx context.Context) {
 // ErrHistoryLost is wrapped when Redis lost writes it had acknowledged.
 var ErrHistoryLost = errors.New("redis lost acknowledged invalidations")
 
+// markFound reads the answer of the watermark script: the value it found
+// ("" and 0 when there was none).
+func markFound(c *redis.Cmd) (string, replication.LSN, error) {
+	prev, err := c.Text()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return "", 0, nil
+	case err != nil:
+		return "", 0, err
+	}
+	had, _ := pglogrepl.ParseLSN(prev)
+	return prev, had, nil
+}
+
 // checkMark compares the watermark Redis had before this batch with the
 // highest one this sink set. Lower (or gone) means Redis went back in time
 // (a restart without persistence, a failover to a lagging replica, a
 // restore): keys this engine deleted may be back with old values.
 func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
-	prev, err := s.markCmd.Text()
-	var had replication.LSN
-	switch {
-	case errors.Is(err, redis.Nil):
-	case err != nil:
+	prev, had, err := markFound(s.markCmd)
+	if err != nil {
 		return err
-	default:
-		had, _ = pglogrepl.ParseLSN(prev)
 	}
 	if s.lastMark != 0 && had < s.lastMark && s.mustFlush == "" {
 		// The script left the watermark where it was; remembered until the
 		// flush succeeded, then the watermark is raised explicitly.
 		s.mustFlush = fmt.Sprintf("the watermark %s in Redis was %s, below %s which this engine had set: Redis lost writes it had acknowledged (restart without persistence, failover to a lagging replica, restore from a backup, FLUSHALL), so deleted keys may be back with old values",
-			s.cfg.WatermarkKey, orNone(prev, err), s.lastMark)
+			s.cfg.WatermarkKey, orMissing(prev), s.lastMark)
 	}
 	if end > s.lastMark {
 		s.lastMark = end
 	}
 	for _, sm := range s.shardCmds {
-		prev, err := sm.cmd.Text()
-		var had replication.LSN
-		switch {
-		case errors.Is(err, redis.Nil):
-		case err != nil:
+		prev, had, err := markFound(sm.cmd)
+		if err != nil {
 			return err
-		default:
-			had, _ = pglogrepl.ParseLSN(prev)
 		}
 		if sm.mine != 0 && had < sm.mine && s.mustFlush == "" {
 			s.mustFlush = fmt.Sprintf("the watermark %s of a cluster master was %s, below %s which this engine had set: that master lost writes it had acknowledged (a failover to a replica that had not received them, a restart without persistence), so deleted keys may be back with old values",
-				sm.key, orNone(prev, err), sm.mine)
+				sm.key, orMissing(prev), sm.mine)
 		}
 		if end > sm.mine {
 			s.shardMarks[sm.key] = end
@@ -1059,8 +1063,8 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 	return nil
 }
 
-func orNone(v string, err error) string {
-	if err != nil {
+func orMissing(v string) string {
+	if v == "" {
 		return "missing"
 	}
 	return v
