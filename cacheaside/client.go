@@ -14,6 +14,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 )
 
 // Defaults of Options.
@@ -268,7 +270,7 @@ func (c *Client) fetch(ctx context.Context, full string, load func(context.Conte
 			return c.loadOnly(ctx, full, load)
 		}
 		c.Stats.LeaseWaits.Add(1)
-		if err := sleep(ctx, d); err != nil {
+		if err := retry.Sleep(ctx, d); err != nil {
 			return nil, err
 		}
 		if step < maxWaitSteps {
@@ -514,15 +516,4 @@ func (c *Client) redisError(op, full string, err error) {
 	c.log.Warn("redis failed; the value comes from the loader and is not cached",
 		zap.String("op", op), zap.String("key", full), zap.Error(err),
 		zap.Int64("errors_not_logged_since_last", c.quietErrs.Swap(0)))
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

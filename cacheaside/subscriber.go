@@ -11,6 +11,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 )
 
 // Backoff between subscription attempts.
@@ -72,7 +74,7 @@ func (s *subscriber) stop() {
 func (s *subscriber) run(ctx context.Context) {
 	defer close(s.done)
 	defer s.l1.setUp(false)
-	backoff := subMinBackoff
+	backoff := retry.Backoff{Min: subMinBackoff, Max: subMaxBackoff}
 	for attempt := 1; ; attempt++ {
 		wasUp, err := s.once(ctx)
 		s.l1.setUp(false)
@@ -81,16 +83,17 @@ func (s *subscriber) run(ctx context.Context) {
 		}
 		s.stats.SubscriptionDrops.Add(1)
 		if wasUp {
-			backoff, attempt = subMinBackoff, 1
+			backoff.Reset()
+			attempt = 1
 		}
+		wait := backoff.Next()
 		if attempt == 1 || attempt%10 == 0 {
 			s.log.Warn("invalidation subscription lost; L1 cleared and off until it is back",
-				zap.Error(err), zap.Int("attempt", attempt), zap.Duration("retry_in", backoff))
+				zap.Error(err), zap.Int("attempt", attempt), zap.Duration("retry_in", wait))
 		}
-		if sleep(ctx, jitterPause(backoff)) != nil {
+		if retry.Sleep(ctx, wait) != nil {
 			return
 		}
-		backoff = min(backoff*2, subMaxBackoff)
 	}
 }
 

@@ -23,6 +23,7 @@ func (c *Config) setDefaults() {
 	setZero(&p.MaxBackoff, defaults.PostgresBackoff)
 	setZero(&p.WarnRetainedWALMB, defaults.WarnRetainedWALMB)
 	setZero(&p.StandbyRetry, defaults.StandbyRetry)
+	setZero(&p.CatalogCheckInterval, defaults.CatalogCheckInterval)
 	setZero(&c.Consistency.OnHistoryLost, defaults.OnHistoryLost)
 	setZero(&c.Consistency.OnFirstStart, defaults.OnFirstStart)
 	r := &c.Redis
@@ -35,6 +36,7 @@ func (c *Config) setDefaults() {
 	setZero(&s.MaxBatchKeys, defaults.MaxBatchKeys)
 	setZero(&s.ScanCount, defaults.ScanCount)
 	setZero(&s.MaxKeyBytes, defaults.MaxKeyBytes)
+	setZero(&s.OnLongKey, defaults.OnLongKey)
 	setZero(&s.MaxBackoff, defaults.SinkBackoff)
 	setZero(&c.Metrics.ReadyMaxLag, defaults.ReadyMaxLag)
 	setZero(&c.Metrics.SlotPollInterval, defaults.SlotPollInterval)

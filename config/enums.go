@@ -62,6 +62,17 @@ const (
 	TruncateGeneration OnTruncate = "generation"
 )
 
+// OnLongKey is sink.on_long_key: what happens to a key longer than
+// sink.max_key_bytes. A key is never skipped.
+type OnLongKey string
+
+const (
+	// LongKeySend invalidates it all the same, logs and counts it.
+	LongKeySend OnLongKey = "send"
+	// LongKeyStop stops the engine with an error before its batch is sent.
+	LongKeyStop OnLongKey = "stop"
+)
+
 // LogLevel is log.level.
 type LogLevel string
 
@@ -85,6 +96,7 @@ var (
 	onHistoryLostValues = []OnHistoryLost{HistoryLostFlush, HistoryLostStop}
 	onFirstStartValues  = []OnFirstStart{FirstStartFlush, FirstStartKeep}
 	deleteCommandValues = []DeleteCommand{DeleteUnlink, DeleteDel}
+	onLongKeyValues     = []OnLongKey{LongKeySend, LongKeyStop}
 	onTruncateValues    = []OnTruncate{TruncateScan, TruncateGeneration}
 	logLevelValues      = []LogLevel{LogDebug, LogInfo, LogWarn, LogError}
 	logFormatValues     = []LogFormat{LogJSON, LogConsole}

@@ -90,6 +90,12 @@ type Postgres struct {
 	// keep a copy and the engine resumes on a promoted standby without
 	// losing history. PostgreSQL 17+. Default false.
 	FailoverSlot bool `yaml:"failover_slot"`
+	// CatalogCheckInterval is how often, while streaming, the rule tables
+	// and the publication are checked against the rules again: a table
+	// dropped from the publication sends nothing more, and a partition
+	// created since the start may lack the replica identity the rules
+	// need; either stops the engine. Default 30s; at least 100ms.
+	CatalogCheckInterval time.Duration `yaml:"catalog_check_interval"`
 }
 
 // Consistency says what to do when the engine cannot prove it saw every change.
@@ -278,9 +284,13 @@ type Sink struct {
 	ScanCount int `yaml:"scan_count"`
 	// MaxBackoff caps the wait between Redis retries. Default 5s.
 	MaxBackoff time.Duration `yaml:"max_backoff"`
-	// MaxKeyBytes is the longest key sent; longer ones are logged, counted
-	// and not invalidated. Default 65536.
+	// MaxKeyBytes is the key length beyond which a key is logged and
+	// counted (a template over a huge value). Default 65536.
 	MaxKeyBytes int `yaml:"max_key_bytes"`
+	// OnLongKey is what happens to a key longer than MaxKeyBytes: "send"
+	// (default: it is invalidated all the same) or "stop" (the engine stops
+	// with an error). A key is never skipped.
+	OnLongKey OnLongKey `yaml:"on_long_key"`
 	// Watermark keeps the key cdcinvalidate:<slot>:lsn at the end LSN of the
 	// last applied transaction (never lowered). Default true.
 	Watermark *bool `yaml:"watermark"`

@@ -67,6 +67,9 @@ func (c *Config) validate(loc locator) []Problem {
 	if c.Postgres.StandbyRetry < 100*time.Millisecond {
 		add("postgres.standby_retry", "standby_retry must be at least 100ms")
 	}
+	if c.Postgres.CatalogCheckInterval < 100*time.Millisecond {
+		add("postgres.catalog_check_interval", "catalog_check_interval must be at least 100ms")
+	}
 	if w := c.Postgres.WALSenderTimeout; w != 0 && w < 2*c.Postgres.StatusInterval {
 		add("postgres.wal_sender_timeout", "wal_sender_timeout %s must be at least twice status_interval (%s), "+
 			"or the server drops the engine between two status updates", w, c.Postgres.StatusInterval)
@@ -113,6 +116,7 @@ func (c *Config) validate(loc locator) []Problem {
 	if c.Sink.MaxKeyBytes < 1 {
 		add("sink.max_key_bytes", "max_key_bytes must be at least 1")
 	}
+	enum("sink.on_long_key", oneOf("on_long_key", c.Sink.OnLongKey, onLongKeyValues))
 	if c.Sink.ScanCount < 1 {
 		add("sink.scan_count", "scan_count must be at least 1")
 	}

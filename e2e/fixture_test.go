@@ -53,6 +53,7 @@ type fixtureOpts struct {
 	pgExtra    string // more YAML lines for the postgres section, indented by two spaces
 	extra      string // more top-level YAML sections (sink, log)
 	noSchema   bool
+	pgVersion  int // PostgreSQL major version; 0: the harness's default
 	// cluster runs the test against a Redis Cluster (3 masters, 3
 	// replicas), sentinel against a Sentinel deployment; f.rd is then nil.
 	cluster, sentinel bool
@@ -77,7 +78,7 @@ type fixture struct {
 func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	t.Helper()
 	f := &fixture{t: t}
-	f.pg = harness.PostgresT(t, harness.PostgresOptions{Settings: o.pgSettings})
+	f.pg = harness.PostgresT(t, harness.PostgresOptions{Settings: o.pgSettings, Version: o.pgVersion})
 	switch {
 	case o.cluster:
 		f.cl = harness.ClusterT(t, harness.ClusterOptions{})

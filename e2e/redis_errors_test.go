@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,5 +65,34 @@ func TestRedisOOMAndReadOnlyAreRetried(t *testing.T) {
 			t.Errorf("%s: user:%d = %q after recovery, want the row", fault.name, id, f.get(fmt.Sprintf("user:%d", id)))
 		}
 		f.wantGone(fmt.Sprintf("order:%d", id))
+	}
+}
+
+// TestRedisErrorRetryCannotFixStops: a generation key at the largest
+// integer makes INCR fail ("increment or decrement would overflow"), which
+// no retry fixes. The engine stops with an error that names the fix
+// instead of retrying in silence, and the transaction's position is not
+// confirmed (a restart after the fix applies it).
+func TestRedisErrorRetryCannotFixStops(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	ctx := context.Background()
+	r := f.startRules(`  - table: users
+    keys: ["user:{id}"]
+    actions: [delete, generation]
+    generation_key: gen:people
+`)
+	if err := f.rdb.Set(ctx, "gen:people", "9223372036854775807", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	f.set("user:1")
+	f.exec(`INSERT INTO users VALUES (1, 'a@x', 'n', '')`)
+	// At or past the end of the insert's commit record.
+	afterCommit := f.currentLSN()
+	err := r.wait(t, 60*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "overflow") || !strings.Contains(err.Error(), "generation_key") {
+		t.Fatalf("engine returned %v, want a stop naming the overflow and generation_key", err)
+	}
+	if c := f.confirmed(); c >= afterCommit {
+		t.Errorf("slot confirmed %s, at or past the failed transaction (%s)", c, afterCommit)
 	}
 }

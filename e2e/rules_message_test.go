@@ -59,10 +59,10 @@ SAVEPOINT s; SELECT pg_logical_emit_message(true, 'cdcinvalidate', 'feed:3'); RO
 	f.wantKept("feed:1", "feed:3")
 	f.wantGone("feed:2")
 
-	// Non-transactional messages with the prefix are ignored (they are not
-	// ordered with commits), and so are other prefixes.
-	f.exec(`SELECT pg_logical_emit_message(false, 'cdcinvalidate', 'feed:1')`)
+	// Messages with other prefixes are other applications' (non-transactional
+	// ones with the prefix: TestRulesNonTransactionalMessage).
 	f.exec(`SELECT pg_logical_emit_message(true, 'someone-else', 'feed:1')`)
+	f.exec(`SELECT pg_logical_emit_message(false, 'someone-else', 'feed:1')`)
 	f.barrier()
 	f.wantKept("feed:1")
 
@@ -119,4 +119,43 @@ SAVEPOINT s; SELECT pg_logical_emit_message(true, 'cdcinvalidate', 'feed:3'); RO
 		t.Fatalf("engine error = %v, want a malformed message at LSN %s", err, lsn)
 	}
 	t.Logf("engine stopped with: %v", err)
+}
+
+// TestRulesNonTransactionalMessage: pg_logical_emit_message(false,
+// 'cdcinvalidate', ...) is applied at its place in the WAL, not at any
+// commit: alone, or inside a transaction, whether that transaction commits
+// or not. Its position is confirmed only after Redis applied it: while
+// Redis is paused the slot stays below the message.
+func TestRulesNonTransactionalMessage(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	f.start()
+	f.barrier()
+	ctx := context.Background()
+
+	f.set("feed:1", "feed:2", "feed:3", "stats:a", "gen:other")
+	f.exec(`SELECT pg_logical_emit_message(false, 'cdcinvalidate', 'feed:1')`)
+	f.exec(`SELECT pg_logical_emit_message(false, 'cdcinvalidate', '{"patterns": ["stats:*"], "generations": ["gen:feed"]}')`)
+	// Inside a transaction that rolls back: applied all the same, since it
+	// is not part of the transaction.
+	f.exec(`BEGIN; SELECT pg_logical_emit_message(false, 'cdcinvalidate', 'feed:2'); ROLLBACK`)
+	f.barrier()
+	f.wantGone("feed:1", "feed:2", "stats:a")
+	f.wantKept("feed:3")
+	if n, _ := f.rdb.Get(ctx, "gen:feed").Int(); n != 1 {
+		t.Errorf("gen:feed = %d after one non-transactional message naming it, want 1", n)
+	}
+
+	// Not confirmed before Redis applied it.
+	f.set("feed:3")
+	resume := f.rd.PauseT(t)
+	msg := f.lsn(`SELECT pg_logical_emit_message(false, 'cdcinvalidate', 'feed:3')::text`)
+	f.exec(`SELECT pg_switch_wal()`) // WAL after the message, for keepalives to report
+	time.Sleep(3 * time.Second)      // several status updates (status_interval 1s)
+	if c := f.confirmed(); c > msg {
+		t.Fatalf("slot confirmed %s, past the message at %s, while Redis was paused", c, msg)
+	}
+	resume()
+	f.barrier()
+	f.wantGone("feed:3")
+	harness.WaitFor(t, 20*time.Second, "the slot to pass the applied message", func() bool { return f.confirmed() > msg })
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cdcinvalidate/cdcinvalidate/config"
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
+	"github.com/cdcinvalidate/cdcinvalidate/sink"
 )
 
 // The start-up checks that `run` and `check` share: the server, the rules
@@ -24,17 +25,18 @@ import (
 
 // catalogCheck is what checkCatalog found.
 type catalogCheck struct {
-	walLevel string
-	version  int
-	infos    map[string]mapping.TableInfo
-	problems []mapping.Problem // wal_level and every rule against its table
+	walLevel   string
+	version    int
+	inRecovery bool // a standby
+	infos      map[string]mapping.TableInfo
+	problems   []mapping.Problem // wal_level and every rule against its table
 }
 
 // checkCatalog reads wal_level, the server version and every rule table,
 // and checks the rules against them.
 func checkCatalog(ctx context.Context, conn *pgx.Conn, m *mapping.Mapper) (*catalogCheck, error) {
 	c := &catalogCheck{infos: map[string]mapping.TableInfo{}}
-	if err := conn.QueryRow(ctx, "SELECT current_setting('wal_level'), current_setting('server_version_num')::int").Scan(&c.walLevel, &c.version); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT current_setting('wal_level'), current_setting('server_version_num')::int, pg_is_in_recovery()").Scan(&c.walLevel, &c.version, &c.inRecovery); err != nil {
 		return nil, fmt.Errorf("read server settings: %w", err)
 	}
 	if c.walLevel != "logical" {
@@ -80,6 +82,7 @@ WHERE n.nspname = $1 AND c.relname = $2`, schema, table).Scan(&oid, &kind, &iden
 		return info, fmt.Errorf("read catalog of %s: %w", qualified, err)
 	}
 	info.Exists = true
+	info.OID = oid
 	info.Kind = kind[0]
 	info.ReplicaIdentity = ident[0]
 	if isPartition {
@@ -334,6 +337,20 @@ func (e *Engine) checkPostgres(ctx context.Context, rep *CheckReport) error {
 		return err
 	}
 	rep.add(SeverityOK, subject, fmt.Sprintf("connected; server version %d, wal_level=%s", cat.version, cat.walLevel), "")
+	if cat.inRecovery {
+		for _, p := range standbyProblems(cat.version, cat.inRecovery, e.cfg.Postgres.FailoverSlot) {
+			rep.add(SeverityError, subject, p, "see above")
+		}
+		feedback, primarySlot, err := standbySettings(ctx, conn)
+		if err != nil {
+			return err
+		}
+		if advice := standbySettingsAdvice(feedback, primarySlot); advice != "" {
+			rep.add(SeverityWarn, subject, "a standby: "+advice, "set hot_standby_feedback = on and primary_slot_name on the standby")
+		} else {
+			rep.add(SeverityOK, subject, "a standby with hot_standby_feedback and primary_slot_name "+primarySlot+"; the publication must be created on the primary", "")
+		}
+	}
 
 	// The role.
 	var super, replication bool
@@ -446,15 +463,15 @@ func (e *Engine) publicationPrivileges(ctx context.Context, conn *pgx.Conn, tabl
 func (e *Engine) checkSlot(ctx context.Context, conn *pgx.Conn, rep *CheckReport) error {
 	slot := e.cfg.Postgres.Slot
 	subject := "slot " + slot
-	var plugin, slotType, db, walStatus string
-	var active bool
+	var plugin, slotType, db, walStatus, reason string
+	var active, conflicting bool
 	var pid *int
 	var retained, safe *int64
 	err := conn.QueryRow(ctx, `
 SELECT coalesce(plugin, ''), slot_type, coalesce(database, ''), active, active_pid, coalesce(wal_status, ''),
-       CASE WHEN restart_lsn IS NOT NULL THEN pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END,
-       safe_wal_size
-FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, &db, &active, &pid, &walStatus, &retained, &safe)
+       CASE WHEN restart_lsn IS NOT NULL THEN pg_wal_lsn_diff(`+currentLSNSQL+`, restart_lsn)::bigint END,
+       safe_wal_size, `+slotInvalidatedSQL+`
+FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, &db, &active, &pid, &walStatus, &retained, &safe, &reason, &conflicting)
 	if errors.Is(err, pgx.ErrNoRows) {
 		var used, max int
 		if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM pg_replication_slots)::int, current_setting('max_replication_slots')::int`).Scan(&used, &max); err != nil {
@@ -481,15 +498,16 @@ FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, 
 	default:
 		rep.add(SeverityOK, subject, "logical slot with plugin pgoutput in database "+db, "")
 	}
-	switch walStatus {
-	case "lost":
-		rep.add(SeverityError, subject, "wal_status is lost: the slot was invalidated (max_slot_wal_keep_size), and the changes since it fell behind are gone",
+	lost, cause := slotInvalidation(walStatus, reason, conflicting)
+	switch {
+	case lost:
+		rep.add(SeverityError, subject, "was invalidated by PostgreSQL ("+cause+"), and the changes it had not confirmed are gone",
 			fmt.Sprintf("the engine flushes the managed keys (consistency.on_history_lost: flush) or stops; to recover by hand, flush the managed keys and drop the slot (SELECT pg_drop_replication_slot('%s'))", slot))
-	case "unreserved":
+	case walStatus == "unreserved":
 		rep.add(SeverityWarn, subject, "wal_status is unreserved: the slot is about to lose WAL it needs", "start the engine (or let it catch up) now, or raise max_slot_wal_keep_size")
-	case "extended":
+	case walStatus == "extended":
 		rep.add(SeverityWarn, subject, "wal_status is extended: the slot holds more WAL than max_wal_size", "let the engine catch up; watch the retained WAL")
-	case "":
+	case walStatus == "":
 	default:
 		rep.add(SeverityOK, subject, "wal_status is "+walStatus, "")
 	}
@@ -530,7 +548,11 @@ func (e *Engine) checkRedis(ctx context.Context, rep *CheckReport) {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := rdb.Ping(rctx).Err(); err != nil {
-		rep.add(SeverityError, subject, "PING failed: "+err.Error(), "check redis.addr (or redis.addrs), that Redis runs, and redis.username / redis.password")
+		fix := "check redis.addr (or redis.addrs), that Redis runs, and redis.username / redis.password"
+		if perm := sink.Classify(err); perm != nil {
+			err, fix = perm, "retrying does not help: fix what the finding names"
+		}
+		rep.add(SeverityError, subject, "PING failed: "+err.Error(), fix)
 		return
 	}
 	rep.add(SeverityOK, subject, "PING answered", "")

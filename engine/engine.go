@@ -25,6 +25,8 @@ import (
 	"github.com/cdcinvalidate/cdcinvalidate/cacheaside"
 	"github.com/cdcinvalidate/cdcinvalidate/checkpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/config"
+	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
 	"github.com/cdcinvalidate/cdcinvalidate/metrics"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
@@ -151,12 +153,13 @@ func (e *Engine) run(ctx context.Context) error {
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, CompanionPatterns: cacheaside.LeasePatterns, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
 		Cluster: e.cfg.Redis.Cluster, WaitReplicas: e.cfg.Redis.WaitReplicas, WaitTimeout: e.cfg.Redis.WaitTimeout,
-		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), FlushOnHistoryLost: e.cfg.Consistency.OnHistoryLost == config.HistoryLostFlush,
+		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, StopOnLongKey: e.cfg.Sink.OnLongKey == config.LongKeyStop, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), FlushOnHistoryLost: e.cfg.Consistency.OnHistoryLost == config.HistoryLostFlush,
 		CatchUpAge: catchUpAge, Verifier: sinkVerifier(vf),
 	}, tracker)
-	if err := e.checkHistory(ctx, rdb, sk, start); err != nil {
+	if err := e.checkHistory(ctx, rdb, sk, &start); err != nil {
 		return err
 	}
+	st.SetFlushed(start.walNow, start.flushedGlobs, start.flushedGens)
 	e.stream, e.sink, e.rdb, e.verifier = st, sk, rdb, vf
 	close(e.ready) // reloads may begin
 
@@ -174,6 +177,7 @@ func (e *Engine) run(ctx context.Context) error {
 		e.pollSlot(gctx, sinkCtx)
 		return nil
 	})
+	g.Go(func() error { return e.watchCatalog(gctx, rdb) })
 	if vf != nil {
 		g.Go(func() error { return vf.Run(gctx) })
 	}
@@ -187,7 +191,12 @@ func (e *Engine) run(ctx context.Context) error {
 		}
 		return nil
 	})
-	return g.Wait()
+	err = g.Wait()
+	var ue *replication.UnboundError
+	if errors.As(err, &ue) {
+		err = e.markUnapplied(rdb, ue.Globs, ue.Generations, err)
+	}
+	return err
 }
 
 // sinkVerifier is v as the sink's optional Verifier: nil stays a nil
@@ -200,69 +209,71 @@ func sinkVerifier(v *verifier.Verifier) sink.Verifier {
 }
 
 func (e *Engine) pingRedis(ctx context.Context, rdb redis.UniversalClient) error {
-	backoff := 200 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := rdb.Ping(ctx).Err()
-		if err == nil {
+	p := retry.Policy{Min: 200 * time.Millisecond, Max: 5 * time.Second, EscalateAfter: startEscalateAfter,
+		Classify: func(err error) error {
+			if perm := sink.Classify(err); perm != nil {
+				return &SetupError{[]string{fmt.Sprintf("redis at %s: %v", e.cfg.Redis.Describe(), perm)}}
+			}
+			if p := tlsProblem(err); p != "" {
+				return &SetupError{[]string{fmt.Sprintf("redis at %s: %s", e.cfg.Redis.Describe(), p)}}
+			}
 			return nil
+		},
+		OnFailure: e.logStartRetry("redis not reachable yet", zap.String("addr", e.cfg.Redis.Describe())),
+	}
+	_, err := p.Do(ctx, func() error { return rdb.Ping(ctx).Err() })
+	return err
+}
+
+// startEscalateAfter is how long a start-up connection may keep failing
+// before the log says so as an error (it goes on retrying).
+const startEscalateAfter = defaults.EscalateAfter
+
+// logStartRetry logs the failures of a start-up connection: the first and
+// every tenth as warnings, the escalation as an error.
+func (e *Engine) logStartRetry(what string, fields ...zap.Field) func(retry.Failure) {
+	return func(f retry.Failure) {
+		fs := append(fields[:len(fields):len(fields)], zap.String("error", config.Redact(f.Err.Error())), zap.Int("attempt", f.Attempt))
+		switch {
+		case f.Escalate:
+			e.Metrics.Stalled(f.Err)
+			e.log.Error(what+" for a long time; still retrying", append(fs, zap.Duration("failing_for", f.Failing.Round(time.Second)))...)
+		case f.Attempt == 1 || f.Attempt%10 == 0:
+			e.log.Warn(what+"; retrying", fs...)
 		}
-		msg := err.Error()
-		if strings.HasPrefix(msg, "WRONGPASS") || strings.HasPrefix(msg, "NOAUTH") || strings.HasPrefix(msg, "NOPERM") {
-			return &SetupError{[]string{fmt.Sprintf("redis at %s refused authentication: %s (check redis.username and redis.password or CDC_REDIS_PASSWORD)", e.cfg.Redis.Describe(), msg)}}
-		}
-		if p := tlsProblem(err); p != "" {
-			return &SetupError{[]string{fmt.Sprintf("redis at %s: %s", e.cfg.Redis.Describe(), p)}}
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if attempt == 1 || attempt%10 == 0 {
-			e.log.Warn("redis not reachable yet; retrying", zap.String("addr", e.cfg.Redis.Describe()), zap.Error(err), zap.Int("attempt", attempt))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 
 // connectRetry connects, retrying errors that waiting can fix.
 func (e *Engine) connectRetry(ctx context.Context, connect func() error, what string) error {
-	backoff := 200 * time.Millisecond
-	for attempt := 1; ; attempt++ {
-		err := connect()
-		if err == nil {
+	p := retry.Policy{Min: 200 * time.Millisecond, Max: e.cfg.Postgres.MaxBackoff, EscalateAfter: startEscalateAfter,
+		Classify: func(err error) error {
+			if replication.IsPermanent(err) {
+				return explainPgError(err)
+			}
+			if msg := tlsProblem(err); msg != "" {
+				return &SetupError{[]string{"postgres: " + msg}}
+			}
 			return nil
-		}
-		if replication.IsPermanent(err) || ctx.Err() != nil {
-			return explainPgError(err)
-		}
-		if msg := tlsProblem(err); msg != "" {
-			return &SetupError{[]string{"postgres: " + msg}}
-		}
-		if attempt == 1 || attempt%10 == 0 {
-			e.log.Warn(what+" failed; retrying", zap.String("error", config.Redact(err.Error())), zap.Int("attempt", attempt))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, e.cfg.Postgres.MaxBackoff)
+		},
+		OnFailure: e.logStartRetry(what + " failed"),
 	}
+	_, err := p.Do(ctx, connect)
+	if retry.IsPermanent(err) {
+		return explainPgError(err)
+	}
+	return err
 }
 
+// explainPgError turns a PostgreSQL error that retrying cannot fix
+// (replication.Classify) into a SetupError that says what to fix.
 func explainPgError(err error) error {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code {
-		case "28P01", "28000":
-			return &SetupError{[]string{"postgres refused the login: " + config.Redact(err.Error()) + " (check the user and password in postgres.dsn / CDC_POSTGRES_DSN, and pg_hba.conf; the role needs LOGIN REPLICATION)"}}
-		case "3D000":
-			return &SetupError{[]string{"postgres: " + config.Redact(err.Error()) + " (check the database name in postgres.dsn)"}}
-		}
+	var setup *SetupError
+	if errors.As(err, &setup) {
+		return err
+	}
+	if perm := replication.Classify(err); perm != nil {
+		return &SetupError{[]string{config.Redact(perm.Error())}}
 	}
 	return err
 }
@@ -284,15 +295,25 @@ func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (slo
 	if err != nil {
 		return slotState{}, err
 	}
+	e.mapper.Expect(cat.infos) // a rule table renamed while stopped is caught (schema.go)
 	if e.cfg.Postgres.FailoverSlot && cat.version < 170000 {
 		return slotState{}, &SetupError{[]string{fmt.Sprintf("postgres.failover_slot: failover slots need PostgreSQL 17 or later (this server is %d.%d); on older versions a promoted standby has no copy of the slot, and the engine's fail-closed path (consistency.on_history_lost) handles the failover: set failover_slot: false", cat.version/10000, cat.version%10000)}}
 	}
-	if err := e.ensurePublication(ctx, conn, cat.version, cat.infos, cat.problems); err != nil {
+	if probs := standbyProblems(cat.version, cat.inRecovery, e.cfg.Postgres.FailoverSlot); len(probs) > 0 {
+		return slotState{}, &SetupError{probs}
+	}
+	if cat.inRecovery {
+		e.warnStandby(ctx, conn)
+	}
+	if err := e.ensurePublication(ctx, conn, cat, cat.problems); err != nil {
 		return slotState{}, err
 	}
-	st, err := e.ensureSlot(ctx, conn, pgcfg)
+	st, err := e.ensureSlot(ctx, conn, pgcfg, cat.inRecovery)
 	if err == nil && e.cfg.Postgres.FailoverSlot && !st.created {
 		err = e.ensureFailover(ctx, conn, pgcfg)
+	}
+	if err == nil {
+		st.walNow, err = currentWAL(ctx, conn)
 	}
 	return st, err
 }
@@ -338,7 +359,8 @@ func (e *Engine) replicationConn(ctx context.Context, pgcfg *pgconn.Config) (*pg
 // ensurePublication checks the publication, or creates it when absent.
 // problems are those found so far: with any, nothing is created, and they
 // are reported with the publication's own.
-func (e *Engine) ensurePublication(ctx context.Context, conn *pgx.Conn, version int, infos map[string]mapping.TableInfo, problems []mapping.Problem) error {
+func (e *Engine) ensurePublication(ctx context.Context, conn *pgx.Conn, cat *catalogCheck, problems []mapping.Problem) error {
+	version, infos := cat.version, cat.infos
 	pub := e.cfg.Postgres.Publication
 	tables := e.mapper.Tables()
 	p, err := readPublication(ctx, conn, pub, version) // check.go
@@ -352,6 +374,9 @@ func (e *Engine) ensurePublication(ctx context.Context, conn *pgx.Conn, version 
 		return nil
 	}
 	sql := createPublicationSQL(pub, tables, version)
+	if cat.inRecovery {
+		return &SetupError{[]string{fmt.Sprintf("publication %q does not exist, and this server is a standby (read-only): create it on the primary, as the tables' owner: %s", pub, sql)}}
+	}
 	// Marked in the same transaction: a reload adds tables only to a
 	// publication the engine created (reload.go).
 	if err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
@@ -372,15 +397,22 @@ type slotState struct {
 	confirmed replication.LSN
 	created   bool   // the slot did not exist and was created now
 	lost      string // why the slot's history is known to be lost ("" if not)
+	// walNow is the server's WAL position read before any flush at this
+	// start: every transaction that commits below it committed before.
+	walNow replication.LSN
+	// flushedGlobs and flushedGens are what a flush at this start deleted
+	// and incremented (set by checkHistory).
+	flushedGlobs, flushedGens []string
 }
 
-func (e *Engine) ensureSlot(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.Config) (slotState, error) {
+func (e *Engine) ensureSlot(ctx context.Context, conn *pgx.Conn, pgcfg *pgconn.Config, standby bool) (slotState, error) {
 	slot := e.cfg.Postgres.Slot
-	var plugin, slotType, db, walStatus string
+	var plugin, slotType, db, walStatus, reason string
+	var conflicting bool
 	var confirmed *string
 	err := conn.QueryRow(ctx, `SELECT coalesce(plugin, ''), slot_type, coalesce(database, ''), confirmed_flush_lsn::text,
-       coalesce((to_jsonb(s) ->> 'wal_status'), '')
-FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, &db, &confirmed, &walStatus)
+       coalesce((to_jsonb(s) ->> 'wal_status'), ''), `+slotInvalidatedSQL+`
+FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType, &db, &confirmed, &walStatus, &reason, &conflicting)
 	if err == nil {
 		var problems []string
 		if slotType != "logical" || plugin != "pgoutput" {
@@ -391,11 +423,14 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 		if len(problems) > 0 {
 			return slotState{}, &SetupError{problems}
 		}
-		if walStatus == "lost" || confirmed == nil {
-			// PostgreSQL removed WAL the slot needed (max_slot_wal_keep_size):
-			// the changes in between are gone for good.
-			why := fmt.Sprintf("slot %q was invalidated by PostgreSQL (wal_status = lost: "+
-				"it fell behind by more than max_slot_wal_keep_size), so the changes it missed are gone", slot)
+		if lost, cause := slotInvalidation(walStatus, reason, conflicting); lost || confirmed == nil {
+			// PostgreSQL invalidated the slot (WAL removed, idle too long, a
+			// conflict with recovery on a standby): it cannot decode any more,
+			// and the changes it had not confirmed are gone for good.
+			if cause == "" {
+				cause = "it has no confirmed position"
+			}
+			why := fmt.Sprintf("slot %q was invalidated by PostgreSQL (%s), so the changes it missed are gone", slot, cause)
 			if e.cfg.Consistency.OnHistoryLost != config.HistoryLostFlush {
 				fix := fmt.Sprintf("; flush the keys the rules manage, then drop the slot "+
 					"(SELECT pg_drop_replication_slot('%s')) and start again, "+
@@ -406,7 +441,7 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 			if _, err := conn.Exec(ctx, `SELECT pg_drop_replication_slot($1)`, slot); err != nil {
 				return slotState{}, fmt.Errorf("drop invalidated slot %q: %w", slot, err)
 			}
-			st, err := e.createSlot(ctx, pgcfg)
+			st, err := e.createSlot(ctx, pgcfg, standby)
 			st.lost = why
 			return st, err
 		}
@@ -420,17 +455,20 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return slotState{}, fmt.Errorf("read slot %q: %w", slot, err)
 	}
-	st, err := e.createSlot(ctx, pgcfg)
+	st, err := e.createSlot(ctx, pgcfg, standby)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42710" {
 		// Another instance created it at the same moment: use it.
-		return e.ensureSlot(ctx, conn, pgcfg)
+		return e.ensureSlot(ctx, conn, pgcfg, standby)
 	}
 	return st, err
 }
 
-func (e *Engine) createSlot(ctx context.Context, pgcfg *pgconn.Config) (slotState, error) {
+func (e *Engine) createSlot(ctx context.Context, pgcfg *pgconn.Config, standby bool) (slotState, error) {
 	slot := e.cfg.Postgres.Slot
+	if standby {
+		e.log.Info("creating the slot on a standby: this waits until the primary logs its running transactions (every 15 s while it writes; SELECT pg_log_standby_snapshot() on the primary makes it immediate)", zap.String("slot", slot))
+	}
 	rconn, err := e.replicationConn(ctx, pgcfg)
 	if err != nil {
 		return slotState{}, err

@@ -29,7 +29,7 @@ import (
 // A new slot without a watermark is a first start: cached values may
 // predate the slot, so they are flushed unless consistency.on_first_start
 // is keep.
-func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk *sink.Sink, st slotState) error {
+func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk *sink.Sink, st *slotState) error {
 	key := e.cfg.WatermarkKey()
 	var lost, first string
 	switch {
@@ -72,7 +72,7 @@ func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk
 		}
 	}
 	if lost == "" && first == "" {
-		return e.flushNewlyManaged(ctx, rdb, sk)
+		return e.flushNewlyManaged(ctx, rdb, sk, st)
 	}
 	switch {
 	case lost != "" && e.cfg.Consistency.OnHistoryLost != config.HistoryLostFlush:
@@ -89,6 +89,7 @@ func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk
 	if err := sk.Flush(ctx); err != nil {
 		return err
 	}
+	st.flushed(e.mapper.Globs(), e.mapper.Generations())
 	if err := sk.SetWatermark(ctx, st.confirmed); err != nil {
 		return err
 	}
@@ -167,7 +168,7 @@ func (e *Engine) recordManaged(ctx context.Context, rdb redis.UniversalClient, m
 // kept consistent. It follows consistency.on_first_start. Without a record
 // (an engine from before the record existed) nothing is flushed and the
 // record is started.
-func (e *Engine) flushNewlyManaged(ctx context.Context, rdb redis.UniversalClient, sk *sink.Sink) error {
+func (e *Engine) flushNewlyManaged(ctx context.Context, rdb redis.UniversalClient, sk *sink.Sink, st *slotState) error {
 	key := e.cfg.ManagedKey()
 	if key == "" {
 		return nil
@@ -204,6 +205,7 @@ func (e *Engine) flushNewlyManaged(ctx context.Context, rdb redis.UniversalClien
 		if err := sk.FlushSome(ctx, globs, gens); err != nil {
 			return err
 		}
+		st.flushed(globs, gens)
 	}
 	return e.recordManaged(ctx, rdb, now)
 }

@@ -102,6 +102,7 @@ func (e *Engine) Reload(ctx context.Context, cfg *config.Config) (err error) {
 	if err != nil {
 		return err
 	}
+	m.Expect(cat.infos)
 	added, err := e.reloadPublication(ctx, conn, m, cat)
 	if err != nil {
 		return err
@@ -113,15 +114,13 @@ func (e *Engine) Reload(ctx context.Context, cfg *config.Config) (err error) {
 		}
 	}
 	newGlobs := mapping.NewlyManagedGlobs(old, m)
+	newGens := mapping.NewGenerations(old, m)
 	flush := e.cfg.Consistency.OnFirstStart == config.FirstStartFlush
-	if err := e.stream.SetMapper(ctx, m, newGlobs, flush); err != nil {
+	// The flush of the new patterns and generation keys goes through the
+	// stream to the sink, in order: a Redis error there is the sink's (it
+	// retries, or stops the engine), never a reload that half happened.
+	if err := e.stream.SetMapper(ctx, m, newGlobs, newGens, flush); err != nil {
 		return err
-	}
-	if gens := mapping.NewGenerations(old, m); flush && len(gens) > 0 {
-		if err := e.sink.IncrGenerations(ctx, gens); err != nil {
-			return fmt.Errorf("increment the new rules' generation keys %v: %w", gens, err)
-		}
-		e.log.Info("incremented the generation keys the new rules manage", zap.Strings("keys", gens))
 	}
 	e.sink.SetFlush(m.Globs(), m.Generations())
 	// The record of what the rules manage drops what they no longer manage
@@ -143,11 +142,12 @@ func (e *Engine) Reload(ctx context.Context, cfg *config.Config) (err error) {
 		fields = append(fields, zap.Strings("added_to_publication", added))
 	}
 	switch {
-	case len(newGlobs) == 0:
+	case len(newGlobs)+len(newGens) == 0:
 	case flush:
-		fields = append(fields, zap.Strings("flushed_patterns", newGlobs))
+		fields = append(fields, zap.Strings("flushed_patterns", newGlobs), zap.Strings("incremented_generation_keys", newGens))
 	default:
-		fields = append(fields, zap.Strings("new_patterns_not_flushed", newGlobs), zap.String("why", "consistency.on_first_start: keep"))
+		fields = append(fields, zap.Strings("new_patterns_not_flushed", newGlobs), zap.Strings("new_generation_keys_not_incremented", newGens),
+			zap.String("why", "consistency.on_first_start: keep"))
 	}
 	e.log.Info("rules reloaded", fields...)
 	return nil

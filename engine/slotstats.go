@@ -64,7 +64,7 @@ func readSlotStats(ctx context.Context, conn *pgx.Conn, slot string) (metrics.Sl
 	var confirmed *string
 	err := conn.QueryRow(ctx, `
 SELECT confirmed_flush_lsn::text,
-       coalesce((pg_current_wal_lsn() - restart_lsn)::bigint, 0),
+       coalesce((`+currentLSNSQL+` - restart_lsn)::bigint, 0),
        coalesce(safe_wal_size, -1), coalesce(wal_status, ''), active
 FROM pg_replication_slots WHERE slot_name = $1`, slot).Scan(&confirmed, &st.RetainedBytes, &st.SafeWALSize, &st.WALStatus, &st.Active)
 	if err != nil {

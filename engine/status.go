@@ -28,7 +28,8 @@ type Status struct {
 	Confirmed     pglogrepl.LSN
 	Restart       pglogrepl.LSN
 	WALStatus     string
-	SafeWALSize   int64 // -1: unlimited or unknown
+	Invalidated   string // why PostgreSQL invalidated the slot; "" if it did not
+	SafeWALSize   int64  // -1: unlimited or unknown
 	Current       pglogrepl.LSN
 	Publication   string
 	PubExists     bool
@@ -55,22 +56,27 @@ func ReadStatus(ctx context.Context, cfg *config.Config) (*Status, error) {
 	defer conn.Close(context.Background())
 	st := &Status{Slot: cfg.Postgres.Slot, Publication: cfg.Postgres.Publication, SafeWALSize: -1, WatermarkKey: cfg.WatermarkKey()}
 	var current string
-	if err := conn.QueryRow(ctx, `SELECT pg_current_wal_lsn()::text, current_setting('server_version_num')::int`).Scan(&current, &st.ServerVersion); err != nil {
+	if err := conn.QueryRow(ctx, `SELECT (`+currentLSNSQL+`)::text, current_setting('server_version_num')::int`).Scan(&current, &st.ServerVersion); err != nil {
 		return nil, fmt.Errorf("read server position: %w", err)
 	}
 	st.Current, _ = pglogrepl.ParseLSN(current)
 	var confirmed, restart *string
 	var pid *int
+	var reason string
+	var conflicting bool
 	err = conn.QueryRow(ctx, `
 SELECT coalesce(plugin, ''), active, active_pid, confirmed_flush_lsn::text, restart_lsn::text,
-       coalesce(wal_status, ''), coalesce(safe_wal_size, -1)
-FROM pg_replication_slots WHERE slot_name = $1`, st.Slot).Scan(&st.Plugin, &st.Active, &pid, &confirmed, &restart, &st.WALStatus, &st.SafeWALSize)
+       coalesce(wal_status, ''), coalesce(safe_wal_size, -1), `+slotInvalidatedSQL+`
+FROM pg_replication_slots s WHERE slot_name = $1`, st.Slot).Scan(&st.Plugin, &st.Active, &pid, &confirmed, &restart, &st.WALStatus, &st.SafeWALSize, &reason, &conflicting)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
 		return nil, fmt.Errorf("read slot %q: %w", st.Slot, err)
 	default:
 		st.SlotExists = true
+		if lost, cause := slotInvalidation(st.WALStatus, reason, conflicting); lost {
+			st.Invalidated = cause
+		}
 		if pid != nil {
 			st.ActivePID = *pid
 		}
@@ -169,8 +175,8 @@ func (st *Status) Print(w io.Writer) {
 		}
 		if st.WALStatus != "" {
 			status := st.WALStatus
-			if st.WALStatus == "lost" {
-				status += ": the slot was invalidated (max_slot_wal_keep_size); changes were lost, flush the managed keys and recreate the slot"
+			if st.Invalidated != "" {
+				status += ": the slot was invalidated (" + st.Invalidated + "); changes were lost, flush the managed keys and recreate the slot"
 			}
 			row("wal_status", status)
 		}

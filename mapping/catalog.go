@@ -9,7 +9,8 @@ import (
 // TableInfo is what the catalog says about a rule's table.
 type TableInfo struct {
 	Exists  bool
-	Kind    byte // pg_class.relkind: 'r' table, 'p' partitioned table, ...
+	OID     uint32 // pg_class.oid: the relation ID of Relation messages
+	Kind    byte   // pg_class.relkind: 'r' table, 'p' partitioned table, ...
 	Columns []string
 	// Types are the columns' types as format_type prints them ("bigint",
 	// "timestamp with time zone"), parallel to Columns; optional.

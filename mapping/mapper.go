@@ -128,9 +128,16 @@ type Mapper struct {
 	byTable map[string][]*Rule
 	rules   []*Rule // in the order given
 	bound   map[uint32]*boundRelation
-	buf     []byte
-	sc      scratch
-	log     *zap.Logger
+	// known maps relation IDs to the rule table they are (from the catalog
+	// at start, and from every Relation message bound since), and
+	// partitions maps the leaf partitions of partitioned rule tables to
+	// their root: a Relation message that names them otherwise means the
+	// table left its rules (moved.go).
+	known      map[uint32]string
+	partitions map[string]string
+	buf        []byte
+	sc         scratch
+	log        *zap.Logger
 
 	nullWarned map[*Rule]bool
 
@@ -164,6 +171,9 @@ type boundRelation struct {
 	rel     *replication.Relation
 	rules   []boundRule
 	hasWhen bool
+	// unbound, when set, is returned for every change: the relation is a
+	// rule table's partition arriving as itself (moved.go).
+	unbound error
 }
 
 type boundRule struct {
@@ -182,7 +192,8 @@ type boundTemplate struct {
 
 // New builds a mapper from rules.
 func New(rules []Rule, opts ...Option) (*Mapper, error) {
-	m := &Mapper{byTable: map[string][]*Rule{}, bound: map[uint32]*boundRelation{}, log: zap.NewNop(), nullWarned: map[*Rule]bool{}}
+	m := &Mapper{byTable: map[string][]*Rule{}, bound: map[uint32]*boundRelation{}, known: map[uint32]string{}, partitions: map[string]string{},
+		log: zap.NewNop(), nullWarned: map[*Rule]bool{}}
 	for _, o := range opts {
 		o(m)
 	}
@@ -274,8 +285,15 @@ func (m *Mapper) RefreshFallbacks() uint64 { return m.refreshFallbacks.Load() }
 // as it now is.
 func (m *Mapper) Bind(rel *replication.Relation) error {
 	rules := m.byTable[rel.QualifiedName()]
+	if err := m.moved(rel); err != nil {
+		delete(m.bound, rel.ID)
+		return err
+	}
 	if len(rules) == 0 {
 		delete(m.bound, rel.ID)
+		if br := m.partitionTrap(rel); br != nil {
+			m.bound[rel.ID] = br
+		}
 		return nil
 	}
 	colIndex := make(map[string]int, len(rel.Columns))
@@ -347,6 +365,7 @@ func (m *Mapper) Bind(rel *replication.Relation) error {
 		return fmt.Errorf("%w: %s", ErrRuleBinding, strings.Join(slices.Compact(problems), "; "))
 	}
 	m.bound[rel.ID] = br
+	m.known[rel.ID] = rel.QualifiedName()
 	return nil
 }
 
@@ -483,6 +502,9 @@ func (m *Mapper) AppendChange(keys []string, acts []replication.Action, ch *repl
 	br := m.bound[ch.Rel.ID]
 	if br == nil {
 		return keys, acts, nil
+	}
+	if br.unbound != nil {
+		return keys, acts, br.unbound
 	}
 	if opOf(ch.Op) == 0 {
 		return keys, acts, fmt.Errorf("unknown change op %v", ch.Op)

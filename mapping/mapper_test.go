@@ -464,7 +464,8 @@ func TestNoRules(t *testing.T) {
 	}
 }
 
-// A table renamed to a name without rules is unbound.
+// A table renamed to a name without rules is unbound, and Bind says so
+// (issue 11: silently unbinding it confirmed its changes unapplied).
 func TestRenamedAwayUnbinds(t *testing.T) {
 	t.Parallel()
 	m := newMapper(t, usersRule(t, false, "user:{id}"))
@@ -474,8 +475,9 @@ func TestRenamedAwayUnbinds(t *testing.T) {
 	}
 	renamed := usersRel('d')
 	renamed.Name = "users_old"
-	if err := m.Bind(renamed); err != nil {
-		t.Fatal(err)
+	var ue *replication.UnboundError
+	if err := m.Bind(renamed); !errors.As(err, &ue) || ue.Table != "public.users" || ue.Now != "public.users_old" || !slices.Equal(ue.Globs, []string{"user:*"}) {
+		t.Fatalf("Bind of the renamed table = %v, want an UnboundError from public.users to public.users_old with pattern user:*", err)
 	}
 	if keys, _ := m.AppendKeys(nil, insert(renamed, tup(txt("1"), null, null))); len(keys) != 0 {
 		t.Errorf("keys for a renamed table: %q", keys)

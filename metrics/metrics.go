@@ -129,9 +129,9 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 		Help:    "From a transaction's commit time (server clock) to Redis acknowledging its invalidations.",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)})
 	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "errors_total",
-		Help: "Errors by class: redis_transient (retried), redis_permanent (stops), replication (reconnects)."}, []string{"class"})
+		Help: "Errors by class: redis_transient (retried), redis_permanent (stops), replication (reconnects), stalled (an operation still failing after its escalation bound; retried, logged as an error)."}, []string{"class"})
 	m.tooLong = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "keys_too_long_total",
-		Help: "Keys longer than sink.max_key_bytes, not invalidated (use a digest filter in the template)."})
+		Help: "Keys longer than sink.max_key_bytes, invalidated all the same unless sink.on_long_key is stop (use a digest filter in the template)."})
 	m.actions = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "actions_total",
 		Help: "Actions besides plain deletes applied in Redis, by action (unlink, del, version, publish, stream, refresh, generation), before deduplication."}, []string{"action"})
 	for k := replication.ActUnlink; k <= replication.ActIncr; k++ {
@@ -148,7 +148,7 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 		Help: "Age of an invalidation when its key was confirmed stale.", Buckets: prometheus.ExponentialBuckets(0.1, 4, 8)})
 	m.verifyDropped = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "verify_samples_dropped_total",
 		Help: "Sampled invalidations not checked because verify.max_pending checks were waiting."})
-	for _, c := range []string{"redis_transient", "redis_permanent", "replication"} {
+	for _, c := range []string{"redis_transient", "redis_permanent", "replication", "stalled"} {
 		m.errors.WithLabelValues(c)
 	}
 	for _, r := range []string{"ok", "rejected"} {
@@ -313,6 +313,11 @@ func (m *Metrics) RedisError(_ error, permanent bool) {
 	m.redisDown.Store(true)
 	m.errors.WithLabelValues("redis_transient").Inc()
 }
+
+// Stalled counts an operation that kept failing beyond its escalation bound
+// (Redis or the replication connection); readiness already fails while it
+// fails.
+func (m *Metrics) Stalled(error) { m.errors.WithLabelValues("stalled").Inc() }
 
 // stateCollector reports gauges computed at scrape time.
 type stateCollector struct{ m *Metrics }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/cdcinvalidate/cdcinvalidate/checkpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 )
 
 // Event is one unit of work for the sink, handed over in commit order.
@@ -75,6 +77,9 @@ type Observer interface {
 	Table(qualifiedName string) TableObserver
 	State(state string)
 	Reconnect(err error)
+	// Stalled reports that reconnecting has failed for longer than
+	// Config.EscalateAfter.
+	Stalled(err error)
 }
 
 // TableObserver counts one table's changes and the keys they produced.
@@ -96,6 +101,7 @@ type nopObserver struct{}
 func (nopObserver) Table(string) TableObserver { return nopObserver{} }
 func (nopObserver) State(string)               {}
 func (nopObserver) Reconnect(error)            {}
+func (nopObserver) Stalled(error)              {}
 func (nopObserver) Change(Op, int)             {}
 
 // Config configures a Stream.
@@ -123,6 +129,10 @@ type Config struct {
 	// StandbyRetry is how often a standby (the slot is active for another
 	// process) tries to take the slot over. Default 1s.
 	StandbyRetry time.Duration
+	// EscalateAfter is how long reconnecting may go on failing before it
+	// is reported as an error and to Observer.Stalled (default 1m); the
+	// stream goes on reconnecting.
+	EscalateAfter time.Duration
 	// WALSenderTimeout, when non-zero, sets wal_sender_timeout for this
 	// connection (PostgreSQL 12+): how soon the server drops a consumer that
 	// stopped answering, which bounds the takeover time after a freeze.
@@ -145,6 +155,10 @@ type Stream struct {
 	serverEnd atomic.Uint64 // the server's WAL end in its last message
 
 	swap swapper // rules reloads (swap.go)
+
+	// What the start-up flush covered (SetFlushed, unbound.go).
+	coveredBelow              LSN
+	coveredGlobs, coveredGens []string
 }
 
 // Received returns the highest WAL position received from the server.
@@ -170,6 +184,9 @@ func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
 	if cfg.ShutdownWait <= 0 {
 		cfg.ShutdownWait = defaults.ShutdownWait
 	}
+	if cfg.EscalateAfter <= 0 {
+		cfg.EscalateAfter = defaults.EscalateAfter
+	}
 	if cfg.StandbyRetry <= 0 {
 		cfg.StandbyRetry = defaults.StandbyRetry
 	}
@@ -185,55 +202,6 @@ func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
 	return &Stream{cfg: cfg, mapper: m, pos: pos, out: out, log: cfg.Logger, obs: cfg.Observer}
 }
 
-// PermanentError marks an error that reconnecting cannot fix: the engine
-// stops and says what to do.
-type PermanentError struct{ Err error }
-
-func (e *PermanentError) Error() string { return e.Err.Error() }
-func (e *PermanentError) Unwrap() error { return e.Err }
-
-func permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	var p *PermanentError
-	if errors.As(err, &p) {
-		return err
-	}
-	return &PermanentError{Err: err}
-}
-
-// isSlotActive recognises the server's refusal to start streaming from a
-// slot another process holds (SQLSTATE 55006, object_in_use).
-func isSlotActive(err error) bool {
-	var pgErr *pgconn.PgError
-	return errors.As(err, &pgErr) && pgErr.Code == "55006"
-}
-
-// IsPermanent reports whether err must stop the engine instead of a reconnect.
-func IsPermanent(err error) bool {
-	var p *PermanentError
-	if errors.As(err, &p) {
-		return true
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code {
-		case "28P01", "28000": // invalid password, invalid authorization
-			return true
-		case "42704": // undefined object: slot or publication missing
-			return true
-		case "42501": // insufficient privilege
-			return true
-		case "3D000": // database does not exist
-			return true
-		case "55000": // object not in prerequisite state (e.g. wal_level, slot invalidated)
-			return true
-		}
-	}
-	return false
-}
-
 // Run streams until ctx is cancelled (then it returns nil after confirming
 // what the sink applied) or a permanent error happens. Connection losses are
 // retried with capped exponential backoff from the slot's confirmed
@@ -241,8 +209,10 @@ func IsPermanent(err error) bool {
 func (s *Stream) Run(ctx context.Context) error {
 	defer close(s.out)
 	defer s.obs.State(StateStopped)
-	backoff := s.cfg.MinBackoff
+	backoff := retry.Backoff{Min: s.cfg.MinBackoff, Max: s.cfg.MaxBackoff}
 	standby := false
+	var failingSince time.Time // first failed session of a run of failures
+	escalated := false
 	for {
 		started := time.Now()
 		s.obs.State(StateConnecting)
@@ -253,8 +223,11 @@ func (s *Stream) Run(ctx context.Context) error {
 		if err == nil {
 			err = errors.New("replication stream ended")
 		}
-		if IsPermanent(err) {
+		if retry.IsPermanent(err) {
 			return err
+		}
+		if perm := Classify(err); perm != nil {
+			return perm
 		}
 		var active *slotActiveError
 		if errors.As(err, &active) || isSlotActive(err) {
@@ -265,28 +238,37 @@ func (s *Stream) Run(ctx context.Context) error {
 				standby = true
 			}
 			s.obs.State(StateStandby)
-			select {
-			case <-ctx.Done():
+			if retry.Sleep(ctx, s.cfg.StandbyRetry) != nil {
 				return nil
-			case <-time.After(s.cfg.StandbyRetry):
 			}
-			backoff = s.cfg.MinBackoff
+			backoff.Reset()
+			failingSince, escalated = time.Time{}, false
 			continue
 		}
 		standby = false
 		if time.Since(started) > time.Minute {
-			backoff = s.cfg.MinBackoff
+			// The session streamed for a while: a new run of failures.
+			backoff.Reset()
+			failingSince, escalated = time.Time{}, false
 		}
+		if failingSince.IsZero() {
+			failingSince = started
+		}
+		wait := backoff.Next()
 		s.obs.Reconnect(err)
 		s.obs.State(StateBackingOff)
-		s.log.Warn("replication connection lost; reconnecting from the slot's confirmed position",
-			zap.Error(err), zap.Duration("retry_in", backoff))
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(backoff):
+		if failing := time.Since(failingSince); !escalated && failing >= s.cfg.EscalateAfter {
+			escalated = true
+			s.obs.Stalled(err)
+			s.log.Error("replication has not streamed for a long time; still reconnecting from the slot's confirmed position. If the error is not a passing outage (server down or restarting), it needs an operator",
+				zap.Duration("failing_for", failing.Round(time.Second)), zap.Error(err), zap.Duration("retry_in", wait))
+		} else {
+			s.log.Warn("replication connection lost; reconnecting from the slot's confirmed position",
+				zap.Error(err), zap.Duration("retry_in", wait))
 		}
-		backoff = min(backoff*2, s.cfg.MaxBackoff)
+		if retry.Sleep(ctx, wait) != nil {
+			return nil
+		}
 	}
 }
 
@@ -312,9 +294,25 @@ type session struct {
 	streamXid uint32
 	streams   map[uint32]*txnBuffer
 	budget    int
+	// lastRel is the relation of the message just handled, if it was a
+	// Relation message (pgoutput describes a partition right before the
+	// first change that goes through it to its root).
+	lastRel *Relation
+	// badRels are relations whose last Relation message, inside the
+	// streamed transaction given, did not bind: that transaction's changes
+	// of them cannot be mapped, and it fails if it commits.
+	badRels map[uint32]uint32
 
 	lastEnd LSN // highest End handed to the sink
 	timer   *time.Timer
+
+	// lastRecv is when the last message arrived (or the loop last began
+	// to listen again after waiting for the sink); no message for
+	// deadAfter means the connection is dead (half-open) and is dropped.
+	lastRecv  time.Time
+	deadAfter time.Duration
+
+	warnedNonTxn bool // logged the first non-transactional message
 }
 
 func (s *Stream) session(ctx context.Context) (err error) {
@@ -336,6 +334,10 @@ func (s *Stream) session(ctx context.Context) (err error) {
 	defer conn.Close(context.Background())
 
 	version, err := serverVersion(ctx, conn)
+	if err != nil {
+		return err
+	}
+	wst, err := walSenderTimeout(ctx, conn)
 	if err != nil {
 		return err
 	}
@@ -372,13 +374,16 @@ func (s *Stream) session(ctx context.Context) (err error) {
 
 	ss := &session{
 		s: s, ctx: ctx, conn: conn,
-		rep:     checkpoint.Reporter{Interval: s.cfg.StatusInterval, Prompt: 100 * time.Millisecond},
-		rels:    map[uint32]*Relation{},
-		tables:  map[uint32]TableObserver{},
-		streams: map[uint32]*txnBuffer{},
-		budget:  s.cfg.TxnMemoryBytes,
-		lastEnd: confirmed,
-		timer:   time.NewTimer(time.Hour),
+		rep:       checkpoint.Reporter{Interval: s.cfg.StatusInterval, Prompt: 100 * time.Millisecond},
+		rels:      map[uint32]*Relation{},
+		tables:    map[uint32]TableObserver{},
+		streams:   map[uint32]*txnBuffer{},
+		badRels:   map[uint32]uint32{},
+		budget:    s.cfg.TxnMemoryBytes,
+		lastEnd:   confirmed,
+		timer:     time.NewTimer(time.Hour),
+		lastRecv:  time.Now(),
+		deadAfter: deadAfter(wst, s.cfg.StatusInterval),
 	}
 	ss.rep.Received(confirmed)
 	defer ss.close()
@@ -438,8 +443,12 @@ func (ss *session) sendStatus(now time.Time) error {
 	if failpoint.Unsafe("confirm-received") {
 		f, a = w, w // the bug a negative control must catch
 	}
+	// After a quiet spell the server is asked to answer at once: an
+	// answer proves the connection alive even when nothing else flows
+	// (the server's own keepalives stop while status updates come in).
 	err := pglogrepl.SendStandbyStatusUpdate(ss.ctx, ss.conn, pglogrepl.StandbyStatusUpdate{
 		WALWritePosition: w, WALFlushPosition: f, WALApplyPosition: a, ClientTime: now,
+		ReplyRequested: now.Sub(ss.lastRecv) >= ss.s.cfg.StatusInterval,
 	})
 	if err != nil {
 		return fmt.Errorf("send standby status: %w", err)
@@ -464,6 +473,7 @@ func (ss *session) loop() error {
 			// Work is in flight: look at the applied position again soon.
 			wake = minTime(wake, now.Add(50*time.Millisecond))
 		}
+		wake = minTime(wake, ss.lastRecv.Add(ss.deadAfter))
 		// Moving the deadline costs a timer update per message; it only
 		// has to move when the wake-up must come earlier (waking up early
 		// just loops).
@@ -486,11 +496,15 @@ func (ss *session) loop() error {
 				// The deadline passed, or someone moved it to wake this
 				// loop (shutdown, a rules swap): set it again next time.
 				deadline = time.Time{}
+				if quiet := time.Since(ss.lastRecv); quiet >= ss.deadAfter {
+					return fmt.Errorf("%w: no message from the server for %s although status updates asked for an answer; reconnecting", ErrConnectionDead, quiet.Round(time.Millisecond))
+				}
 				continue
 			}
 			return fmt.Errorf("receive: %w", err)
 		}
-		blocked := time.Since(now) > blockedRead
+		ss.lastRecv = time.Now()
+		blocked := ss.lastRecv.Sub(now) > blockedRead
 		switch msg := msg.(type) {
 		case *pgproto3.CopyData:
 			if err := ss.handleCopyData(msg.Data); err != nil {
@@ -579,6 +593,8 @@ func (ss *session) handleMessage(data []byte) error {
 	if err != nil {
 		return permanent(err)
 	}
+	described := ss.lastRel
+	ss.lastRel = nil
 	switch m.kind {
 	case msgBegin:
 		ss.inTxn = true
@@ -590,13 +606,9 @@ func (ss *session) handleMessage(data []byte) error {
 		ss.keys, ss.acts = nil, nil
 		return ss.emit(Event{Keys: keys, Actions: acts, LSN: m.lsn, End: m.endLSN, CommitTime: m.time})
 	case msgRelation:
-		ss.rels[m.relation.ID] = m.relation
-		ss.tables[m.relation.ID] = ss.s.obs.Table(m.relation.QualifiedName())
-		if err := ss.s.mapper.Bind(m.relation); err != nil {
-			return permanent(err)
-		}
+		return ss.handleRelation(m)
 	case msgInsert, msgUpdate, msgDelete:
-		return ss.handleChange(m)
+		return ss.handleChange(m, described)
 	case msgTruncate:
 		var globs []string
 		var acts []Action
@@ -649,6 +661,7 @@ func (ss *session) handleMessage(data []byte) error {
 		if m.subXid == m.xid {
 			b.release(&ss.budget)
 			delete(ss.streams, m.xid)
+			maps.DeleteFunc(ss.badRels, func(_, xid uint32) bool { return xid == m.xid })
 		} else {
 			b.abortSub(m.subXid)
 		}
@@ -657,15 +670,13 @@ func (ss *session) handleMessage(data []byte) error {
 		if m.prefix != explicitPrefix {
 			return nil // other applications' messages
 		}
-		if !m.transactional {
-			ss.s.log.Warn("ignored a non-transactional logical decoding message with prefix cdcinvalidate: it is not ordered with commits; emit it with pg_logical_emit_message(true, 'cdcinvalidate', ...)",
-				zap.Stringer("lsn", m.lsn))
-			return nil
-		}
 		keys, globs, gens, err := parseExplicit(m.content)
 		if err != nil {
 			txn := ""
-			if ss.inStream {
+			switch {
+			case !m.transactional:
+				txn = " (non-transactional)"
+			case ss.inStream:
 				txn = fmt.Sprintf(" of streamed transaction %d", ss.streamXid)
 			}
 			return permanent(fmt.Errorf("invalidation message (prefix %q) at LSN %s%s is malformed: %v; nothing of its transaction is skipped, so the engine stops: fix the application that emits it, and to get past this transaction flush the keys the rules manage and advance the slot beyond its commit (pg_replication_slot_advance)",
@@ -674,6 +685,9 @@ func (ss *session) handleMessage(data []byte) error {
 		var acts []Action
 		for _, g := range gens {
 			acts = append(acts, Action{Kind: ActIncr, Key: g})
+		}
+		if !m.transactional {
+			return ss.applyNonTransactional(m.lsn, keys, globs, acts)
 		}
 		if ss.inStream {
 			b := ss.stream(ss.streamXid)
@@ -705,6 +719,33 @@ func (ss *session) handleMessage(data []byte) error {
 		}
 	case msgOrigin, msgType:
 		// Origins and types need no invalidation.
+	}
+	return nil
+}
+
+// applyNonTransactional hands over the invalidations of a non-transactional
+// message at once, at its place in the stream: it belongs to no
+// transaction, and the server sends it when it decodes it, between
+// transactions (an open transaction's part gathered so far goes first). It
+// moves no position itself: the next keepalive or commit confirms past it,
+// and only after the sink applied it, as for everything handed over before
+// them; until then a restart receives it again.
+func (ss *session) applyNonTransactional(lsn LSN, keys, globs []string, acts []Action) error {
+	if !ss.warnedNonTxn {
+		ss.warnedNonTxn = true
+		ss.s.log.Info("applying a non-transactional invalidation message at its WAL position; inside a transaction, emit it with pg_logical_emit_message(true, 'cdcinvalidate', ...) so that it is applied at the commit, after the data changed",
+			zap.Stringer("lsn", lsn))
+	}
+	if err := ss.emitPart(); err != nil {
+		return err
+	}
+	if len(keys) > 0 || len(acts) > 0 {
+		if err := ss.emit(Event{Keys: keys, Actions: acts, LSN: lsn}); err != nil {
+			return err
+		}
+	}
+	if len(globs) > 0 {
+		return ss.emit(Event{Globs: globs})
 	}
 	return nil
 }
@@ -775,10 +816,81 @@ func (ss *session) stream(xid uint32) *txnBuffer {
 	return b
 }
 
-func (ss *session) handleChange(m *message) error {
+// handleRelation binds the rules to a table the server describes. Outside
+// a streamed transaction a table the rules do not fit stops the stream at
+// once: nothing after this point of the transaction is confirmed. Inside
+// one (a DDL in a transaction not yet committed) the verdict waits for its
+// commit: if it aborts, the table never changed.
+func (ss *session) handleRelation(m *message) error {
+	rel := m.relation
+	ss.lastRel = rel
+	ss.rels[rel.ID] = rel
+	ss.tables[rel.ID] = ss.s.obs.Table(rel.QualifiedName())
+	err := ss.s.mapper.Bind(rel)
+	if ss.inStream {
+		b := ss.stream(ss.streamXid)
+		if err != nil {
+			ss.badRels[rel.ID] = ss.streamXid
+			b.failBind(m.xid, rel.ID, err)
+			ss.s.log.Warn("a streamed transaction changed a table so that the rules no longer fit it; the engine stops if it commits",
+				zap.Uint32("xid", ss.streamXid), zap.String("table", rel.QualifiedName()), zap.Error(err))
+			return nil
+		}
+		delete(ss.badRels, rel.ID)
+		b.clearBind(rel.ID)
+		return nil
+	}
+	delete(ss.badRels, rel.ID)
+	if err == nil {
+		return nil
+	}
+	if ss.s.covered(err, ss.commitLSN) {
+		ss.s.log.Warn("skipping changes of a table the rules knew under another name: the flush at this start deleted its keys after they committed",
+			zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
+		return nil
+	}
+	return permanent(err)
+}
+
+// LeafChecker is implemented by a Mapper that checks the partition a
+// change went through, when pgoutput described it right before the change
+// it publishes as its root's: a partition's replica identity is its own,
+// so its old rows may lack columns the root's rules need.
+type LeafChecker interface {
+	CheckLeaf(root, leaf *Relation) error
+}
+
+// handleChange maps a row change. described is the relation of a Relation
+// message that came right before it, or nil.
+func (ss *session) handleChange(m *message, described *Relation) error {
 	rel := ss.rels[m.relID]
 	if rel == nil {
 		return permanent(fmt.Errorf("%w: change of relation %d before its Relation message", ErrMalformed, m.relID))
+	}
+	if lc, ok := ss.s.mapper.(LeafChecker); ok && described != nil && described.ID != rel.ID {
+		if err := lc.CheckLeaf(rel, described); err != nil {
+			if ss.inStream {
+				ss.stream(ss.streamXid).dropChange(m.xid, err) // judged at commit
+				return nil
+			}
+			if !ss.s.covered(err, ss.commitLSN) {
+				return permanent(err)
+			}
+			ss.s.log.Warn("skipping a change through a partition the rules cannot map: the flush at this start deleted its keys after it committed",
+				zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
+			return nil
+		}
+	}
+	if xid, bad := ss.badRels[m.relID]; bad {
+		if ss.inStream && ss.streamXid == xid {
+			// Its commit fails, unless the subtransaction aborts.
+			b := ss.stream(xid)
+			if f, ok := b.binds[m.relID]; ok {
+				b.dropChange(m.xid, f.err)
+			}
+			return nil
+		}
+		return permanent(fmt.Errorf("a change of table %s arrived without a new description of the table after streamed transaction %d changed it so that the rules no longer fit; the engine stops rather than map it with a definition that may not be its own; restart cdcinvalidate", rel.QualifiedName(), xid))
 	}
 	ch := &ss.change
 	ch.Rel = rel
@@ -795,6 +907,10 @@ func (ss *session) handleChange(m *message) error {
 		keys, acts, err := ss.s.mapper.AppendChange(ss.keys, ss.acts, ch)
 		ss.keys, ss.acts = keys, acts
 		if err != nil {
+			if ss.s.covered(err, ss.commitLSN) {
+				ss.s.log.Debug("skipping a change the flush at this start covered", zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
+				return nil
+			}
 			return permanent(err)
 		}
 		ss.tables[m.relID].Change(ch.Op, len(keys)+len(acts)-before)
@@ -808,6 +924,12 @@ func (ss *session) handleChange(m *message) error {
 	}
 	keys, acts, err := ss.s.mapper.AppendChange(ss.keys[:0], ss.acts[:0], ch)
 	ss.keys, ss.acts = keys[:0], acts[:0]
+	var ue *UnboundError
+	if errors.As(err, &ue) {
+		// Judged at commit, as a table's description is.
+		ss.stream(ss.streamXid).dropChange(m.xid, err)
+		return nil
+	}
 	if err != nil {
 		return permanent(err)
 	}
@@ -850,6 +972,14 @@ func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.
 		return ss.emit(Event{End: end, CommitTime: commitTime})
 	}
 	defer b.release(&ss.budget)
+	maps.DeleteFunc(ss.badRels, func(_, x uint32) bool { return x == xid })
+	for _, err := range b.bindErrs() {
+		if !ss.s.covered(err, commitLSN) {
+			return permanent(fmt.Errorf("streamed transaction %d committed at %s: %w", xid, commitLSN, err))
+		}
+		ss.s.log.Warn("skipping changes of a table the rules knew under another name: the flush at this start deleted its keys after they committed",
+			zap.Stringer("commit_lsn", commitLSN), zap.Error(err))
+	}
 	var keys []string
 	var acts []Action
 	flush := func() error {
@@ -915,11 +1045,75 @@ func (ss *session) emit(ev Event) error {
 			}
 			break
 		}
+		// The loop did not listen while it waited for the sink: the
+		// silence of the connection counts from now.
+		ss.lastRecv = time.Now()
 	}
 	if ev.End > ss.lastEnd {
 		ss.lastEnd = ev.End
 	}
 	return nil
+}
+
+// ErrConnectionDead is wrapped when the replication connection stayed
+// silent for longer than deadAfter: the peer is gone but no FIN or RST
+// came (a half-open TCP connection), which the kernel would notice only
+// after many minutes.
+var ErrConnectionDead = errors.New("replication connection is dead (half-open)")
+
+// deadAfter is how long a connection may stay silent before it is taken
+// for dead: twice wal_sender_timeout (the server sends keepalives at half
+// of it, and answers a status update that asks for it at once), 2 minutes
+// when the server's timeout is off, and never less than three status
+// intervals.
+func deadAfter(walSenderTimeout, statusInterval time.Duration) time.Duration {
+	if walSenderTimeout <= 0 {
+		walSenderTimeout = time.Minute
+	}
+	return max(2*walSenderTimeout, 3*statusInterval)
+}
+
+// walSenderTimeout reads the connection's wal_sender_timeout (0: off).
+func walSenderTimeout(ctx context.Context, conn *pgconn.PgConn) (time.Duration, error) {
+	res, err := conn.Exec(ctx, "SHOW wal_sender_timeout").ReadAll()
+	if err != nil {
+		return 0, fmt.Errorf("read wal_sender_timeout: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
+		return 0, errors.New("read wal_sender_timeout: unexpected result")
+	}
+	d, err := parsePGDuration(string(res[0].Rows[0][0]))
+	if err != nil {
+		return 0, fmt.Errorf("read wal_sender_timeout: %w", err)
+	}
+	return d, nil
+}
+
+// parsePGDuration parses a time setting as SHOW prints it: an integer with
+// a unit (us, ms, s, min, h, d), or without one (milliseconds, the unit of
+// wal_sender_timeout). A negative value is an error.
+func parsePGDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	if i == 0 || i > 12 {
+		return 0, fmt.Errorf("%q is not a duration PostgreSQL prints", s)
+	}
+	n, err := strconv.ParseInt(s[:i], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration PostgreSQL prints", s)
+	}
+	units := map[string]time.Duration{"": time.Millisecond, "us": time.Microsecond, "ms": time.Millisecond, "s": time.Second, "min": time.Minute, "h": time.Hour, "d": 24 * time.Hour}
+	unit, ok := units[strings.TrimSpace(s[i:])]
+	if !ok {
+		return 0, fmt.Errorf("%q has a unit PostgreSQL does not print", s)
+	}
+	if n > int64(1<<62)/int64(unit) {
+		return 0, fmt.Errorf("%q is too long", s)
+	}
+	return time.Duration(n) * unit, nil
 }
 
 func serverVersion(ctx context.Context, conn *pgconn.PgConn) (int, error) {

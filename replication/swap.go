@@ -26,6 +26,9 @@ type swapper struct {
 	live    net.Conn     // the running session's connection; nil between sessions
 	req     *swapRequest // waiting for the session to take it
 	pending []string     // patterns to flush when the next session starts
+	// pendingGens are generation keys to increment when the next session
+	// starts (after pending).
+	pendingGens []string
 	// waiting is set while req or pending is set: the session's loop reads
 	// it once per message instead of taking the lock.
 	waiting atomic.Bool
@@ -34,6 +37,7 @@ type swapper struct {
 type swapRequest struct {
 	m        Mapper
 	newGlobs []string
+	newGens  []string
 	flush    bool
 	reply    chan error
 }
@@ -44,18 +48,21 @@ type swapRequest struct {
 // the old mapper stays and the error is returned.
 //
 // newGlobs are the SCAN patterns of keys m manages and the old mapper did
-// not keep invalidated. With flush they are deleted at the boundary, as an
-// event in order with the stream, before any change m maps. Either way a
-// streamed transaction still open at the boundary, whose earlier chunks the
-// old mapper mapped, gets them deleted again at its commit.
+// not keep invalidated, newGens the generation keys likewise. With flush
+// the patterns are deleted and the generation keys incremented at the
+// boundary, as events in order with the stream (so a Redis error there is
+// the sink's, which retries or stops the engine), before any change m
+// maps. Either way a streamed transaction still open at the boundary,
+// whose earlier chunks the old mapper mapped, gets them again at its
+// commit.
 //
 // Between sessions (connecting, backing off, standby) m is used by the next
-// session, which first flushes newGlobs.
-func (s *Stream) SetMapper(ctx context.Context, m Mapper, newGlobs []string, flush bool) error {
+// session, which first flushes newGlobs and increments newGens.
+func (s *Stream) SetMapper(ctx context.Context, m Mapper, newGlobs, newGens []string, flush bool) error {
 	sw := &s.swap
 	sw.calls.Lock()
 	defer sw.calls.Unlock()
-	req := &swapRequest{m: m, newGlobs: newGlobs, flush: flush, reply: make(chan error, 1)}
+	req := &swapRequest{m: m, newGlobs: newGlobs, newGens: newGens, flush: flush, reply: make(chan error, 1)}
 	sw.mu.Lock()
 	if sw.live == nil {
 		sw.adopt(s, req)
@@ -77,7 +84,7 @@ func (s *Stream) SetMapper(ctx context.Context, m Mapper, newGlobs []string, flu
 		sw.mu.Lock()
 		if sw.req == req {
 			sw.req = nil
-			sw.waiting.Store(len(sw.pending) > 0)
+			sw.waiting.Store(len(sw.pending)+len(sw.pendingGens) > 0)
 			sw.mu.Unlock()
 			return ctx.Err()
 		}
@@ -92,8 +99,9 @@ func (sw *swapper) adopt(s *Stream, req *swapRequest) {
 	s.mapper = req.m
 	if req.flush {
 		sw.pending = append(sw.pending, req.newGlobs...)
+		sw.pendingGens = append(sw.pendingGens, req.newGens...)
 	}
-	sw.waiting.Store(sw.req != nil || len(sw.pending) > 0)
+	sw.waiting.Store(sw.req != nil || len(sw.pending)+len(sw.pendingGens) > 0)
 }
 
 // attach registers the session's connection for wake-ups; from now on the
@@ -128,12 +136,21 @@ func (ss *session) takeSwap() error {
 		return nil
 	}
 	sw.mu.Lock()
-	req, pending := sw.req, sw.pending
-	sw.req, sw.pending = nil, nil
+	req, pending, pendingGens := sw.req, sw.pending, sw.pendingGens
+	sw.req, sw.pending, sw.pendingGens = nil, nil, nil
 	sw.waiting.Store(false)
 	sw.mu.Unlock()
-	if len(pending) > 0 {
-		if err := ss.flushNew(pending); err != nil {
+	if len(pending)+len(pendingGens) > 0 {
+		if err := ss.flushNew(pending, pendingGens); err != nil {
+			if req != nil {
+				// Not taken after all: put it back, so that detachSwaps
+				// hands it to the next session and answers it. SetMapper
+				// calls are serialised, so no other request is waiting.
+				sw.mu.Lock()
+				sw.req = req
+				sw.waiting.Store(true)
+				sw.mu.Unlock()
+			}
 			return err
 		}
 	}
@@ -155,28 +172,54 @@ func (ss *session) takeSwap() error {
 				return err
 			}
 		}
+		if err := ss.bufferActions(b, xid, incrActions(req.newGens)); err != nil {
+			req.reply <- fmt.Errorf("rules not switched: %w", err)
+			return err
+		}
 	}
 	ss.s.mapper = req.m
 	req.reply <- nil
-	if req.flush && len(req.newGlobs) > 0 {
-		return ss.flushNew(req.newGlobs)
+	if req.flush && len(req.newGlobs)+len(req.newGens) > 0 {
+		return ss.flushNew(req.newGlobs, req.newGens)
 	}
 	return nil
 }
 
-// flushNew hands the sink the patterns of newly managed keys. If the
-// session ends before the sink has them, the next session flushes them.
-func (ss *session) flushNew(globs []string) error {
-	ss.s.log.Info("deleting the keys of new rules, in order with the stream", zap.Strings("patterns", globs))
-	if err := ss.emit(Event{Globs: globs}); err != nil {
+func incrActions(keys []string) []Action {
+	acts := make([]Action, len(keys))
+	for i, k := range keys {
+		acts[i] = Action{Kind: ActIncr, Key: k}
+	}
+	return acts
+}
+
+// flushNew hands the sink the patterns of newly managed keys, then the
+// increments of newly managed generation keys. If the session ends before
+// the sink has them, the next session flushes them.
+func (ss *session) flushNew(globs, gens []string) error {
+	ss.s.log.Info("deleting the keys of new rules and incrementing their generation keys, in order with the stream",
+		zap.Strings("patterns", globs), zap.Strings("generation_keys", gens))
+	err := func() error {
+		if len(globs) > 0 {
+			if err := ss.emit(Event{Globs: globs}); err != nil {
+				return err
+			}
+			globs = nil
+		}
+		if len(gens) > 0 {
+			return ss.emit(Event{Actions: incrActions(gens)})
+		}
+		return nil
+	}()
+	if err != nil {
 		sw := &ss.s.swap
 		sw.mu.Lock()
 		sw.pending = append(globs, sw.pending...)
+		sw.pendingGens = append(gens, sw.pendingGens...)
 		sw.waiting.Store(true)
 		sw.mu.Unlock()
-		return err
 	}
-	return nil
+	return err
 }
 
 // bindAll binds m to every relation this session has seen, in ID order.

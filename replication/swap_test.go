@@ -61,7 +61,7 @@ func swapSession(t *testing.T, old Mapper) (*session, chan Event) {
 // setMapper runs SetMapper in the background.
 func setMapper(ctx context.Context, s *Stream, m Mapper, globs []string, flush bool) <-chan error {
 	done := make(chan error, 1)
-	go func() { done <- s.SetMapper(ctx, m, globs, flush) }()
+	go func() { done <- s.SetMapper(ctx, m, globs, nil, flush) }()
 	return done
 }
 
@@ -177,7 +177,7 @@ func TestSetMapperBetweenSessions(t *testing.T) {
 	ss, out := swapSession(t, &fakeMapper{name: "old"})
 	ss.detachSwaps()
 	next := &fakeMapper{name: "new"}
-	if err := ss.s.SetMapper(context.Background(), next, []string{"acct:*"}, true); err != nil {
+	if err := ss.s.SetMapper(context.Background(), next, []string{"acct:*"}, nil, true); err != nil {
 		t.Fatal(err)
 	}
 	if ss.s.mapper != next {
@@ -238,5 +238,66 @@ func TestSetMapperCancelledBeforeTaken(t *testing.T) {
 	}
 	if ss.s.mapper != old {
 		t.Fatal("a withdrawn request was applied")
+	}
+}
+
+type fixedPositions struct{}
+
+func (fixedPositions) Applied() LSN                         { return 0 }
+func (fixedPositions) WaitApplied(LSN, time.Time) bool      { return true }
+func (fixedPositions) Handed(end LSN, commitTime time.Time) {}
+
+// A session whose flush of patterns left from a reload between sessions
+// fails (the session ends while the sink is stuck) must not lose a reload
+// request it took at the same time: the request is answered (the next
+// session takes both), so this and every later reload return.
+func TestSetMapperAnsweredWhenPendingFlushFails(t *testing.T) {
+	t.Parallel()
+	ss, out := swapSession(t, &fakeMapper{name: "old"})
+	ss.detachSwaps()
+	first := &fakeMapper{name: "first"}
+	if err := ss.s.SetMapper(context.Background(), first, []string{"a:*"}, []string{"gen:a"}, true); err != nil {
+		t.Fatal(err)
+	}
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	defer c2.Close()
+	ss.attachSwaps(c1)
+	second := &fakeMapper{name: "second"}
+	done := setMapper(context.Background(), ss.s, second, []string{"b:*"}, true)
+	harness.WaitFor(t, 5*time.Second, "the second request to wait", func() bool {
+		ss.s.swap.mu.Lock()
+		defer ss.s.swap.mu.Unlock()
+		return ss.s.swap.req != nil
+	})
+	// The sink takes nothing (its queue is full) and the session ends.
+	for len(out) < cap(out) {
+		out <- Event{}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ss.ctx, ss.s.pos = ctx, fixedPositions{}
+	ss.rep.Interval, ss.rep.Prompt = time.Hour, time.Hour
+	ss.rep.Sent(time.Now(), 0)
+	if err := ss.takeSwap(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("takeSwap = %v, want the failed flush", err)
+	}
+	ss.detachSwaps()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("SetMapper = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("SetMapper not answered after the session ended: the reload (and every later one) hangs")
+	}
+	if ss.s.mapper != second {
+		t.Error("the next session does not start with the newest rules")
+	}
+	if got := ss.s.swap.pending; !slices.Contains(got, "a:*") || !slices.Contains(got, "b:*") {
+		t.Errorf("patterns left for the next session to flush = %q, want a:* and b:*", got)
+	}
+	if got := ss.s.swap.pendingGens; !slices.Equal(got, []string{"gen:a"}) {
+		t.Errorf("generation keys left for the next session = %q, want gen:a", got)
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 )
 
 // txnBuffer holds the keys of one streamed (in-progress) transaction until
@@ -23,6 +25,56 @@ type txnBuffer struct {
 	file *os.File
 	w    *bufio.Writer
 	n    int // entries written to file
+
+	// binds are the relations whose last description in this
+	// transaction did not bind, with the error and the subtransaction.
+	binds map[uint32]bindFailure
+	// dropped are changes left unmapped because of such a failure.
+	dropped []bindFailure
+}
+
+type bindFailure struct {
+	subXid uint32
+	err    error
+}
+
+// failBind records that relation relID, as subtransaction subXid
+// described it, does not fit the rules: the transaction must not commit
+// unnoticed.
+func (b *txnBuffer) failBind(subXid, relID uint32, err error) {
+	if b.binds == nil {
+		b.binds = map[uint32]bindFailure{}
+	}
+	b.binds[relID] = bindFailure{subXid: subXid, err: err}
+}
+
+// dropChange records that a change of subtransaction subXid could not be
+// mapped because of err: the transaction must not commit unnoticed unless
+// that subtransaction aborts.
+func (b *txnBuffer) dropChange(subXid uint32, err error) {
+	if n := len(b.dropped); n > 0 && b.dropped[n-1].subXid == subXid && b.dropped[n-1].err == err {
+		return
+	}
+	b.dropped = append(b.dropped, bindFailure{subXid: subXid, err: err})
+}
+
+// clearBind forgets a failure: the relation was described again and fits.
+func (b *txnBuffer) clearBind(relID uint32) { delete(b.binds, relID) }
+
+// bindErrs returns the failures of subtransactions that did not abort.
+func (b *txnBuffer) bindErrs() []error {
+	var out []error
+	for _, id := range slices.Sorted(maps.Keys(b.binds)) {
+		if f := b.binds[id]; !b.aborted[f.subXid] {
+			out = append(out, f.err)
+		}
+	}
+	for _, f := range b.dropped {
+		if !b.aborted[f.subXid] && !slices.Contains(out, f.err) {
+			out = append(out, f.err)
+		}
+	}
+	return out
 }
 
 type bufEntry struct {

@@ -14,6 +14,7 @@ targets=(
 	"./replication FuzzDecode"
 	"./replication FuzzParseExplicit"
 	"./replication FuzzParseAction"
+	"./replication FuzzParsePGDuration"
 	"./internal/jsonstr FuzzAppend"
 	"./mapping FuzzParseTemplate"
 	"./mapping FuzzFilters"

@@ -124,7 +124,7 @@ func (b *actionBatch) size() int {
 
 // addActions adds an event's actions to the batch; lsn is the commit LSN
 // of their transaction.
-func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) {
+func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) error {
 	b := &s.acts
 	if b.otherSeen == nil {
 		b.otherSeen, b.setIdx, b.verIdx, b.incrSeen = map[string]struct{}{}, map[string]int{}, map[string]int{}, map[string]struct{}{}
@@ -137,7 +137,9 @@ func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) {
 		switch a.Kind {
 		case replication.ActUnlink, replication.ActDel:
 			if (a.Kind == replication.ActDel) == s.cfg.UseDel {
-				s.addKeys([]string{a.Key})
+				if err := s.addKeys([]string{a.Key}); err != nil {
+					return err
+				}
 			} else {
 				s.addOther(a.Key)
 			}
@@ -174,6 +176,7 @@ func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) {
 			s.addMessageKey(a, lsn)
 		}
 	}
+	return nil
 }
 
 // addOther queues a delete with the command that is not the default.

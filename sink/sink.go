@@ -39,6 +39,7 @@ import (
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/keyslot"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 	"github.com/cdcinvalidate/cdcinvalidate/verifier"
 )
@@ -106,12 +107,16 @@ type Config struct {
 	// FlushPatterns and goes on (consistency.on_history_lost: flush); false
 	// stops with a PermanentError (stop).
 	FlushOnHistoryLost bool
-	// MaxKeyBytes bounds the length of a key (default 65536). A longer key
-	// (a template over a huge value: use a digest filter) is not sent,
-	// logged and counted in Stats.KeysTooLong.
+	// MaxKeyBytes is the length beyond which a key is reported (default
+	// 65536): a template over a huge value, where a digest filter is
+	// better. Such a key is counted in Stats.KeysTooLong and still sent
+	// (Redis takes keys up to 512 MB), unless StopOnLongKey.
 	MaxKeyBytes int
-	Logger      *zap.Logger
-	Observer    Observer
+	// StopOnLongKey refuses a key longer than MaxKeyBytes with a
+	// PermanentError before its batch is sent (sink.on_long_key: stop).
+	StopOnLongKey bool
+	Logger        *zap.Logger
+	Observer      Observer
 	// CatchUpAge: when the last transaction seen committed longer ago than
 	// this (the engine is catching up on a backlog), a batch waits up to
 	// GatherWait (default 2ms) for more events before it is sent; fresh
@@ -119,6 +124,10 @@ type Config struct {
 	// tell a consumer how far the WAL goes, so the commit time says it.)
 	CatchUpAge time.Duration
 	GatherWait time.Duration
+	// EscalateAfter is how long a Redis operation may keep failing before
+	// it is reported as an error and to Observer.Stalled (default 1m); the
+	// sink goes on retrying.
+	EscalateAfter time.Duration
 	// Verifier, when set, receives a sample of the invalidations of every
 	// batch after Redis acknowledged it (the consistency verifier).
 	Verifier Verifier
@@ -142,7 +151,11 @@ type Observer interface {
 	Applied(now time.Time, commitTimes []time.Time)
 	// RedisError reports a failed attempt; permanent ones stop the sink.
 	RedisError(err error, permanent bool)
-	// KeyTooLong reports a key longer than MaxKeyBytes that was not sent.
+	// Stalled reports that an operation has been failing for longer than
+	// Config.EscalateAfter (reported once per operation; Batch or Truncate
+	// report the recovery).
+	Stalled(err error)
+	// KeyTooLong reports a key longer than MaxKeyBytes.
 	KeyTooLong()
 	// Actions reports the actions of an applied batch, by kind.
 	Actions(kind replication.ActionKind, n int)
@@ -154,6 +167,7 @@ func (nopObserver) Batch(int, int, time.Duration)       {}
 func (nopObserver) Truncate(int, time.Duration)         {}
 func (nopObserver) Applied(time.Time, []time.Time)      {}
 func (nopObserver) RedisError(error, bool)              {}
+func (nopObserver) Stalled(error)                       {}
 func (nopObserver) KeyTooLong()                         {}
 func (nopObserver) Actions(replication.ActionKind, int) {}
 
@@ -167,9 +181,12 @@ type Stats struct {
 	LastApplied atomic.Uint64
 	// Waiting is true while Redis fails and the sink backs off.
 	Waiting atomic.Bool
+	// Escalations counts operations that kept failing beyond EscalateAfter.
+	Escalations atomic.Uint64
 	// Flushes counts flushes of every managed key after Redis lost writes.
 	Flushes atomic.Uint64
-	// KeysTooLong counts keys longer than MaxKeyBytes, not sent.
+	// KeysTooLong counts keys longer than MaxKeyBytes (sent unless
+	// StopOnLongKey).
 	KeysTooLong atomic.Uint64
 }
 
@@ -262,6 +279,9 @@ func New(cfg Config, ack Acker) *Sink {
 	if cfg.MaxKeyBytes <= 0 {
 		cfg.MaxKeyBytes = defaults.MaxKeyBytes
 	}
+	if cfg.EscalateAfter <= 0 {
+		cfg.EscalateAfter = defaults.EscalateAfter
+	}
 	if cfg.GatherWait <= 0 {
 		cfg.GatherWait = defaults.GatherWait
 	}
@@ -270,11 +290,9 @@ func New(cfg Config, ack Acker) *Sink {
 	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}, obs: cfg.Observer, accs: map[string]*msgAcc{}, gatherTimer: t}
 }
 
-// PermanentError is a Redis error that retrying cannot fix.
-type PermanentError struct{ Err error }
-
-func (e *PermanentError) Error() string { return e.Err.Error() }
-func (e *PermanentError) Unwrap() error { return e.Err }
+// PermanentError is an error that retrying cannot fix (the type shared
+// with the replication stream).
+type PermanentError = retry.PermanentError
 
 // Run applies events from in until in is closed (it returns nil), ctx ends
 // (it returns ctx's error) or a permanent Redis error happens.
@@ -308,7 +326,9 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 		// Gather what is queued behind this event into one batch.
 		end := ev.End
 		s.startBatch()
-		s.addEvent(ev)
+		if err := s.addEvent(ev); err != nil {
+			return err
+		}
 		closed := false
 		// While the engine is far behind the server (catching up), waiting
 		// a moment for more events makes far fewer, larger round trips;
@@ -349,7 +369,9 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 				pending = &next
 				break gather
 			}
-			s.addEvent(next)
+			if err := s.addEvent(next); err != nil {
+				return err
+			}
 			if next.End > end {
 				end = next.End
 			}
@@ -422,10 +444,14 @@ func (s *Sink) startBatch() {
 	s.acts.reset()
 }
 
-func (s *Sink) addEvent(ev replication.Event) {
-	s.addKeys(ev.Keys)
+func (s *Sink) addEvent(ev replication.Event) error {
+	if err := s.addKeys(ev.Keys); err != nil {
+		return err
+	}
 	if len(ev.Actions) > 0 {
-		s.addActions(ev.Actions, ev.LSN)
+		if err := s.addActions(ev.Actions, ev.LSN); err != nil {
+			return err
+		}
 	}
 	if s.cfg.Verifier != nil && ev.LSN != 0 {
 		s.sample(ev)
@@ -437,6 +463,7 @@ func (s *Sink) addEvent(ev replication.Event) {
 		s.commits = append(s.commits, ev.CommitTime)
 		s.lastCommit = ev.CommitTime
 	}
+	return nil
 }
 
 // sample records the event's sampled invalidations in commit order. Floor
@@ -470,15 +497,12 @@ func (s *Sink) sample(ev replication.Event) {
 	}
 }
 
-func (s *Sink) addKeys(keys []string) {
+func (s *Sink) addKeys(keys []string) error {
 	for _, k := range keys {
 		if len(k) > s.cfg.MaxKeyBytes {
-			s.obs.KeyTooLong()
-			if s.Stats.KeysTooLong.Add(1)%1000 == 1 {
-				s.log.Error("key longer than sink.max_key_bytes not invalidated: a template renders a huge value; use a digest filter such as {col|sha1}",
-					zap.Int("bytes", len(k)), zap.String("prefix", k[:min(len(k), 64)]), zap.Uint64("total", s.Stats.KeysTooLong.Load()))
+			if err := s.longKey(k); err != nil {
+				return err
 			}
-			continue
 		}
 		if j, ok := s.acts.setIdx[k]; ok {
 			s.acts.sets[j].dropped = true // deleted later in commit order
@@ -494,6 +518,25 @@ func (s *Sink) addKeys(keys []string) {
 			s.extra = append(s.extra, s.cfg.Companion(k), k)
 		}
 	}
+	return nil
+}
+
+// longKey counts a key longer than MaxKeyBytes and, with StopOnLongKey,
+// refuses it. It is never dropped: a skipped invalidation leaves a stale
+// value until its TTL, or forever.
+func (s *Sink) longKey(k string) error {
+	s.obs.KeyTooLong()
+	n := s.Stats.KeysTooLong.Add(1)
+	prefix := k[:min(len(k), 64)]
+	if s.cfg.StopOnLongKey {
+		return &PermanentError{Err: fmt.Errorf("a key of %d bytes (starting %q) is longer than sink.max_key_bytes %d, and sink.on_long_key is stop: a template renders a huge value; use a digest filter such as {col|sha1}, raise sink.max_key_bytes, or set sink.on_long_key: send (Redis accepts keys up to 512 MB)",
+			len(k), prefix, s.cfg.MaxKeyBytes)}
+	}
+	if n%1000 == 1 {
+		s.log.Warn("key longer than sink.max_key_bytes; invalidated anyway, but a template renders a huge value: use a digest filter such as {col|sha1}",
+			zap.Int("bytes", len(k)), zap.String("prefix", prefix), zap.Uint64("total", n))
+	}
+	return nil
 }
 
 // del queues the deletes of keys, KeysPerCommand (rounded to even, so a
@@ -657,22 +700,46 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 }
 
 // stage sends what queue queues in one pipeline and appends its commands
-// to cmds. The watermark script answers nil when there was no watermark:
-// that is for checkMark to judge, not an error of the pipeline; a stream
-// entry refused as already there was written before a crash.
+// to cmds.
 func (s *Sink) stage(ctx context.Context, cmds []redis.Cmder, queue func(redis.Pipeliner)) ([]redis.Cmder, error) {
 	out, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		queue(p)
 		return nil
 	})
-	if err != nil {
-		for _, c := range out {
-			if e := c.Err(); e != nil && !errors.Is(e, redis.Nil) && !replayedEntry(c) {
-				return cmds, e
-			}
-		}
+	if err := pipelineErr(err, out); err != nil {
+		return cmds, err
 	}
 	return append(cmds, out...), nil
+}
+
+// pipelineErr returns the error of a pipeline that Pipelined returned as
+// err, or nil when every command succeeded. The watermark script answers
+// nil when there was no watermark (for checkMark to judge, not an error);
+// a stream entry refused as already there was written before a crash.
+// An error that no command carries (a hook that failed the pipeline, a
+// connection lost in a way the client did not stamp on each command) is
+// an error too: the batch was not (known to be) applied.
+func pipelineErr(err error, cmds []redis.Cmder) error {
+	if err == nil {
+		return nil
+	}
+	excused := false
+	for _, c := range cmds {
+		e := c.Err()
+		if e == nil {
+			continue
+		}
+		if !errors.Is(e, redis.Nil) && !replayedEntry(c) {
+			return e
+		}
+		if errors.Is(err, e) {
+			excused = true // the error Pipelined returned is this command's
+		}
+	}
+	if excused {
+		return nil
+	}
+	return fmt.Errorf("redis pipeline of %d commands failed: %w", len(cmds), err)
 }
 
 func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
@@ -721,12 +788,12 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 			err := s.retry(ctx, "set watermark", func() error {
 				s.refreshShardKeys(ctx)
 				var wait *redis.Cmd
-				_, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+				cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 					s.watermark(ctx, p, ev.End)
 					wait = s.queueWait(ctx, p)
 					return nil
 				})
-				if err != nil && !errors.Is(err, redis.Nil) {
+				if err := pipelineErr(err, cmds); err != nil {
 					return err
 				}
 				if err := s.checkWait(wait); err != nil {
@@ -1042,7 +1109,7 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 		return nil
 	}
 	if !s.cfg.FlushOnHistoryLost {
-		return &PermanentError{fmt.Errorf("%w: %s; flush the managed keys and restart, "+
+		return &PermanentError{Err: fmt.Errorf("%w: %s; flush the managed keys and restart, "+
 			"or set consistency.on_history_lost: flush", ErrHistoryLost, s.mustFlush)}
 	}
 	s.log.Error("redis went back in time; flushing every managed key", zap.String("reason", s.mustFlush), zap.Strings("patterns", s.flushPatterns()))
@@ -1087,8 +1154,8 @@ func (s *Sink) FlushSome(ctx context.Context, patterns, gens []string) error {
 	return s.IncrGenerations(ctx, gens)
 }
 
-// IncrGenerations increments generation keys (newly managed after a rules
-// reload), retrying transient errors; safe to call while Run runs.
+// IncrGenerations increments generation keys, retrying transient errors
+// (before Run starts; a reload's go through the stream as actions).
 func (s *Sink) IncrGenerations(ctx context.Context, keys []string) error {
 	for _, g := range keys {
 		err := s.retry(ctx, "increment generation "+g, func() error {
@@ -1127,49 +1194,59 @@ func (s *Sink) SetWatermark(ctx context.Context, lsn replication.LSN) error {
 	})
 }
 
-// retry runs op until it succeeds, ctx ends or the error is permanent.
+// retry runs op until it succeeds, ctx ends or the error is permanent
+// (Classify). Failures that go on longer than EscalateAfter are reported
+// once as an error, and counted.
 func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
-	backoff := s.cfg.MinBackoff
 	defer s.Stats.Waiting.Store(false)
-	for attempt := 1; ; attempt++ {
-		err := op()
-		if err == nil {
-			if attempt > 1 {
-				s.log.Info("redis recovered", zap.String("action", what), zap.Int("attempts", attempt))
-			}
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		var already *PermanentError
-		if errors.As(err, &already) {
-			return err
-		}
-		if perm := Classify(err); perm != nil {
-			s.obs.RedisError(err, true)
-			return perm
-		}
-		s.obs.RedisError(err, false)
-		s.Stats.Waiting.Store(true)
-		s.Stats.Retries.Add(1)
-		if attempt == 1 || attempt%10 == 0 {
-			s.log.Warn("redis unavailable; retrying, nothing is skipped and the position waits",
-				zap.String("action", what), zap.Int("attempt", attempt), zap.Duration("retry_in", backoff), zap.Error(err))
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, s.cfg.MaxBackoff)
+	classify := Classify
+	if s.cfg.Cluster {
+		classify = classifyCluster
 	}
+	p := retry.Policy{Min: s.cfg.MinBackoff, Max: s.cfg.MaxBackoff, Classify: classify, EscalateAfter: s.cfg.EscalateAfter,
+		OnFailure: func(f retry.Failure) {
+			s.obs.RedisError(f.Err, false)
+			s.Stats.Waiting.Store(true)
+			s.Stats.Retries.Add(1)
+			switch {
+			case f.Escalate:
+				s.Stats.Escalations.Add(1)
+				s.obs.Stalled(f.Err)
+				s.log.Error("redis has refused or failed this for a long time; still retrying, nothing is skipped and the position waits. If the error is not a passing outage (Redis down, loading, read-only, out of memory), it needs an operator",
+					zap.String("action", what), zap.Duration("failing_for", f.Failing.Round(time.Second)), zap.Int("attempt", f.Attempt), zap.Error(f.Err))
+			case f.Attempt == 1 || f.Attempt%10 == 0:
+				s.log.Warn("redis unavailable; retrying, nothing is skipped and the position waits",
+					zap.String("action", what), zap.Int("attempt", f.Attempt), zap.Duration("retry_in", f.Wait), zap.Error(f.Err))
+			}
+		}}
+	attempts, err := p.Do(ctx, op)
+	switch {
+	case err == nil && attempts > 1:
+		s.log.Info("redis recovered", zap.String("action", what), zap.Int("attempts", attempts))
+	case err != nil && ctx.Err() == nil:
+		s.obs.RedisError(err, true)
+	}
+	return err
 }
 
 // aclRefusal is the PermanentError of a command, key or channel the ACL
 // user may not use, with what to grant.
 func aclRefusal(err error) error {
-	return &PermanentError{fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in docs/operations.md)", err)}
+	return &PermanentError{Err: fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in docs/operations.md)", err)}
+}
+
+// classifyCluster is Classify for a cluster client: a redirection (MOVED,
+// ASK) that outlasted the client's own following of it, and TRYAGAIN,
+// happen while slots migrate and pass; they are retried.
+func classifyCluster(err error) error {
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		switch prefix, _, _ := strings.Cut(rerr.Error(), " "); prefix {
+		case "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN":
+			return nil
+		}
+	}
+	return Classify(err)
 }
 
 // Classify returns a PermanentError, with what to fix, for Redis errors
@@ -1182,24 +1259,33 @@ func Classify(err error) error {
 	msg := rerr.Error()
 	prefix, _, _ := strings.Cut(msg, " ")
 	switch prefix {
+	case "CROSSSLOT", "MOVED", "ASK":
+		return &PermanentError{Err: fmt.Errorf("redis: %w (redis.addr is a Redis Cluster node, or a command spans hash slots: for a Redis Cluster list its nodes in redis.addrs and set redis.cluster: true)", err)}
 	case "NOPERM":
 		return aclRefusal(err)
 	case "WRONGPASS", "NOAUTH":
-		return &PermanentError{fmt.Errorf("redis authentication failed: %w (check redis.username and redis.password / CDC_REDIS_PASSWORD)", err)}
+		return &PermanentError{Err: fmt.Errorf("redis authentication failed: %w (check redis.username and redis.password / CDC_REDIS_PASSWORD)", err)}
 	case "WRONGTYPE":
-		return &PermanentError{fmt.Errorf("redis: %w", err)}
-	case "CROSSSLOT":
-		return &PermanentError{fmt.Errorf("redis: %w (a command spans Redis Cluster hash slots: for a cluster set redis.addrs and redis.cluster: true)", err)}
+		return &PermanentError{Err: fmt.Errorf("redis: %w", err)}
 	case "ERR":
 		if strings.Contains(msg, "can't run this command") || strings.Contains(msg, "no permissions") {
 			// An ACL refusal inside a script (Redis 7.0 answers ERR there).
 			return aclRefusal(err)
 		}
+		if strings.Contains(msg, "increment or decrement would overflow") {
+			return &PermanentError{Err: fmt.Errorf("redis: %w (a generation key reached the largest integer: choose another generation_key, or delete the key together with every cached key of its rule)", err)}
+		}
+		if strings.Contains(msg, "proto-max-bulk-len") || strings.Contains(msg, "invalid bulk length") {
+			return &PermanentError{Err: fmt.Errorf("redis: %w (a key or value is larger than Redis accepts: raise proto-max-bulk-len in Redis, or use a digest filter such as {col|sha1} in the template and leave large rows out of refresh)", err)}
+		}
+		if strings.Contains(msg, "user_script") || strings.Contains(msg, "Error running script") || strings.Contains(msg, "Error compiling script") {
+			return &PermanentError{Err: fmt.Errorf("redis: a cdcinvalidate script failed: %w (a managed key holds a value of another kind than the script expects, or Redis does not run the script: delete the key it names, or report the error as a bug)", err)}
+		}
 		if strings.Contains(msg, "value is not an integer") {
-			return &PermanentError{fmt.Errorf("redis: %w (a generation key holds something other than an integer: delete it or choose another generation_key)", err)}
+			return &PermanentError{Err: fmt.Errorf("redis: %w (a generation key holds something other than an integer: delete it or choose another generation_key)", err)}
 		}
 		if strings.Contains(msg, "unknown command") {
-			return &PermanentError{fmt.Errorf("redis does not support a command cdcinvalidate needs: %w (Redis older than 4.0 has no UNLINK: set sink.delete_command: del)", err)}
+			return &PermanentError{Err: fmt.Errorf("redis does not support a command cdcinvalidate needs: %w (Redis older than 4.0 has no UNLINK: set sink.delete_command: del)", err)}
 		}
 	}
 	return nil

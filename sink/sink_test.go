@@ -3,6 +3,7 @@ package sink
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -92,29 +93,56 @@ func TestLeaseGoesWithItsKey(t *testing.T) {
 	}
 }
 
-func TestTooLongKeyIsCountedNotSent(t *testing.T) {
+// A key longer than MaxKeyBytes is still invalidated (Redis takes keys up
+// to 512 MB) and counted; with StopOnLongKey the sink stops with an
+// error naming the option, before anything of the batch is acknowledged.
+func TestTooLongKeyIsSentAndCounted(t *testing.T) {
 	rd := harness.RedisT(t, harness.RedisOptions{})
 	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
 	defer rdb.Close()
+	ctx := context.Background()
 	huge := "k:" + strings.Repeat("x", 100)
-	if err := rdb.Set(context.Background(), huge, "v", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rdb.Set(context.Background(), "k:1", "v", 0).Err(); err != nil {
-		t.Fatal(err)
-	}
-	s := New(Config{Client: rdb, MaxKeyBytes: 50}, &ackRecorder{})
-	in := make(chan replication.Event, 1)
-	in <- replication.Event{Keys: []string{huge, "k:1"}, End: 5}
-	close(in)
-	if err := s.Run(context.Background(), in); err != nil {
-		t.Fatal(err)
-	}
-	if n := s.Stats.KeysTooLong.Load(); n != 1 {
-		t.Fatalf("KeysTooLong = %d, want 1", n)
-	}
-	if n, _ := rdb.Exists(context.Background(), "k:1").Result(); n != 0 {
-		t.Fatal("the ordinary key of the same batch was not deleted")
+	for _, tc := range []struct {
+		stop    bool
+		wantErr string
+	}{
+		{false, ""},
+		{true, "sink.on_long_key"},
+	} {
+		if err := rdb.MSet(ctx, huge, "v", "k:1", "v").Err(); err != nil {
+			t.Fatal(err)
+		}
+		ack := &ackRecorder{}
+		s := New(Config{Client: rdb, MaxKeyBytes: 50, StopOnLongKey: tc.stop}, ack)
+		in := make(chan replication.Event, 1)
+		in <- replication.Event{Keys: []string{huge, "k:1"}, End: 5}
+		close(in)
+		err := s.Run(ctx, in)
+		if n := s.Stats.KeysTooLong.Load(); n != 1 {
+			t.Errorf("stop %v: KeysTooLong = %d, want 1", tc.stop, n)
+		}
+		if tc.wantErr != "" {
+			var perm *PermanentError
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.As(err, &perm) {
+				t.Errorf("stop %v: Run = %v, want a permanent error naming %s", tc.stop, err, tc.wantErr)
+			}
+			if len(ack.acked) != 0 {
+				t.Errorf("stop %v: acknowledged %v although the batch stopped", tc.stop, ack.acked)
+			}
+			if n, _ := rdb.Exists(ctx, huge).Result(); n != 1 {
+				t.Errorf("stop %v: the long key was deleted although the sink stopped", tc.stop)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("stop %v: %v", tc.stop, err)
+		}
+		if n, _ := rdb.Exists(ctx, huge, "k:1").Result(); n != 0 {
+			t.Errorf("stop %v: %d of the long key and the ordinary key still exist, want both deleted", tc.stop, n)
+		}
+		if fmt.Sprint(ack.acked) != "[0/5]" {
+			t.Errorf("stop %v: acked %v, want [0/5]", tc.stop, ack.acked)
+		}
 	}
 }
 
@@ -148,5 +176,99 @@ func TestLeaseFence(t *testing.T) {
 	}
 	if n := s.Stats.Deleted.Load(); n != 2 {
 		t.Errorf("deleted %d, want 2 (a and b existed)", n)
+	}
+}
+
+// failOncePipeline is a go-redis hook (as a tracing or circuit-breaking
+// hook would be) that fails the first pipeline without running it: an
+// error no command carries.
+type failOncePipeline struct{ failed bool }
+
+func (h *failOncePipeline) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *failOncePipeline) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return next
+}
+func (h *failOncePipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if !h.failed {
+			h.failed = true
+			return errors.New("pipeline cut before it was sent")
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// A pipeline error that no single command carries is a failure: the batch
+// is retried, and its position is acknowledged only after Redis applied it.
+func TestPipelineErrorWithoutCommandErrorIsRetried(t *testing.T) {
+	rd := harness.RedisT(t, harness.RedisOptions{})
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	if err := rdb.Set(ctx, "k:1", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	hook := &failOncePipeline{}
+	rdb.AddHook(hook)
+	ack := &ackRecorder{}
+	s := New(Config{Client: rdb, MinBackoff: time.Millisecond}, ack)
+	in := make(chan replication.Event, 1)
+	in <- replication.Event{Keys: []string{"k:1"}, End: 7}
+	close(in)
+	if err := s.Run(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	if !hook.failed {
+		t.Fatal("the hook never ran")
+	}
+	if n, _ := rdb.Exists(ctx, "k:1").Result(); n != 0 {
+		t.Errorf("k:1 still cached, but its position was acknowledged: %v", ack.acked)
+	}
+	if s.Stats.Retries.Load() == 0 {
+		t.Error("the failed pipeline was not retried")
+	}
+	if fmt.Sprint(ack.acked) != "[0/7]" {
+		t.Errorf("acked %v, want [0/7]", ack.acked)
+	}
+}
+
+type stallObserver struct {
+	nopObserver
+	stalled []error
+}
+
+func (o *stallObserver) Stalled(err error) { o.stalled = append(o.stalled, err) }
+
+// Redis failing for longer than EscalateAfter is reported once as stalled;
+// the sink goes on retrying (nothing skipped) until the context ends.
+func TestLongFailureEscalatesOnce(t *testing.T) {
+	rd := harness.RedisT(t, harness.RedisOptions{})
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr(), MaxRetries: -1})
+	defer rdb.Close()
+	ctx := context.Background()
+	// Out of memory: every write is refused (OOM, transient).
+	for _, c := range [][]any{{"config", "set", "maxmemory-policy", "noeviction"}, {"config", "set", "maxmemory", "1"}} {
+		if err := rdb.Do(ctx, c...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	obs := &stallObserver{}
+	ack := &ackRecorder{}
+	s := New(Config{Client: rdb, MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond, EscalateAfter: 200 * time.Millisecond, Observer: obs}, ack)
+	in := make(chan replication.Event, 1)
+	in <- replication.Event{Actions: []replication.Action{{Kind: replication.ActSet, Key: "k:1", Value: "{}"}}, LSN: 5, End: 5}
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := s.Run(rctx, in); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Run = %v, want the context's end (retrying until then)", err)
+	}
+	if len(obs.stalled) != 1 || s.Stats.Escalations.Load() != 1 {
+		t.Errorf("stalled reported %d times (Escalations %d), want once", len(obs.stalled), s.Stats.Escalations.Load())
+	}
+	if s.Stats.Retries.Load() < 5 {
+		t.Errorf("only %d retries in a second", s.Stats.Retries.Load())
+	}
+	if len(ack.acked) > 0 {
+		t.Errorf("acknowledged %v although Redis refused the write", ack.acked)
 	}
 }

@@ -22,6 +22,8 @@ const (
 	PostgresBackoff   = 10 * time.Second // postgres.max_backoff
 	StandbyRetry      = time.Second
 	WarnRetainedWALMB = 4096
+	// CatalogCheckInterval is postgres.catalog_check_interval.
+	CatalogCheckInterval = 30 * time.Second
 )
 
 // consistency section (spellings of config.OnHistoryLost and OnFirstStart).
@@ -45,6 +47,7 @@ const (
 	MaxBatchKeys  = 10000
 	ScanCount     = 1000
 	MaxKeyBytes   = 64 << 10
+	OnLongKey     = "send"          // spelling of config.OnLongKey
 	SinkBackoff   = 5 * time.Second // sink.max_backoff
 )
 
@@ -96,6 +99,10 @@ const (
 	// GatherWait is how long a batch waits for more events while the
 	// engine catches up on a backlog.
 	GatherWait = 2 * time.Millisecond
+	// EscalateAfter is how long a Redis operation, the replication
+	// connection or a start-up connection may keep failing before it is
+	// logged as an error and counted as stalled (retrying goes on).
+	EscalateAfter = time.Minute
 	// SoftMemoryHeadroom is what the garbage collector's soft limit
 	// (GOMEMLIMIT, unless set) allows above postgres.txn_buffer_mb.
 	SoftMemoryHeadroom = 32 << 20

@@ -84,7 +84,7 @@ type fixture struct {
 	db    *pgxpool.Pool // checker, fill, barrier
 	wdb   *pgxpool.Pool // writers
 	rdbPG *pgxpool.Pool // readers' loaders
-	proxy *proxy
+	proxy *harness.Proxy
 	cfg   string // config file
 
 	barrierN atomic.Int64
@@ -126,7 +126,7 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	}
 	redisAddr := f.rd.Addr()
 	if o.viaProxy {
-		f.proxy = startProxy(t, f.rd.Addr())
+		f.proxy = harness.StartProxy(t, f.rd.Addr())
 		redisAddr = f.proxy.Addr()
 	}
 	var b strings.Builder

@@ -103,3 +103,16 @@ func TestLatencySummary(t *testing.T) {
 		t.Errorf("fmtDur(-1ms) = %q", got)
 	}
 }
+
+// The leaderboard step's score keys must stay outside every rule of
+// rules.yaml: the engine would otherwise delete scores holding increments
+// not yet flushed.
+func TestScoreKeysOutsideRules(t *testing.T) {
+	root, err := harness.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkScoreKeys(root); err != nil {
+		t.Fatalf("rules.yaml and the demo's write-behind mapping overlap: %v", err)
+	}
+}

@@ -3,7 +3,8 @@
 // binary with the repository's rules.yaml (the DSN and the Redis address come
 // from CDC_POSTGRES_DSN and CDC_REDIS_ADDR), plays a scripted story of
 // writes, and prints every cache invalidation as Redis reports it, with the
-// time since the transaction committed.
+// time since the transaction committed. It ends with a write-behind
+// leaderboard (package writebehind, leaderboard.go).
 //
 //	go run ./internal/demo          # the story, then clean up
 //	go run ./internal/demo --keep   # then keep everything running until Ctrl-C

@@ -98,8 +98,13 @@ func (d *demo) story(ctx context.Context) error {
 	if err := d.fill(ctx, "user:2", "user:email:bob@example.com"); err != nil {
 		return err
 	}
-	return d.psqlStep(ctx, `UPDATE users SET email = 'bob@stone.example' WHERE id = 2`,
-		"user:2", "user:email:bob@example.com")
+	if err := d.psqlStep(ctx, `UPDATE users SET email = 'bob@stone.example' WHERE id = 2`,
+		"user:2", "user:email:bob@example.com"); err != nil {
+		return err
+	}
+
+	d.section(10, "A leaderboard with write-behind: Redis absorbs the increments, a flusher applies them to PostgreSQL exactly once")
+	return d.leaderboard(ctx)
 }
 
 func (d *demo) section(n int, title string) {

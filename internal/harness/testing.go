@@ -3,6 +3,8 @@ package harness
 import (
 	"context"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -167,4 +169,44 @@ func ClusterT(t TB, opts ClusterOptions) *Cluster {
 func SentinelT(t TB, opts SentinelOptions) *Sentinel {
 	t.Helper()
 	return startT(t, func(ctx context.Context) (*Sentinel, error) { return StartSentinel(ctx, opts) })
+}
+
+// SkipTB is a TB that can skip the test (any *testing.T).
+type SkipTB interface {
+	TB
+	Skipf(format string, args ...any)
+}
+
+// EnvMatrix names the PostgreSQL major versions the version matrix runs
+// on, e.g. "14 15 16 17 18" (see MatrixVersions).
+const EnvMatrix = "CDC_COMPAT_VERSIONS"
+
+// MatrixVersions returns the major versions of CDC_COMPAT_VERSIONS (space
+// or comma separated), nil when it is unset. A malformed value fails the
+// test.
+func MatrixVersions(t TB) []int {
+	t.Helper()
+	var out []int
+	for _, f := range strings.FieldsFunc(os.Getenv(EnvMatrix), func(r rune) bool { return r == ' ' || r == ',' }) {
+		v, err := strconv.Atoi(f)
+		if err != nil || v < 10 {
+			t.Fatalf("harness: %s=%q: %q is not a major version such as 17", EnvMatrix, os.Getenv(EnvMatrix), f)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// RequireVersion makes sure the server binaries of a major version are
+// installed: when they are not, it skips the test, except in CI (CI=true),
+// where a missing version fails it, so that the matrix cannot pass by
+// skipping.
+func RequireVersion(t SkipTB, major int) {
+	t.Helper()
+	if _, err := PostgresBinDir(major); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("harness: %v (CI=true: a version of the matrix must be installed)", err)
+		}
+		t.Skipf("harness: %v", err)
+	}
 }

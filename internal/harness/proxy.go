@@ -1,23 +1,25 @@
-package faults
+package harness
 
 import (
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
-	"testing"
 	"time"
 )
 
-// proxy is a TCP proxy on 127.0.0.1 between the engine and Redis. It can
-// delay what the engine sends (SetDelay: each chunk is forwarded delay
-// after it arrived, in order) and reset every connection (ResetAll: RST on
-// both sides). It only ever connects to its one target.
-type proxy struct {
+// Proxy is a TCP proxy on 127.0.0.1 to one target, for tests of network
+// faults between the engine and a server. It can delay what the engine
+// sends (SetDelay: each chunk is forwarded delay after it arrived, in
+// order), reset every connection (ResetAll: RST on both sides), and make
+// the open connections half-open (Blackhole: from then on it reads and
+// discards what either side sends and keeps the engine's side open even
+// when the server closes its own, as a dead peer behind a lost NAT mapping
+// looks; connections made later are forwarded normally). It only ever
+// connects to its one target.
+type Proxy struct {
 	ln     net.Listener
 	target string
 	delay  atomic.Int64 // nanoseconds
-	resets atomic.Int64
 
 	mu     sync.Mutex
 	conns  map[*proxyConn]struct{}
@@ -29,49 +31,67 @@ type proxyConn struct {
 	client, server *net.TCPConn
 	quit           chan struct{}
 	once           sync.Once
+	blackholed     atomic.Bool
 }
 
 // maxQueued bounds the chunks waiting for their delay, per connection;
 // beyond it the proxy stops reading from the client (back pressure).
 const maxQueued = 256
 
-func startProxy(t *testing.T, target string) *proxy {
+// StartProxy listens on a free loopback port and forwards every connection
+// to target; it is closed at the end of the test.
+func StartProxy(t TB, target string) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proxy{ln: ln, target: target, conns: map[*proxyConn]struct{}{}}
+	p := &Proxy{ln: ln, target: target, conns: map[*proxyConn]struct{}{}}
 	p.wg.Add(1)
 	go p.accept()
-	t.Cleanup(p.close)
+	t.Cleanup(p.Close)
 	return p
 }
 
-func (p *proxy) Addr() string { return p.ln.Addr().String() }
+// Addr is the proxy's host:port.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // SetDelay sets the latency added to every chunk the engine sends from now on.
-func (p *proxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
+func (p *Proxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
 
 // ResetAll resets every open connection (both sides see a RST) and
 // returns how many there were.
-func (p *proxy) ResetAll() int {
-	p.mu.Lock()
-	conns := make([]*proxyConn, 0, len(p.conns))
-	for c := range p.conns {
-		conns = append(conns, c)
-	}
-	p.mu.Unlock()
+func (p *Proxy) ResetAll() int {
+	conns := p.open()
 	for _, c := range conns {
 		_ = c.client.SetLinger(0)
 		_ = c.server.SetLinger(0)
 		c.close()
 	}
-	p.resets.Add(int64(len(conns)))
 	return len(conns)
 }
 
-func (p *proxy) accept() {
+// Blackhole makes every open connection half-open (see Proxy) and returns
+// how many there were.
+func (p *Proxy) Blackhole() int {
+	conns := p.open()
+	for _, c := range conns {
+		c.blackholed.Store(true)
+	}
+	return len(conns)
+}
+
+func (p *Proxy) open() []*proxyConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	conns := make([]*proxyConn, 0, len(p.conns))
+	for c := range p.conns {
+		conns = append(conns, c)
+	}
+	return conns
+}
+
+func (p *Proxy) accept() {
 	defer p.wg.Done()
 	for {
 		c, err := p.ln.Accept()
@@ -106,7 +126,12 @@ func (c *proxyConn) close() {
 	})
 }
 
-func (p *proxy) forget(c *proxyConn) {
+// forget closes c, unless it is half-open: then the engine's side stays
+// open until the proxy closes.
+func (p *Proxy) forget(c *proxyConn) {
+	if c.blackholed.Load() {
+		return
+	}
 	c.close()
 	p.mu.Lock()
 	delete(p.conns, c)
@@ -119,7 +144,7 @@ type chunk struct {
 }
 
 // upstream forwards client to server, each chunk delay after it arrived.
-func (p *proxy) upstream(c *proxyConn) {
+func (p *Proxy) upstream(c *proxyConn) {
 	defer p.wg.Done()
 	defer p.forget(c)
 	queue := make(chan chunk, maxQueued)
@@ -137,8 +162,11 @@ func (p *proxy) upstream(c *proxyConn) {
 					return
 				}
 			}
+			if c.blackholed.Load() {
+				continue
+			}
 			if _, err := c.server.Write(ch.b); err != nil {
-				c.close()
+				p.forget(c)
 				return
 			}
 		}
@@ -165,22 +193,31 @@ func (p *proxy) upstream(c *proxyConn) {
 }
 
 // downstream forwards server to client without delay.
-func (p *proxy) downstream(c *proxyConn) {
+func (p *Proxy) downstream(c *proxyConn) {
 	defer p.wg.Done()
 	defer p.forget(c)
-	_, _ = io.Copy(c.client, c.server)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := c.server.Read(buf)
+		if n > 0 && !c.blackholed.Load() {
+			if _, werr := c.client.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
-func (p *proxy) close() {
+// Close closes the listener and every connection, and waits for the
+// proxy's goroutines.
+func (p *Proxy) Close() {
 	p.mu.Lock()
 	p.closed = true
-	conns := make([]*proxyConn, 0, len(p.conns))
-	for c := range p.conns {
-		conns = append(conns, c)
-	}
 	p.mu.Unlock()
 	_ = p.ln.Close()
-	for _, c := range conns {
+	for _, c := range p.open() {
 		c.close()
 	}
 	p.wg.Wait()
