@@ -25,7 +25,8 @@ type ClusterOptions struct {
 // the servers in the order they were given to redis-cli, which makes the
 // first Masters of them masters at creation.
 type Cluster struct {
-	Nodes []*Redis
+	Nodes    []*Redis
+	replicas int // per master, at creation
 }
 
 const clusterReadyTimeout = 60 * time.Second
@@ -48,7 +49,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions) (_ *Cluster, err err
 	if err != nil {
 		return nil, fmt.Errorf("start cluster: redis-cli not found on PATH; install it with: %s", redisInstallHint)
 	}
-	c := &Cluster{}
+	c := &Cluster{replicas: replicas}
 	defer func() {
 		if err != nil {
 			if cerr := c.Close(); cerr != nil {
@@ -101,14 +102,16 @@ func (c *Cluster) WaitReady(ctx context.Context) error {
 		if !r.running() {
 			continue
 		}
-		if err := waitClusterOK(ctx, r, len(c.Nodes)); err != nil {
+		if err := waitClusterOK(ctx, r, len(c.Nodes), c.replicas); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func waitClusterOK(ctx context.Context, r *Redis, nodes int) error {
+// waitClusterOK waits until r says cluster_state:ok, knows nodes nodes,
+// and (while all nodes run) lists replicas replicas with every slot range.
+func waitClusterOK(ctx context.Context, r *Redis, nodes, replicas int) error {
 	cl := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: time.Second})
 	defer cl.Close()
 	var last string
@@ -117,7 +120,10 @@ func waitClusterOK(ctx context.Context, r *Redis, nodes int) error {
 		if err == nil {
 			last = info
 			if strings.Contains(info, "cluster_state:ok") && strings.Contains(info, fmt.Sprintf("cluster_known_nodes:%d\r", nodes)) {
-				return nil
+				if n, ok := replicasPerRange(ctx, cl); replicas == 0 || ok && n >= replicas || !strings.Contains(info, fmt.Sprintf("cluster_size:%d\r", nodes/(1+replicas))) {
+					return nil
+				}
+				last = "replicas not yet listed in CLUSTER SLOTS"
 			}
 		} else {
 			last = err.Error()
@@ -129,6 +135,22 @@ func waitClusterOK(ctx context.Context, r *Redis, nodes int) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// replicasPerRange returns the fewest replicas CLUSTER SLOTS lists with a
+// slot range.
+func replicasPerRange(ctx context.Context, cl *redis.Client) (int, bool) {
+	slots, err := cl.ClusterSlots(ctx).Result()
+	if err != nil || len(slots) == 0 {
+		return 0, false
+	}
+	fewest := -1
+	for _, s := range slots {
+		if n := len(s.Nodes) - 1; fewest < 0 || n < fewest {
+			fewest = n
+		}
+	}
+	return fewest, true
 }
 
 // MasterOf returns the node that serves slot as master now.
