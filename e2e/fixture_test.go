@@ -342,21 +342,37 @@ func (f *fixture) startWith(path string, log *zap.Logger) *engineRun {
 	f.waitStreaming(func() error {
 		select {
 		case err := <-r.done:
+			r.done <- err // for the cleanup
 			return fmt.Errorf("engine stopped before streaming: %v", err)
 		default:
 			return nil
 		}
+	}, func() bool {
+		st := eng.Metrics.CurrentState()
+		return st == "streaming" || st == "redis_unavailable"
 	})
 	return r
 }
 
-// waitStreaming waits until the engine streams from its slot: changes
-// committed before the slot exists are not part of its history. gone
-// reports an engine that stopped.
-func (f *fixture) waitStreaming(gone func() error) {
+// waitStreaming waits until the engine streams from its slot (changes
+// committed before the slot exists are not part of its history) and says
+// that its session's start-up checks are done (checked: they run, and may
+// flush keys, after the slot is acquired). gone reports an engine that
+// stopped.
+func (f *fixture) waitStreaming(gone func() error, checked func() bool) {
 	f.t.Helper()
-	if err := harness.WaitStreaming(context.Background(), f.db, "cdcinvalidate", 60*time.Second, gone); err != nil {
+	ctx := context.Background()
+	if err := harness.WaitStreaming(ctx, f.db, "cdcinvalidate", 60*time.Second, gone); err != nil {
 		f.t.Fatal(err)
+	}
+	err := harness.Poll(ctx, 60*time.Second, func() (bool, error) {
+		if err := gone(); err != nil {
+			return false, err
+		}
+		return checked(), nil
+	})
+	if err != nil {
+		f.t.Fatalf("engine streaming, but its session's start-up checks not done: %v", err)
 	}
 }
 
@@ -421,6 +437,6 @@ func (f *fixture) startBinaryOfStreaming(bin, path string, env ...string) *harne
 			return nil
 		}
 		return fmt.Errorf("engine exited before streaming, exit code %d; output:\n%s", p.ExitCode(), p.Output())
-	})
+	}, func() bool { return strings.Contains(p.Output(), `"msg":"streaming"`) })
 	return p
 }

@@ -399,7 +399,7 @@ func (e *Engine) checkPostgres(ctx context.Context, rep *CheckReport) error {
 		if info.Kind == 'p' {
 			what = fmt.Sprintf("partitioned table with %d partitions", len(info.Partitions))
 		}
-		rep.add(SeverityOK, subject, fmt.Sprintf("%s, replica identity %s; the rule's columns exist and old keys can be computed", what, identityText(info.ReplicaIdentity)), "")
+		rep.add(SeverityOK, subject, fmt.Sprintf("%s, replica identity %s; the rule's columns exist and old keys can be computed", what, mapping.IdentityName(info.ReplicaIdentity)), "")
 	}
 
 	// The publication.
@@ -691,18 +691,4 @@ func readTopology(ctx context.Context, c config.Redis, rdb redis.UniversalClient
 		t.Masters = c.Servers()
 	}
 	return t, nil
-}
-
-func identityText(b byte) string {
-	switch b {
-	case 'd':
-		return "DEFAULT"
-	case 'n':
-		return "NOTHING"
-	case 'f':
-		return "FULL"
-	case 'i':
-		return "USING INDEX"
-	}
-	return string(b)
 }

@@ -154,12 +154,8 @@ func (e *Engine) run(ctx context.Context) error {
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, CompanionPatterns: cacheaside.LeasePatterns, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
 		Cluster: e.cfg.Redis.Cluster, WaitReplicas: e.cfg.Redis.WaitReplicas, WaitTimeout: e.cfg.Redis.WaitTimeout,
 		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, StopOnLongKey: e.cfg.Sink.OnLongKey == config.LongKeyStop, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), FlushOnHistoryLost: e.cfg.Consistency.OnHistoryLost == config.HistoryLostFlush,
-		CatchUpAge: catchUpAge, Verifier: sinkVerifier(vf),
+		CatchUpAge: catchUpAge, OnSession: e.sessionChecks(rdb, start), Verifier: sinkVerifier(vf),
 	}, tracker)
-	if err := e.checkHistory(ctx, rdb, sk, &start); err != nil {
-		return err
-	}
-	st.SetFlushed(start.walNow, start.flushedGlobs, start.flushedGens)
 	e.stream, e.sink, e.rdb, e.verifier = st, sk, rdb, vf
 	close(e.ready) // reloads may begin
 

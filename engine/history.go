@@ -12,8 +12,44 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cdcinvalidate/cdcinvalidate/config"
+	"github.com/cdcinvalidate/cdcinvalidate/replication"
 	"github.com/cdcinvalidate/cdcinvalidate/sink"
 )
+
+// sessionChecks returns the sink's OnSession hook: the start-up
+// consistency checks (checkHistory) run every time a replication session
+// acquires the slot, not once per process. A standby that takes over hours
+// after it started must not trust what it saw then: Redis may have gone
+// back in time meanwhile, or the last leader may have run other rules.
+// first is what preparePostgres found or made at process start; whether
+// the slot was just created (or recreated after it was invalidated) counts
+// for the first session only, and "just created" only while nobody has
+// moved the slot's confirmed position since.
+func (e *Engine) sessionChecks(rdb redis.UniversalClient, first slotState) func(context.Context, replication.LSN) error {
+	sessions := 0 // used by the sink's goroutine only
+	return func(ctx context.Context, start replication.LSN) error {
+		st := slotState{confirmed: start}
+		if sessions == 0 {
+			st.created = first.created && start == first.confirmed
+			st.lost = first.lost
+		}
+		sessions++
+		if sessions > 1 {
+			e.log.Info("replication session acquired the slot; checking the cache's history again", zap.Stringer("confirmed_lsn", start))
+		}
+		patterns, gens := e.sink.Managed()
+		if err := e.checkHistory(ctx, rdb, e.sink, &st, patterns, gens); err != nil {
+			return err
+		}
+		if sessions == 1 && (len(st.flushedGlobs) > 0 || len(st.flushedGens) > 0) {
+			// What this flush covers: transactions that committed below
+			// the WAL position read at process start, before it (the
+			// stream waits for these checks, so it reads this after).
+			e.stream.SetFlushed(first.walNow, st.flushedGlobs, st.flushedGens)
+		}
+		return nil
+	}
+}
 
 // checkHistory decides, before streaming, whether the cache can be trusted
 // to reflect every change up to the slot's confirmed position, and flushes
@@ -29,7 +65,7 @@ import (
 // A new slot without a watermark is a first start: cached values may
 // predate the slot, so they are flushed unless consistency.on_first_start
 // is keep.
-func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk *sink.Sink, st *slotState) error {
+func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk *sink.Sink, st *slotState, patterns, gens []string) error {
 	key := e.cfg.WatermarkKey()
 	var lost, first string
 	switch {
@@ -72,29 +108,35 @@ func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk
 		}
 	}
 	if lost == "" && first == "" {
-		return e.flushNewlyManaged(ctx, rdb, sk, st)
+		return e.flushNewlyManaged(ctx, rdb, sk, st, patterns, gens)
 	}
 	switch {
 	case lost != "" && e.cfg.Consistency.OnHistoryLost != config.HistoryLostFlush:
 		return &SetupError{[]string{lost + "; flush the keys the rules manage " +
-			"(patterns: " + fmt.Sprint(e.mapper.Globs()) + ") and start again, " +
+			"(patterns: " + fmt.Sprint(patterns) + ") and start again, " +
 			"or set consistency.on_history_lost: flush to let cdcinvalidate do it"}}
 	case lost != "":
-		e.log.Error("cannot prove the cache saw every change; flushing every managed key before streaming", zap.String("reason", lost), zap.Strings("patterns", e.mapper.Globs()))
+		e.log.Error("cannot prove the cache saw every change; flushing every managed key before streaming", zap.String("reason", lost), zap.Strings("patterns", patterns))
 	case first != "" && e.cfg.Consistency.OnFirstStart == config.FirstStartFlush:
-		e.log.Warn("first start: flushing every managed key, since cached values may predate the slot (consistency.on_first_start: keep trusts them)", zap.Strings("patterns", e.mapper.Globs()))
+		e.log.Warn("first start: flushing every managed key, since cached values may predate the slot (consistency.on_first_start: keep trusts them)", zap.Strings("patterns", patterns))
 	default:
-		return nil
+		// A first start that trusts the cache: nothing before the slot's
+		// consistent point is owed, so the watermark may say so (the sink
+		// then checks later batches against it).
+		if err := sk.SetWatermark(ctx, st.confirmed); err != nil {
+			return err
+		}
+		return e.recordManaged(ctx, rdb, managedSet(patterns, gens))
 	}
-	if err := sk.Flush(ctx); err != nil {
+	if err := sk.FlushSome(ctx, patterns, gens); err != nil {
 		return err
 	}
-	st.flushed(e.mapper.Globs(), e.mapper.Generations())
+	st.flushed(patterns, gens)
 	if err := sk.SetWatermark(ctx, st.confirmed); err != nil {
 		return err
 	}
 	e.log.Info("flushed the managed keys", zap.Uint64("deleted", sk.Stats.Deleted.Load()))
-	return e.recordManaged(ctx, rdb, managedSet(e.mapper.Globs(), e.mapper.Generations()))
+	return e.recordManaged(ctx, rdb, managedSet(patterns, gens))
 }
 
 // shardHistoryLost checks, on a cluster, each master's watermark against
@@ -163,17 +205,18 @@ func (e *Engine) recordManaged(ctx context.Context, rdb redis.UniversalClient, m
 
 // flushNewlyManaged flushes, at a start that otherwise trusts the cache,
 // the patterns and generation keys that the rules manage now but did not
-// when the engine last ran (rules edited while it was stopped, or a reload
-// whose flush may not have reached Redis): their cached values were not
+// when the engine last ran (rules edited while it was stopped, a reload
+// whose flush may not have reached Redis, or a standby with new rules
+// taking over from a leader with old ones in a rolling change): their cached values were not
 // kept consistent. It follows consistency.on_first_start. Without a record
 // (an engine from before the record existed) nothing is flushed and the
 // record is started.
-func (e *Engine) flushNewlyManaged(ctx context.Context, rdb redis.UniversalClient, sk *sink.Sink, st *slotState) error {
+func (e *Engine) flushNewlyManaged(ctx context.Context, rdb redis.UniversalClient, sk *sink.Sink, st *slotState, allPatterns, allGens []string) error {
 	key := e.cfg.ManagedKey()
 	if key == "" {
 		return nil
 	}
-	now := managedSet(e.mapper.Globs(), e.mapper.Generations())
+	now := managedSet(allPatterns, allGens)
 	had, err := rdb.SMembers(ctx, key).Result()
 	if err != nil {
 		if perm := sink.Classify(err); perm != nil {
@@ -200,7 +243,7 @@ func (e *Engine) flushNewlyManaged(ctx context.Context, rdb redis.UniversalClien
 		}
 	}
 	if (len(globs) > 0 || len(gens) > 0) && e.cfg.Consistency.OnFirstStart == config.FirstStartFlush {
-		e.log.Warn("the rules manage keys that the last run did not (rules edited while the engine was stopped, or a reload): flushing them, since their cached values may be stale (consistency.on_first_start: keep trusts them)",
+		e.log.Warn("the rules manage keys that the last run did not (rules edited while the engine was stopped, a reload, or a takeover from an instance with other rules): flushing them, since their cached values may be stale (consistency.on_first_start: keep trusts them)",
 			zap.Strings("patterns", globs), zap.Strings("generations", gens))
 		if err := sk.FlushSome(ctx, globs, gens); err != nil {
 			return err

@@ -166,9 +166,11 @@ func (m *Mapper) appendActions(keys []string, start int, acts []replication.Acti
 // a placeholder: its keys are deleted instead, and counted.
 func (m *Mapper) appendRefresh(acts []replication.Action, br *boundRelation, r *boundRule, ch *replication.Change, oldKeys, newKeys []string) []replication.Action {
 	a := &r.rule.Actions
+	// Deletes of refreshed keys are stamped with the commit LSN like the
+	// writes, so a late write of an older row is refused after them.
 	for _, k := range oldKeys {
 		if !slices.Contains(newKeys, k) {
-			acts = append(acts, replication.Action{Kind: replication.ActUnlink, Key: k})
+			acts = append(acts, replication.Action{Kind: replication.ActUnlink, Key: k, Stamp: true})
 		}
 	}
 	if len(newKeys) == 0 {
@@ -177,7 +179,7 @@ func (m *Mapper) appendRefresh(acts []replication.Action, br *boundRelation, r *
 	row, ok := m.rowJSON(br.rel, r.refreshCols, ch)
 	for _, k := range newKeys {
 		if !ok {
-			acts = append(acts, replication.Action{Kind: replication.ActUnlink, Key: k})
+			acts = append(acts, replication.Action{Kind: replication.ActUnlink, Key: k, Stamp: true})
 			continue
 		}
 		acts = append(acts, replication.Action{Kind: replication.ActSet, Key: k, Value: row, TTL: a.RefreshTTL, Jitter: a.RefreshJitter})

@@ -322,7 +322,7 @@ func (m *Mapper) Bind(rel *replication.Relation) error {
 				}
 			}
 			if bt.usesNonKey && !r.AllowStaleOldKeys {
-				problems = append(problems, fmt.Sprintf("%s: key template %q uses a column outside the replica identity of %s (replica identity %s), so keys of the old row cannot be computed on UPDATE and DELETE; run ALTER TABLE %s REPLICA IDENTITY FULL, or set unsafe_allow_stale_old_keys: true on the rule to accept stale old keys", r.Where, t.src, rel.QualifiedName(), identityName(rel.ReplicaIdentity), rel.QualifiedName()))
+				problems = append(problems, fmt.Sprintf("%s: key template %q uses a column outside the replica identity of %s (replica identity %s), so keys of the old row cannot be computed on UPDATE and DELETE; run ALTER TABLE %s REPLICA IDENTITY FULL, or set unsafe_allow_stale_old_keys: true on the rule to accept stale old keys", r.Where, t.src, rel.QualifiedName(), IdentityName(rel.ReplicaIdentity), rel.QualifiedName()))
 			}
 			bR.templates = append(bR.templates, bt)
 		}
@@ -369,7 +369,9 @@ func (m *Mapper) Bind(rel *replication.Relation) error {
 	return nil
 }
 
-func identityName(b byte) string {
+// IdentityName names a replica identity (pg_class.relreplident) for
+// messages: "DEFAULT (primary key)", "NOTHING", "FULL", "USING INDEX".
+func IdentityName(b byte) string {
 	switch b {
 	case 'd':
 		return "DEFAULT (primary key)"
@@ -651,7 +653,7 @@ next:
 					continue next
 				}
 				return dst, fmt.Errorf("%w: %s of %s: key template %q needs column %q of the %s row, which the change does not carry (replica identity %s); run ALTER TABLE %s REPLICA IDENTITY FULL",
-					ErrOldValueUnavailable, ch.Op, br.rel.QualifiedName(), bt.t.src, p.col, s, identityName(br.rel.ReplicaIdentity), br.rel.QualifiedName())
+					ErrOldValueUnavailable, ch.Op, br.rel.QualifiedName(), bt.t.src, p.col, s, IdentityName(br.rel.ReplicaIdentity), br.rel.QualifiedName())
 			}
 			ok := st == valueOK
 			if len(p.filters) == 0 {

@@ -108,7 +108,7 @@ func (m *Mapper) CheckLeaf(root, leaf *replication.Relation) error {
 				}
 				return m.unbound(root.QualifiedName(), leaf.QualifiedName(), fmt.Sprintf(
 					"%s: a change of %s went through its partition %s, whose replica identity (%s) does not carry column %q that key template %q uses, so keys of old rows cannot be computed (a partition does not inherit REPLICA IDENTITY FULL: was it created after the start?); the engine stops before confirming the change. Run ALTER TABLE %s REPLICA IDENTITY FULL (and set it on partitions a partition manager creates), then restart cdcinvalidate",
-					r.rule.Where, root.QualifiedName(), leaf.QualifiedName(), identityName(leaf.ReplicaIdentity), col, bt.t.src, leaf.QualifiedName()))
+					r.rule.Where, root.QualifiedName(), leaf.QualifiedName(), IdentityName(leaf.ReplicaIdentity), col, bt.t.src, leaf.QualifiedName()))
 			}
 		}
 	}

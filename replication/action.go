@@ -69,11 +69,23 @@ type Action struct {
 	TTL    time.Duration
 	Jitter float64 // ActSet: fraction of TTL taken off at random
 	MaxLen int64   // ActStream: approximate length cap; 0 means none
+	// Stamp, on ActUnlink and ActDel, records the delete as the key's
+	// latest change (the refresh action's deletes): an older refresh of the
+	// key, from an instance that lost the slot and woke up late, is then
+	// refused. ActSet always records its commit LSN.
+	Stamp bool
 }
+
+// stampBit marks Stamp in the kind byte of a spilled action.
+const stampBit = 0x80
 
 // appendAction encodes a for a spill file.
 func appendAction(dst []byte, a *Action) []byte {
-	dst = append(dst, byte(a.Kind), byte(a.Op))
+	kind := byte(a.Kind)
+	if a.Stamp {
+		kind |= stampBit
+	}
+	dst = append(dst, kind, byte(a.Op))
 	for _, s := range [...]string{a.Key, a.Target, a.Table, a.Value} {
 		dst = binary.AppendUvarint(dst, uint64(len(s)))
 		dst = append(dst, s...)
@@ -91,7 +103,7 @@ func parseAction(b []byte) (Action, error) {
 	if len(b) < 2 {
 		return a, errBadAction
 	}
-	a.Kind, a.Op = ActionKind(b[0]), Op(b[1])
+	a.Kind, a.Op, a.Stamp = ActionKind(b[0]&^stampBit), Op(b[1]), b[0]&stampBit != 0
 	if a.Kind == 0 || a.Kind > actLast {
 		return a, errBadAction
 	}

@@ -9,6 +9,7 @@ func TestActionRoundTrip(t *testing.T) {
 	t.Parallel()
 	for _, a := range []Action{
 		{Kind: ActUnlink, Key: "user:1"},
+		{Kind: ActUnlink, Key: "user:1", Stamp: true},
 		{Kind: ActSet, Op: OpUpdate, Key: "user:1", Value: `{"id":1,"name":"\u0000x"}`, TTL: time.Hour, Jitter: 0.25},
 		{Kind: ActStream, Op: OpDelete, Key: "k", Target: "events", Table: "public.users", MaxLen: 100000},
 		{Kind: ActVersion, Key: "", TTL: -1},

@@ -47,6 +47,14 @@ type Event struct {
 	// again everything after the confirmed position, so a transaction that
 	// the last session handed over only in part starts over.
 	Restart bool
+	// Start, on a Restart event, is the slot's confirmed position when this
+	// session acquired the slot: the position the history checks compare
+	// with (another instance may have moved it since this process last
+	// streamed).
+	Start LSN
+	// Ready, on a Restart event, is closed by the sink once the session's
+	// start-up checks passed; the stream reports itself streaming only then.
+	Ready chan struct{}
 }
 
 // Mapper turns changes into keys. The stream calls it from its one goroutine.
@@ -66,6 +74,11 @@ type Mapper interface {
 // Positions is where the stream learns what the sink has applied, and
 // records what it handed over (for the lag).
 type Positions interface {
+	// Ack raises the applied position (never lowers it). The stream calls
+	// it with the slot's confirmed position when a session acquires the
+	// slot, so a status update never reports an older position than the
+	// one another instance confirmed meanwhile.
+	Ack(lsn LSN)
 	Applied() LSN
 	WaitApplied(lsn LSN, deadline time.Time) bool
 	Handed(end LSN, commitTime time.Time)
@@ -366,11 +379,11 @@ func (s *Stream) session(ctx context.Context) (err error) {
 	if err := pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, 0, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
 		return fmt.Errorf("start replication from slot %q: %w", s.cfg.Slot, err)
 	}
-	s.obs.State(StateStreaming)
-	s.log.Info("streaming",
-		zap.String("slot", s.cfg.Slot), zap.String("publication", s.cfg.Publication),
-		zap.Stringer("confirmed_lsn", confirmed), zap.Int("server_version", version),
-		zap.Bool("streaming_in_progress", streaming))
+	// The slot is this session's now. Another instance may have streamed
+	// since this process last did (a standby taking over): what it
+	// confirmed is applied as far as this process is concerned, and no
+	// status update may report less.
+	s.pos.Ack(confirmed)
 
 	ss := &session{
 		s: s, ctx: ctx, conn: conn,
@@ -393,12 +406,25 @@ func (s *Stream) session(ctx context.Context) (err error) {
 	stop := context.AfterFunc(ctx, func() { _ = conn.Conn().SetReadDeadline(time.Now()) })
 	defer stop()
 
-	if err := ss.emit(Event{Restart: true}); err != nil {
+	// The sink runs the start-up consistency checks for this session (in
+	// order with what earlier sessions handed over) before anything of
+	// this one is applied; a failed check stops the engine.
+	ready := make(chan struct{})
+	if err := ss.emit(Event{Restart: true, Start: confirmed, Ready: ready}); err == nil {
+		err = ss.await(ready)
+	}
+	if err != nil {
 		if ctx.Err() != nil {
+			ss.shutdown()
 			return nil
 		}
 		return err
 	}
+	s.obs.State(StateStreaming)
+	s.log.Info("streaming",
+		zap.String("slot", s.cfg.Slot), zap.String("publication", s.cfg.Publication),
+		zap.Stringer("confirmed_lsn", confirmed), zap.Int("server_version", version),
+		zap.Bool("streaming_in_progress", streaming))
 	ss.attachSwaps(conn.Conn())
 	err = ss.loop()
 	ss.detachSwaps()
@@ -1028,14 +1054,9 @@ func (ss *session) emit(ev Event) error {
 	case ss.s.out <- ev:
 	default:
 		for {
-			now := time.Now()
-			applied := ss.s.pos.Applied()
-			if ss.rep.Due(now, applied) {
-				if err := ss.sendStatus(now); err != nil {
-					return err
-				}
+			if err := ss.statusWhileWaiting(); err != nil {
+				return err
 			}
-			ss.timer.Reset(time.Until(ss.rep.Next(ss.s.pos.Applied())) + time.Millisecond)
 			select {
 			case ss.s.out <- ev:
 			case <-ss.ctx.Done():
@@ -1053,6 +1074,37 @@ func (ss *session) emit(ev Event) error {
 		ss.lastEnd = ev.End
 	}
 	return nil
+}
+
+// statusWhileWaiting sends a standby status update if one is due and sets
+// the timer to when the next one is, for a loop that waits on the sink.
+func (ss *session) statusWhileWaiting() error {
+	now := time.Now()
+	if ss.rep.Due(now, ss.s.pos.Applied()) {
+		if err := ss.sendStatus(now); err != nil {
+			return err
+		}
+	}
+	ss.timer.Reset(time.Until(ss.rep.Next(ss.s.pos.Applied())) + time.Millisecond)
+	return nil
+}
+
+// await waits until ready is closed, sending standby status updates
+// meanwhile (the server must not time the session out while the sink runs
+// its checks, which may flush many keys).
+func (ss *session) await(ready <-chan struct{}) error {
+	for {
+		if err := ss.statusWhileWaiting(); err != nil {
+			return err
+		}
+		select {
+		case <-ready:
+			return nil
+		case <-ss.ctx.Done():
+			return ss.ctx.Err()
+		case <-ss.timer.C:
+		}
+	}
 }
 
 // ErrConnectionDead is wrapped when the replication connection stayed

@@ -243,6 +243,7 @@ func TestSetMapperCancelledBeforeTaken(t *testing.T) {
 
 type fixedPositions struct{}
 
+func (fixedPositions) Ack(LSN)                              {}
 func (fixedPositions) Applied() LSN                         { return 0 }
 func (fixedPositions) WaitApplied(LSN, time.Time) bool      { return true }
 func (fixedPositions) Handed(end LSN, commitTime time.Time) {}

@@ -55,7 +55,9 @@ func (s *Stream) covered(err error, lsn LSN) bool {
 // gens incremented at this start, after every transaction that commits
 // below lsn: a table that such a transaction shows under another name
 // (renamed while the engine was stopped, and renamed back) needs no stop,
-// since the flush covered its changes. Call it before Run.
+// since the flush covered its changes. Call it before Run, or from the
+// sink's session checks before the session's Ready is closed (the session
+// waits for it, so the stream reads what was set).
 func (s *Stream) SetFlushed(lsn LSN, globs, gens []string) {
 	s.coveredBelow, s.coveredGlobs, s.coveredGens = lsn, slices.Clone(globs), slices.Clone(gens)
 }

@@ -20,6 +20,7 @@ targets=(
 	"./mapping FuzzFilters"
 	"./config FuzzParse"
 	"./config FuzzRules"
+	"./sink FuzzOrderKey"
 	"./cacheaside FuzzParseStamp"
 	"./writebehind FuzzTemplate"
 )

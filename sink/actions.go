@@ -2,7 +2,6 @@ package sink
 
 import (
 	"context"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -34,11 +33,14 @@ type actionBatch struct {
 	counts    [8]int // actions by kind, for the observer
 }
 
+// setItem is a refresh write of a key, or a delete of a refreshed key
+// (dropped), recorded with its commit LSN (see order.go).
 type setItem struct {
 	key, value string
 	ttl        time.Duration
 	jitter     float64
-	dropped    bool // a later delete in the batch removed it
+	lsn        replication.LSN
+	dropped    bool // a later delete in the batch removed it, or a stamped delete
 }
 
 type versionItem struct {
@@ -118,6 +120,13 @@ func (b *actionBatch) reset() {
 	b.counts = [8]int{}
 }
 
+// drop turns the refresh write sets[j] into a delete, recorded at the
+// deleting transaction's commit LSN (0: unknown, keep the write's).
+func (b *actionBatch) drop(j int, lsn replication.LSN) {
+	b.sets[j].dropped = true
+	b.sets[j].lsn = max(b.sets[j].lsn, lsn)
+}
+
 func (b *actionBatch) size() int {
 	return len(b.other) + len(b.sets) + len(b.versions) + len(b.incrs) + len(b.msgs)
 }
@@ -137,14 +146,17 @@ func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) error 
 		switch a.Kind {
 		case replication.ActUnlink, replication.ActDel:
 			if (a.Kind == replication.ActDel) == s.cfg.UseDel {
-				if err := s.addKeys([]string{a.Key}); err != nil {
+				if err := s.addKeys([]string{a.Key}, lsn); err != nil {
 					return err
 				}
 			} else {
 				s.addOther(a.Key)
 			}
 			if j, ok := b.setIdx[a.Key]; ok {
-				b.sets[j].dropped = true
+				b.drop(j, lsn)
+			} else if a.Stamp {
+				b.setIdx[a.Key] = len(b.sets)
+				b.sets = append(b.sets, setItem{key: a.Key, lsn: lsn, dropped: true})
 			}
 		case replication.ActSet:
 			if s.cfg.Companion != nil {
@@ -152,7 +164,7 @@ func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) error 
 				// overwrite the new value: the lease goes first.
 				s.addOther(s.cfg.Companion(a.Key))
 			}
-			it := setItem{key: a.Key, value: a.Value, ttl: a.TTL, jitter: a.Jitter}
+			it := setItem{key: a.Key, value: a.Value, ttl: a.TTL, jitter: a.Jitter, lsn: lsn}
 			if j, ok := b.setIdx[a.Key]; ok {
 				b.sets[j] = it
 			} else {
@@ -364,17 +376,7 @@ func (s *Sink) queueAfterDeletes(ctx context.Context, p redis.Pipeliner) {
 			p.Del(ctx, chunk...)
 		}
 	})
-	for _, it := range b.sets {
-		if it.dropped {
-			continue
-		}
-		ttl := it.ttl
-		if ttl > 0 && it.jitter > 0 {
-			ttl -= time.Duration(rand.Float64() * it.jitter * float64(ttl))
-			ttl = max(ttl, time.Millisecond)
-		}
-		p.Set(ctx, it.key, it.value, ttl)
-	}
+	s.queueRefresh(ctx, p)
 	for _, k := range b.incrs {
 		p.Incr(ctx, k)
 	}

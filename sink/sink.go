@@ -124,6 +124,18 @@ type Config struct {
 	// tell a consumer how far the WAL goes, so the commit time says it.)
 	CatchUpAge time.Duration
 	GatherWait time.Duration
+	// OrderTTL is how long the order key of a refreshed key (OrderKey)
+	// outlives its last change, at least the value's TTL (default
+	// DefaultOrderTTL): how long a late write of an older row is refused.
+	OrderTTL time.Duration
+	// OnSession, when set, runs the start-up consistency checks of a
+	// replication session that just acquired the slot (the first of the
+	// process, a reconnect, a standby taking over), in the sink's goroutine
+	// after everything handed over before it was applied, with the slot's
+	// confirmed position at that moment. It may use Flush, FlushSome and
+	// SetWatermark. An error stops the sink. After it returned nil the
+	// watermark in Redis is taken to be at least start.
+	OnSession func(ctx context.Context, start replication.LSN) error
 	// EscalateAfter is how long a Redis operation may keep failing before
 	// it is reported as an error and to Observer.Stalled (default 1m); the
 	// sink goes on retrying.
@@ -239,6 +251,12 @@ func (s *Sink) SetFlush(patterns, generations []string) {
 	s.flush.Store(&flushSet{patterns, generations})
 }
 
+// Managed returns the patterns and generation keys a flush covers: the
+// running rules'.
+func (s *Sink) Managed() (patterns, generations []string) {
+	return s.flushPatterns(), s.flushGenerations()
+}
+
 func (s *Sink) flushPatterns() []string {
 	if f := s.flush.Load(); f != nil {
 		return f.patterns
@@ -314,7 +332,9 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			}
 		}
 		if ev.Restart {
-			s.restartMessages()
+			if err := s.restart(ctx, ev); err != nil {
+				return err
+			}
 			continue
 		}
 		if len(ev.Globs) > 0 {
@@ -361,11 +381,7 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 				closed = true
 				break gather
 			}
-			if next.Restart {
-				s.restartMessages()
-				continue
-			}
-			if len(next.Globs) > 0 {
+			if next.Restart || len(next.Globs) > 0 {
 				pending = &next
 				break gather
 			}
@@ -408,6 +424,27 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 	}
 }
 
+// restart begins a new replication session: what earlier sessions handed
+// over is applied by now. The session's checks run (Config.OnSession), and
+// the highest watermark this sink vouches for becomes at least the slot's
+// confirmed position, so that Redis losing writes made by another instance
+// before this one took over is seen as well.
+func (s *Sink) restart(ctx context.Context, ev replication.Event) error {
+	s.restartMessages()
+	if s.cfg.OnSession != nil {
+		if err := s.cfg.OnSession(ctx, ev.Start); err != nil {
+			return err
+		}
+	}
+	if s.cfg.OnSession != nil && s.cfg.WatermarkKey != "" && ev.Start > s.lastMark {
+		s.lastMark = ev.Start
+	}
+	if ev.Ready != nil {
+		close(ev.Ready)
+	}
+	return nil
+}
+
 // markEvery is how often the watermark is raised while batches queue up.
 const markEvery = 50 * time.Millisecond
 
@@ -445,7 +482,7 @@ func (s *Sink) startBatch() {
 }
 
 func (s *Sink) addEvent(ev replication.Event) error {
-	if err := s.addKeys(ev.Keys); err != nil {
+	if err := s.addKeys(ev.Keys, ev.LSN); err != nil {
 		return err
 	}
 	if len(ev.Actions) > 0 {
@@ -497,7 +534,8 @@ func (s *Sink) sample(ev replication.Event) {
 	}
 }
 
-func (s *Sink) addKeys(keys []string) error {
+// addKeys adds plain deletes of a transaction that committed at lsn.
+func (s *Sink) addKeys(keys []string, lsn replication.LSN) error {
 	for _, k := range keys {
 		if len(k) > s.cfg.MaxKeyBytes {
 			if err := s.longKey(k); err != nil {
@@ -505,7 +543,7 @@ func (s *Sink) addKeys(keys []string) error {
 			}
 		}
 		if j, ok := s.acts.setIdx[k]; ok {
-			s.acts.sets[j].dropped = true // deleted later in commit order
+			s.acts.drop(j, lsn) // deleted later in commit order
 		}
 		if _, dup := s.seen[k]; dup {
 			continue
@@ -604,6 +642,9 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	dels := keys
 	if s.cfg.Companion != nil {
 		dels = s.extra
+	}
+	if len(s.acts.sets) > 0 {
+		failpoint.Hit("sink-before-refresh")
 	}
 	err := s.retry(ctx, "delete keys", func() error {
 		if mark {
@@ -760,18 +801,12 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		globs = append(globs, ev.Globs...)
 	}
 	for _, g := range globs {
-		err := s.retry(ctx, "delete keys matching "+g, func() error {
-			start := time.Now()
-			deleted, err := s.scanDelete(ctx, g)
-			if err != nil {
-				return err
-			}
-			s.obs.Truncate(deleted, time.Since(start))
-			return nil
-		})
+		start := time.Now()
+		deleted, err := s.deleteMatching(ctx, g)
 		if err != nil {
 			return err
 		}
+		s.obs.Truncate(deleted, time.Since(start))
 		s.Stats.Globs.Add(1)
 	}
 	if s.cfg.PublishChannel != "" {
@@ -933,6 +968,19 @@ func (s *Sink) checkWait(wait *redis.Cmd) error {
 		return fmt.Errorf("%w: WAIT %d answered %d within %s (redis.wait_replicas); the position waits until they catch up", ErrReplicasBehind, s.cfg.WaitReplicas, n, s.cfg.WaitTimeout)
 	}
 	return nil
+}
+
+// deleteMatching deletes the keys matching the SCAN pattern g (on every
+// master of a cluster), retrying transient errors, and returns how many
+// existed.
+func (s *Sink) deleteMatching(ctx context.Context, g string) (int, error) {
+	deleted := 0
+	err := s.retry(ctx, "delete keys matching "+g, func() error {
+		n, err := s.scanDelete(ctx, g)
+		deleted = n
+		return err
+	})
+	return deleted, err
 }
 
 // fenceScript sets each lease KEYS[2i-1] to the fence ARGV[1] for ARGV[2]
@@ -1148,6 +1196,9 @@ func (s *Sink) Flush(ctx context.Context) error {
 func (s *Sink) FlushSome(ctx context.Context, patterns, gens []string) error {
 	if len(patterns) > 0 {
 		if err := s.applyGlobs(ctx, replication.Event{Globs: patterns}); err != nil {
+			return err
+		}
+		if err := s.flushOrderKeys(ctx, patterns); err != nil {
 			return err
 		}
 	}

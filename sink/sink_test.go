@@ -179,6 +179,69 @@ func TestLeaseFence(t *testing.T) {
 	}
 }
 
+// TestSessionChecksRunInOrder: a Restart event runs Config.OnSession after
+// everything before it was applied, with the session's start position; the
+// sink then vouches for a watermark at least that high, so a Redis that
+// lost writes another instance made (its watermark now below the start)
+// is caught by the next batch; Ready is closed once the checks passed.
+func TestSessionChecksRunInOrder(t *testing.T) {
+	rdb, _ := newRedis(t)
+	ctx := context.Background()
+	const mark = "cdcinvalidate:s:lsn"
+	var calls []string
+	cfg := Config{Client: rdb, WatermarkKey: mark, // FlushOnHistoryLost false: stop
+		OnSession: func(ctx context.Context, start replication.LSN) error {
+			n, _ := rdb.Exists(ctx, "before").Result()
+			calls = append(calls, fmt.Sprintf("%s before=%d", start, n))
+			return rdb.Set(ctx, mark, start.String(), 0).Err() // the checks leave the watermark at the start
+		}}
+	if err := rdb.Set(ctx, "before", "cached", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s := New(cfg, &ackRecorder{})
+	in := make(chan replication.Event, 8)
+	ready := make(chan struct{})
+	in <- replication.Event{Keys: []string{"before"}, End: 0x100}
+	in <- replication.Event{Restart: true, Start: 0x500, Ready: ready}
+	errc := make(chan error, 1)
+	go func() { errc <- s.Run(ctx, in) }()
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Ready not closed after the session checks")
+	}
+	if want := []string{"0/500 before=0"}; fmt.Sprint(calls) != fmt.Sprint(want) {
+		t.Fatalf("OnSession calls %q, want %q (after the earlier event was applied)", calls, want)
+	}
+	// Redis loses writes: its watermark falls below the session's start.
+	if err := rdb.Set(ctx, mark, "0/400", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	in <- replication.Event{Keys: []string{"k"}, End: 0x600}
+	close(in)
+	err := <-errc
+	if !errors.Is(err, ErrHistoryLost) {
+		t.Fatalf("Run returned %v, want ErrHistoryLost (watermark below the session's start)", err)
+	}
+
+	// A failed check stops the sink and leaves Ready open.
+	bad := errors.New("check failed")
+	cfg.OnSession = func(context.Context, replication.LSN) error { return bad }
+	s = New(cfg, &ackRecorder{})
+	in = make(chan replication.Event, 2)
+	ready = make(chan struct{})
+	in <- replication.Event{Restart: true, Start: 0x700, Ready: ready}
+	close(in)
+	if err := s.Run(ctx, in); !errors.Is(err, bad) {
+		t.Fatalf("Run returned %v, want the check's error", err)
+	}
+	select {
+	case <-ready:
+		t.Fatal("Ready closed although the checks failed")
+	default:
+	}
+}
+
 // failOncePipeline is a go-redis hook (as a tracing or circuit-breaking
 // hook would be) that fails the first pipeline without running it: an
 // error no command carries.

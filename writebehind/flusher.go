@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 )
 
 // Defaults of FlusherOptions.
@@ -188,7 +189,7 @@ func (f *Flusher) Run(ctx context.Context) error {
 		}
 		f.log.Warn("write-behind flusher failed; retrying (nothing acknowledged is lost: pending entries are applied on the next attempt)",
 			zap.String("cause", reason), zap.Duration("pause", pause), zap.Error(err))
-		if err := sleep(ctx, pause); err != nil {
+		if err := retry.Sleep(ctx, pause); err != nil {
 			return nil
 		}
 		pause = min(2*pause, f.opt.RetryMax)
@@ -285,7 +286,7 @@ func (f *Flusher) lock(ctx context.Context, conn *pgx.Conn) error {
 			f.log.Info("another write-behind flusher applies this stream; standing by", zap.String("stream", f.opt.Stream), zap.String("group", f.opt.Group))
 			logged = true
 		}
-		if err := sleep(ctx, f.opt.StandbyPoll); err != nil {
+		if err := retry.Sleep(ctx, f.opt.StandbyPoll); err != nil {
 			return err
 		}
 	}

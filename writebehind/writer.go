@@ -12,6 +12,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 )
 
 // Defaults of WriterOptions (and of the flusher's Stream).
@@ -252,7 +254,7 @@ func (w *Writer) Apply(ctx context.Context, ops ...Op) ([]int64, error) {
 			if time.Now().Add(pause).After(deadline) {
 				return nil, fmt.Errorf("%w (stream %s, waited %s)", ErrBacklogFull, w.opt.Stream, w.opt.BlockMax)
 			}
-			if err := sleep(ctx, pause); err != nil {
+			if err := retry.Sleep(ctx, pause); err != nil {
 				return nil, err
 			}
 			pause = min(2*pause, blockPauseMax)
@@ -344,15 +346,4 @@ func asInt(v any) int64 {
 		return int64(n)
 	}
 	return -1
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -402,44 +402,14 @@ func TestWalsenderTerminated(t *testing.T) {
 // values and the old watermark are back. With the watermark the engine
 // must notice (the watermark is below the one it set) and flush.
 func redisBackInTime(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, i int) checkResult {
-	ctx := context.Background()
-	dir, err := f.rdb.ConfigGet(ctx, "dir").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := f.rdb.ConfigGet(ctx, "appenddirname").Result()
-	if err != nil || sub["appenddirname"] == "" {
-		t.Fatalf("CONFIG GET appenddirname: %v %v (Redis 7 or later needed)", sub, err)
-	}
-	aof := filepath.Join(dir["dir"], sub["appenddirname"])
+	aof := f.aofDir()
 	saved := filepath.Join(t.TempDir(), "aof")
 	return f.cycle(sc, rng, defaultLoad, fmt.Sprintf("run %d", i), func(l *load) {
-		// Copy the AOF with every key cached and Redis stopped (a consistent copy).
-		if err := f.rd.Pause(); err != nil {
-			t.Fatal(err)
-		}
-		err := copyDir(aof, saved)
-		if rerr := f.rd.Resume(); rerr != nil {
-			t.Fatal(rerr)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
+		f.saveAOF(aof, saved)
 		sleepRand(rng, 800*time.Millisecond, 1500*time.Millisecond)
 	}, func() {
 		f.barrier(60 * time.Second) // everything applied in the Redis that is about to be lost
-		if err := f.rd.Kill(); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.RemoveAll(aof); err != nil {
-			t.Fatal(err)
-		}
-		if err := copyDir(saved, aof); err != nil {
-			t.Fatal(err)
-		}
-		if err := f.rd.Start(); err != nil {
-			t.Fatal(err)
-		}
+		f.restartFromAOF(aof, saved)
 		sc.fault("Redis restarted from an older AOF")
 		if f.o.noWatermark {
 			return
@@ -452,6 +422,55 @@ func redisBackInTime(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, i i
 			sc.note("run %d: the watermark passed a new commit while %d restored stale keys were still cached (its flush not finished)", i, r.stale())
 		}
 	})
+}
+
+// aofDir returns the directory of Redis's append-only file (Redis 7+).
+func (f *fixture) aofDir() string {
+	f.t.Helper()
+	ctx := context.Background()
+	dir, err := f.rdb.ConfigGet(ctx, "dir").Result()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	sub, err := f.rdb.ConfigGet(ctx, "appenddirname").Result()
+	if err != nil || sub["appenddirname"] == "" {
+		f.t.Fatalf("CONFIG GET appenddirname: %v %v (Redis 7 or later needed)", sub, err)
+	}
+	return filepath.Join(dir["dir"], sub["appenddirname"])
+}
+
+// saveAOF copies the AOF directory aof to saved with Redis stopped
+// (SIGSTOP), so the copy is consistent.
+func (f *fixture) saveAOF(aof, saved string) {
+	f.t.Helper()
+	if err := f.rd.Pause(); err != nil {
+		f.t.Fatal(err)
+	}
+	err := copyDir(aof, saved)
+	if rerr := f.rd.Resume(); rerr != nil {
+		f.t.Fatal(rerr)
+	}
+	if err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// restartFromAOF kills Redis and starts it again from the AOF saved by
+// saveAOF: Redis goes back to that moment.
+func (f *fixture) restartFromAOF(aof, saved string) {
+	f.t.Helper()
+	if err := f.rd.Kill(); err != nil {
+		f.t.Fatal(err)
+	}
+	if err := os.RemoveAll(aof); err != nil {
+		f.t.Fatal(err)
+	}
+	if err := copyDir(saved, aof); err != nil {
+		f.t.Fatal(err)
+	}
+	if err := f.rd.Start(); err != nil {
+		f.t.Fatal(err)
+	}
 }
 
 func copyDir(from, to string) error {

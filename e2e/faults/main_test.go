@@ -71,7 +71,9 @@
 // without kill -9; Redis slow through a latency proxy; Redis killed and
 // restarted empty; Redis connections reset; PostgreSQL stopped -m
 // immediate; the walsender terminated; Redis restarted from an older AOF
-// (back in time) and its negative control without the watermark.
+// (back in time) and its negative control without the watermark; the same
+// rewind while the leader is frozen, followed by a standby's takeover
+// (takeover_test.go), and its negative control without the watermark.
 //
 // With -tags failpoints (failpoints_test.go): SIGKILL at sink-after-ack,
 // sink-mid-txn (postgres.streaming: false, large transactions) and
@@ -90,7 +92,10 @@
 // moments, with a self-test of planted faults; and with -tags failpoints,
 // streaming off, sink-mid-txn and sink-after-ack with the walsender
 // terminated while a transaction's event is half written, and the
-// confirm-received negative control.
+// confirm-received negative control; a zombie leader (frozen with SIGSTOP
+// at sink-before-refresh, a standby takes over, then resumed after newer
+// rows: zombie_failpoints_test.go) and its negative control with
+// CDC_UNSAFE=unordered-refresh.
 //
 // # Running
 //

@@ -8,6 +8,7 @@
 //
 //	CDC_FAILPOINT=sink-after-ack          SIGKILL itself at the first hit
 //	CDC_FAILPOINT=sink-after-ack:3        ... at the third hit
+//	CDC_FAILPOINT_ACTION=stop             SIGSTOP instead: frozen there until SIGCONT
 //
 // Points of the write-behind flusher (package writebehind): wb-before-commit
 // (a window is written, not committed), wb-after-commit (committed, not yet
@@ -20,10 +21,15 @@
 // Points: sink-after-ack (Redis acknowledged a batch, the position is not
 // yet recorded), sink-mid-txn (a chunk of a large transaction was applied,
 // its commit not yet), stream-after-stop (a Stream Stop arrived while a
-// streamed transaction is open, before its Stream Commit).
+// streamed transaction is open, before its Stream Commit),
+// sink-before-refresh (a batch with refresh writes is ready, not yet sent:
+// with the stop action, a leader frozen with work in hand, a zombie when it
+// wakes up after a standby took over).
 //
 // CDC_UNSAFE=confirm-received makes the stream confirm the received
 // position instead of the applied one: the bug the checker must catch.
+// CDC_UNSAFE=unordered-refresh makes refresh writes plain SETs that ignore
+// commit order across instances (the negative control of the zombie test).
 // CDC_UNSAFE=skip-deletes makes the sink skip its plain deletes: the bug
 // the consistency verifier must catch.
 // CDC_UNSAFE=ignore-unbound makes the stream skip the changes of a table

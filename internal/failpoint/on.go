@@ -15,9 +15,13 @@ var (
 	name  string
 	after int64
 	hits  atomic.Int64
+	sig   = syscall.SIGKILL
 )
 
 func init() {
+	if os.Getenv("CDC_FAILPOINT_ACTION") == "stop" {
+		sig = syscall.SIGSTOP
+	}
 	v := os.Getenv("CDC_FAILPOINT")
 	if v == "" {
 		return
@@ -31,17 +35,27 @@ func init() {
 	}
 }
 
-// Hit kills the process with SIGKILL when point is the selected failpoint
-// and this is its chosen hit.
+// Hit kills the process with SIGKILL (or freezes it with SIGSTOP, with
+// CDC_FAILPOINT_ACTION=stop) when point is the selected failpoint and this
+// is its chosen hit. A frozen process goes on from here after SIGCONT.
 func Hit(point string) {
 	if point != name {
 		return
 	}
 	if hits.Add(1) == after {
-		fmt.Fprintf(os.Stderr, "failpoint %s: SIGKILL\n", point)
-		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {} // never returns
+		fmt.Fprintf(os.Stderr, "failpoint %s: %s\n", point, sigName())
+		_ = syscall.Kill(os.Getpid(), sig)
+		if sig == syscall.SIGKILL {
+			select {} // never returns
+		}
 	}
+}
+
+func sigName() string {
+	if sig == syscall.SIGSTOP {
+		return "SIGSTOP"
+	}
+	return "SIGKILL"
 }
 
 // Unsafe reports whether the deliberately broken behaviour is selected.

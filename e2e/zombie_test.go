@@ -1,0 +1,102 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
+)
+
+// TestZombieLeaderCannotUndoRefresh: a leader freezes (a failpoint sends
+// it SIGSTOP) with a batch of refresh writes in hand, not yet sent. Its
+// walsender times out, the standby takes over, applies the same
+// transaction and newer ones (a newer row for user:1, a DELETE of row 2).
+// Then the old leader wakes up (SIGCONT) and sends what it held: the older
+// rows. The newer value of user:1 must survive, and user:2 must stay
+// deleted; the refresh writes compare commit LSNs in Redis (sink/order.go).
+//
+// The negative control runs both engines with CDC_UNSAFE=unordered-refresh
+// (plain SETs, as before the order keys) and must see the old rows back.
+func TestZombieLeaderCannotUndoRefresh(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		unsafe bool
+	}{{"ordered", false}, {"negative-unordered-set", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t, fixtureOpts{})
+			bin := harness.BuildEngineTags(t, "failpoints")
+			cfg := f.writeConfig(fmt.Sprintf(`postgres:
+  dsn: %q
+  status_interval: 1s
+  wal_sender_timeout: 3s
+redis:
+  addr: %q
+rules:
+  - table: barrier
+    keys: ["barrier:{id}"]
+  - table: users
+    keys: ["user:{id}"]
+    actions: [refresh]
+    refresh_columns: [id, name]
+`, f.pg.DSN("postgres"), f.rd.Addr()))
+			var env []string
+			if c.unsafe {
+				env = append(env, "CDC_UNSAFE=unordered-refresh")
+			}
+			f.seedUsers(3)
+			a := f.startBinaryOfStreaming(bin, cfg, append(env, "CDC_FAILPOINT=sink-before-refresh", "CDC_FAILPOINT_ACTION=stop")...)
+			b := f.startBinaryOf(bin, cfg, env...)
+			harness.WaitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
+				return strings.Contains(b.Output(), "waiting as standby")
+			})
+			leaderPID := f.activePID()
+
+			f.exec(`UPDATE users SET name = 'old' WHERE id IN (1, 2)`)
+			harness.WaitFor(t, 30*time.Second, "the leader to freeze with the refresh batch in hand", func() bool {
+				return strings.Contains(a.Output(), "failpoint sink-before-refresh: SIGSTOP")
+			})
+			harness.WaitFor(t, 60*time.Second, "the standby to take the slot from the frozen leader", func() bool {
+				pid := f.activePID()
+				return pid != 0 && pid != leaderPID
+			})
+			f.exec(`UPDATE users SET name = 'new' WHERE id = 1`)
+			f.exec(`DELETE FROM users WHERE id = 2`)
+			f.barrier()
+			if v := f.get("user:1"); !strings.Contains(v, `"new"`) || f.exists("user:2") {
+				t.Fatalf("before the old leader wakes: user:1 = %q, user:2 exists %v", v, f.exists("user:2"))
+			}
+
+			if err := a.Signal(sigCont); err != nil {
+				t.Fatal(err)
+			}
+			stale := func() bool { return strings.Contains(f.get("user:1"), `"old"`) || f.exists("user:2") }
+			if c.unsafe {
+				harness.WaitFor(t, 30*time.Second, "the woken leader's plain SETs to bring the old rows back", stale)
+				t.Logf("negative control: user:1 = %s, user:2 = %s after the old leader woke up", f.get("user:1"), f.get("user:2"))
+				return
+			}
+			harness.WaitFor(t, 60*time.Second, "the woken leader to step back as standby", func() bool {
+				out := a.Output()
+				i := strings.Index(out, "failpoint sink-before-refresh")
+				return i >= 0 && strings.Contains(out[i:], "waiting as standby")
+			})
+			// Its sink sent the batch at once on waking; give it ample time.
+			for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+				if stale() {
+					t.Fatalf("the woken leader undid newer work: user:1 = %q, user:2 = %q", f.get("user:1"), f.get("user:2"))
+				}
+			}
+			f.barrier()
+			if v := f.get("user:1"); !strings.Contains(v, `"new"`) {
+				t.Fatalf("user:1 = %q, want the newer row", v)
+			}
+			for _, p := range []*harness.Process{a, b} {
+				if code, _ := p.TermT(t, 30*time.Second); code != 0 {
+					t.Fatalf("exit code %d; output:\n%s", code, p.Output())
+				}
+			}
+		})
+	}
+}
