@@ -114,6 +114,9 @@
 // # Redis Cluster
 //
 // The scripts touch a key and its lease together, so both must live in one
-// slot. LeaseKey makes the key its hash tag, which holds for keys without
-// braces; see LeaseKey.
+// slot. LeaseKey names the lease with the key's hash tag (or, for keys
+// whose tag cannot be copied, such as "{}x", a tag of the same slot), so
+// that holds for every key; see LeaseKey. The engine's invalidation
+// messages use PUBLISH, which a cluster delivers to subscribers on every
+// node.
 package cacheaside

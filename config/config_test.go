@@ -99,7 +99,7 @@ func TestLoadFull(t *testing.T) {
 		Postgres: Postgres{DSN: "host=db user=app dbname=app sslmode=disable", Slot: "my_slot", Publication: "my_pub",
 			StatusInterval: 2 * time.Second, Streaming: cfg.Postgres.Streaming, TxnBufferMB: 16, SpillDir: "/var/tmp", MaxBackoff: 30 * time.Second,
 			StandbyRetry: 2 * time.Second, WALSenderTimeout: 20 * time.Second, WarnRetainedWALMB: 4096, CatalogCheckInterval: 30 * time.Second},
-		Redis:       Redis{Addr: "redis:6380", DB: 3, Username: "cdc", Password: "pw", DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 3 * time.Second},
+		Redis:       Redis{Addr: "redis:6380", WaitTimeout: time.Second, DB: 3, Username: "cdc", Password: "pw", DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 3 * time.Second},
 		Rules:       []Rule{{Table: "users", Keys: []string{"user:{id}"}}},
 		Sink:        Sink{DeleteCommand: "del", MaxBatchKeys: 500, ScanCount: 50, MaxBackoff: time.Second, MaxKeyBytes: 64 << 10, OnLongKey: LongKeyStop},
 		Client:      Client{Leases: true, PublishChannel: "cdc-events"},

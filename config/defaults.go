@@ -27,6 +27,7 @@ func (c *Config) setDefaults() {
 	setZero(&c.Consistency.OnHistoryLost, defaults.OnHistoryLost)
 	setZero(&c.Consistency.OnFirstStart, defaults.OnFirstStart)
 	r := &c.Redis
+	setZero(&r.WaitTimeout, defaults.WaitTimeout)
 	setZero(&r.DialTimeout, defaults.DialTimeout)
 	setZero(&r.ReadTimeout, defaults.ReadTimeout)
 	setZero(&r.WriteTimeout, defaults.WriteTimeout)

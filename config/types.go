@@ -6,6 +6,7 @@ package config
 
 import (
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
@@ -109,8 +110,31 @@ type Consistency struct {
 
 // Redis is where keys are invalidated.
 type Redis struct {
-	// Addr is host:port. Env: CDC_REDIS_ADDR.
+	// Addr is host:port of a standalone Redis. Env: CDC_REDIS_ADDR.
 	Addr string `yaml:"addr"`
+	// Addrs lists host:port of several servers: the seed nodes of a Redis
+	// Cluster (with Cluster), or the sentinels (with MasterName). Env:
+	// CDC_REDIS_ADDRS, comma-separated.
+	Addrs []string `yaml:"addrs"`
+	// Cluster speaks the Redis Cluster protocol to the nodes of Addrs.
+	// Default false.
+	Cluster bool `yaml:"cluster"`
+	// MasterName is the name of the master the sentinels of Addrs monitor:
+	// the engine asks them for the master and follows its failovers.
+	MasterName string `yaml:"master_name"`
+	// SentinelUsername and SentinelPassword authenticate to the sentinels
+	// (when they require it; Username and Password are for the servers).
+	// Env: CDC_REDIS_SENTINEL_USERNAME, CDC_REDIS_SENTINEL_PASSWORD.
+	SentinelUsername string `yaml:"sentinel_username"`
+	SentinelPassword string `yaml:"sentinel_password"`
+	// WaitReplicas, when above 0, sends WAIT WaitReplicas after every
+	// batch, on the connection that wrote it, and confirms the batch to
+	// PostgreSQL only once that many replicas acknowledged it (retrying
+	// the batch, which is idempotent, until they do): durability over
+	// latency. Not on a Redis Cluster yet. Default 0.
+	WaitReplicas int `yaml:"wait_replicas"`
+	// WaitTimeout bounds one WAIT. Default 1s.
+	WaitTimeout time.Duration `yaml:"wait_timeout"`
 	// DB is the database number. Default 0.
 	DB int `yaml:"db"`
 	// Username and Password for AUTH (ACL). Env: CDC_REDIS_USERNAME, CDC_REDIS_PASSWORD.
@@ -135,6 +159,39 @@ type Redis struct {
 	// TLSInsecureSkipVerify accepts any server certificate: encryption
 	// without authentication, for tests only. Default false.
 	TLSInsecureSkipVerify bool `yaml:"tls_insecure_skip_verify"`
+}
+
+// Topology names how Redis is deployed: "standalone", "cluster" or
+// "sentinel".
+func (r Redis) Topology() string {
+	switch {
+	case r.Cluster:
+		return "cluster"
+	case r.MasterName != "":
+		return "sentinel"
+	}
+	return "standalone"
+}
+
+// Servers lists the configured addresses: Addr, or Addrs.
+func (r Redis) Servers() []string {
+	if r.Addr != "" {
+		return []string{r.Addr}
+	}
+	return r.Addrs
+}
+
+// Describe names the topology and its addresses for messages, e.g.
+// "cluster 10.0.0.1:7000,10.0.0.2:7000" or "127.0.0.1:6379".
+func (r Redis) Describe() string {
+	addrs := strings.Join(r.Servers(), ",")
+	switch r.Topology() {
+	case "cluster":
+		return "cluster " + addrs
+	case "sentinel":
+		return "sentinel master " + r.MasterName + " via " + addrs
+	}
+	return addrs
 }
 
 // TLSEnabled reports whether Redis is reached over TLS.

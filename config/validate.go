@@ -83,11 +83,7 @@ func (c *Config) validate(loc locator) []Problem {
 	enum("consistency.on_history_lost",
 		oneOf("on_history_lost", c.Consistency.OnHistoryLost, onHistoryLostValues))
 	enum("consistency.on_first_start", oneOf("on_first_start", c.Consistency.OnFirstStart, onFirstStartValues))
-	if c.Redis.Addr == "" {
-		add("redis.addr", "redis.addr is required (or set CDC_REDIS_ADDR), e.g. 127.0.0.1:6379")
-	} else if _, _, err := net.SplitHostPort(c.Redis.Addr); err != nil {
-		add("redis.addr", "redis.addr %q is not host:port", c.Redis.Addr)
-	}
+	validateRedisTopology(c.Redis, add)
 	for _, f := range []struct{ path, name string }{
 		{c.Redis.TLSCAFile, "redis.tls_ca_file"},
 		{c.Redis.TLSCertFile, "redis.tls_cert_file"},
@@ -344,4 +340,55 @@ func (c *Config) validateRuleActions(loc locator, i int, ops mapping.OpSet) []Pr
 		add(base+".on_truncate", "%s", oneOf("on_truncate", r.OnTruncate, onTruncateValues))
 	}
 	return ps
+}
+
+// validateRedisTopology checks that the Redis options name exactly one
+// topology: addr (standalone), addrs with cluster (Redis Cluster), or addrs
+// with master_name (Sentinel).
+func validateRedisTopology(r Redis, add func(where, format string, args ...any)) {
+	switch {
+	case r.Addr == "" && len(r.Addrs) == 0:
+		add("redis.addr", "redis.addr is required (or set CDC_REDIS_ADDR), e.g. 127.0.0.1:6379; for a Redis Cluster set redis.addrs and redis.cluster: true, for Sentinel redis.addrs (the sentinels) and redis.master_name")
+		return
+	case r.Addr != "" && len(r.Addrs) > 0:
+		add("redis.addrs", "set redis.addr (one standalone server) or redis.addrs (cluster nodes or sentinels), not both")
+		return
+	case r.Cluster && r.MasterName != "":
+		add("redis.master_name", "redis.cluster and redis.master_name exclude each other: a Redis Cluster is not run by sentinels")
+		return
+	case r.Addr != "" && r.Cluster:
+		add("redis.cluster", "redis.cluster: true takes the seed nodes in redis.addrs, not redis.addr")
+		return
+	case r.Addr != "" && r.MasterName != "":
+		add("redis.master_name", "redis.master_name takes the sentinels' addresses in redis.addrs, not redis.addr")
+		return
+	case len(r.Addrs) > 0 && !r.Cluster && r.MasterName == "":
+		add("redis.addrs", "redis.addrs needs redis.cluster: true (the addresses are cluster nodes) or redis.master_name (they are sentinels); for one standalone server use redis.addr")
+		return
+	}
+	if r.Addr != "" {
+		if _, _, err := net.SplitHostPort(r.Addr); err != nil {
+			add("redis.addr", "redis.addr %q is not host:port", r.Addr)
+		}
+	}
+	for i, a := range r.Addrs {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			add(fmt.Sprintf("redis.addrs[%d]", i), "redis.addrs entry %q is not host:port", a)
+		}
+	}
+	if r.Cluster && r.DB != 0 {
+		add("redis.db", "redis.db must be 0 with redis.cluster: a Redis Cluster has only database 0")
+	}
+	if r.WaitReplicas < 0 {
+		add("redis.wait_replicas", "redis.wait_replicas must not be negative")
+	}
+	if r.WaitReplicas > 0 && r.Cluster {
+		add("redis.wait_replicas", "redis.wait_replicas is not supported on a Redis Cluster yet (WAIT would have to reach every master on the connection that wrote to it); remove it")
+	}
+	if r.WaitTimeout < 0 {
+		add("redis.wait_timeout", "redis.wait_timeout must not be negative")
+	}
+	if r.MasterName == "" && (r.SentinelPassword != "" || r.SentinelUsername != "") {
+		add("redis.sentinel_password", "redis.sentinel_username / sentinel_password are for sentinels: set redis.master_name and list the sentinels in redis.addrs, or remove them")
+	}
 }

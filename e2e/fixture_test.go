@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -53,35 +54,77 @@ type fixtureOpts struct {
 	extra      string // more top-level YAML sections (sink, log)
 	noSchema   bool
 	pgVersion  int // PostgreSQL major version; 0: the harness's default
+	// cluster runs the test against a Redis Cluster (3 masters, 3
+	// replicas), sentinel against a Sentinel deployment; f.rd is then nil.
+	cluster, sentinel bool
 }
 
 type fixture struct {
 	t        *testing.T
 	pg       *harness.Postgres
 	rd       *harness.Redis
-	rdb      *redis.Client
+	cl       *harness.Cluster
+	sn       *harness.Sentinel
+	rdb      redis.UniversalClient
 	db       *pgxpool.Pool
 	cfgPath  string
 	barrierN atomic.Int64
+	// watermarked: on a cluster, a barrier also waits for the watermark
+	// (the masters delete a batch's keys in parallel, so the barrier key
+	// can go before the others; the watermark is raised after all).
+	watermarked bool
 }
 
 func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	t.Helper()
 	f := &fixture{t: t}
 	f.pg = harness.PostgresT(t, harness.PostgresOptions{Settings: o.pgSettings, Version: o.pgVersion})
-	f.rd = harness.RedisT(t, harness.RedisOptions{Args: o.redisArgs})
+	switch {
+	case o.cluster:
+		f.cl = harness.ClusterT(t, harness.ClusterOptions{})
+		f.watermarked = !strings.Contains(o.extra, "watermark: false")
+	case o.sentinel:
+		f.sn = harness.SentinelT(t, harness.SentinelOptions{})
+	default:
+		f.rd = harness.RedisT(t, harness.RedisOptions{Args: o.redisArgs})
+	}
 	f.connect()
 	if !o.noSchema {
 		f.exec(schema)
 	}
-	f.cfgPath = f.writeConfig(fmt.Sprintf("postgres:\n  dsn: %q\n  status_interval: 1s\n%sredis:\n  addr: %q\n%s%s", f.pg.DSN("postgres"), o.pgExtra, f.rd.Addr(), o.extra, rules))
+	f.cfgPath = f.writeConfig(fmt.Sprintf("postgres:\n  dsn: %q\n  status_interval: 1s\n%sredis:\n%s%s%s", f.pg.DSN("postgres"), o.pgExtra, f.redisYAML(), o.extra, rules))
 	return f
+}
+
+// redisYAML is the body of the redis section for the fixture's Redis.
+func (f *fixture) redisYAML() string {
+	quoted := func(addrs []string) string {
+		q := make([]string, len(addrs))
+		for i, a := range addrs {
+			q[i] = fmt.Sprintf("%q", a)
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	}
+	switch {
+	case f.cl != nil:
+		return fmt.Sprintf("  addrs: %s\n  cluster: true\n", quoted(f.cl.Addrs()))
+	case f.sn != nil:
+		return fmt.Sprintf("  addrs: %s\n  master_name: %s\n", quoted(f.sn.Addrs()), f.sn.Name)
+	}
+	return fmt.Sprintf("  addr: %q\n", f.rd.Addr())
 }
 
 // connect opens the test's own clients of f.pg and f.rd.
 func (f *fixture) connect() {
 	f.t.Helper()
-	f.rdb = redis.NewClient(&redis.Options{Addr: f.rd.Addr(), MaxRetries: -1, ReadTimeout: 5 * time.Second})
+	switch {
+	case f.cl != nil:
+		f.rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: f.cl.Addrs(), ReadTimeout: 5 * time.Second})
+	case f.sn != nil:
+		f.rdb = redis.NewFailoverClient(&redis.FailoverOptions{MasterName: f.sn.Name, SentinelAddrs: f.sn.Addrs(), ReadTimeout: 5 * time.Second})
+	default:
+		f.rdb = redis.NewClient(&redis.Options{Addr: f.rd.Addr(), MaxRetries: -1, ReadTimeout: 5 * time.Second})
+	}
 	f.t.Cleanup(func() { _ = f.rdb.Close() })
 	db, err := pgxpool.New(f.ctx(), f.pg.DSN("postgres"))
 	if err != nil {
@@ -173,12 +216,29 @@ func (f *fixture) exists(key string) bool {
 // count returns how many keys match a SCAN pattern.
 func (f *fixture) count(pattern string) int {
 	f.t.Helper()
-	n := 0
-	iter := f.rdb.Scan(context.Background(), 0, pattern, 1000).Iterator()
-	for iter.Next(context.Background()) {
-		n++
+	scan := func(ctx context.Context, c redis.Cmdable) (int, error) {
+		n := 0
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			n++
+		}
+		return n, iter.Err()
 	}
-	if err := iter.Err(); err != nil {
+	var n int
+	var err error
+	if cc, ok := f.rdb.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		err = cc.ForEachMaster(context.Background(), func(ctx context.Context, m *redis.Client) error {
+			k, err := scan(ctx, m)
+			mu.Lock()
+			n += k
+			mu.Unlock()
+			return err
+		})
+	} else {
+		n, err = scan(context.Background(), f.rdb)
+	}
+	if err != nil {
 		f.t.Fatalf("scan %s: %v", pattern, err)
 	}
 	return n
@@ -228,7 +288,22 @@ func (f *fixture) barrierTimeout(d time.Duration) {
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
 	defer cancel()
-	if err := harness.AwaitBarrier(ctx, f.rdb, harness.BarrierRow(f.db, f.barrierN.Add(1), d)); err != nil {
+	b := harness.BarrierRow(f.db, f.barrierN.Add(1), d)
+	if f.cl != nil && f.watermarked {
+		// On a cluster the masters delete a batch's keys in parallel, so
+		// the barrier key can go before the others; the watermark is
+		// raised after all of them.
+		at := f.currentLSN() // below the barrier's commit
+		b.Applied = func(ctx context.Context) (bool, error) {
+			v, err := f.rdb.Get(ctx, "cdcinvalidate:cdcinvalidate:lsn").Result()
+			if err != nil {
+				return false, err
+			}
+			l, err := pglogrepl.ParseLSN(v)
+			return err == nil && l > at, err
+		}
+	}
+	if err := harness.AwaitBarrier(ctx, f.rdb, b); err != nil {
 		f.t.Fatal(err)
 	}
 }

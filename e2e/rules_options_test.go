@@ -15,8 +15,8 @@ import (
 // rulesConfig is a configuration for the fixture's servers with the given
 // rules (YAML list items) plus the barrier rule the fixture needs.
 func (f *fixture) rulesConfig(rules string) string {
-	return fmt.Sprintf("postgres:\n  dsn: %q\n  status_interval: 1s\nredis:\n  addr: %q\nrules:\n  - table: barrier\n    keys: [\"barrier:{id}\"]\n%s",
-		f.pg.DSN("postgres"), f.rd.Addr(), rules)
+	return fmt.Sprintf("postgres:\n  dsn: %q\n  status_interval: 1s\nredis:\n%srules:\n  - table: barrier\n    keys: [\"barrier:{id}\"]\n%s",
+		f.pg.DSN("postgres"), f.redisYAML(), rules)
 }
 
 // startRules starts the engine in process with the given rules.

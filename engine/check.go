@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -536,19 +538,17 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 }
 
 func (e *Engine) checkRedis(ctx context.Context, rep *CheckReport) {
-	subject := "redis " + e.cfg.Redis.Addr
-	ropts, err := redisOptions(e.cfg.Redis)
+	subject := "redis " + e.cfg.Redis.Describe()
+	rdb, err := newRedisClient(e.cfg.Redis, -1)
 	if err != nil {
 		rep.add(SeverityError, subject, err.Error(), "fix the redis.tls_* files")
 		return
 	}
-	ropts.MaxRetries = -1
-	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if err := rdb.Ping(rctx).Err(); err != nil {
-		fix := "check redis.addr, that Redis runs, and redis.username / redis.password"
+		fix := "check redis.addr (or redis.addrs), that Redis runs, and redis.username / redis.password"
 		if perm := sink.Classify(err); perm != nil {
 			err, fix = perm, "retrying does not help: fix what the finding names"
 		}
@@ -556,4 +556,139 @@ func (e *Engine) checkRedis(ctx context.Context, rep *CheckReport) {
 		return
 	}
 	rep.add(SeverityOK, subject, "PING answered", "")
+	t, err := readTopology(rctx, e.cfg.Redis, rdb)
+	if err != nil {
+		rep.add(SeverityError, subject, "reading the topology failed: "+err.Error(), "check that the servers answer CLUSTER SLOTS / SENTINEL MASTER / INFO replication (ACL: +cluster|slots +info, +sentinel on the sentinels)")
+		return
+	}
+	sev, fix := SeverityOK, ""
+	if p := t.problem(); p != "" {
+		sev, fix = SeverityError, p
+	} else if w := t.warning(); w != "" {
+		sev, fix = SeverityWarn, w
+	}
+	rep.add(sev, subject, t.String(), fix)
+}
+
+// redisTopology is what check found about the Redis deployment.
+type redisTopology struct {
+	Mode     string // standalone, cluster, sentinel
+	Masters  []string
+	Replicas int
+	Slots    int // slots covered by a master (cluster)
+	Role     string
+	// Sentinel: the quorum and how many sentinels know the master.
+	Quorum, Sentinels int
+	MasterFlags       string
+	// ClusterNode: redis.addr is a node of a Redis Cluster.
+	ClusterNode bool
+}
+
+func (t redisTopology) String() string {
+	switch t.Mode {
+	case "cluster":
+		return fmt.Sprintf("mode cluster: %d masters (%s), %d replicas, %d of %d slots covered", len(t.Masters), strings.Join(t.Masters, ", "), t.Replicas, t.Slots, clusterSlots)
+	case "sentinel":
+		return fmt.Sprintf("mode sentinel: master %s (flags %s), %d replicas, %d sentinels, quorum %d", strings.Join(t.Masters, ""), t.MasterFlags, t.Replicas, t.Sentinels, t.Quorum)
+	}
+	return fmt.Sprintf("mode standalone: role %s, %d replicas", t.Role, t.Replicas)
+}
+
+// problem names what makes the topology unusable, with the fix; "" if none.
+func (t redisTopology) problem() string {
+	switch {
+	case t.Mode == "cluster" && t.Slots < clusterSlots:
+		return fmt.Sprintf("%d hash slots have no master: keys in them can be neither deleted nor cached; assign them (redis-cli --cluster fix HOST:PORT) and run check again", clusterSlots-t.Slots)
+	case t.Mode == "sentinel" && strings.Contains(t.MasterFlags, "down"):
+		return "the sentinels see the master down (" + t.MasterFlags + "): wait for the failover or repair the master"
+	case t.Mode == "standalone" && t.ClusterNode:
+		return "redis.addr is a node of a Redis Cluster, which answers MOVED for the keys of other nodes and refuses commands across slots: list the nodes in redis.addrs and set redis.cluster: true"
+	case t.Mode == "standalone" && t.Role != "master":
+		return "redis.addr is a " + t.Role + ", which refuses writes (READONLY): point redis.addr at the master, or use Sentinel (redis.master_name)"
+	}
+	return ""
+}
+
+// warning names a weakness of the topology; "" if none.
+func (t redisTopology) warning() string {
+	if t.Mode == "sentinel" && t.Sentinels < t.Quorum {
+		return fmt.Sprintf("only %d sentinels know the master, fewer than the quorum %d: no failover can happen", t.Sentinels, t.Quorum)
+	}
+	return ""
+}
+
+// clusterSlots is the number of hash slots of a Redis Cluster.
+const clusterSlots = 16384
+
+// readTopology asks Redis how it is deployed: CLUSTER SLOTS on a cluster,
+// SENTINEL MASTER on the sentinels, INFO replication on a standalone server.
+func readTopology(ctx context.Context, c config.Redis, rdb redis.UniversalClient) (redisTopology, error) {
+	t := redisTopology{Mode: c.Topology()}
+	switch t.Mode {
+	case "cluster":
+		slots, err := rdb.ClusterSlots(ctx).Result()
+		if err != nil {
+			return t, fmt.Errorf("CLUSTER SLOTS: %w", err)
+		}
+		masters, replicas := map[string]bool{}, map[string]bool{}
+		for _, s := range slots {
+			if len(s.Nodes) == 0 {
+				continue
+			}
+			t.Slots += int(s.End-s.Start) + 1
+			if !masters[s.Nodes[0].Addr] {
+				masters[s.Nodes[0].Addr] = true
+				t.Masters = append(t.Masters, s.Nodes[0].Addr)
+			}
+			for _, n := range s.Nodes[1:] {
+				replicas[n.Addr] = true
+			}
+		}
+		slices.Sort(t.Masters)
+		t.Replicas = len(replicas)
+	case "sentinel":
+		var errs []error
+		for _, addr := range c.Addrs {
+			o, err := redisOptions(c)
+			if err != nil {
+				return t, err
+			}
+			o.Addr, o.Username, o.Password, o.DB, o.MaxRetries = addr, c.SentinelUsername, c.SentinelPassword, 0, -1
+			sc := redis.NewSentinelClient(o)
+			m, err := sc.Master(ctx, c.MasterName).Result()
+			sc.Close()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("sentinel %s: SENTINEL MASTER %s: %w", addr, c.MasterName, err))
+				continue
+			}
+			t.Masters = []string{net.JoinHostPort(m["ip"], m["port"])}
+			t.MasterFlags = m["flags"]
+			t.Replicas, _ = strconv.Atoi(m["num-slaves"])
+			t.Quorum, _ = strconv.Atoi(m["quorum"])
+			others, _ := strconv.Atoi(m["num-other-sentinels"])
+			t.Sentinels = others + 1
+			return t, nil
+		}
+		return t, errors.Join(errs...)
+	default:
+		info, err := rdb.Info(ctx, "replication").Result()
+		if err != nil {
+			return t, fmt.Errorf("INFO replication: %w", err)
+		}
+		if cinfo, err := rdb.Info(ctx, "cluster").Result(); err == nil && strings.Contains(cinfo, "cluster_enabled:1") {
+			t.ClusterNode = true
+		}
+		for _, line := range strings.Split(info, "\n") {
+			k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+			switch {
+			case !ok:
+			case k == "role":
+				t.Role = v
+			case k == "connected_slaves":
+				t.Replicas, _ = strconv.Atoi(v)
+			}
+		}
+		t.Masters = c.Servers()
+	}
+	return t, nil
 }

@@ -48,7 +48,7 @@ type Engine struct {
 	reloadMu sync.Mutex
 	stream   *replication.Stream
 	sink     *sink.Sink
-	rdb      *redis.Client
+	rdb      redis.UniversalClient
 	verifier *verifier.Verifier // nil unless verify.enabled
 }
 
@@ -112,7 +112,7 @@ func (e *Engine) run(ctx context.Context) error {
 	}
 	e.log.Info("starting",
 		zap.String("postgres", fmt.Sprintf("%s@%s:%d/%s", pgcfg.User, pgcfg.Host, pgcfg.Port, pgcfg.Database)),
-		zap.String("redis", e.cfg.Redis.Addr), zap.Int("redis_db", e.cfg.Redis.DB),
+		zap.String("redis", e.cfg.Redis.Describe()), zap.Int("redis_db", e.cfg.Redis.DB),
 		zap.String("slot", e.cfg.Postgres.Slot), zap.String("publication", e.cfg.Postgres.Publication),
 		zap.Strings("tables", e.mapper.Tables()))
 
@@ -121,12 +121,10 @@ func (e *Engine) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ropts, err := redisOptions(e.cfg.Redis)
+	rdb, err := newRedisClient(e.cfg.Redis, -1) // the sink retries whole batches itself
 	if err != nil {
 		return err
 	}
-	ropts.MaxRetries = -1 // the sink retries whole batches itself
-	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 	if err := e.pingRedis(ctx, rdb); err != nil {
 		return err
@@ -153,7 +151,8 @@ func (e *Engine) run(ctx context.Context) error {
 	sk := sink.New(sink.Config{
 		Client: rdb, MaxBatchKeys: e.cfg.Sink.MaxBatchKeys, UseDel: e.cfg.Sink.DeleteCommand == config.DeleteDel,
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
-		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
+		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, CompanionPatterns: cacheaside.LeasePatterns, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
+		Cluster: e.cfg.Redis.Cluster, WaitReplicas: e.cfg.Redis.WaitReplicas, WaitTimeout: e.cfg.Redis.WaitTimeout,
 		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, StopOnLongKey: e.cfg.Sink.OnLongKey == config.LongKeyStop, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), FlushOnHistoryLost: e.cfg.Consistency.OnHistoryLost == config.HistoryLostFlush,
 		CatchUpAge: catchUpAge, OnSession: e.sessionChecks(rdb, start), Verifier: sinkVerifier(vf),
 	}, tracker)
@@ -205,18 +204,18 @@ func sinkVerifier(v *verifier.Verifier) sink.Verifier {
 	return v
 }
 
-func (e *Engine) pingRedis(ctx context.Context, rdb *redis.Client) error {
+func (e *Engine) pingRedis(ctx context.Context, rdb redis.UniversalClient) error {
 	p := retry.Policy{Min: 200 * time.Millisecond, Max: 5 * time.Second, EscalateAfter: startEscalateAfter,
 		Classify: func(err error) error {
 			if perm := sink.Classify(err); perm != nil {
-				return &SetupError{[]string{fmt.Sprintf("redis at %s: %v", e.cfg.Redis.Addr, perm)}}
+				return &SetupError{[]string{fmt.Sprintf("redis at %s: %v", e.cfg.Redis.Describe(), perm)}}
 			}
 			if p := tlsProblem(err); p != "" {
-				return &SetupError{[]string{fmt.Sprintf("redis at %s: %s", e.cfg.Redis.Addr, p)}}
+				return &SetupError{[]string{fmt.Sprintf("redis at %s: %s", e.cfg.Redis.Describe(), p)}}
 			}
 			return nil
 		},
-		OnFailure: e.logStartRetry("redis not reachable yet", zap.String("addr", e.cfg.Redis.Addr)),
+		OnFailure: e.logStartRetry("redis not reachable yet", zap.String("addr", e.cfg.Redis.Describe())),
 	}
 	_, err := p.Do(ctx, func() error { return rdb.Ping(ctx).Err() })
 	return err

@@ -25,7 +25,7 @@ import (
 // the slot was just created (or recreated after it was invalidated) counts
 // for the first session only, and "just created" only while nobody has
 // moved the slot's confirmed position since.
-func (e *Engine) sessionChecks(rdb *redis.Client, first slotState) func(context.Context, replication.LSN) error {
+func (e *Engine) sessionChecks(rdb redis.UniversalClient, first slotState) func(context.Context, replication.LSN) error {
 	sessions := 0 // used by the sink's goroutine only
 	return func(ctx context.Context, start replication.LSN) error {
 		st := slotState{confirmed: start}
@@ -65,7 +65,7 @@ func (e *Engine) sessionChecks(rdb *redis.Client, first slotState) func(context.
 // A new slot without a watermark is a first start: cached values may
 // predate the slot, so they are flushed unless consistency.on_first_start
 // is keep.
-func (e *Engine) checkHistory(ctx context.Context, rdb *redis.Client, sk *sink.Sink, st *slotState, patterns, gens []string) error {
+func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk *sink.Sink, st *slotState, patterns, gens []string) error {
 	key := e.cfg.WatermarkKey()
 	var lost, first string
 	switch {
@@ -100,6 +100,11 @@ func (e *Engine) checkHistory(ctx context.Context, rdb *redis.Client, sk *sink.S
 			lost = fmt.Sprintf("slot %q exists but Redis has no watermark %s: Redis lost its data (restart without persistence, failover, FLUSHALL) or this cache never had one", e.cfg.Postgres.Slot, key)
 		case mark < st.confirmed:
 			lost = fmt.Sprintf("the watermark %s = %s in Redis is below the slot's confirmed position %s: Redis went back in time (restore, failover to a lagging replica), so keys deleted since may be back", key, mark, st.confirmed)
+		case e.cfg.Redis.Cluster:
+			lost, err = shardHistoryLost(ctx, rdb, key, st.confirmed)
+			if err != nil {
+				return err
+			}
 		}
 	}
 	if lost == "" && first == "" {
@@ -134,6 +139,31 @@ func (e *Engine) checkHistory(ctx context.Context, rdb *redis.Client, sk *sink.S
 	return e.recordManaged(ctx, rdb, managedSet(patterns, gens))
 }
 
+// shardHistoryLost checks, on a cluster, each master's watermark against
+// the slot's confirmed position: one below it means that master lost
+// acknowledged writes (while the engine was stopped, or before its last
+// flush). A missing one proves nothing (a master's lowest slot changed by
+// resharding starts a new key) and is started by the first batch.
+func shardHistoryLost(ctx context.Context, rdb redis.UniversalClient, main string, confirmed pglogrepl.LSN) (string, error) {
+	keys, err := sink.ShardWatermarkKeys(ctx, rdb, main)
+	if err != nil {
+		return "", fmt.Errorf("list the cluster's masters for their watermarks: %w", err)
+	}
+	for _, k := range keys {
+		val, err := rdb.Get(ctx, k).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("read watermark %s: %w", k, err)
+		}
+		if mark, perr := pglogrepl.ParseLSN(val); perr == nil && mark < confirmed {
+			return fmt.Sprintf("the watermark %s = %s of a cluster master is below the slot's confirmed position %s: that master lost acknowledged writes (a failover to a lagging replica, a restart without persistence), so keys deleted since may be back", k, mark, confirmed), nil
+		}
+	}
+	return "", nil
+}
+
 // managedSet lists what the rules manage, as the members of the Redis set
 // ManagedKey: "pattern:<glob>" and "generation:<key>".
 func managedSet(globs, gens []string) []string {
@@ -155,7 +185,7 @@ if #ARGV > 0 then redis.call('SADD', KEYS[1], unpack(ARGV)) end
 return 1`)
 
 // recordManaged replaces the record of what the rules manage.
-func (e *Engine) recordManaged(ctx context.Context, rdb *redis.Client, members []string) error {
+func (e *Engine) recordManaged(ctx context.Context, rdb redis.UniversalClient, members []string) error {
 	key := e.cfg.ManagedKey()
 	if key == "" {
 		return nil
@@ -181,7 +211,7 @@ func (e *Engine) recordManaged(ctx context.Context, rdb *redis.Client, members [
 // kept consistent. It follows consistency.on_first_start. Without a record
 // (an engine from before the record existed) nothing is flushed and the
 // record is started.
-func (e *Engine) flushNewlyManaged(ctx context.Context, rdb *redis.Client, sk *sink.Sink, st *slotState, allPatterns, allGens []string) error {
+func (e *Engine) flushNewlyManaged(ctx context.Context, rdb redis.UniversalClient, sk *sink.Sink, st *slotState, allPatterns, allGens []string) error {
 	key := e.cfg.ManagedKey()
 	if key == "" {
 		return nil

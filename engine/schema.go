@@ -66,7 +66,7 @@ return 1`)
 // markUnapplied makes the next start flush globs and increment gens, whose
 // keys may be stale since the engine did not apply some changes, and
 // returns cause with what the next start does (or what the operator must).
-func (e *Engine) markUnapplied(rdb *redis.Client, globs, gens []string, cause error) error {
+func (e *Engine) markUnapplied(rdb redis.UniversalClient, globs, gens []string, cause error) error {
 	if len(globs) == 0 && len(gens) == 0 {
 		return cause
 	}
@@ -98,7 +98,7 @@ func (e *Engine) markUnapplied(rdb *redis.Client, globs, gens []string, cause er
 // problem stops the engine (after markUnapplied: changes may have been
 // confirmed without their keys). Failures to read the catalog are logged
 // and retried at the next tick.
-func (e *Engine) watchCatalog(ctx context.Context, rdb *redis.Client) error {
+func (e *Engine) watchCatalog(ctx context.Context, rdb redis.UniversalClient) error {
 	every := e.cfg.Postgres.CatalogCheckInterval
 	if every <= 0 {
 		return nil

@@ -102,12 +102,10 @@ FROM pg_replication_slots s WHERE slot_name = $1`, st.Slot).Scan(&st.Plugin, &st
 	if st.WatermarkKey == "" && !st.VerifyOn {
 		return st, nil
 	}
-	ropts, err := redisOptions(cfg.Redis)
+	rdb, err := newRedisClient(cfg.Redis, 1)
 	if err != nil {
 		return nil, err
 	}
-	ropts.MaxRetries = 1
-	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

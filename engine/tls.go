@@ -26,7 +26,10 @@ func redisOptions(c config.Redis) (*redis.Options, error) {
 		return o, nil
 	}
 	t := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLSServerName, InsecureSkipVerify: c.TLSInsecureSkipVerify}
-	if t.ServerName == "" {
+	// With several servers (cluster nodes, sentinels and the masters they
+	// name) an empty ServerName lets each connection verify the host it
+	// dials (tls.DialWithDialer fills it in).
+	if t.ServerName == "" && c.Addr != "" {
 		host, _, err := net.SplitHostPort(c.Addr)
 		if err != nil {
 			return nil, fmt.Errorf("redis.addr %q: %w", c.Addr, err)
@@ -54,6 +57,44 @@ func redisOptions(c config.Redis) (*redis.Options, error) {
 	o.TLSConfig = t
 	return o, nil
 }
+
+// newRedisClient returns the engine's client for the configured topology:
+// a plain client (redis.addr), a cluster client of the seed nodes
+// (redis.addrs with redis.cluster) or a failover client that asks the
+// sentinels (redis.addrs with redis.master_name) for the master and
+// follows its failovers. maxRetries is go-redis's MaxRetries (-1: none).
+// Redirections (MOVED, ASK) and TRYAGAIN are followed by the cluster
+// client on its own, MaxRedirects times.
+func newRedisClient(c config.Redis, maxRetries int) (redis.UniversalClient, error) {
+	o, err := redisOptions(c)
+	if err != nil {
+		return nil, err
+	}
+	o.MaxRetries = maxRetries
+	switch c.Topology() {
+	case "cluster":
+		return redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs: c.Addrs, Username: o.Username, Password: o.Password,
+			DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout,
+			TLSConfig: o.TLSConfig, MaxRetries: maxRetries, MaxRedirects: clusterMaxRedirects,
+		}), nil
+	case "sentinel":
+		return redis.NewFailoverClient(&redis.FailoverOptions{
+			MasterName: c.MasterName, SentinelAddrs: c.Addrs,
+			SentinelUsername: c.SentinelUsername, SentinelPassword: c.SentinelPassword,
+			Username: o.Username, Password: o.Password, DB: o.DB,
+			DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout,
+			TLSConfig: o.TLSConfig, MaxRetries: maxRetries,
+		}), nil
+	}
+	return redis.NewClient(o), nil
+}
+
+// clusterMaxRedirects bounds the MOVED / ASK / TRYAGAIN redirections one
+// command follows before the error reaches the sink, which retries the
+// whole batch: a slot migration moves keys one by one, so a command may
+// be redirected several times.
+const clusterMaxRedirects = 16
 
 // tlsProblem explains a certificate verification failure, which waiting
 // does not fix; "" for other errors.
@@ -91,11 +132,17 @@ func (e *Engine) warnPlaintext(pg *pgconn.Config) {
 		e.log.Warn("the PostgreSQL connection to a non-loopback host is not verified TLS: the password and row data can be read or changed on the network; use sslmode=verify-full with sslrootcert in postgres.dsn",
 			zap.String("host", pg.Host))
 	}
-	host, _, _ := net.SplitHostPort(e.cfg.Redis.Addr)
+	remote := ""
+	for _, a := range e.cfg.Redis.Servers() {
+		if host, _, _ := net.SplitHostPort(a); !isLoopback(host) {
+			remote = host
+			break
+		}
+	}
 	switch {
-	case !isLoopback(host) && !e.cfg.Redis.TLSEnabled():
+	case remote != "" && !e.cfg.Redis.TLSEnabled():
 		e.log.Warn("the Redis connection to a non-loopback host is plaintext: the password and keys can be read or changed on the network; set redis.tls (and redis.tls_ca_file)",
-			zap.String("host", host))
+			zap.String("host", remote))
 	case e.cfg.Redis.TLSInsecureSkipVerify:
 		e.log.Warn("redis.tls_insecure_skip_verify accepts any server certificate: the connection is encrypted but not authenticated")
 	}

@@ -134,14 +134,13 @@ func Verify(ctx context.Context, cfg *config.Config, file string, opts VerifyOpt
 		return nil, &VerifySetupError{err}
 	}
 	defer conn.Close(context.Background())
-	ropts, err := redisOptions(cfg.Redis)
+	rdb, err := newRedisClient(cfg.Redis, 3)
 	if err != nil {
 		return nil, &VerifySetupError{err}
 	}
-	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 	if err := rdb.Ping(ctx).Err(); err != nil {
-		return nil, setupErr("redis %s: PING failed: %v (check redis.addr, that Redis runs, and redis.username / redis.password)", cfg.Redis.Addr, err)
+		return nil, setupErr("redis %s: PING failed: %v (check redis.addr, that Redis runs, and redis.username / redis.password)", cfg.Redis.Describe(), err)
 	}
 
 	rep := &VerifyReport{}
@@ -396,7 +395,7 @@ func (ar *auditedRule) rowKeys(vals []*string, into map[string]expected) error {
 	return nil
 }
 
-func auditRule(ctx context.Context, conn *pgx.Conn, rdb *redis.Client, ar *auditedRule, sample int) (RuleAudit, []suspect, error) {
+func auditRule(ctx context.Context, conn *pgx.Conn, rdb redis.UniversalClient, ar *auditedRule, sample int) (RuleAudit, []suspect, error) {
 	a := RuleAudit{Rule: ar.rule.Where, Table: ar.rule.QualifiedTable()}
 	rel, pk, err := relationOf(ctx, conn, ar.rule.QualifiedTable())
 	if err != nil {
@@ -447,7 +446,7 @@ func auditRule(ctx context.Context, conn *pgx.Conn, rdb *redis.Client, ar *audit
 
 // readKeys GETs keys in pipelines of 500; nil is absent. A key holding
 // another type than a string is reported as present with no value to compare.
-func readKeys(ctx context.Context, rdb *redis.Client, keys []string) ([]*string, error) {
+func readKeys(ctx context.Context, rdb redis.UniversalClient, keys []string) ([]*string, error) {
 	out := make([]*string, len(keys))
 	for start := 0; start < len(keys); start += 500 {
 		end := min(start+500, len(keys))
@@ -477,7 +476,7 @@ func readKeys(ctx context.Context, rdb *redis.Client, keys []string) ([]*string,
 // recheck reads a suspect's row and key again: stale when the value still
 // differs from the row (or the row no longer maps to the key). reason is
 // "" when the value now matches, and names the difference otherwise.
-func recheck(ctx context.Context, conn *pgx.Conn, rdb *redis.Client, s suspect) (reason string, stale bool, err error) {
+func recheck(ctx context.Context, conn *pgx.Conn, rdb redis.UniversalClient, s suspect) (reason string, stale bool, err error) {
 	got, err := readKeys(ctx, rdb, []string{s.key})
 	if err != nil {
 		return "", false, err

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/keyslot"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
 
@@ -329,6 +330,28 @@ func (s *Sink) emitMessage(acc *msgAcc, last bool) {
 func (s *Sink) queueVersions(ctx context.Context, p redis.Pipeliner) {
 	v := s.acts.versions
 	per := max(1, s.cfg.KeysPerCommand)
+	if s.cfg.Cluster && len(v) > 1 {
+		// One script touches the keys of one slot only.
+		groups := keyslot.GroupBySlot(len(v), func(i int) string { return v[i].key })
+		if len(groups) > 1 {
+			sorted := make([]versionItem, 0, len(v))
+			for _, g := range groups {
+				for _, i := range g {
+					sorted = append(sorted, v[i])
+				}
+			}
+			v = sorted
+			for _, g := range groups {
+				s.queueVersionChunks(ctx, p, v[:len(g)], per)
+				v = v[len(g):]
+			}
+			return
+		}
+	}
+	s.queueVersionChunks(ctx, p, v, per)
+}
+
+func (s *Sink) queueVersionChunks(ctx context.Context, p redis.Pipeliner, v []versionItem, per int) {
 	for i := 0; i < len(v); i += per {
 		chunk := v[i:min(i+per, len(v))]
 		keys := make([]string, len(chunk))
@@ -342,23 +365,26 @@ func (s *Sink) queueVersions(ctx context.Context, p redis.Pipeliner) {
 }
 
 // queueAfterDeletes queues deletes with the other command, refreshed
-// values, generation bumps and messages.
+// values and generation bumps.
 func (s *Sink) queueAfterDeletes(ctx context.Context, p redis.Pipeliner) {
 	b := &s.acts
 	per := max(1, s.cfg.KeysPerCommand)
-	for i := 0; i < len(b.other); i += per {
-		chunk := b.other[i:min(i+per, len(b.other))]
+	s.chunks(b.other, 1, per, func(chunk []string) {
 		if s.cfg.UseDel {
 			p.Unlink(ctx, chunk...)
 		} else {
 			p.Del(ctx, chunk...)
 		}
-	}
+	})
 	s.queueRefresh(ctx, p)
 	for _, k := range b.incrs {
 		p.Incr(ctx, k)
 	}
-	for _, m := range b.msgs {
+}
+
+// queueMessages queues the batch's publish messages and stream entries.
+func (s *Sink) queueMessages(ctx context.Context, p redis.Pipeliner) {
+	for _, m := range s.acts.msgs {
 		if !m.stream {
 			p.Publish(ctx, m.target, m.body)
 			continue

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/keyslot"
 )
 
 // Refresh writes in commit order, across instances.
@@ -49,9 +50,9 @@ const orderPrefix = "cdcinvalidate:lsn:"
 // both: a key with a hash tag of its own ("user:{42}:orders") lends it
 // ("cdcinvalidate:lsn:{42}user:{42}:orders"); any other key becomes the
 // tag ("cdcinvalidate:lsn:{user:42}"), as with cacheaside.LeaseKey. A key
-// without a hash tag that contains "}" cannot be a tag; its order key
-// ("cdcinvalidate:lsn:{}" + key) is in another slot, which only Cluster
-// would refuse. Different keys always have different order keys.
+// without a hash tag that contains "}" (an empty "{}", a lone "}") cannot
+// be a tag; its order key borrows a short tag of the key's slot
+// (keyslot.Tag). Different keys always have different order keys.
 func OrderKey(key string) string {
 	if tag, ok := hashTag(key); ok {
 		return orderPrefix + "{" + tag + "}" + key
@@ -59,7 +60,7 @@ func OrderKey(key string) string {
 	if !strings.Contains(key, "}") {
 		return orderPrefix + "{" + key + "}"
 	}
-	return orderPrefix + "{}" + key
+	return orderPrefix + "{" + keyslot.Tag(key) + "}" + key
 }
 
 // hashTag returns the part of key that Redis Cluster hashes when it is not
@@ -129,6 +130,23 @@ func (s *Sink) queueRefresh(ctx context.Context, p redis.Pipeliner) {
 		}
 		return
 	}
+	if s.cfg.Cluster && len(sets) > 1 {
+		// One script touches the keys of one slot only (a key and its
+		// order key share it).
+		var sorted []setItem
+		for _, g := range keyslot.GroupBySlot(len(sets), func(i int) string { return sets[i].key }) {
+			run := len(sorted)
+			for _, i := range g {
+				sorted = append(sorted, sets[i])
+			}
+			s.queueRefreshChunks(ctx, p, sorted[run:], per, orderTTL)
+		}
+		return
+	}
+	s.queueRefreshChunks(ctx, p, sets, per, orderTTL)
+}
+
+func (s *Sink) queueRefreshChunks(ctx context.Context, p redis.Pipeliner, sets []setItem, per int, orderTTL time.Duration) {
 	for i := 0; i < len(sets); i += per {
 		chunk := sets[i:min(i+per, len(sets))]
 		keys := make([]string, 0, 2*len(chunk))

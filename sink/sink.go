@@ -25,6 +25,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -36,6 +38,7 @@ import (
 	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/keyslot"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/retry"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 	"github.com/cdcinvalidate/cdcinvalidate/verifier"
@@ -60,8 +63,23 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the wait between retries (100ms, 5s).
 	MinBackoff, MaxBackoff time.Duration
 	// Companion, when set, names one more key to delete with every
-	// invalidated key (the client library's lease key).
+	// invalidated key (the client library's lease key). With Cluster it
+	// must name a key of the same hash slot (cacheaside.LeaseKey does).
 	Companion func(key string) string
+	// CompanionPatterns, when set with Companion, returns the SCAN patterns
+	// of the companions of the keys a pattern matches (default: the
+	// companion of the pattern itself).
+	CompanionPatterns func(pattern string) []string
+	// WaitReplicas, when above 0, ends every pipeline with WAIT
+	// WaitReplicas WaitTimeout: a batch is acknowledged (to the checkpoint)
+	// only when that many replicas have it; else it is sent again.
+	WaitReplicas int
+	WaitTimeout  time.Duration
+	// Cluster says Client is a Redis Cluster client: every multi-key
+	// command and script then carries keys of one hash slot only (the
+	// cluster pipeline sends each to its slot's master, masters in
+	// parallel), and TRUNCATE patterns and flushes SCAN every master.
+	Cluster bool
 	// FenceValue and Fence, when Fence > 0, replace deleting the companion
 	// with setting it to FenceValue for Fence, in the same script as the
 	// key's delete (the client library's lease fence: readers that miss
@@ -199,11 +217,19 @@ type Sink struct {
 	obs     Observer
 	// lastMark is the highest watermark this sink set; Redis showing a lower
 	// one later means it lost acknowledged writes.
-	lastMark  replication.LSN
-	markCmd   *redis.Cmd
-	mustFlush string          // why a flush is owed ("" when none)
-	held      replication.LSN // applied, not yet watermarked and reported
-	markedAt  time.Time
+	lastMark replication.LSN
+	markCmd  *redis.Cmd
+	// On a cluster, one watermark per master (shardMarks), named after a
+	// slot the master serves, so a master that fails over to a replica
+	// which missed acknowledged writes is caught even when the main
+	// watermark lives on another master.
+	shardKeys   []string
+	shardKeysAt time.Time
+	shardMarks  map[string]replication.LSN // the highest this sink set, by key
+	shardCmds   []shardMark
+	mustFlush   string          // why a flush is owed ("" when none)
+	held        replication.LSN // applied, not yet watermarked and reported
+	markedAt    time.Time
 
 	gatherTimer *time.Timer
 	lastCommit  time.Time // commit time of the last transaction added
@@ -563,8 +589,11 @@ func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
 		per = max(2, per&^1)
 	}
 	n := 0
-	for i := 0; i < len(keys); i += per {
-		chunk := keys[i:min(i+per, len(keys))]
+	step := 1
+	if s.cfg.Companion != nil {
+		step = 2 // a lease and its key, of one slot, stay in one command
+	}
+	s.chunks(keys, step, per, func(chunk []string) {
 		if s.cfg.Companion != nil && s.cfg.Fence > 0 {
 			fenceScript.Eval(ctx, p, chunk, s.cfg.FenceValue, s.cfg.Fence.Milliseconds(), boolArg(s.cfg.UseDel))
 		} else if s.cfg.UseDel {
@@ -573,8 +602,30 @@ func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
 			p.Unlink(ctx, chunk...)
 		}
 		n++
-	}
+	})
 	return n
+}
+
+// chunks calls f with the keys in chunks of at most per keys, cut only
+// between units of step keys (the last key of a unit names its slot). In
+// cluster mode a chunk holds the keys of one hash slot: the keys are
+// grouped by slot first (the order within a slot kept).
+func (s *Sink) chunks(keys []string, step, per int, f func(chunk []string)) {
+	if !s.cfg.Cluster {
+		for i := 0; i < len(keys); i += per {
+			f(keys[i:min(i+per, len(keys))])
+		}
+		return
+	}
+	for _, g := range keyslot.GroupBySlot(len(keys)/step, func(i int) string { return keys[i*step+step-1] }) {
+		run := make([]string, 0, len(g)*step)
+		for _, u := range g {
+			run = append(run, keys[u*step:u*step+step]...)
+		}
+		for i := 0; i < len(run); i += per {
+			f(run[i:min(i+per, len(run))])
+		}
+	}
 }
 
 // applyKeys deletes keys in one pipeline; end is the last transaction end
@@ -596,22 +647,60 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 		failpoint.Hit("sink-before-refresh")
 	}
 	err := s.retry(ctx, "delete keys", func() error {
+		if mark {
+			s.refreshShardKeys(ctx)
+		}
 		start := time.Now()
 		var nver, ndel int
-		cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
-			s.queueVersions(ctx, p)
-			nver = p.Len()
+		var wait *redis.Cmd
+		versions := func(p redis.Pipeliner) { s.queueVersions(ctx, p) }
+		deletes := func(p redis.Pipeliner) {
 			ndel = s.del(ctx, p, dels)
 			s.queueAfterDeletes(ctx, p)
+		}
+		announce := func(p redis.Pipeliner) {
+			s.queueMessages(ctx, p)
 			if s.cfg.PublishChannel != "" && len(keys) > 0 {
 				p.Publish(ctx, s.cfg.PublishChannel, s.msg)
 			}
 			if mark {
 				s.watermark(ctx, p, markAt)
 			}
-			return nil
-		})
-		if err := pipelineErr(err, cmds); err != nil {
+			wait = s.queueWait(ctx, p)
+		}
+		var cmds []redis.Cmder
+		var err error
+		if s.cfg.Cluster {
+			// Masters apply their parts in parallel, so the order that one
+			// server's pipeline gives is kept with round trips: versions
+			// are raised everywhere before any key goes, and messages and
+			// the watermark (which readers take as "invalidated") go out
+			// only after every master deleted its keys.
+			if cmds, err = s.stage(ctx, cmds, versions); err != nil {
+				return err
+			}
+			nver = len(cmds)
+			if cmds, err = s.stage(ctx, cmds, deletes); err != nil {
+				return err
+			}
+			if cmds, err = s.stage(ctx, cmds, announce); err != nil {
+				return err
+			}
+		} else {
+			cmds, err = s.stage(ctx, nil, func(p redis.Pipeliner) {
+				versions(p)
+				nver = p.Len()
+				deletes(p)
+				announce(p)
+			})
+			if err != nil {
+				return err
+			}
+		}
+		// WAIT first: a batch the replicas lack is sent again before this
+		// sink counts its watermark as set (else a failover to such a
+		// replica would look like lost history, and flush for nothing).
+		if err := s.checkWait(wait); err != nil {
 			return err
 		}
 		if mark {
@@ -651,6 +740,19 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	return nil
 }
 
+// stage sends what queue queues in one pipeline and appends its commands
+// to cmds.
+func (s *Sink) stage(ctx context.Context, cmds []redis.Cmder, queue func(redis.Pipeliner)) ([]redis.Cmder, error) {
+	out, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		queue(p)
+		return nil
+	})
+	if err := pipelineErr(err, out); err != nil {
+		return cmds, err
+	}
+	return append(cmds, out...), nil
+}
+
 // pipelineErr returns the error of a pipeline that Pipelined returned as
 // err, or nil when every command succeeded. The watermark script answers
 // nil when there was no watermark (for checkMark to judge, not an error);
@@ -688,9 +790,13 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		// lease keys of a pattern's keys match the wrapped pattern.
 		// Leases first: a fill that still finds its lease writes before the
 		// key pattern is scanned, and that scan deletes it.
-		globs = make([]string, 0, 2*len(ev.Globs))
+		globs = make([]string, 0, 3*len(ev.Globs))
 		for _, g := range ev.Globs {
-			globs = append(globs, s.cfg.Companion(g))
+			if s.cfg.CompanionPatterns != nil {
+				globs = append(globs, s.cfg.CompanionPatterns(g)...)
+			} else {
+				globs = append(globs, s.cfg.Companion(g))
+			}
 		}
 		globs = append(globs, ev.Globs...)
 	}
@@ -715,11 +821,17 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 	if ev.End != 0 {
 		if s.cfg.WatermarkKey != "" {
 			err := s.retry(ctx, "set watermark", func() error {
+				s.refreshShardKeys(ctx)
+				var wait *redis.Cmd
 				cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 					s.watermark(ctx, p, ev.End)
+					wait = s.queueWait(ctx, p)
 					return nil
 				})
 				if err := pipelineErr(err, cmds); err != nil {
+					return err
+				}
+				if err := s.checkWait(wait); err != nil {
 					return err
 				}
 				return s.checkMark(ctx, ev.End)
@@ -734,35 +846,139 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 	return nil
 }
 
-// deleteMatching deletes the keys matching the SCAN pattern g, retrying
-// transient errors, and returns how many existed.
+// scanDelete deletes the keys matching pattern (SCAN + UNLINK, never
+// KEYS) and returns how many existed. On a cluster every master is
+// scanned, in parallel; when the masters or the slots they serve changed
+// during the scan (a failover, a master added, a slot migrated), keys may
+// have moved to a master already scanned, so the scan is repeated.
+func (s *Sink) scanDelete(ctx context.Context, pattern string) (int, error) {
+	cc, ok := s.cfg.Client.(*redis.ClusterClient)
+	if !s.cfg.Cluster || !ok {
+		return s.scanNode(ctx, s.cfg.Client, pattern)
+	}
+	total := 0
+	for {
+		before, err := clusterShape(ctx, cc)
+		if err != nil {
+			return total, err
+		}
+		var deleted atomic.Int64
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			n, err := s.scanNode(ctx, m, pattern)
+			deleted.Add(int64(n))
+			return err
+		})
+		total += int(deleted.Load())
+		if err != nil {
+			return total, err
+		}
+		after, err := clusterShape(ctx, cc)
+		if err != nil {
+			return total, err
+		}
+		if after == before {
+			return total, nil
+		}
+		s.log.Info("the cluster changed during a SCAN of every master; scanning again", zap.String("pattern", pattern))
+		cc.ReloadState(ctx)
+	}
+}
+
+// scanNode SCANs one server for pattern and deletes what it finds through
+// the sink's client (on a cluster: one command per hash slot, each sent to
+// the slot's master).
+func (s *Sink) scanNode(ctx context.Context, node redis.Cmdable, pattern string) (int, error) {
+	deleted := 0
+	var cursor uint64
+	for {
+		keys, next, err := node.Scan(ctx, cursor, pattern, int64(s.cfg.ScanCount)).Result()
+		if err != nil {
+			return deleted, err
+		}
+		if len(keys) > 0 {
+			var cmds []*redis.IntCmd
+			_, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+				s.chunks(keys, 1, len(keys), func(chunk []string) {
+					if s.cfg.UseDel {
+						cmds = append(cmds, p.Del(ctx, chunk...))
+					} else {
+						cmds = append(cmds, p.Unlink(ctx, chunk...))
+					}
+				})
+				return nil
+			})
+			if err != nil {
+				return deleted, err
+			}
+			for _, c := range cmds {
+				n := int(c.Val())
+				s.Stats.Deleted.Add(uint64(n))
+				deleted += n
+			}
+		}
+		if next == 0 {
+			return deleted, nil
+		}
+		cursor = next
+	}
+}
+
+// clusterShape describes which master serves which slots, to notice a
+// change during a scan.
+func clusterShape(ctx context.Context, cc *redis.ClusterClient) (string, error) {
+	slots, err := cc.ClusterSlots(ctx).Result()
+	if err != nil {
+		return "", err
+	}
+	parts := make([]string, 0, len(slots))
+	for _, sl := range slots {
+		master := ""
+		if len(sl.Nodes) > 0 {
+			master = sl.Nodes[0].ID + "@" + sl.Nodes[0].Addr
+		}
+		parts = append(parts, fmt.Sprintf("%d-%d:%s", sl.Start, sl.End, master))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ","), nil
+}
+
+// queueWait ends a pipeline with WAIT when WaitReplicas is set: on the
+// connection that sent the batch's writes, so it waits for them (and for
+// everything the master had before them).
+func (s *Sink) queueWait(ctx context.Context, p redis.Pipeliner) *redis.Cmd {
+	if s.cfg.WaitReplicas <= 0 {
+		return nil
+	}
+	return p.Do(ctx, "wait", s.cfg.WaitReplicas, max(s.cfg.WaitTimeout, time.Millisecond).Milliseconds())
+}
+
+// ErrReplicasBehind is wrapped when fewer replicas than WaitReplicas
+// acknowledged a batch in time; the batch is sent again.
+var ErrReplicasBehind = errors.New("too few redis replicas acknowledged the batch")
+
+func (s *Sink) checkWait(wait *redis.Cmd) error {
+	if wait == nil {
+		return nil
+	}
+	n, err := wait.Int64()
+	if err != nil {
+		return err
+	}
+	if n < int64(s.cfg.WaitReplicas) {
+		return fmt.Errorf("%w: WAIT %d answered %d within %s (redis.wait_replicas); the position waits until they catch up", ErrReplicasBehind, s.cfg.WaitReplicas, n, s.cfg.WaitTimeout)
+	}
+	return nil
+}
+
+// deleteMatching deletes the keys matching the SCAN pattern g (on every
+// master of a cluster), retrying transient errors, and returns how many
+// existed.
 func (s *Sink) deleteMatching(ctx context.Context, g string) (int, error) {
 	deleted := 0
 	err := s.retry(ctx, "delete keys matching "+g, func() error {
-		deleted = 0
-		var cursor uint64
-		for {
-			keys, next, err := s.cfg.Client.Scan(ctx, cursor, g, int64(s.cfg.ScanCount)).Result()
-			if err != nil {
-				return err
-			}
-			if len(keys) > 0 {
-				del := s.cfg.Client.Unlink
-				if s.cfg.UseDel {
-					del = s.cfg.Client.Del
-				}
-				n, err := del(ctx, keys...).Result()
-				if err != nil {
-					return err
-				}
-				s.Stats.Deleted.Add(uint64(n))
-				deleted += int(n)
-			}
-			if next == 0 {
-				return nil
-			}
-			cursor = next
-		}
+		n, err := s.scanDelete(ctx, g)
+		deleted = n
+		return err
 	})
 	return deleted, err
 }
@@ -820,33 +1036,122 @@ func (s *Sink) watermark(ctx context.Context, p redis.Pipeliner, end replication
 	// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT, and a
 	// Redis restarted empty has no scripts.
 	s.markCmd = watermarkScript.Eval(ctx, p, []string{s.cfg.WatermarkKey}, end.String(), s.lastMark.String())
+	s.shardCmds = s.shardCmds[:0]
+	for _, k := range s.shardKeys {
+		mine := s.shardMarks[k]
+		s.shardCmds = append(s.shardCmds, shardMark{key: k, mine: mine,
+			cmd: watermarkScript.Eval(ctx, p, []string{k}, end.String(), mine.String())})
+	}
+}
+
+// shardMark is one master's watermark raise in a pipeline.
+type shardMark struct {
+	key  string
+	mine replication.LSN // the highest this sink had set; 0: none yet
+	cmd  *redis.Cmd
+}
+
+// shardKeysEvery is how often the masters of a cluster are listed again
+// for their watermarks.
+const shardKeysEvery = time.Second
+
+// ShardWatermarkKey names the watermark of the master that serves slot:
+// the main watermark key, ":", the slot and a hash tag of that slot.
+func ShardWatermarkKey(main string, slot int) string {
+	return main + ":" + strconv.Itoa(slot) + ":{" + keyslot.SlotTag(slot) + "}"
+}
+
+// ShardWatermarkKeys lists the per-master watermark keys of a cluster: one
+// per master, in the lowest slot it serves.
+func ShardWatermarkKeys(ctx context.Context, c redis.UniversalClient, main string) ([]string, error) {
+	slots, err := c.ClusterSlots(ctx).Result()
+	if err != nil {
+		return nil, err
+	}
+	lowest := map[string]int{}
+	for _, sl := range slots {
+		if len(sl.Nodes) == 0 {
+			continue
+		}
+		m := sl.Nodes[0].Addr
+		if cur, ok := lowest[m]; !ok || int(sl.Start) < cur {
+			lowest[m] = int(sl.Start)
+		}
+	}
+	keys := make([]string, 0, len(lowest))
+	for _, slot := range lowest {
+		keys = append(keys, ShardWatermarkKey(main, slot))
+	}
+	slices.Sort(keys)
+	return keys, nil
+}
+
+// refreshShardKeys lists, on a cluster, one watermark key per master (in
+// the lowest slot it serves), at most every shardKeysEvery. A slot that
+// moves to another master takes its key along (MIGRATE), so it still
+// holds what this sink set; a master's new lowest slot starts a new key.
+func (s *Sink) refreshShardKeys(ctx context.Context) {
+	if !s.cfg.Cluster || s.cfg.WatermarkKey == "" || time.Since(s.shardKeysAt) < shardKeysEvery {
+		return
+	}
+	keys, err := ShardWatermarkKeys(ctx, s.cfg.Client, s.cfg.WatermarkKey)
+	if err != nil {
+		return // the pipeline that follows reports what is wrong
+	}
+	s.shardKeys = keys
+	if s.shardMarks == nil {
+		s.shardMarks = map[string]replication.LSN{}
+	}
+	s.shardKeysAt = time.Now()
 }
 
 // ErrHistoryLost is wrapped when Redis lost writes it had acknowledged.
 var ErrHistoryLost = errors.New("redis lost acknowledged invalidations")
+
+// markFound reads the answer of the watermark script: the value it found
+// ("" and 0 when there was none).
+func markFound(c *redis.Cmd) (string, replication.LSN, error) {
+	prev, err := c.Text()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return "", 0, nil
+	case err != nil:
+		return "", 0, err
+	}
+	had, _ := pglogrepl.ParseLSN(prev)
+	return prev, had, nil
+}
 
 // checkMark compares the watermark Redis had before this batch with the
 // highest one this sink set. Lower (or gone) means Redis went back in time
 // (a restart without persistence, a failover to a lagging replica, a
 // restore): keys this engine deleted may be back with old values.
 func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
-	prev, err := s.markCmd.Text()
-	var had replication.LSN
-	switch {
-	case errors.Is(err, redis.Nil):
-	case err != nil:
+	prev, had, err := markFound(s.markCmd)
+	if err != nil {
 		return err
-	default:
-		had, _ = pglogrepl.ParseLSN(prev)
 	}
 	if s.lastMark != 0 && had < s.lastMark && s.mustFlush == "" {
 		// The script left the watermark where it was; remembered until the
 		// flush succeeded, then the watermark is raised explicitly.
 		s.mustFlush = fmt.Sprintf("the watermark %s in Redis was %s, below %s which this engine had set: Redis lost writes it had acknowledged (restart without persistence, failover to a lagging replica, restore from a backup, FLUSHALL), so deleted keys may be back with old values",
-			s.cfg.WatermarkKey, orNone(prev, err), s.lastMark)
+			s.cfg.WatermarkKey, orMissing(prev), s.lastMark)
 	}
 	if end > s.lastMark {
 		s.lastMark = end
+	}
+	for _, sm := range s.shardCmds {
+		prev, had, err := markFound(sm.cmd)
+		if err != nil {
+			return err
+		}
+		if sm.mine != 0 && had < sm.mine && s.mustFlush == "" {
+			s.mustFlush = fmt.Sprintf("the watermark %s of a cluster master was %s, below %s which this engine had set: that master lost writes it had acknowledged (a failover to a replica that had not received them, a restart without persistence), so deleted keys may be back with old values",
+				sm.key, orMissing(prev), sm.mine)
+		}
+		if end > sm.mine {
+			s.shardMarks[sm.key] = end
+		}
 	}
 	if s.mustFlush == "" {
 		return nil
@@ -863,13 +1168,18 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 	if err := s.cfg.Client.Set(ctx, s.cfg.WatermarkKey, s.lastMark.String(), 0).Err(); err != nil {
 		return err
 	}
+	for _, sm := range s.shardCmds {
+		if err := s.cfg.Client.Set(ctx, sm.key, s.shardMarks[sm.key].String(), 0).Err(); err != nil {
+			return err
+		}
+	}
 	s.mustFlush = ""
 	s.Stats.Flushes.Add(1)
 	return nil
 }
 
-func orNone(v string, err error) string {
-	if err != nil {
+func orMissing(v string) string {
+	if v == "" {
 		return "missing"
 	}
 	return v
@@ -916,7 +1226,22 @@ func (s *Sink) SetWatermark(ctx context.Context, lsn replication.LSN) error {
 		return nil
 	}
 	return s.retry(ctx, "set watermark", func() error {
-		return s.cfg.Client.Set(ctx, s.cfg.WatermarkKey, lsn.String(), 0).Err()
+		if err := s.cfg.Client.Set(ctx, s.cfg.WatermarkKey, lsn.String(), 0).Err(); err != nil {
+			return err
+		}
+		if !s.cfg.Cluster {
+			return nil
+		}
+		keys, err := ShardWatermarkKeys(ctx, s.cfg.Client, s.cfg.WatermarkKey)
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if err := s.cfg.Client.Set(ctx, k, lsn.String(), 0).Err(); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 
@@ -925,7 +1250,11 @@ func (s *Sink) SetWatermark(ctx context.Context, lsn replication.LSN) error {
 // once as an error, and counted.
 func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 	defer s.Stats.Waiting.Store(false)
-	p := retry.Policy{Min: s.cfg.MinBackoff, Max: s.cfg.MaxBackoff, Classify: Classify, EscalateAfter: s.cfg.EscalateAfter,
+	classify := Classify
+	if s.cfg.Cluster {
+		classify = classifyCluster
+	}
+	p := retry.Policy{Min: s.cfg.MinBackoff, Max: s.cfg.MaxBackoff, Classify: classify, EscalateAfter: s.cfg.EscalateAfter,
 		OnFailure: func(f retry.Failure) {
 			s.obs.RedisError(f.Err, false)
 			s.Stats.Waiting.Store(true)
@@ -957,6 +1286,20 @@ func aclRefusal(err error) error {
 	return &PermanentError{Err: fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in docs/operations.md)", err)}
 }
 
+// classifyCluster is Classify for a cluster client: a redirection (MOVED,
+// ASK) that outlasted the client's own following of it, and TRYAGAIN,
+// happen while slots migrate and pass; they are retried.
+func classifyCluster(err error) error {
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		switch prefix, _, _ := strings.Cut(rerr.Error(), " "); prefix {
+		case "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN":
+			return nil
+		}
+	}
+	return Classify(err)
+}
+
 // Classify returns a PermanentError, with what to fix, for Redis errors
 // that retrying cannot fix, and nil for the others.
 func Classify(err error) error {
@@ -968,7 +1311,7 @@ func Classify(err error) error {
 	prefix, _, _ := strings.Cut(msg, " ")
 	switch prefix {
 	case "CROSSSLOT", "MOVED", "ASK":
-		return &PermanentError{Err: fmt.Errorf("redis: %w (redis.addr is a Redis Cluster node: cdcinvalidate needs one Redis primary, not a cluster; point redis.addr at a standalone Redis or the primary of a replicated one)", err)}
+		return &PermanentError{Err: fmt.Errorf("redis: %w (redis.addr is a Redis Cluster node, or a command spans hash slots: for a Redis Cluster list its nodes in redis.addrs and set redis.cluster: true)", err)}
 	case "NOPERM":
 		return aclRefusal(err)
 	case "WRONGPASS", "NOAUTH":

@@ -37,6 +37,8 @@ const (
 	DialTimeout  = 5 * time.Second
 	ReadTimeout  = 10 * time.Second
 	WriteTimeout = 10 * time.Second
+	// WaitTimeout bounds one WAIT of redis.wait_replicas.
+	WaitTimeout = time.Second
 )
 
 // sink section.

@@ -20,6 +20,13 @@ import (
 type RedisOptions struct {
 	// Args are extra redis-server arguments, e.g. "--maxmemory", "10mb".
 	Args []string
+	// Cluster starts the server with cluster-enabled yes, its nodes.conf in
+	// its directory and a cluster bus port of its own (see StartCluster).
+	Cluster bool
+	// ConfigText, when set, is written to redis.conf in the server's
+	// directory (once: a sentinel rewrites it) and passed as the config
+	// file, before the other arguments (see StartSentinel).
+	ConfigText string
 }
 
 // Redis is a throwaway redis-server child process on a loopback port,
@@ -31,7 +38,10 @@ type Redis struct {
 	logPath string
 	outPath string
 	port    int
+	busPort int // cluster bus port, 0 outside cluster mode
 	args    []string
+	cluster bool
+	conf    string // config file path, "" for none
 
 	mu     sync.Mutex
 	proc   *Process // nil when not running
@@ -72,6 +82,14 @@ func startRedis(ctx context.Context, opts RedisOptions) (_ *Redis, err error) {
 		logPath: filepath.Join(dir, "redis.log"),
 		outPath: filepath.Join(dir, "redis.out"),
 		args:    append([]string(nil), opts.Args...),
+		cluster: opts.Cluster,
+	}
+	if opts.ConfigText != "" {
+		r.conf = filepath.Join(dir, "redis.conf")
+		if err := os.WriteFile(r.conf, []byte(opts.ConfigText), 0o600); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("write %s: %w", r.conf, err)
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -86,6 +104,11 @@ func startRedis(ctx context.Context, opts RedisOptions) (_ *Redis, err error) {
 			return nil, err
 		}
 		r.port = port
+		if r.cluster {
+			if r.busPort, err = pickPort(); err != nil {
+				return nil, err
+			}
+		}
 		portInUse, err := r.start(ctx)
 		if err == nil {
 			return r, nil
@@ -111,6 +134,14 @@ func (r *Redis) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Ito
 
 // Port is the TCP port the server listens on at 127.0.0.1.
 func (r *Redis) Port() int { return r.port }
+
+// Dir is the server's working directory (nodes.conf, redis.conf, logs).
+func (r *Redis) Dir() string { return r.dir }
+
+// LogTail returns the last lines of the server's log, for test failures.
+func (r *Redis) LogTail() string {
+	return LastLines(readFrom(r.logPath, 0)+readFrom(r.outPath, 0), redisLogTailLines)
+}
 
 // Pause stops the server process with SIGSTOP: connections are still
 // accepted by the kernel, but no command is answered until Resume.
@@ -216,7 +247,11 @@ func (r *Redis) start(ctx context.Context) (portInUse bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("open %s: %w", r.outPath, err)
 	}
-	args := []string{
+	var args []string
+	if r.conf != "" {
+		args = append(args, r.conf)
+	}
+	args = append(args,
 		"--port", strconv.Itoa(r.port),
 		"--bind", "127.0.0.1",
 		"--save", "",
@@ -225,6 +260,10 @@ func (r *Redis) start(ctx context.Context) (portInUse bool, err error) {
 		"--daemonize", "no",
 		"--protected-mode", "no",
 		"--logfile", r.logPath,
+	)
+	if r.cluster {
+		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-port", strconv.Itoa(r.busPort), "--cluster-node-timeout", "2000")
 	}
 	args = append(args, r.args...)
 	// Its own process group: a Ctrl-C in the terminal must not reach the

@@ -158,6 +158,19 @@ func (r *Redis) PauseT(t TB) (resume func()) {
 	}
 }
 
+// ClusterT starts a Redis Cluster for a test and closes it in t.Cleanup.
+func ClusterT(t TB, opts ClusterOptions) *Cluster {
+	t.Helper()
+	return startT(t, func(ctx context.Context) (*Cluster, error) { return StartCluster(ctx, opts) })
+}
+
+// SentinelT starts a Sentinel deployment for a test and closes it in
+// t.Cleanup.
+func SentinelT(t TB, opts SentinelOptions) *Sentinel {
+	t.Helper()
+	return startT(t, func(ctx context.Context) (*Sentinel, error) { return StartSentinel(ctx, opts) })
+}
+
 // SkipTB is a TB that can skip the test (any *testing.T).
 type SkipTB interface {
 	TB
