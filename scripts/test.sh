@@ -17,9 +17,9 @@ scripts/install-deps.sh
 echo "test: go vet ./..."
 go vet ./...
 
-echo "test: go test ./... -count=1 -timeout 20m $*"
+echo "test: go test ./... -count=1 -timeout 45m $*"
 status=0
-go test ./... -count=1 -timeout 20m "$@" || status=$?
+go test ./... -count=1 -timeout 45m "$@" || status=$?
 if ((status == 0)); then
 	echo "test: all tests passed"
 else
