@@ -129,7 +129,9 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var((*phaseList)(&o.Phases), "phases", "`phases` to run, comma-separated: catchup, latency, memory")
 	fs.StringVar(&o.Engine, "engine", "", "cdcinvalidate `binary` to measure (default: this executable)")
 	fs.StringVar(&o.PgRecvLogical, "pg-recvlogical", "", "pg_recvlogical `binary` (default: next to the PostgreSQL server binaries, on PATH, or in /usr/lib/postgresql/*/bin)")
-	fs.StringVar(&o.ProfileDir, "profile", "", "write pprof profiles of the engine into `dir`: CPU per catch-up workload (from one extra run) and per latency rate, and the heap after the memory phase's transaction (go tool pprof BINARY FILE); the engine then also serves metrics")
+	fs.StringVar(&o.ProfileDir, "profile", "", "write pprof profiles of the engine into `dir`: CPU per catch-up "+
+		"workload (from one extra run) and per latency rate, and the heap after the memory phase's transaction "+
+		"(go tool pprof BINARY FILE); the engine then also serves metrics")
 	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON on stdout instead of the table")
 	fs.BoolVar(&o.Progress, "progress", false, "show progress on stderr even when it is not a terminal")
 }

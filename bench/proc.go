@@ -83,7 +83,9 @@ func findPgRecvLogical(explicit string, prefer ...string) (string, error) {
 			return m, nil
 		}
 	}
-	return "", fmt.Errorf("%w on PATH, next to initdb or in /usr/lib/postgresql/*/bin; it comes with the PostgreSQL client programs (apt-get install postgresql-client on Debian/Ubuntu), or name it with --pg-recvlogical PATH", ErrNoPgRecvLogical)
+	return "", fmt.Errorf("%w on PATH, next to initdb or in /usr/lib/postgresql/*/bin; it comes with the PostgreSQL "+
+		"client programs (apt-get install postgresql-client on Debian/Ubuntu), or name it with "+
+		"--pg-recvlogical PATH", ErrNoPgRecvLogical)
 }
 
 // versionOf is the major version in /usr/lib/postgresql/VERSION/bin/..., for sorting.

@@ -214,7 +214,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 				runs = fmt.Sprintf("Median of the runs that completed (%d requested).", s.Repeat)
 			}
 		}
-		fmt.Fprintf(&b, "\nCatch-up: %s row changes (UPDATE) already in the slot; engine = start until its slot's confirmed_flush_lsn >= end (deleting prefilled keys), pg_recvlogical = start until --endpos, into /dev/null. %s\n",
+		fmt.Fprintf(&b, "\nCatch-up: %s row changes (UPDATE) already in the slot; engine = start until its slot's "+
+			"confirmed_flush_lsn >= end (deleting prefilled keys), pg_recvlogical = start until --endpos, into "+
+			"/dev/null. %s\n",
 			thousands(int64(s.Rows)), runs)
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "workload\tchanges\ttxns\tWAL\tengine\tchanges/s\tpg_recvlogical\tchanges/s\tratio\ttarget\tengine CPU/100k\t")

@@ -226,7 +226,9 @@ func publicationProblems(pub string, p publication, version int, tables []string
 			fmt.Sprintf("run ALTER PUBLICATION %s SET (publish = 'insert, update, delete, truncate')", pub))
 	}
 	if len(partitioned) > 0 && !p.ViaRoot {
-		add(fmt.Sprintf("publication %q publishes the changes of partitioned tables (%s) as their partitions (publish_via_partition_root is false), so rules naming the partitioned table would never see them", pub, strings.Join(partitioned, ", ")),
+		add(fmt.Sprintf("publication %q publishes the changes of partitioned tables (%s) as their partitions "+
+			"(publish_via_partition_root is false), so rules naming the partitioned table would never see them",
+			pub, strings.Join(partitioned, ", ")),
 			fmt.Sprintf("run ALTER PUBLICATION %s SET (publish_via_partition_root = true)", pub))
 	}
 	for _, t := range tables {

@@ -153,8 +153,10 @@ func (e *Engine) run(ctx context.Context) error {
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, CompanionPatterns: cacheaside.LeasePatterns, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
 		Cluster: e.cfg.Redis.Cluster, WaitReplicas: e.cfg.Redis.WaitReplicas, WaitTimeout: e.cfg.Redis.WaitTimeout,
-		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, StopOnLongKey: e.cfg.Sink.OnLongKey == config.LongKeyStop, WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(), FlushOnHistoryLost: e.cfg.Consistency.OnHistoryLost == config.HistoryLostFlush,
-		CatchUpAge: catchUpAge, OnSession: e.sessionChecks(rdb, start), Verifier: sinkVerifier(vf),
+		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, StopOnLongKey: e.cfg.Sink.OnLongKey == config.LongKeyStop,
+		WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(),
+		FlushOnHistoryLost: e.cfg.Consistency.OnHistoryLost == config.HistoryLostFlush,
+		CatchUpAge:         catchUpAge, OnSession: e.sessionChecks(rdb, start), Verifier: sinkVerifier(vf),
 	}, tracker)
 	e.stream, e.sink, e.rdb, e.verifier = st, sk, rdb, vf
 	close(e.ready) // reloads may begin
@@ -293,7 +295,10 @@ func (e *Engine) preparePostgres(ctx context.Context, pgcfg *pgconn.Config) (slo
 	}
 	e.mapper.Expect(cat.infos) // a rule table renamed while stopped is caught (schema.go)
 	if e.cfg.Postgres.FailoverSlot && cat.version < 170000 {
-		return slotState{}, &SetupError{[]string{fmt.Sprintf("postgres.failover_slot: failover slots need PostgreSQL 17 or later (this server is %d.%d); on older versions a promoted standby has no copy of the slot, and the engine's fail-closed path (consistency.on_history_lost) handles the failover: set failover_slot: false", cat.version/10000, cat.version%10000)}}
+		return slotState{}, &SetupError{[]string{fmt.Sprintf("postgres.failover_slot: failover slots need PostgreSQL "+
+			"17 or later (this server is %d.%d); on older versions a promoted standby has no copy of the slot, "+
+			"and the engine's fail-closed path (consistency.on_history_lost) handles the failover: set "+
+			"failover_slot: false", cat.version/10000, cat.version%10000)}}
 	}
 	if probs := standbyProblems(cat.version, cat.inRecovery, e.cfg.Postgres.FailoverSlot); len(probs) > 0 {
 		return slotState{}, &SetupError{probs}
@@ -332,7 +337,9 @@ func (e *Engine) ensureFailover(ctx context.Context, conn *pgx.Conn, pgcfg *pgco
 	}
 	defer rconn.Close(context.Background())
 	if _, err := rconn.Exec(ctx, fmt.Sprintf("ALTER_REPLICATION_SLOT %s (FAILOVER true)", pgx.Identifier{slot}.Sanitize())).ReadAll(); err != nil {
-		return &SetupError{[]string{fmt.Sprintf("turn on failover for slot %q: %s (the slot may be in use by another instance; retry, or run SELECT pg_drop_replication_slot('%s') while nothing uses it and let the engine create it)", slot, err, slot)}}
+		return &SetupError{[]string{fmt.Sprintf("turn on failover for slot %q: %s (the slot may be in use by another "+
+			"instance; retry, or run SELECT pg_drop_replication_slot('%s') while nothing uses it and let the "+
+			"engine create it)", slot, err, slot)}}
 	}
 	e.log.Info("turned on failover for the slot", zap.String("slot", slot))
 	return nil
@@ -412,7 +419,9 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 	if err == nil {
 		var problems []string
 		if slotType != "logical" || plugin != "pgoutput" {
-			problems = append(problems, fmt.Sprintf("slot %q exists but is a %s slot with plugin %q; cdcinvalidate needs a logical slot with plugin pgoutput: choose another postgres.slot, or drop it (SELECT pg_drop_replication_slot('%s')) if nothing uses it", slot, slotType, plugin, slot))
+			problems = append(problems, fmt.Sprintf("slot %q exists but is a %s slot with plugin %q; cdcinvalidate "+
+				"needs a logical slot with plugin pgoutput: choose another postgres.slot, or drop it (SELECT "+
+				"pg_drop_replication_slot('%s')) if nothing uses it", slot, slotType, plugin, slot))
 		} else if db != pgcfg.Database {
 			problems = append(problems, fmt.Sprintf("slot %q belongs to database %q, not %q; choose another postgres.slot", slot, db, pgcfg.Database))
 		}
@@ -463,7 +472,9 @@ FROM pg_replication_slots s WHERE slot_name = $1`, slot).Scan(&plugin, &slotType
 func (e *Engine) createSlot(ctx context.Context, pgcfg *pgconn.Config, standby bool) (slotState, error) {
 	slot := e.cfg.Postgres.Slot
 	if standby {
-		e.log.Info("creating the slot on a standby: this waits until the primary logs its running transactions (every 15 s while it writes; SELECT pg_log_standby_snapshot() on the primary makes it immediate)", zap.String("slot", slot))
+		e.log.Info("creating the slot on a standby: this waits until the primary logs its running transactions (every "+
+			"15 s while it writes; SELECT pg_log_standby_snapshot() on the primary makes it immediate)",
+			zap.String("slot", slot))
 	}
 	rconn, err := e.replicationConn(ctx, pgcfg)
 	if err != nil {

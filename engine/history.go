@@ -93,13 +93,17 @@ func (e *Engine) checkHistory(ctx context.Context, rdb redis.UniversalClient, sk
 		}
 		switch {
 		case st.created && exists:
-			lost = fmt.Sprintf("slot %q did not exist although Redis holds the watermark %s = %s from an earlier one: the slot was dropped (or this is a promoted standby without it), so the changes since are unknown", e.cfg.Postgres.Slot, key, val)
+			lost = fmt.Sprintf("slot %q did not exist although Redis holds the watermark %s = %s from an earlier one: "+
+				"the slot was dropped (or this is a promoted standby without it), so the changes since are "+
+				"unknown", e.cfg.Postgres.Slot, key, val)
 		case st.created:
 			first = "the slot was just created"
 		case !exists:
 			lost = fmt.Sprintf("slot %q exists but Redis has no watermark %s: Redis lost its data (restart without persistence, failover, FLUSHALL) or this cache never had one", e.cfg.Postgres.Slot, key)
 		case mark < st.confirmed:
-			lost = fmt.Sprintf("the watermark %s = %s in Redis is below the slot's confirmed position %s: Redis went back in time (restore, failover to a lagging replica), so keys deleted since may be back", key, mark, st.confirmed)
+			lost = fmt.Sprintf("the watermark %s = %s in Redis is below the slot's confirmed position %s: Redis went "+
+				"back in time (restore, failover to a lagging replica), so keys deleted since may be back",
+				key, mark, st.confirmed)
 		case e.cfg.Redis.Cluster:
 			lost, err = shardHistoryLost(ctx, rdb, key, st.confirmed)
 			if err != nil {
@@ -158,7 +162,9 @@ func shardHistoryLost(ctx context.Context, rdb redis.UniversalClient, main strin
 			return "", fmt.Errorf("read watermark %s: %w", k, err)
 		}
 		if mark, perr := pglogrepl.ParseLSN(val); perr == nil && mark < confirmed {
-			return fmt.Sprintf("the watermark %s = %s of a cluster master is below the slot's confirmed position %s: that master lost acknowledged writes (a failover to a lagging replica, a restart without persistence), so keys deleted since may be back", k, mark, confirmed), nil
+			return fmt.Sprintf("the watermark %s = %s of a cluster master is below the slot's confirmed position %s: "+
+				"that master lost acknowledged writes (a failover to a lagging replica, a restart without "+
+				"persistence), so keys deleted since may be back", k, mark, confirmed), nil
 		}
 	}
 	return "", nil
@@ -243,7 +249,9 @@ func (e *Engine) flushNewlyManaged(ctx context.Context, rdb redis.UniversalClien
 		}
 	}
 	if (len(globs) > 0 || len(gens) > 0) && e.cfg.Consistency.OnFirstStart == config.FirstStartFlush {
-		e.log.Warn("the rules manage keys that the last run did not (rules edited while the engine was stopped, a reload, or a takeover from an instance with other rules): flushing them, since their cached values may be stale (consistency.on_first_start: keep trusts them)",
+		e.log.Warn("the rules manage keys that the last run did not (rules edited while the engine was stopped, a "+
+			"reload, or a takeover from an instance with other rules): flushing them, since their cached values "+
+			"may be stale (consistency.on_first_start: keep trusts them)",
 			zap.Strings("patterns", globs), zap.Strings("generations", gens))
 		if err := sk.FlushSome(ctx, globs, gens); err != nil {
 			return err

@@ -31,7 +31,10 @@ func slotInvalidation(walStatus, reason string, conflicting bool) (lost bool, wh
 	case conflicting:
 		// PostgreSQL 16 has no invalidation_reason, and sets conflicting
 		// for every invalidated logical slot.
-		return true, "PostgreSQL 16 does not say why: the slot fell behind by more than max_slot_wal_keep_size, or, decoding on a standby, conflicted with recovery because the primary removed catalog rows it needed or lowered wal_level below logical (hot_standby_feedback = on and primary_slot_name on the standby prevent that)"
+		return true, "PostgreSQL 16 does not say why: the slot fell behind by more than max_slot_wal_keep_size, or, " +
+			"decoding on a standby, conflicted with recovery because the primary removed catalog rows it needed " +
+			"or lowered wal_level below logical (hot_standby_feedback = on and primary_slot_name on the standby " +
+			"prevent that)"
 	case walStatus == "lost":
 		return true, "the WAL it needed was removed: it fell behind by more than max_slot_wal_keep_size"
 	}

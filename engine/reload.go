@@ -242,7 +242,9 @@ func (e *Engine) waitOlderTransactions(ctx context.Context, conn *pgx.Conn, tabl
 		}
 		if time.Since(logged) >= 10*time.Second {
 			logged = time.Now()
-			e.log.Warn("reload waits for transactions older than it to end, since what they wrote to the new tables before the publication included them is not in the stream; the old rules run until then (see pg_stat_activity and pg_prepared_xacts for old transactions)",
+			e.log.Warn("reload waits for transactions older than it to end, since what they wrote to the new tables "+
+				"before the publication included them is not in the stream; the old rules run until then (see "+
+				"pg_stat_activity and pg_prepared_xacts for old transactions)",
 				zap.Strings("new_tables", tables), zap.Int64("waiting_for_xids_below", xmax), zap.Duration("waited", time.Since(start).Round(time.Second)))
 		}
 		select {

@@ -54,7 +54,9 @@ func (e *Engine) warnIfSyncStandby(ctx context.Context, conn *pgx.Conn) {
 		app = v
 	}
 	if syncStandbyMatch(setting, app) {
-		e.log.Warn("synchronous_standby_names matches the engine's application_name: the engine can become a synchronous standby, and then every commit waits for Redis (a Redis outage blocks all writes); list the real standbys by name instead",
+		e.log.Warn("synchronous_standby_names matches the engine's application_name: the engine can become a "+
+			"synchronous standby, and then every commit waits for Redis (a Redis outage blocks all writes); list "+
+			"the real standbys by name instead",
 			zap.String("synchronous_standby_names", setting), zap.String("application_name", app))
 	}
 }

@@ -24,10 +24,15 @@ func standbyProblems(version int, inRecovery, failoverSlot bool) []string {
 	}
 	var out []string
 	if version < 160000 {
-		out = append(out, fmt.Sprintf("postgres.dsn names a standby (the server is in recovery) of PostgreSQL %d.%d, and logical decoding on a standby needs PostgreSQL 16 or later: point postgres.dsn at the primary (with several hosts in the DSN, add target_session_attrs=read-write)", version/10000, version%10000))
+		out = append(out, fmt.Sprintf("postgres.dsn names a standby (the server is in recovery) of PostgreSQL %d.%d, "+
+			"and logical decoding on a standby needs PostgreSQL 16 or later: point postgres.dsn at the primary "+
+			"(with several hosts in the DSN, add target_session_attrs=read-write)", version/10000, version%10000))
 	}
 	if failoverSlot {
-		out = append(out, "postgres.failover_slot: a slot on a standby cannot be a failover slot (PostgreSQL synchronizes only the primary's slots): set failover_slot: false to decode from this standby, or point postgres.dsn at the primary (with several hosts in the DSN, add target_session_attrs=read-write)")
+		out = append(out, "postgres.failover_slot: a slot on a standby cannot be a failover slot (PostgreSQL "+
+			"synchronizes only the primary's slots): set failover_slot: false to decode from this standby, or "+
+			"point postgres.dsn at the primary (with several hosts in the DSN, add "+
+			"target_session_attrs=read-write)")
 	}
 	return out
 }
@@ -46,9 +51,15 @@ func standbySettings(ctx context.Context, conn *pgx.Conn) (feedback bool, primar
 func standbySettingsAdvice(feedback bool, primarySlot string) string {
 	switch {
 	case !feedback:
-		return "hot_standby_feedback is off on this standby: VACUUM on the primary can remove catalog rows the slot needs, and PostgreSQL then invalidates the slot (rows_removed), which makes the engine flush every managed key (or stop); set hot_standby_feedback = on on the standby, and primary_slot_name to a physical slot on the primary"
+		return "hot_standby_feedback is off on this standby: VACUUM on the primary can remove catalog rows the slot " +
+			"needs, and PostgreSQL then invalidates the slot (rows_removed), which makes the engine flush every " +
+			"managed key (or stop); set hot_standby_feedback = on on the standby, and primary_slot_name to a " +
+			"physical slot on the primary"
 	case primarySlot == "":
-		return "this standby uses no physical slot on the primary (primary_slot_name is empty): while it is disconnected its hot_standby_feedback does not hold back VACUUM on the primary, which can invalidate the slot (rows_removed) and make the engine flush; create a physical slot on the primary and set primary_slot_name"
+		return "this standby uses no physical slot on the primary (primary_slot_name is empty): while it is " +
+			"disconnected its hot_standby_feedback does not hold back VACUUM on the primary, which can " +
+			"invalidate the slot (rows_removed) and make the engine flush; create a physical slot on the primary " +
+			"and set primary_slot_name"
 	}
 	return ""
 }

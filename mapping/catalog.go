@@ -195,14 +195,18 @@ func TableWarnings(r *Rule, t TableInfo) []Problem {
 				continue
 			}
 			ps = append(ps, Problem{r.Where,
-				fmt.Sprintf("refreshed column %q (%s) can be TOASTed, and an UPDATE that leaves a TOASTed value unchanged does not carry it: the refresh then deletes the key instead of writing it (counted in cdcinvalidate_refresh_fallbacks_total)", c, t.Types[i]),
+				fmt.Sprintf("refreshed column %q (%s) can be TOASTed, and an UPDATE that leaves a TOASTed value "+
+					"unchanged does not carry it: the refresh then deletes the key instead of writing it "+
+					"(counted in cdcinvalidate_refresh_fallbacks_total)", c, t.Types[i]),
 				fmt.Sprintf("to always write, run ALTER TABLE %s REPLICA IDENTITY FULL, or leave the column out of refresh_columns", name)})
 		}
 	}
 	for _, c := range r.WhenChanged {
 		if slices.Contains(t.Columns, c) && !carried(c) {
 			ps = append(ps, Problem{r.Where,
-				fmt.Sprintf("when_changed column %q is outside the replica identity of %s, so UPDATEs that do not carry its old value count it as changed (the rule invalidates more often than needed; an unchanged TOASTed value still counts as unchanged)", c, name),
+				fmt.Sprintf("when_changed column %q is outside the replica identity of %s, so UPDATEs that do not "+
+					"carry its old value count it as changed (the rule invalidates more often than needed; an "+
+					"unchanged TOASTed value still counts as unchanged)", c, name),
 				fmt.Sprintf("for exact results run ALTER TABLE %s REPLICA IDENTITY FULL", name)})
 		}
 	}

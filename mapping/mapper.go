@@ -322,7 +322,11 @@ func (m *Mapper) Bind(rel *replication.Relation) error {
 				}
 			}
 			if bt.usesNonKey && !r.AllowStaleOldKeys {
-				problems = append(problems, fmt.Sprintf("%s: key template %q uses a column outside the replica identity of %s (replica identity %s), so keys of the old row cannot be computed on UPDATE and DELETE; run ALTER TABLE %s REPLICA IDENTITY FULL, or set unsafe_allow_stale_old_keys: true on the rule to accept stale old keys", r.Where, t.src, rel.QualifiedName(), IdentityName(rel.ReplicaIdentity), rel.QualifiedName()))
+				problems = append(problems, fmt.Sprintf("%s: key template %q uses a column outside the replica "+
+					"identity of %s (replica identity %s), so keys of the old row cannot be computed on UPDATE "+
+					"and DELETE; run ALTER TABLE %s REPLICA IDENTITY FULL, or set unsafe_allow_stale_old_keys: "+
+					"true on the rule to accept stale old keys",
+					r.Where, t.src, rel.QualifiedName(), IdentityName(rel.ReplicaIdentity), rel.QualifiedName()))
 			}
 			bR.templates = append(bR.templates, bt)
 		}

@@ -35,7 +35,10 @@ func (m *Mapper) moved(rel *replication.Relation) error {
 	now := rel.QualifiedName()
 	if was, ok := m.known[rel.ID]; ok && was != now && len(m.byTable[was]) > 0 {
 		return m.unbound(was, now, fmt.Sprintf(
-			"table %s, which rules in rules.yaml name, now arrives as %s (ALTER TABLE ... RENAME or SET SCHEMA): the rules no longer apply to its changes, so the engine stops before confirming them. Rename it back (ALTER TABLE %s RENAME TO ...; or SET SCHEMA), or name %s in rules.yaml, then restart cdcinvalidate",
+			"table %s, which rules in rules.yaml name, now arrives as %s (ALTER TABLE ... RENAME or SET SCHEMA): the "+
+				"rules no longer apply to its changes, so the engine stops before confirming them. Rename it "+
+				"back (ALTER TABLE %s RENAME TO ...; or SET SCHEMA), or name %s in rules.yaml, "+
+				"then restart cdcinvalidate",
 			was, now, now, now))
 	}
 	return nil
@@ -53,7 +56,12 @@ func (m *Mapper) partitionTrap(rel *replication.Relation) *boundRelation {
 		return nil
 	}
 	return &boundRelation{rel: rel, unbound: m.unbound(root, now, fmt.Sprintf(
-		"changes of %s, a partition of %s, which rules in rules.yaml name, arrive under the partition's own name: the publication stopped publishing through the partition root (or the partition was detached), so the rules no longer apply to them and the engine stops before confirming them. Run ALTER PUBLICATION ... SET (publish_via_partition_root = true) on the engine's publication (rules.yaml names the partitioned table); a detached partition is no longer part of %s: its rows left the table without a DELETE; then restart cdcinvalidate",
+		"changes of %s, a partition of %s, which rules in rules.yaml name, arrive under the partition's own name: the "+
+			"publication stopped publishing through the partition root (or the partition was detached), so the "+
+			"rules no longer apply to them and the engine stops before confirming them. Run ALTER PUBLICATION "+
+			"... SET (publish_via_partition_root = true) on the engine's publication (rules.yaml names the "+
+			"partitioned table); a detached partition is no longer part of %s: its rows left the table without a "+
+			"DELETE; then restart cdcinvalidate",
 		now, root, root))}
 }
 
@@ -107,7 +115,11 @@ func (m *Mapper) CheckLeaf(root, leaf *replication.Relation) error {
 					continue
 				}
 				return m.unbound(root.QualifiedName(), leaf.QualifiedName(), fmt.Sprintf(
-					"%s: a change of %s went through its partition %s, whose replica identity (%s) does not carry column %q that key template %q uses, so keys of old rows cannot be computed (a partition does not inherit REPLICA IDENTITY FULL: was it created after the start?); the engine stops before confirming the change. Run ALTER TABLE %s REPLICA IDENTITY FULL (and set it on partitions a partition manager creates), then restart cdcinvalidate",
+					"%s: a change of %s went through its partition %s, whose replica identity (%s) does not carry "+
+						"column %q that key template %q uses, so keys of old rows cannot be computed (a "+
+						"partition does not inherit REPLICA IDENTITY FULL: was it created after the start?); the "+
+						"engine stops before confirming the change. Run ALTER TABLE %s REPLICA IDENTITY FULL "+
+						"(and set it on partitions a partition manager creates), then restart cdcinvalidate",
 					r.rule.Where, root.QualifiedName(), leaf.QualifiedName(), IdentityName(leaf.ReplicaIdentity), col, bt.t.src, leaf.QualifiedName()))
 			}
 		}

@@ -336,7 +336,9 @@ var (
 	descSlotActive  = prometheus.NewDesc(ns+"_slot_active", "1 when a walsender streams from the slot.", nil, nil)
 	descSlotStatus  = prometheus.NewDesc(ns+"_slot_wal_status", "1 for the slot's wal_status (reserved, extended, unreserved, lost).", []string{"status"}, nil)
 	descSlotScraped = prometheus.NewDesc(ns+"_slot_stats_timestamp_seconds", "When the slot statistics were read.", nil, nil)
-	descRuleChanges = prometheus.NewDesc(ns+"_rule_changes_total", "Row changes a rule applied to (result applied) or let pass through its ops, when_changed or when (result skipped), by rule (its index in rules) and table; from zero again after a reload.", []string{"rule", "table", "result"}, nil)
+	descRuleChanges = prometheus.NewDesc(ns+"_rule_changes_total", "Row changes a rule applied to (result applied) or "+
+		"let pass through its ops, when_changed or when (result skipped), by rule (its index in rules) and "+
+		"table; from zero again after a reload.", []string{"rule", "table", "result"}, nil)
 	descRuleOutputs = prometheus.NewDesc(ns+"_rule_outputs_total", "Keys and actions a rule produced, by rule and table; from zero again after a reload.", []string{"rule", "table"}, nil)
 	descFallbacks   = prometheus.NewDesc(ns+"_refresh_fallbacks_total", "Keys the refresh action deleted instead of writing, because the change did not carry every refreshed column (an unchanged TOASTed value).", nil, nil)
 )

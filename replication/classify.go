@@ -52,7 +52,11 @@ func Classify(err error) error {
 	case "55000": // object_not_in_prerequisite_state
 		fix = "the server or the slot is not in the state logical replication needs (wal_level = logical, a slot that was not invalidated); fix what the message names and restart"
 	case "58P01": // undefined_file: WAL the slot needs was removed
-		fix = "PostgreSQL removed WAL the slot still needed, so the changes in it are lost to the cache: drop the slot (SELECT pg_drop_replication_slot('<slot>')) and start again; the engine then finds the watermark without its slot and flushes the keys the rules manage (consistency.on_history_lost: flush; with stop, flush them yourself first). Keep WAL for the slot (max_slot_wal_keep_size, no manual removal) so that it does not happen again"
+		fix = "PostgreSQL removed WAL the slot still needed, so the changes in it are lost to the cache: drop the slot " +
+			"(SELECT pg_drop_replication_slot('<slot>')) and start again; the engine then finds the watermark " +
+			"without its slot and flushes the keys the rules manage (consistency.on_history_lost: flush; with " +
+			"stop, flush them yourself first). Keep WAL for the slot (max_slot_wal_keep_size, no manual removal) " +
+			"so that it does not happen again"
 	default:
 		return nil
 	}

@@ -705,7 +705,10 @@ func (ss *session) handleMessage(data []byte) error {
 			case ss.inStream:
 				txn = fmt.Sprintf(" of streamed transaction %d", ss.streamXid)
 			}
-			return permanent(fmt.Errorf("invalidation message (prefix %q) at LSN %s%s is malformed: %v; nothing of its transaction is skipped, so the engine stops: fix the application that emits it, and to get past this transaction flush the keys the rules manage and advance the slot beyond its commit (pg_replication_slot_advance)",
+			return permanent(fmt.Errorf("invalidation message (prefix %q) at LSN %s%s is malformed: %v; nothing of its "+
+				"transaction is skipped, so the engine stops: fix the application that emits it, and to get past "+
+				"this transaction flush the keys the rules manage and advance the slot beyond its commit "+
+				"(pg_replication_slot_advance)",
 				explicitPrefix, m.lsn, txn, err))
 		}
 		var acts []Action
@@ -759,7 +762,9 @@ func (ss *session) handleMessage(data []byte) error {
 func (ss *session) applyNonTransactional(lsn LSN, keys, globs []string, acts []Action) error {
 	if !ss.warnedNonTxn {
 		ss.warnedNonTxn = true
-		ss.s.log.Info("applying a non-transactional invalidation message at its WAL position; inside a transaction, emit it with pg_logical_emit_message(true, 'cdcinvalidate', ...) so that it is applied at the commit, after the data changed",
+		ss.s.log.Info("applying a non-transactional invalidation message at its WAL position; inside a transaction, "+
+			"emit it with pg_logical_emit_message(true, 'cdcinvalidate', ...) so that it is applied at the "+
+			"commit, after the data changed",
 			zap.Stringer("lsn", lsn))
 	}
 	if err := ss.emitPart(); err != nil {
@@ -916,7 +921,9 @@ func (ss *session) handleChange(m *message, described *Relation) error {
 			}
 			return nil
 		}
-		return permanent(fmt.Errorf("a change of table %s arrived without a new description of the table after streamed transaction %d changed it so that the rules no longer fit; the engine stops rather than map it with a definition that may not be its own; restart cdcinvalidate", rel.QualifiedName(), xid))
+		return permanent(fmt.Errorf("a change of table %s arrived without a new description of the table after "+
+			"streamed transaction %d changed it so that the rules no longer fit; the engine stops rather than "+
+			"map it with a definition that may not be its own; restart cdcinvalidate", rel.QualifiedName(), xid))
 	}
 	ch := &ss.change
 	ch.Rel = rel
@@ -1203,7 +1210,9 @@ func slotState(ctx context.Context, conn *pgconn.PgConn, slot string) (LSN, stri
 		return 0, "", fmt.Errorf("read state of slot %q: %w", slot, err)
 	}
 	if len(res) != 1 || len(res[0].Rows) == 0 {
-		return 0, "", permanent(fmt.Errorf("%w: slot %q is gone (dropped by someone else?). Changes since it was dropped are lost to it, so cached keys may be stale: flush the managed keys in Redis, then restart cdcinvalidate to create the slot again", ErrSlotMissing, slot))
+		return 0, "", permanent(fmt.Errorf("%w: slot %q is gone (dropped by someone else?). Changes since it was "+
+			"dropped are lost to it, so cached keys may be stale: flush the managed keys in Redis, then restart "+
+			"cdcinvalidate to create the slot again", ErrSlotMissing, slot))
 	}
 	row := res[0].Rows[0]
 	if row[0] == nil {

@@ -567,7 +567,10 @@ func (s *Sink) longKey(k string) error {
 	n := s.Stats.KeysTooLong.Add(1)
 	prefix := k[:min(len(k), 64)]
 	if s.cfg.StopOnLongKey {
-		return &PermanentError{Err: fmt.Errorf("a key of %d bytes (starting %q) is longer than sink.max_key_bytes %d, and sink.on_long_key is stop: a template renders a huge value; use a digest filter such as {col|sha1}, raise sink.max_key_bytes, or set sink.on_long_key: send (Redis accepts keys up to 512 MB)",
+		return &PermanentError{Err: fmt.Errorf("a key of %d bytes (starting %q) is longer than sink.max_key_bytes %d, "+
+			"and sink.on_long_key is stop: a template renders a huge value; use a digest filter such as "+
+			"{col|sha1}, raise sink.max_key_bytes, or set sink.on_long_key: send "+
+			"(Redis accepts keys up to 512 MB)",
 			len(k), prefix, s.cfg.MaxKeyBytes)}
 	}
 	if n%1000 == 1 {
@@ -1134,7 +1137,9 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 	if s.lastMark != 0 && had < s.lastMark && s.mustFlush == "" {
 		// The script left the watermark where it was; remembered until the
 		// flush succeeded, then the watermark is raised explicitly.
-		s.mustFlush = fmt.Sprintf("the watermark %s in Redis was %s, below %s which this engine had set: Redis lost writes it had acknowledged (restart without persistence, failover to a lagging replica, restore from a backup, FLUSHALL), so deleted keys may be back with old values",
+		s.mustFlush = fmt.Sprintf("the watermark %s in Redis was %s, below %s which this engine had set: Redis lost "+
+			"writes it had acknowledged (restart without persistence, failover to a lagging replica, restore "+
+			"from a backup, FLUSHALL), so deleted keys may be back with old values",
 			s.cfg.WatermarkKey, orMissing(prev), s.lastMark)
 	}
 	if end > s.lastMark {
@@ -1146,7 +1151,9 @@ func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
 			return err
 		}
 		if sm.mine != 0 && had < sm.mine && s.mustFlush == "" {
-			s.mustFlush = fmt.Sprintf("the watermark %s of a cluster master was %s, below %s which this engine had set: that master lost writes it had acknowledged (a failover to a replica that had not received them, a restart without persistence), so deleted keys may be back with old values",
+			s.mustFlush = fmt.Sprintf("the watermark %s of a cluster master was %s, below %s which this engine had "+
+				"set: that master lost writes it had acknowledged (a failover to a replica that had not received "+
+				"them, a restart without persistence), so deleted keys may be back with old values",
 				sm.key, orMissing(prev), sm.mine)
 		}
 		if end > sm.mine {
@@ -1263,7 +1270,9 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 			case f.Escalate:
 				s.Stats.Escalations.Add(1)
 				s.obs.Stalled(f.Err)
-				s.log.Error("redis has refused or failed this for a long time; still retrying, nothing is skipped and the position waits. If the error is not a passing outage (Redis down, loading, read-only, out of memory), it needs an operator",
+				s.log.Error("redis has refused or failed this for a long time; still retrying, nothing is skipped and "+
+					"the position waits. If the error is not a passing outage (Redis down, loading, read-only, "+
+					"out of memory), it needs an operator",
 					zap.String("action", what), zap.Duration("failing_for", f.Failing.Round(time.Second)), zap.Int("attempt", f.Attempt), zap.Error(f.Err))
 			case f.Attempt == 1 || f.Attempt%10 == 0:
 				s.log.Warn("redis unavailable; retrying, nothing is skipped and the position waits",
@@ -1283,7 +1292,10 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 // aclRefusal is the PermanentError of a command, key or channel the ACL
 // user may not use, with what to grant.
 func aclRefusal(err error) error {
-	return &PermanentError{Err: fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd +smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* and the publish channels; see Redis permissions in docs/operations.md)", err)}
+	return &PermanentError{Err: fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or "+
+		"channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd "+
+		"+smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* "+
+		"and the publish channels; see Redis permissions in docs/operations.md)", err)}
 }
 
 // classifyCluster is Classify for a cluster client: a redirection (MOVED,
@@ -1327,10 +1339,14 @@ func Classify(err error) error {
 			return &PermanentError{Err: fmt.Errorf("redis: %w (a generation key reached the largest integer: choose another generation_key, or delete the key together with every cached key of its rule)", err)}
 		}
 		if strings.Contains(msg, "proto-max-bulk-len") || strings.Contains(msg, "invalid bulk length") {
-			return &PermanentError{Err: fmt.Errorf("redis: %w (a key or value is larger than Redis accepts: raise proto-max-bulk-len in Redis, or use a digest filter such as {col|sha1} in the template and leave large rows out of refresh)", err)}
+			return &PermanentError{Err: fmt.Errorf("redis: %w (a key or value is larger than Redis accepts: raise "+
+				"proto-max-bulk-len in Redis, or use a digest filter such as {col|sha1} in the template and "+
+				"leave large rows out of refresh)", err)}
 		}
 		if strings.Contains(msg, "user_script") || strings.Contains(msg, "Error running script") || strings.Contains(msg, "Error compiling script") {
-			return &PermanentError{Err: fmt.Errorf("redis: a cdcinvalidate script failed: %w (a managed key holds a value of another kind than the script expects, or Redis does not run the script: delete the key it names, or report the error as a bug)", err)}
+			return &PermanentError{Err: fmt.Errorf("redis: a cdcinvalidate script failed: %w (a managed key holds a "+
+				"value of another kind than the script expects, or Redis does not run the script: delete the key "+
+				"it names, or report the error as a bug)", err)}
 		}
 		if strings.Contains(msg, "value is not an integer") {
 			return &PermanentError{Err: fmt.Errorf("redis: %w (a generation key holds something other than an integer: delete it or choose another generation_key)", err)}

@@ -30,7 +30,9 @@ func CheckGlobs(globs []string, mappings []Mapping) error {
 		mg := globTokens(m.tmpl.glob())
 		for _, g := range globs {
 			if globsIntersect(mg, globTokens(g)) {
-				errs = append(errs, fmt.Errorf("the engine's rule pattern %q can match write-behind keys %q (%s.%s): the engine would delete counters holding increments not yet flushed; rename the rule's keys or the mapping's so that no key matches both", g, m.Key, m.Table, m.Column))
+				errs = append(errs, fmt.Errorf("the engine's rule pattern %q can match write-behind keys %q (%s.%s): "+
+					"the engine would delete counters holding increments not yet flushed; rename the rule's keys "+
+					"or the mapping's so that no key matches both", g, m.Key, m.Table, m.Column))
 			}
 		}
 	}

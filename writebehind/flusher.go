@@ -319,7 +319,9 @@ func (f *Flusher) prepareStream(ctx context.Context, conn *pgx.Conn) (streamID, 
 		return streamID{}, rerr("XINFO STREAM", err)
 	}
 	if gen.less(last) {
-		f.log.Error("Redis is behind PostgreSQL: the stream's last ID is below the last applied one, so Redis lost writes that were already applied (a restore, or a crash with appendfsync everysec); the values in Redis may be lower than the database's. Moving the stream's ID up so new writes are not skipped.",
+		f.log.Error("Redis is behind PostgreSQL: the stream's last ID is below the last applied one, so Redis lost "+
+			"writes that were already applied (a restore, or a crash with appendfsync everysec); the values in "+
+			"Redis may be lower than the database's. Moving the stream's ID up so new writes are not skipped.",
 			zap.String("stream_last_id", gen.String()), zap.String("applied_last_id", last.String()))
 		if err := f.rdb.Do(ctx, "XSETID", f.opt.Stream, last.String()).Err(); err != nil {
 			return streamID{}, rerr("XSETID", err)

@@ -129,7 +129,9 @@ func startPostgres(ctx context.Context, opts PostgresOptions) (_ *Postgres, err 
 		if err := checkTraversable(os.TempDir(), "temp dir", "set TMPDIR to a directory like /tmp"); err != nil {
 			return nil, err
 		}
-		if err := checkTraversable(binDir, "PostgreSQL bin dir", "make it readable (chmod a+rX on the path), or fetch into a readable cache: "+EnvPGCache+"=/var/cache/cdcinvalidate/postgres scripts/fetch-postgres.sh"); err != nil {
+		if err := checkTraversable(binDir, "PostgreSQL bin dir",
+			"make it readable (chmod a+rX on the path), or fetch into a readable cache: "+
+				EnvPGCache+"=/var/cache/cdcinvalidate/postgres scripts/fetch-postgres.sh"); err != nil {
 			return nil, err
 		}
 	}
