@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -43,6 +44,11 @@ type Event struct {
 	End LSN
 	// CommitTime is the commit time of the transaction that End closes.
 	CommitTime time.Time
+	// Size is about how many bytes of memory the event's keys and actions
+	// hold (their text plus a fixed cost each, see EntryBytes); the sink
+	// bounds a batch by it. The stream sets it; an event built elsewhere
+	// may leave it 0.
+	Size int
 	// Restart says that a new replication session begins: the server sends
 	// again everything after the confirmed position, so a transaction that
 	// the last session handed over only in part starts over.
@@ -134,6 +140,9 @@ type Config struct {
 	SpillDir       string
 	// ChunkKeys is how many keys of one transaction go into one event.
 	ChunkKeys int
+	// ChunkBytes bounds the bytes (Event.Size) of one event of a large
+	// transaction: wide refreshed rows fill it long before ChunkKeys.
+	ChunkBytes int
 	// MinBackoff and MaxBackoff bound the wait between reconnects.
 	MinBackoff, MaxBackoff time.Duration
 	// ShutdownWait is how long to wait at shutdown for the sink to apply
@@ -187,6 +196,9 @@ func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
 	}
 	if cfg.ChunkKeys <= 0 {
 		cfg.ChunkKeys = defaults.ChunkKeys
+	}
+	if cfg.ChunkBytes <= 0 {
+		cfg.ChunkBytes = defaults.ChunkBytes
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = defaults.MinBackoff
@@ -301,6 +313,7 @@ type session struct {
 	commitLSN  LSN
 	acts       []Action // actions of the open transaction not yet emitted
 	keys       []string
+	partBytes  int    // EntryBytes of keys and acts
 	actBuf     []byte // reused encoding of an action for a txnBuffer
 
 	inStream  bool
@@ -628,9 +641,9 @@ func (ss *session) handleMessage(data []byte) error {
 		ss.commitLSN = m.lsn
 	case msgCommit:
 		ss.inTxn = false
-		keys, acts := ss.keys, ss.acts
-		ss.keys, ss.acts = nil, nil
-		return ss.emit(Event{Keys: keys, Actions: acts, LSN: m.lsn, End: m.endLSN, CommitTime: m.time})
+		keys, acts, size := ss.keys, ss.acts, ss.partBytes
+		ss.keys, ss.acts, ss.partBytes = nil, nil, 0
+		return ss.emit(Event{Keys: keys, Actions: acts, LSN: m.lsn, End: m.endLSN, CommitTime: m.time, Size: size})
 	case msgRelation:
 		return ss.handleRelation(m)
 	case msgInsert, msgUpdate, msgDelete:
@@ -669,6 +682,7 @@ func (ss *session) handleMessage(data []byte) error {
 			}
 		}
 		ss.acts = append(ss.acts, acts...)
+		ss.partBytes += EntryBytes(nil, acts)
 		return nil
 	case msgStreamStart:
 		ss.inStream = true
@@ -736,7 +750,8 @@ func (ss *session) handleMessage(data []byte) error {
 		}
 		ss.keys = append(ss.keys, keys...)
 		ss.acts = append(ss.acts, acts...)
-		if len(globs) > 0 || len(ss.keys)+len(ss.acts) >= ss.s.cfg.ChunkKeys {
+		ss.partBytes += EntryBytes(keys, acts)
+		if len(globs) > 0 || ss.partFull() {
 			// As for TRUNCATE and large transactions: keys before the
 			// patterns go first; the position moves only at Commit.
 			if err := ss.emitPart(); err != nil {
@@ -936,9 +951,11 @@ func (ss *session) handleChange(m *message, described *Relation) error {
 		ch.New = Tuple{}
 	}
 	if !ss.inStream {
-		before := len(ss.keys) + len(ss.acts)
+		nk, na := len(ss.keys), len(ss.acts)
+		before := nk + na
 		keys, acts, err := ss.s.mapper.AppendChange(ss.keys, ss.acts, ch)
 		ss.keys, ss.acts = keys, acts
+		ss.partBytes += EntryBytes(keys[min(nk, len(keys)):], acts[min(na, len(acts)):])
 		if err != nil {
 			if ss.s.covered(err, ss.commitLSN) {
 				ss.s.log.Debug("skipping a change the flush at this start covered", zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
@@ -947,7 +964,7 @@ func (ss *session) handleChange(m *message, described *Relation) error {
 			return permanent(err)
 		}
 		ss.tables[m.relID].Change(ch.Op, len(keys)+len(acts)-before)
-		if len(ss.keys)+len(ss.acts) >= ss.s.cfg.ChunkKeys {
+		if ss.partFull() {
 			// The transaction is committed (pgoutput sends it after commit),
 			// so its keys may be applied before its Commit arrives; the
 			// position only moves at Commit.
@@ -990,12 +1007,39 @@ func (ss *session) bufferActions(b *txnBuffer, subXid uint32, acts []Action) err
 // emitPart hands over the keys and actions of the open (non-streamed)
 // transaction gathered so far, before its Commit.
 func (ss *session) emitPart() error {
-	keys, acts := ss.keys, ss.acts
-	ss.keys, ss.acts = nil, nil
+	keys, acts, size := ss.keys, ss.acts, ss.partBytes
+	ss.keys, ss.acts, ss.partBytes = nil, nil, 0
 	if len(keys) == 0 && len(acts) == 0 {
 		return nil
 	}
-	return ss.emit(Event{Keys: keys, Actions: acts, LSN: ss.commitLSN})
+	return ss.emit(Event{Keys: keys, Actions: acts, LSN: ss.commitLSN, Size: size})
+}
+
+// partFull says the open transaction's part gathered so far fills an
+// event: by count (ChunkKeys) or by bytes (ChunkBytes).
+func (ss *session) partFull() bool {
+	return len(ss.keys)+len(ss.acts) >= ss.s.cfg.ChunkKeys || ss.partBytes >= ss.s.cfg.ChunkBytes
+}
+
+// Fixed costs of an event's entries besides their text, in EntryBytes: a
+// string header, and an Action (whose strings' headers it holds).
+const (
+	keyOverhead    = int(unsafe.Sizeof(""))
+	actionOverhead = int(unsafe.Sizeof(Action{}))
+)
+
+// EntryBytes is the memory that keys and acts hold, about: their text
+// plus a fixed cost each. It is what Event.Size counts.
+func EntryBytes(keys []string, acts []Action) int {
+	n := len(keys)*keyOverhead + len(acts)*actionOverhead
+	for _, k := range keys {
+		n += len(k)
+	}
+	for i := range acts {
+		a := &acts[i]
+		n += len(a.Key) + len(a.Target) + len(a.Table) + len(a.Value)
+	}
+	return n
 }
 
 func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.Time) error {
@@ -1015,12 +1059,13 @@ func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.
 	}
 	var keys []string
 	var acts []Action
+	size := 0
 	flush := func() error {
 		if len(keys) == 0 && len(acts) == 0 {
 			return nil
 		}
-		err := ss.emit(Event{Keys: keys, Actions: acts, LSN: commitLSN})
-		keys, acts = nil, nil
+		err := ss.emit(Event{Keys: keys, Actions: acts, LSN: commitLSN, Size: size})
+		keys, acts, size = nil, nil, 0
 		return err
 	}
 	err := b.each(func(e bufEntry) error {
@@ -1036,10 +1081,12 @@ func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.
 				return fmt.Errorf("read buffered transaction %d: %w", xid, err)
 			}
 			acts = append(acts, a)
+			size += EntryBytes(nil, acts[len(acts)-1:])
 		default:
 			keys = append(keys, e.text)
+			size += len(e.text) + keyOverhead
 		}
-		if len(keys)+len(acts) >= ss.s.cfg.ChunkKeys {
+		if len(keys)+len(acts) >= ss.s.cfg.ChunkKeys || size >= ss.s.cfg.ChunkBytes {
 			return flush()
 		}
 		return nil
@@ -1047,7 +1094,7 @@ func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.
 	if err != nil {
 		return err
 	}
-	return ss.emit(Event{Keys: keys, Actions: acts, LSN: commitLSN, End: end, CommitTime: commitTime})
+	return ss.emit(Event{Keys: keys, Actions: acts, LSN: commitLSN, End: end, CommitTime: commitTime, Size: size})
 }
 
 // emit hands an event to the sink. While the sink is busy (Redis slow or

@@ -91,6 +91,15 @@ const (
 	MinBackoff = 100 * time.Millisecond
 	// ChunkKeys is how many keys of one transaction go into one event.
 	ChunkKeys = 2048
+	// ChunkBytes bounds the bytes of one such event (keys and actions,
+	// refreshed rows included): with the stream-to-sink queue of
+	// QueueEvents events, at most about QueueEvents x ChunkBytes wait.
+	ChunkBytes = 128 << 10
+	// QueueEvents is how many events the stream hands ahead of the sink.
+	QueueEvents = 64
+	// MaxBatchBytes bounds the bytes of the events one Redis pipeline
+	// gathers (sink.max_batch_keys bounds their count).
+	MaxBatchBytes = 4 << 20
 	// ShutdownWait is how long the stream waits at shutdown for the sink to
 	// apply what was handed over.
 	ShutdownWait = 5 * time.Second
