@@ -106,7 +106,8 @@ const recordHeader = 9
 
 // Memory chunks start small (a transaction of a few keys costs little) and
 // double up to maxChunk; a record larger than the next chunk gets a chunk
-// of its own size.
+// of its own size. Full-size chunks live outside the Go heap on Linux
+// (newChunk).
 const (
 	firstChunk = 1 << 10
 	maxChunk   = 64 << 10
@@ -151,7 +152,7 @@ func (b *txnBuffer) add(e bufEntry, budget *int, spillDir string) error {
 		if *budget >= c {
 			*budget -= c
 			b.bytes += c
-			b.chunks = append(b.chunks, appendRecord(make([]byte, 0, c), e))
+			b.chunks = append(b.chunks, appendRecord(newChunk(c), e))
 			b.n++
 			return nil
 		}
@@ -185,9 +186,7 @@ func (b *txnBuffer) spill(budget *int, dir string) error {
 			return fmt.Errorf("spill transaction %d: %w", b.xid, err)
 		}
 	}
-	*budget += b.bytes
-	b.bytes = 0
-	b.chunks = nil
+	b.freeChunks(budget)
 	return nil
 }
 
@@ -275,11 +274,19 @@ func (b *txnBuffer) each(fn func(e bufEntry) error) error {
 	return nil
 }
 
-// release frees the buffer's memory budget and its file.
-func (b *txnBuffer) release(budget *int) {
+// freeChunks gives the memory part back, to the budget and to the system.
+func (b *txnBuffer) freeChunks(budget *int) {
+	for _, c := range b.chunks {
+		freeChunk(c)
+	}
 	*budget += b.bytes
 	b.bytes = 0
 	b.chunks = nil
+}
+
+// release frees the buffer's memory budget and its file.
+func (b *txnBuffer) release(budget *int) {
+	b.freeChunks(budget)
 	if b.file != nil {
 		_ = b.file.Close()
 		b.file = nil
