@@ -201,3 +201,47 @@ func TestStreamedCommitEventsBoundedByBytes(t *testing.T) {
 	}
 	checkEvents(t, out, rows)
 }
+
+// The events waiting for the sink are bounded by bytes (QueueBytes): many
+// small transactions may queue, large events do not pile up.
+func TestQueueBoundedByBytes(t *testing.T) {
+	t.Parallel()
+	out := make(chan Event, 100)
+	ss := boundSession(t, &wideMapper{}, out)
+	ss.s.cfg.QueueBytes = 300 << 10
+	ss.rep.Interval, ss.rep.Prompt = time.Hour, time.Hour
+	ss.rep.Sent(time.Now(), 0) // no status update due: the session has no server
+	big := Event{Keys: []string{"k"}, Size: 128 << 10}
+	for range 2 {
+		if err := ss.emit(big); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- ss.emit(big) }()
+	select {
+	case err := <-done:
+		t.Fatalf("a third event of 128 KiB was queued behind 256 KiB with QueueBytes 300 KiB (err %v)", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	<-out // the sink takes one
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the event was not queued after the sink took one")
+	}
+	<-out
+	<-out
+	// Small events fill the channel's count, not its bytes.
+	for i := range 100 {
+		if err := ss.emit(Event{Keys: []string{"k"}, Size: 100}); err != nil {
+			t.Fatalf("small event %d: %v", i, err)
+		}
+	}
+	if got := ss.s.queued(); got != 100*100 {
+		t.Errorf("queued() = %d, want %d", got, 100*100)
+	}
+}

@@ -143,6 +143,10 @@ type Config struct {
 	// ChunkBytes bounds the bytes (Event.Size) of one event of a large
 	// transaction: wide refreshed rows fill it long before ChunkKeys.
 	ChunkBytes int
+	// QueueBytes bounds the bytes (Event.Size) of the events waiting in the
+	// output channel: a deep channel lets many small transactions queue
+	// while the sink is busy, without letting large events pile up.
+	QueueBytes int
 	// MinBackoff and MaxBackoff bound the wait between reconnects.
 	MinBackoff, MaxBackoff time.Duration
 	// ShutdownWait is how long to wait at shutdown for the sink to apply
@@ -178,6 +182,11 @@ type Stream struct {
 
 	swap swapper // rules reloads (swap.go)
 
+	// sent[n%len] is the total Size of the first n events sent on out
+	// (n = count): the events still queued are the last len(out) sent.
+	sent  []int
+	count int
+
 	// What the start-up flush covered (SetFlushed, unbound.go).
 	coveredBelow              LSN
 	coveredGlobs, coveredGens []string
@@ -199,6 +208,9 @@ func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
 	}
 	if cfg.ChunkBytes <= 0 {
 		cfg.ChunkBytes = defaults.ChunkBytes
+	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = defaults.QueueBytes
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = defaults.MinBackoff
@@ -224,7 +236,25 @@ func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
-	return &Stream{cfg: cfg, mapper: m, pos: pos, out: out, log: cfg.Logger, obs: cfg.Observer}
+	return &Stream{cfg: cfg, mapper: m, pos: pos, out: out, log: cfg.Logger, obs: cfg.Observer, sent: make([]int, cap(out)+1)}
+}
+
+// queued returns the bytes (Event.Size) of the events waiting in out. The
+// sink only takes events away meanwhile, so the answer is never too low.
+func (s *Stream) queued() int {
+	k := min(len(s.out), s.count)
+	if k == 0 {
+		return 0
+	}
+	n := len(s.sent)
+	return s.sent[s.count%n] - s.sent[(s.count-k)%n]
+}
+
+// wasSent records an event of size bytes sent on out.
+func (s *Stream) wasSent(size int) {
+	n := len(s.sent)
+	s.sent[(s.count+1)%n] = s.sent[s.count%n] + size
+	s.count++
 }
 
 // Run streams until ctx is cancelled (then it returns nil after confirming
@@ -1104,6 +1134,11 @@ func (ss *session) emit(ev Event) error {
 	if ev.End > ss.lastEnd {
 		ss.s.pos.Handed(ev.End, ev.CommitTime)
 	}
+	if ev.Size > 0 && ss.s.queued()+ev.Size > ss.s.cfg.QueueBytes {
+		if err := ss.waitQueue(ev.Size); err != nil {
+			return err
+		}
+	}
 	select {
 	case ss.s.out <- ev:
 	default:
@@ -1124,9 +1159,32 @@ func (ss *session) emit(ev Event) error {
 		// silence of the connection counts from now.
 		ss.lastRecv = time.Now()
 	}
+	ss.s.wasSent(ev.Size)
 	if ev.End > ss.lastEnd {
 		ss.lastEnd = ev.End
 	}
+	return nil
+}
+
+// waitQueue waits until an event of size bytes fits in the queue's
+// QueueBytes (or nothing is queued), sending status updates meanwhile. It
+// looks again every millisecond: it waits only while the sink is busy with
+// large events.
+func (ss *session) waitQueue(size int) error {
+	for len(ss.s.out) > 0 && ss.s.queued()+size > ss.s.cfg.QueueBytes {
+		now := time.Now()
+		if ss.rep.Due(now, ss.s.pos.Applied()) {
+			if err := ss.sendStatus(now); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ss.ctx.Done():
+			return ss.ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	ss.lastRecv = time.Now() // the connection was not read meanwhile
 	return nil
 }
 
