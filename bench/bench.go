@@ -275,8 +275,9 @@ func (b *bench) setup(ctx context.Context, rep *Report) error {
 	if err := b.dropLeftovers(ctx); err != nil {
 		return err
 	}
+	create := `CREATE TABLE ` + table + ` (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0, payload text NOT NULL` + wideColumns(b.opts.Wide) + `) WITH (fillfactor = 90, autovacuum_enabled = false)`
 	for _, sql := range []string{
-		`CREATE TABLE ` + table + ` (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0, payload text NOT NULL) WITH (fillfactor = 90, autovacuum_enabled = false)`,
+		create,
 		fmt.Sprintf(`INSERT INTO %s (id, payload) SELECT g, 'item ' || g || ' ' || md5(g::text) FROM generate_series(1, %d) g`, table, b.opts.Rows),
 		`VACUUM ANALYZE ` + table,
 		`CREATE PUBLICATION ` + publication + ` FOR TABLE ` + table,
@@ -478,6 +479,9 @@ func (b *bench) engineConfig(slot, metricsListen string) (string, error) {
 		fmt.Fprintf(&s, "metrics:\n  listen: %s\n  pprof: true\n", q(metricsListen))
 	}
 	fmt.Fprintf(&s, "log:\n  level: warn\n  format: console\nrules:\n  - table: %s\n    keys: [\"%s{id}\"]\n", table, keyPrefix)
+	if b.opts.Wide {
+		s.WriteString("    actions: [refresh]\n    refresh_ttl: 1h\n")
+	}
 	path := fmt.Sprintf("%s/engine-%s.yaml", b.tmp, slot)
 	if err := os.WriteFile(path, []byte(s.String()), 0o600); err != nil {
 		return "", err

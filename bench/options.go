@@ -36,6 +36,9 @@ type Options struct {
 	MaxConns int
 	// BigRows is the size of the one transaction of the memory measurement.
 	BigRows int
+	// Wide makes the memory measurement's rows 100 columns wide, five of
+	// them TOASTed text, refreshed by the rule (memory phase only).
+	Wide bool
 	// Phases selects the measurements: "catchup", "latency", "memory".
 	Phases []string
 
@@ -126,6 +129,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Duration, "duration", o.Duration, "how long the writer runs at each rate")
 	fs.IntVar(&o.MaxConns, "max-conns", o.MaxConns, "writer connections for the rate max")
 	fs.IntVar(&o.BigRows, "big-rows", o.BigRows, "rows of the one transaction of the memory measurement")
+	fs.BoolVar(&o.Wide, "wide", false, "memory phase only: rows of 100 columns (five of them 3.2 KB text, TOASTed) that the rule refreshes (SET of the row as JSON) instead of deleting")
 	fs.Var((*phaseList)(&o.Phases), "phases", "`phases` to run, comma-separated: catchup, latency, memory")
 	fs.StringVar(&o.Engine, "engine", "", "cdcinvalidate `binary` to measure (default: this executable)")
 	fs.StringVar(&o.PgRecvLogical, "pg-recvlogical", "", "pg_recvlogical `binary` (default: next to the PostgreSQL server binaries, on PATH, or in /usr/lib/postgresql/*/bin)")
@@ -162,6 +166,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MaxConns < 1 {
 		errs = append(errs, fmt.Errorf("--max-conns %d: must be at least 1", o.MaxConns))
+	}
+	if o.Wide && (len(o.Phases) != 1 || o.Phases[0] != PhaseMemory) {
+		errs = append(errs, fmt.Errorf("--wide: only with --phases memory (the other phases measure deletes)"))
 	}
 	if o.BigRows < 1 {
 		errs = append(errs, fmt.Errorf("--big-rows %d: must be at least 1", o.BigRows))

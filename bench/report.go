@@ -170,6 +170,8 @@ type Latency struct {
 type Memory struct {
 	Rows     int    `json:"rows"`
 	WALBytes uint64 `json:"wal_bytes"`
+	// Wide: rows of 100 columns, refreshed (--wide).
+	Wide bool `json:"wide,omitempty"`
 	// InsertSeconds is the INSERT ... SELECT until its commit returned.
 	InsertSeconds float64 `json:"insert_seconds"`
 	// ConfirmedSeconds is from the commit until the engine confirmed it.
@@ -284,7 +286,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 
 	if m := r.Memory; m != nil {
-		fmt.Fprintf(&b, "\nPeak memory: one INSERT ... SELECT generate_series of %s rows (%s of WAL), engine streaming.\n", thousands(int64(m.Rows)), megabytes(int64(m.WALBytes)))
+		kind := "rows"
+		if m.Wide {
+			kind = "rows of 100 columns (five of 3.2 KB text), refreshed"
+		}
+		fmt.Fprintf(&b, "\nPeak memory: one INSERT ... SELECT generate_series of %s %s (%s of WAL), engine streaming.\n", thousands(int64(m.Rows)), kind, megabytes(int64(m.WALBytes)))
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "rows\tinsert\tconfirmed after commit\tRSS before\tpeak RSS (VmHWM)\ttarget\t")
 		target := ""
