@@ -93,6 +93,9 @@ type CatchUp struct {
 	CPUProfile  string       `json:"cpu_profile,omitempty"` // engine CPU profile of an extra run
 	Met         bool         `json:"target_met"`
 	Runs        []CatchUpRun `json:"runs"`
+
+	// The variant and its comparison with the reference (report_variants.go).
+	CatchUpVariant
 }
 
 // CPUPer100k is CPU seconds per 100,000 changes on the two paths: the
@@ -144,6 +147,9 @@ type CatchUpRun struct {
 	// commands processed, and Redis's own CPU time.
 	RedisCommands   int64   `json:"redis_commands"`
 	RedisCPUSeconds float64 `json:"redis_cpu_seconds"`
+
+	// "Done" as seen in Redis, the checks, the verifier (report_variants.go).
+	CatchUpRunApplied
 }
 
 // Latency is the latency measurement at one commit rate.
@@ -296,6 +302,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+	}
+
+	if err := r.writeVariants(&b); err != nil {
+		return err
 	}
 
 	var profiles []string
