@@ -222,7 +222,7 @@ func TestCompareVariants(t *testing.T) {
 		applied, trail float64
 	}
 	for i, w := range []want{
-		{"", 0, 0, false, 1.9, (2/1.8 + 2.2/2) / 2 - 1},
+		{"", 0, 0, false, 1.9, (2/1.8+2.2/2)/2 - 1},
 		{"", 0, 0, false, 3, 4.0/3 - 1},
 		{"batched", 1.5, 1.3, false, 3, 0},
 		{"single", 1.1, 1.3, true, -1, -1},
