@@ -107,6 +107,7 @@ func Run(ctx context.Context, opts Options, stderr io.Writer) (*Report, error) {
 		Settings: Settings{
 			Rows: opts.Rows, Batch: opts.Batch, Repeat: opts.Repeat, Rates: rates,
 			DurationSeconds: opts.Duration.Seconds(), MaxConns: opts.MaxConns, BigRows: opts.BigRows,
+			Variants: opts.variantSettings(),
 		},
 	}
 	load := loadAverage()

@@ -69,6 +69,8 @@ type Settings struct {
 	DurationSeconds float64  `json:"duration_seconds"`
 	MaxConns        int      `json:"max_conns"`
 	BigRows         int      `json:"big_rows"`
+	// Variants are the catch-up variants' options (workload_options.go).
+	Variants VariantSettings `json:"variants"`
 }
 
 // CatchUp is the catch-up measurement of one workload.

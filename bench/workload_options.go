@@ -214,3 +214,16 @@ func (p *intList) Set(s string) error {
 	*p = out
 	return nil
 }
+
+// VariantSettings are the variant options as the report shows them.
+type VariantSettings struct {
+	Actions    []string `json:"actions"`
+	Fanouts    []int    `json:"fanouts"`
+	Tables     int      `json:"tables"`
+	Rules      int      `json:"rules"`
+	VerifyRate int      `json:"verify_rate"`
+}
+
+func (o *WorkloadOptions) variantSettings() VariantSettings {
+	return VariantSettings{Actions: o.Actions, Fanouts: o.Fanouts, Tables: o.Tables, Rules: o.Rules, VerifyRate: o.VerifyRate}
+}
