@@ -306,6 +306,8 @@ type probe struct {
 	done     chan struct{}
 	last     time.Time // of the last change of the state seen
 	commands int64     // Redis commands the probe sent
+	read     func() string
+	prev     string
 }
 
 func (b *bench) startProbe(ctx context.Context, v variant, sub *subscriber) *probe {
@@ -331,36 +333,35 @@ func (b *bench) startProbe(ctx context.Context, v variant, sub *subscriber) *pro
 	if v.has(ActionGeneration) {
 		cmds = append(cmds, func(p redis.Pipeliner) redis.Cmder { return p.Get(ctx, generationKey) })
 	}
+	read := func() string {
+		state := ""
+		if len(cmds) > 0 {
+			pipe := b.rdb.Pipeline()
+			for _, c := range cmds {
+				c(pipe)
+			}
+			res, _ := pipe.Exec(ctx)
+			p.commands += int64(len(cmds))
+			var sb strings.Builder
+			for _, r := range res {
+				sb.WriteString(r.String())
+				sb.WriteByte('|')
+			}
+			state = sb.String()
+		}
+		if sub != nil {
+			state += strconv.FormatInt(sub.n.Load(), 10)
+		}
+		return state
+	}
+	// The state before the engine starts, read here: a first read in the
+	// goroutine could come late on a busy machine, after the change.
+	p.read, p.prev = read, read()
 	go func() {
 		defer close(p.done)
 		tick := time.NewTicker(pollEvery)
 		defer tick.Stop()
-		prev := ""
-		first := true
 		for {
-			state := ""
-			if len(cmds) > 0 {
-				pipe := b.rdb.Pipeline()
-				for _, c := range cmds {
-					c(pipe)
-				}
-				res, _ := pipe.Exec(ctx)
-				p.commands += int64(len(cmds))
-				var sb strings.Builder
-				for _, r := range res {
-					sb.WriteString(r.String())
-					sb.WriteByte('|')
-				}
-				state = sb.String()
-			}
-			if sub != nil {
-				state += strconv.FormatInt(sub.n.Load(), 10)
-			}
-			now := time.Now()
-			if !first && state != prev {
-				p.last = now
-			}
-			first, prev = false, state
 			select {
 			case <-p.stop:
 				return
@@ -368,6 +369,11 @@ func (b *bench) startProbe(ctx context.Context, v variant, sub *subscriber) *pro
 				return
 			case <-tick.C:
 			}
+			state := read()
+			if state != p.prev {
+				p.last = time.Now()
+			}
+			p.prev = state
 		}
 	}()
 	return p
@@ -379,6 +385,10 @@ func (b *bench) startProbe(ctx context.Context, v variant, sub *subscriber) *pro
 func (p *probe) finish(sub *subscriber) (time.Time, int64) {
 	close(p.stop)
 	<-p.done
+	// A change after the last tick, before the confirmation was seen.
+	if p.read() != p.prev {
+		p.last = time.Now()
+	}
 	last := p.last
 	if sub != nil {
 		if t := time.Unix(0, sub.lastMsg.Load()); sub.n.Load() > 0 && t.After(last) {
