@@ -70,7 +70,8 @@
 //
 //   - --actions version,refresh,publish,stream,generation,all: one rule
 //     on the bench table with that action (keys item:{id}; publish on
-//     channel cdcbench:events, stream to cdcbench:stream without a cap,
+//     channel cdcbench:events, received during the run by a subscriber
+//     in the bench process, stream to cdcbench:stream without a cap,
 //     generation key cdcbench:gen with no key templates); all is a rule
 //     item:{id} with delete, version, publish, stream and generation plus
 //     a rule row:{id} with refresh (refresh and delete cannot share
@@ -82,8 +83,10 @@
 //     rows whose (id-1) mod N is t-1), M rules, rule j on table
 //     (j mod N)+1, every rule item:{id} (so Redis does the same work as
 //     the reference: what grows is the lookup and the rendering of M/N
-//     rules per change); the workload updates row i in its table by a
-//     dynamic UPDATE, committing every --batch rows. Target: within 1.2x.
+//     rules per change, and the engine's start-up checks of N tables,
+//     which the runs table shows apart); the workload updates row i in
+//     its table by a dynamic UPDATE, committing every --batch rows.
+//     Target: within 1.2x.
 //   - --verify-rate N: every engine (all variants, latency and memory)
 //     runs with verify.enabled and verify.sample_rate N (default
 //     windows), and serves metrics on a free loopback port; 1.5 s after
