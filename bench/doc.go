@@ -91,7 +91,8 @@
 //     runs with verify.enabled and verify.sample_rate N (default
 //     windows), and serves metrics on a free loopback port; 1.5 s after
 //     the end is confirmed the bench sums cdcinvalidate_verify_checks_total
-//     by result and the dropped samples, then stops it. A variant "verifier
+//     by result and the dropped samples, then stops it (the engine's CPU
+//     time then includes those 1.5 s, with the last checks). A variant "verifier
 //     off" of the reference is added; its ratio is the reference's time
 //     over its own, the verifier's overhead (target <= 1.05x).
 //
