@@ -3,6 +3,7 @@ package writebehind
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -70,14 +71,19 @@ func (w *Writer) combined(ctx context.Context, op Op) (int64, error) {
 		case <-p.ready:
 		case <-ctx.Done():
 			c.mu.Lock()
-			if !p.taken && !p.leading { // still queued: withdraw, nothing was sent
+			switch {
+			case p.done || p.leading:
+				c.mu.Unlock()
+				<-p.ready // the result, or made a leader: it must lead
+			case !p.taken: // still queued: withdraw, nothing was sent
 				c.remove(p)
 				c.mu.Unlock()
 				callPool.Put(p)
 				return 0, ctx.Err()
+			default: // in flight: its sender owns p now (not pooled again)
+				c.mu.Unlock()
+				return 0, fmt.Errorf("writebehind: %w while the write was in flight: it may or may not have happened", ctx.Err())
 			}
-			c.mu.Unlock()
-			<-p.ready // in flight (bounded by the client's timeouts) or made a leader
 		}
 	}
 	c.lead(ctx, p)

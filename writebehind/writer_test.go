@@ -110,6 +110,36 @@ func TestCombinedCalls(t *testing.T) {
 		t.Errorf("Incr with a cancelled context = %v, want context.Canceled", err)
 	}
 	t.Logf("%d calls in %d script calls", total+int(refused.Load()), len(entries))
+
+	// Deadlines that end while calls queue or are in flight: a call that
+	// returned its context's bare error was withdrawn and never written;
+	// one that returned another error may or may not have been.
+	var acked, unknown, withdrawn atomic.Int64
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perG {
+				cctx, cancel := context.WithTimeout(ctx, time.Duration(50+(g*perG+i)%400)*time.Microsecond)
+				_, err := w.Incr(cctx, "counter:50", 1)
+				switch {
+				case err == nil:
+					acked.Add(1)
+				case err == cctx.Err():
+					withdrawn.Add(1)
+				default:
+					unknown.Add(1)
+				}
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	v, _ := e.rdb.Get(ctx, "counter:50").Int64()
+	if v < acked.Load() || v > acked.Load()+unknown.Load() {
+		t.Errorf("counter:50 = %d after %d acknowledged, %d unknown and %d withdrawn calls", v, acked.Load(), unknown.Load(), withdrawn.Load())
+	}
+	t.Logf("deadlines: %d acknowledged, %d unknown, %d withdrawn; counter %d", acked.Load(), unknown.Load(), withdrawn.Load(), v)
 }
 
 // TestClientRetryAppliesOnce: go-redis retries a command whose connection
