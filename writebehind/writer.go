@@ -296,7 +296,7 @@ func (w *Writer) nextToken() string {
 
 // check validates op against the mappings and returns its mode letter.
 func (w *Writer) check(op Op) (byte, error) {
-	m, _, err := resolve(w.mappings, op.key)
+	m, err := lookup(w.mappings, op.key)
 	if err != nil {
 		return 0, err
 	}
