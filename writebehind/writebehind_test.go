@@ -21,6 +21,7 @@ import (
 // keys, rows that do not exist yet, and that Redis and the database agree
 // once the stream is drained.
 func TestWriteAndFlush(t *testing.T) {
+	t.Parallel() // its own servers; overlaps the fault test's waits
 	e := newEnv(t, envOpts{})
 	t.Run("flush", func(t *testing.T) { testWriteAndFlush(e.sub(t)) })
 	t.Run("backlog-cap", func(t *testing.T) { testBacklogCap(e.sub(t)) })
