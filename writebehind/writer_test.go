@@ -157,17 +157,22 @@ func TestClientRetryAppliesOnce(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: px.addr(), ReadTimeout: 5 * time.Second}) // MaxRetries: the default, 3
 	t.Cleanup(func() { _ = rdb.Close() })
 
-	incrOnce := func(t *testing.T, stream, key string) (*writebehind.Writer, int64) {
-		w, err := writebehind.NewWriter(rdb, testMappings, writebehind.WriterOptions{Stream: stream})
+	incrOnce := func(t *testing.T, stream, key string, opt ...writebehind.WriterOptions) (*writebehind.Writer, int64) {
+		o := writebehind.WriterOptions{}
+		if len(opt) > 0 {
+			o = opt[0]
+		}
+		o.Stream = stream
+		w, err := writebehind.NewWriter(rdb, testMappings, o)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := w.Incr(ctx, "counter:1", 1); err != nil { // loads the script
+		if _, err := w.Incr(ctx, "counter:1", 1); err != nil && !errors.Is(err, writebehind.ErrNotReplicated) { // loads the script
 			t.Fatal(err)
 		}
 		px.dropReplyTo(key)
 		v, err := w.Incr(ctx, key, 1)
-		if err != nil {
+		if err != nil && !(o.WaitReplicas > 0 && errors.Is(err, writebehind.ErrNotReplicated)) {
 			t.Fatalf("Incr through the proxy: %v", err)
 		}
 		if px.dropped.Load() != 1 {
@@ -190,6 +195,13 @@ func TestClientRetryAppliesOnce(t *testing.T) {
 		check(t, "wb-retry", "counter:777", 1)
 		if v != 1 || w.Stats.Replayed.Load() != 1 {
 			t.Errorf("Incr returned %d with %d replays, want 1 and 1 (the retry answered from the token)", v, w.Stats.Replayed.Load())
+		}
+	})
+	t.Run("token-with-wait", func(t *testing.T) { // the script and WAIT in one pipeline, retried together
+		w, v := incrOnce(t, "wb-retry-wait", "counter:780", writebehind.WriterOptions{WaitReplicas: 1, WaitTimeout: 10 * time.Millisecond})
+		check(t, "wb-retry-wait", "counter:780", 1)
+		if v != 1 || w.Stats.Replayed.Load() != 1 {
+			t.Errorf("Incr returned %d with %d replays, want 1 and 1", v, w.Stats.Replayed.Load())
 		}
 	})
 	t.Run("no-token-applies-twice", func(t *testing.T) {
