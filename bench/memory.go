@@ -151,17 +151,18 @@ func (b *bench) watchRSS(ctx context.Context, eng *harness.Process, done <-chan 
 	}
 }
 
-// wideExtra is how many columns --wide adds to the table's three.
-const wideExtra = 97
+// wideExtra is how many columns --wide adds to the table's ten: 100.
+const wideExtra = 90
 
-// wideColumns is the column definitions --wide adds to the table.
-func wideColumns(wide bool) string {
-	if !wide {
-		return ""
-	}
+// wideAlterSQL adds the columns of --wide to the bench table.
+func wideAlterSQL() string {
 	var s strings.Builder
+	s.WriteString("ALTER TABLE " + table)
 	for i := 1; i <= wideExtra; i++ {
-		fmt.Fprintf(&s, ", c%d text", i)
+		if i > 1 {
+			s.WriteString(",")
+		}
+		fmt.Fprintf(&s, " ADD COLUMN c%d text", i)
 	}
 	return s.String()
 }
