@@ -54,7 +54,7 @@ func waitAck(t *testing.T, acks chanAcker, want replication.LSN, within time.Dur
 // walsender sends after nearly every transaction while the engine keeps
 // up) costs no round trip of its own: a fresh commit right behind it would
 // wait for that round trip. The position goes with the next batch, or is
-// watermarked and acknowledged within markEvery when nothing follows.
+// watermarked and acknowledged after holdPosition when nothing follows.
 func TestKeepalivePositionCostsNoRoundTrip(t *testing.T) {
 	rdb, _ := newRedis(t)
 	hook := &countPipelines{}
@@ -68,7 +68,10 @@ func TestKeepalivePositionCostsNoRoundTrip(t *testing.T) {
 	defer func() { cancel(); <-done }()
 
 	in <- replication.Event{End: 100}
-	time.Sleep(20 * time.Millisecond)
+	for len(in) > 0 { // the sink took it
+		time.Sleep(100 * time.Microsecond)
+	}
+	time.Sleep(time.Millisecond) // less than holdPosition
 	if n := hook.n.Load(); n != 0 {
 		t.Fatalf("a keepalive position cost %d round trips before the next commit", n)
 	}
@@ -79,8 +82,8 @@ func TestKeepalivePositionCostsNoRoundTrip(t *testing.T) {
 	}
 	// A keepalive with nothing after it is still confirmed, soon.
 	in <- replication.Event{End: 300}
-	if took := waitAck(t, acks, 300, 5*time.Second); took < markEvery/2 {
-		t.Errorf("a lone keepalive position was acknowledged after %s, before its hold of %s", took, markEvery)
+	if took := waitAck(t, acks, 300, 5*time.Second); took < holdPosition/2 {
+		t.Errorf("a lone keepalive position was acknowledged after %s, before its hold of %s", took, holdPosition)
 	}
 	if v, err := rdb.Get(context.Background(), "wm").Result(); err != nil || v != replication.LSN(300).String() {
 		t.Errorf("watermark %q %v, want %s: a position is acknowledged only once watermarked", v, err, replication.LSN(300))
