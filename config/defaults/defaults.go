@@ -98,7 +98,7 @@ const (
 	// (many small transactions queue while a pipeline is out), and
 	// QueueBytes bounds their bytes (large ones do not pile up).
 	QueueEvents = 1024
-	QueueBytes  = 8 << 20
+	QueueBytes  = 4 << 20
 	// MaxBatchBytes bounds the bytes of the events one Redis pipeline
 	// gathers (sink.max_batch_keys bounds their count).
 	MaxBatchBytes = 4 << 20
