@@ -120,7 +120,9 @@ func TestTxnBufferKeysChargedByBytes(t *testing.T) {
 // boundSession is a session without a server that maps with m.
 func boundSession(t *testing.T, m Mapper, out chan Event) *session {
 	t.Helper()
-	s := New(Config{SpillDir: t.TempDir()}, m, fixedPositions{}, out)
+	// The tests read the events after the transaction: the queue's byte
+	// bound (TestQueueBoundedByBytes) would wait for a sink.
+	s := New(Config{SpillDir: t.TempDir(), QueueBytes: 1 << 30}, m, fixedPositions{}, out)
 	return &session{
 		s: s, ctx: context.Background(),
 		rels:    map[uint32]*Relation{},
