@@ -177,7 +177,8 @@ type bench struct {
 
 	db  *pgxpool.Pool
 	mon *pgx.Conn // polls the slots
-	rdb *redis.Client
+	rdb  redis.UniversalClient // the bench's own client, never through the delay proxy
+	topo topo                  // cluster, sentinel, replicas, delay proxy
 
 	engineBin  string
 	recvBin    string
@@ -219,10 +220,10 @@ func (b *bench) setup(ctx context.Context, rep *Report) error {
 		if b.pg, err = harness.StartPostgres(ctx, harness.PostgresOptions{}); err != nil {
 			return err
 		}
-		if b.rd, err = harness.StartRedis(ctx, harness.RedisOptions{}); err != nil {
+		if err := b.startRedis(ctx); err != nil {
 			return err
 		}
-		b.dsn, b.redisAddr = b.pg.DSN("postgres"), b.rd.Addr()
+		b.dsn = b.pg.DSN("postgres")
 		if b.opts.PgRecvLogical == "" {
 			// The client of the server's own version, when it is there.
 			if p, err := findPgRecvLogical("", b.pg.BinDir()); err == nil {
@@ -230,7 +231,8 @@ func (b *bench) setup(ctx context.Context, rep *Report) error {
 			}
 		}
 	} else {
-		b.dsn, b.redisAddr = b.opts.PostgresDSN, b.opts.RedisAddr
+		b.dsn = b.opts.PostgresDSN
+		b.givenRedis()
 	}
 
 	b.prog.Step("connecting")
@@ -247,11 +249,10 @@ func (b *bench) setup(ctx context.Context, rep *Report) error {
 	if walLevel != "logical" {
 		return fmt.Errorf("postgres runs with wal_level=%s; the bench needs wal_level=logical", walLevel)
 	}
-	b.rdb = redis.NewClient(&redis.Options{
-		Addr: b.redisAddr, DB: b.opts.RedisDB,
-		Username: os.Getenv("CDC_REDIS_USERNAME"), Password: os.Getenv("CDC_REDIS_PASSWORD"),
-		PoolSize: 16,
-	})
+	if err := b.connectRedis(ctx); err != nil {
+		return err
+	}
+	rep.Settings.Redis = b.redisSettings()
 	info, err := b.rdb.Info(ctx, "server").Result()
 	if err != nil {
 		return fmt.Errorf("redis at %s: %w", b.redisAddr, err)
@@ -296,6 +297,9 @@ type redisCounters struct {
 }
 
 func (b *bench) redisStats(ctx context.Context) redisCounters {
+	if b.isCluster() {
+		return b.clusterRedisCounters(ctx)
+	}
 	info, err := b.rdb.Info(ctx, "stats", "cpu").Result()
 	if err != nil {
 		return redisCounters{}
@@ -473,7 +477,7 @@ func (b *bench) engineConfig(slot, metricsListen string) (string, error) {
 	var s strings.Builder
 	q := func(v string) string { j, _ := json.Marshal(v); return string(j) } // a JSON string is a YAML scalar
 	fmt.Fprintf(&s, "# written by cdcinvalidate bench\npostgres:\n  slot: %s\n  publication: %s\n", slot, publication)
-	fmt.Fprintf(&s, "redis:\n  addr: %s\n  db: %d\n", q(b.redisAddr), b.opts.RedisDB)
+	fmt.Fprintf(&s, "redis:\n%s", b.engineRedisYAML())
 	if metricsListen != "" {
 		fmt.Fprintf(&s, "metrics:\n  listen: %s\n  pprof: true\n", q(metricsListen))
 	}
@@ -516,6 +520,9 @@ func (b *bench) startEngine(ctx context.Context, slot string, created pglogrepl.
 		b.mu.Unlock()
 		if err := b.rdb.Set(ctx, key, created.String(), 0).Err(); err != nil {
 			return nil, fmt.Errorf("redis: set the engine's watermark %s: %w", key, err)
+		}
+		if err := b.setShardWatermarks(ctx, key, created); err != nil {
+			return nil, err
 		}
 	}
 	c, err := startChild("engine", b.engineBin, []string{"run", "--config", cfg}, b.childEnv())
@@ -599,7 +606,7 @@ func (b *bench) countKeys(ctx context.Context, from, to int) (int, error) {
 		for i := lo; i <= min(lo+chunk-1, to); i++ {
 			keys = append(keys, keyPrefix+strconv.Itoa(i))
 		}
-		cmds = append(cmds, pipe.Exists(ctx, keys...))
+		cmds = append(cmds, b.existsCmds(ctx, pipe, keys)...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return 0, fmt.Errorf("redis: count keys: %w", err)
@@ -624,18 +631,16 @@ func (b *bench) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if b.rdb != nil {
-		if b.keyspaceOld != nil {
-			if err := b.rdb.ConfigSet(ctx, "notify-keyspace-events", *b.keyspaceOld).Err(); err != nil {
-				b.warn("could not restore Redis notify-keyspace-events to %q: %v", *b.keyspaceOld, err)
-			}
-		}
+		b.restoreKeyspace(ctx)
 		if !b.throwaway && b.keysSet > 0 {
 			if err := b.deleteKeys(ctx, 0, b.keysSet); err != nil {
 				b.warn("could not delete the bench's keys %s0..%s%d: %v", keyPrefix, keyPrefix, b.keysSet, err)
 			}
 		}
 		if !b.throwaway && len(b.watermarks) > 0 {
-			if err := b.rdb.Unlink(ctx, b.watermarks...).Err(); err != nil {
+			pipe := b.rdb.Pipeline()
+			b.unlinkCmds(ctx, pipe, b.watermarks)
+			if _, err := pipe.Exec(ctx); err != nil {
 				b.warn("could not delete the engine's watermark key %s: %v", b.watermarks[0], err)
 			}
 		}
@@ -659,6 +664,7 @@ func (b *bench) cleanup() {
 	if b.mon != nil {
 		_ = b.mon.Close(ctx)
 	}
+	b.closeTopology()
 	if b.rd != nil {
 		if err := b.rd.Close(); err != nil {
 			b.warn("%v", err)
@@ -682,7 +688,7 @@ func (b *bench) deleteKeys(ctx context.Context, from, to int) error {
 		for i := lo; i <= min(lo+chunk-1, to); i++ {
 			keys = append(keys, keyPrefix+strconv.Itoa(i))
 		}
-		pipe.Unlink(ctx, keys...)
+		b.unlinkCmds(ctx, pipe, keys)
 	}
 	_, err := pipe.Exec(ctx)
 	return err

@@ -69,6 +69,8 @@ type Settings struct {
 	DurationSeconds float64  `json:"duration_seconds"`
 	MaxConns        int      `json:"max_conns"`
 	BigRows         int      `json:"big_rows"`
+	// Redis is the topology, the added round trip and wait_replicas.
+	Redis RedisSettings `json:"redis"`
 }
 
 // CatchUp is the catch-up measurement of one workload.
@@ -201,6 +203,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(&b, "engine %s (%s, %s, %d CPUs); PostgreSQL %s, Redis %s (%s)\n", e.EngineBinary, e.GoVersion, e.Platform, e.CPUs, e.Postgres, e.Redis, where)
 	if e.LoadAverage != [2]float64{} {
 		fmt.Fprintf(&b, "load average (1 min) %.2f at the start, %.2f at the end, on %d CPUs\n", e.LoadAverage[0], e.LoadAverage[1], e.CPUs)
+	}
+	if d := r.Settings.Redis.describe(); d != "" {
+		fmt.Fprintln(&b, d)
 	}
 	if len(e.PluginOptions) > 0 {
 		fmt.Fprintf(&b, "pgoutput options of both consumers: %s\n", strings.Join(e.PluginOptions, ", "))
