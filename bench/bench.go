@@ -175,8 +175,8 @@ type bench struct {
 	redisAddr string
 	version   int
 
-	db  *pgxpool.Pool
-	mon *pgx.Conn // polls the slots
+	db   *pgxpool.Pool
+	mon  *pgx.Conn             // polls the slots
 	rdb  redis.UniversalClient // the bench's own client, never through the delay proxy
 	topo topo                  // cluster, sentinel, replicas, delay proxy
 
