@@ -175,10 +175,12 @@ type bench struct {
 	redisAddr string
 	version   int
 
-	db   *pgxpool.Pool
-	mon  *pgx.Conn             // polls the slots
-	rdb  redis.UniversalClient // the bench's own client, never through the delay proxy
-	topo topo                  // cluster, sentinel, replicas, delay proxy
+	db  *pgxpool.Pool
+	mon *pgx.Conn // polls the slots
+	// rdb is the bench's own client: never through the delay proxy.
+	rdb redis.UniversalClient
+
+	topo topo // cluster, sentinel, replicas, delay proxy
 
 	engineBin  string
 	recvBin    string
