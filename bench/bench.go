@@ -106,7 +106,7 @@ func Run(ctx context.Context, opts Options, stderr io.Writer) (*Report, error) {
 		Started: time.Now(),
 		Settings: Settings{
 			Rows: opts.Rows, Batch: opts.Batch, Repeat: opts.Repeat, Rates: rates,
-			DurationSeconds: opts.Duration.Seconds(), MaxConns: opts.MaxConns, BigRows: opts.BigRows,
+			DurationSeconds: opts.Duration.Seconds(), MaxConns: opts.MaxConns, BigRows: opts.BigRows, Instances: opts.Instances,
 		},
 	}
 	load := loadAverage()
@@ -138,6 +138,9 @@ func Run(ctx context.Context, opts Options, stderr io.Writer) (*Report, error) {
 			if err != nil {
 				return rep, fmt.Errorf("catch-up %s: %w", w.name, err)
 			}
+		}
+		if err := b.runInstances(ctx, rep); err != nil {
+			return rep, err
 		}
 	}
 	if opts.has(PhaseLatency) {
@@ -288,7 +291,7 @@ func (b *bench) setup(ctx context.Context, rep *Report) error {
 			return fmt.Errorf("postgres: %s: %w", firstWords(sql), err)
 		}
 	}
-	return nil
+	return b.setupInstances(ctx)
 }
 
 // redisCounters are Redis's totals from INFO; ok is false when unread.
@@ -371,6 +374,9 @@ func firstWords(sql string) string {
 
 // dropLeftovers removes what an interrupted earlier run left behind.
 func (b *bench) dropLeftovers(ctx context.Context) error {
+	if err := b.dropInstances(ctx); err != nil {
+		return err
+	}
 	for _, s := range []string{engineSlot, recvSlot} {
 		if err := b.dropSlot(ctx, s); err != nil {
 			return err
@@ -650,6 +656,9 @@ func (b *bench) cleanup() {
 	}
 	if b.db != nil {
 		if !b.throwaway {
+			if err := b.dropInstances(ctx); err != nil {
+				b.warn("%v; drop the cdcbench_* slots, publications and tables yourself", err)
+			}
 			for _, s := range []string{engineSlot, recvSlot} {
 				if err := b.dropSlot(ctx, s); err != nil {
 					b.warn("%v; drop it yourself, or it keeps WAL on the server: SELECT pg_drop_replication_slot('%s')", err, s)

@@ -37,6 +37,8 @@ type Report struct {
 	CatchUp     []CatchUp   `json:"catch_up,omitempty"`
 	Latency     []Latency   `json:"latency,omitempty"`
 	Memory      *Memory     `json:"memory,omitempty"`
+	// InstancesCatchUp is the --instances measurement (instances.go).
+	InstancesCatchUp []InstancesCatchUp `json:"instances_catch_up,omitempty"`
 	// Problems are failed checks (lost invalidations, keys left behind);
 	// a report with problems makes the command exit 1.
 	Problems []string `json:"problems,omitempty"`
@@ -68,6 +70,7 @@ type Settings struct {
 	Rates           []string `json:"rates"`
 	DurationSeconds float64  `json:"duration_seconds"`
 	MaxConns        int      `json:"max_conns"`
+	Instances       int      `json:"instances,omitempty"`
 	BigRows         int      `json:"big_rows"`
 	// Redis is the topology, the added round trip and wait_replicas.
 	Redis RedisSettings `json:"redis"`
@@ -263,6 +266,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+	}
+
+	if err := writeInstances(&b, r); err != nil {
+		return err
 	}
 
 	if len(r.Latency) > 0 {
