@@ -19,7 +19,8 @@ import (
 )
 
 // instance is one engine process of the multi-instance pattern
-// (docs/topologies.md, "Several instances"): its own slot, publication,
+// (docs/operations.md, "Several instances: beyond one slot", and
+// docs/topologies.md, "Several Redis targets"): its own slot, publication,
 // configuration and metrics port.
 type instance struct {
 	t       *testing.T
