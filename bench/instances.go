@@ -45,10 +45,11 @@ const (
 	allEngineSlot  = engineSlot + "_all"
 )
 
-// instanceRange is the ids of instance k's table.
+// instanceRange is the ids of instance k's table: 1..Rows split evenly
+// (sizes differ by at most one).
 func (b *bench) instanceRange(k int) (lo, hi int) {
-	per := (b.opts.Rows + b.opts.Instances - 1) / b.opts.Instances
-	return (k-1)*per + 1, min(k*per, b.opts.Rows)
+	n, rows := b.opts.Instances, b.opts.Rows
+	return (k-1)*rows/n + 1, k * rows / n
 }
 
 func (b *bench) instanceSlots() []string {
@@ -129,9 +130,11 @@ func (b *bench) dropInstances(ctx context.Context) error {
 // turn. It must run outside a transaction block.
 func (b *bench) instancesWorkloadSQL(batch int) string {
 	var s strings.Builder
-	_, hi1 := b.instanceRange(1)
-	lo1, _ := b.instanceRange(1)
-	txns := (hi1 - lo1 + 1 + batch - 1) / batch // the first table is the largest
+	txns := 0
+	for k := 1; k <= b.opts.Instances; k++ {
+		lo, hi := b.instanceRange(k)
+		txns = max(txns, (hi-lo+1+batch-1)/batch)
+	}
 	fmt.Fprintf(&s, "DO $$\nBEGIN\n  FOR i IN 0..%d LOOP\n", txns-1)
 	for k := 1; k <= b.opts.Instances; k++ {
 		lo, hi := b.instanceRange(k)
