@@ -64,6 +64,18 @@
 // achieved rate, p50, p99, p99.9 and max (nearest rank), and lost writes.
 // Target: p99 <= 5 ms at 2,000 commits/s.
 //
+// During the writes the bench also samples, every 10 ms, the engine's
+// walsender: pg_current_wal_lsn() against pg_stat_replication.sent_lsn,
+// reported as the age of the oldest WAL not yet sent (p50, p99, max; a
+// lower bound at 10 ms resolution). That delay is the walsender's share of
+// the latency, before the engine saw anything. With --latency-control
+// (default on) the same writes then run again at each rate with
+// pg_recvlogical as the only consumer of a fresh slot, and its walsender's
+// delay is reported beside: on a machine whose cores are all busy (2 cores
+// serve the writers, the walsender, the consumer and Redis) the walsender
+// can fall behind at 2,000 commits/s, and the control shows whether it
+// does for any consumer or for the engine's only.
+//
 // # Peak memory
 //
 // With the engine streaming on a fresh slot, one INSERT ... SELECT

@@ -38,6 +38,9 @@ type Options struct {
 	BigRows int
 	// Phases selects the measurements: "catchup", "latency", "memory".
 	Phases []string
+	// LatencyControl runs the latency writes again with pg_recvlogical as
+	// the only consumer and reports its walsender's delay.
+	LatencyControl bool
 
 	// Engine is the cdcinvalidate binary to run (default: this executable).
 	Engine string
@@ -94,6 +97,8 @@ func DefaultOptions() Options {
 		BigRows:  2_000_000,
 		Phases:   allPhases,
 
+		LatencyControl: true,
+
 		RedisTopology: TopologyStandalone,
 		Instances:     1,
 	}
@@ -145,6 +150,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.MaxConns, "max-conns", o.MaxConns, "writer connections for the rate max")
 	fs.IntVar(&o.BigRows, "big-rows", o.BigRows, "rows of the one transaction of the memory measurement")
 	fs.Var((*phaseList)(&o.Phases), "phases", "`phases` to run, comma-separated: catchup, latency, memory")
+	fs.BoolVar(&o.LatencyControl, "latency-control", o.LatencyControl, "after the engine's latency run, run the same writes with pg_recvlogical as the only consumer and report its walsender's delay beside the engine's")
 	fs.StringVar(&o.Engine, "engine", "", "cdcinvalidate `binary` to measure (default: this executable)")
 	fs.StringVar(&o.PgRecvLogical, "pg-recvlogical", "", "pg_recvlogical `binary` (default: next to the PostgreSQL server binaries, on PATH, or in /usr/lib/postgresql/*/bin)")
 	fs.StringVar(&o.ProfileDir, "profile", "", "write pprof profiles of the engine into `dir`: CPU per catch-up "+
