@@ -99,7 +99,8 @@ func keyGone(rdb *redis.Client, key string) func() bool {
 // Beyond one slot: two engines, two publications and slots over disjoint
 // tables, one Redis. Each invalidates its own tables' keys, reports its
 // own status and metrics, and one stopped holds back only its own slot:
-// the other keeps invalidating and confirming.
+// the other keeps invalidating and confirming. A standby of one instance
+// takes over that instance's slot only.
 func TestInstancesSplitTables(t *testing.T) {
 	bin := harness.BuildEngine(t)
 	pg := harness.PostgresT(t, harness.PostgresOptions{})
@@ -203,6 +204,29 @@ func TestInstancesSplitTables(t *testing.T) {
 	// Restarted, it catches up on its own slot.
 	a.start(db)
 	harness.WaitFor(t, 20*time.Second, "a:2 invalidated after inst_a restarted", keyGone(rdb, "a:2"))
+
+	// HA is per instance: a second process of inst_a's configuration waits
+	// as its standby (not inst_b's), and takes over when the leader dies.
+	// (On another port: in production the standby runs on another host.)
+	port, err := harness.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	standby := harness.StartProcessT(t, harness.Command{Name: "engine inst_a standby", Path: bin, Args: []string{"run", "--config", a.cfgPath},
+		Env: append(os.Environ(), fmt.Sprintf("CDC_METRICS_LISTEN=127.0.0.1:%d", port))})
+	harness.WaitFor(t, 20*time.Second, "the second inst_a process to wait as standby", func() bool {
+		return strings.Contains(standby.Output(), "waiting as standby")
+	})
+	if err := a.proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	a.proc = standby
+	set("a:3", "b:3")
+	exec(`UPDATE ta SET v = 'w' WHERE id = 3`)
+	exec(`UPDATE tb SET v = 'w' WHERE id = 3`)
+	harness.WaitFor(t, 30*time.Second, "a:3 invalidated by inst_a's standby after the leader was killed, b:3 by inst_b", func() bool {
+		return keyGone(rdb, "a:3")() && keyGone(rdb, "b:3")()
+	})
 	a.stop()
 	b.stop()
 }
