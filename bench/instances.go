@@ -564,7 +564,15 @@ func (b *bench) runInstances(ctx context.Context, rep *Report) error {
 	if b.opts.Instances < 2 {
 		return nil
 	}
+	// The two shapes, batched and single-row: the instances have rules of
+	// their own (the delete rule), whatever catch-up variants run.
+	seen := map[string]bool{}
 	for _, w := range b.workloads() {
+		if seen[w.shape] {
+			continue
+		}
+		seen[w.shape] = true
+		w.name, w.desc = w.shape, map[string]string{"batched": fmt.Sprintf("batched, %s rows/txn", thousands(int64(b.opts.Batch))), "single": "single-row txns"}[w.shape]
 		c, err := b.instancesCatchUp(ctx, w)
 		if c != nil && len(c.Runs) > 0 {
 			rep.InstancesCatchUp = append(rep.InstancesCatchUp, *c)

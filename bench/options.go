@@ -73,6 +73,9 @@ type Options struct {
 	// Progress forces the progress display on stderr; by default it is
 	// shown only when stderr is a terminal.
 	Progress bool
+
+	// WorkloadOptions choose the catch-up variants (workload_options.go).
+	WorkloadOptions
 }
 
 // Phase names.
@@ -98,6 +101,8 @@ func DefaultOptions() Options {
 		Phases:   allPhases,
 
 		LatencyControl: true,
+
+		WorkloadOptions: defaultWorkloadOptions(),
 
 		RedisTopology: TopologyStandalone,
 		Instances:     1,
@@ -159,6 +164,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	o.registerTopologyFlags(fs)
 	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON on stdout instead of the table")
 	fs.BoolVar(&o.Progress, "progress", false, "show progress on stderr even when it is not a terminal")
+	o.registerWorkloadFlags(fs)
 }
 
 // Validate checks the options and returns every problem.
@@ -194,6 +200,7 @@ func (o *Options) Validate() error {
 	if len(o.Phases) == 0 {
 		errs = append(errs, errors.New("--phases: give at least one of catchup, latency, memory"))
 	}
+	errs = append(errs, o.validateWorkload()...)
 	errs = append(errs, o.validateTopology()...)
 	if o.Engine != "" {
 		if _, err := exec.LookPath(o.Engine); err != nil {

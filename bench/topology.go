@@ -310,6 +310,29 @@ func (b *bench) existsCmds(ctx context.Context, pipe redis.Pipeliner, keys []str
 	return out
 }
 
+// mget reads keys as MGET does (nil for a missing key); on a cluster one
+// GET per key, pipelined (keys in different slots).
+func (b *bench) mget(ctx context.Context, keys []string) ([]any, error) {
+	if !b.isCluster() {
+		return b.rdb.MGet(ctx, keys...).Result()
+	}
+	pipe := b.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.Get(ctx, k)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	out := make([]any, len(keys))
+	for i, c := range cmds {
+		if v, err := c.Result(); err == nil {
+			out[i] = v
+		}
+	}
+	return out, nil
+}
+
 // unlinkCmds queues UNLINK of keys on pipe, one per key on a cluster.
 func (b *bench) unlinkCmds(ctx context.Context, pipe redis.Pipeliner, keys []string) {
 	if !b.isCluster() {
