@@ -132,7 +132,10 @@ func (b *bench) prepareRedis(ctx context.Context, v variant) error {
 	if err := b.pipeKeys(ctx, 1, rows, del, false); err != nil {
 		return err
 	}
-	return b.rdb.Unlink(ctx, streamKey, generationKey).Err()
+	pipe := b.rdb.Pipeline()
+	b.unlinkCmds(ctx, pipe, []string{streamKey, generationKey}) // one per key on a cluster
+	_, err := pipe.Exec(ctx)
+	return err
 }
 
 // noteKeys records which keys a run may create, for cleanup with given
@@ -158,7 +161,9 @@ func (b *bench) cleanupVariantKeys(ctx context.Context) {
 	if err := b.pipeKeys(ctx, 0, b.keysSet, formats, false); err != nil {
 		b.warn("could not delete the bench's keys (%s): %v", strings.Join(formats, ", "), err)
 	}
-	if err := b.rdb.Unlink(ctx, streamKey, generationKey).Err(); err != nil {
+	pipe := b.rdb.Pipeline()
+	b.unlinkCmds(ctx, pipe, []string{streamKey, generationKey}) // one per key on a cluster
+	if _, err := pipe.Exec(ctx); err != nil {
 		b.warn("could not delete %s and %s: %v", streamKey, generationKey, err)
 	}
 }
