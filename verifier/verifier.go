@@ -150,7 +150,9 @@ type Options struct {
 	Observer     Observer
 	Labeler      Labeler
 	// Report, when set, receives the figures every ReportEvery (default
-	// 10s) from Run's goroutine (the engine stores them for `status`).
+	// 10s) from Run's goroutine (the engine stores them for `status`), and
+	// once more when Run's context ends (with a context that is not
+	// cancelled), so a stopped engine leaves its last figures.
 	Report      func(ctx context.Context, figures []WindowFigures)
 	ReportEvery time.Duration
 	// Now is the clock (default time.Now), for tests.
@@ -336,6 +338,11 @@ func (v *Verifier) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			if v.opt.Report != nil {
+				fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+				v.opt.Report(fctx, v.Figures())
+				cancel()
+			}
 			return nil
 		case batch := <-v.in:
 			v.accept(batch)

@@ -248,3 +248,33 @@ func TestMatchGlob(t *testing.T) {
 		}
 	}
 }
+
+// TestRunReportsWhenStopped: a stopped engine leaves its last figures (the
+// fault suite sums them per engine process), reported with a context that
+// is not cancelled, so the write to Redis can still succeed.
+func TestRunReportsWhenStopped(t *testing.T) {
+	var mu sync.Mutex
+	var last []WindowFigures
+	var lastErr error
+	rd := &fakeRedis{vals: map[string]string{}}
+	v := New(rd, Options{Rate: 1, Windows: []time.Duration{10 * time.Millisecond}, ReportEvery: time.Hour,
+		Report: func(ctx context.Context, f []WindowFigures) {
+			mu.Lock()
+			last, lastErr = f, ctx.Err()
+			mu.Unlock()
+		}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- v.Run(ctx) }()
+	v.Offer([]Sample{{Key: "k", LSN: 10, Kind: KindDelete}})
+	waitChecks(t, v, 0, 1)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(last) != 1 || last[0].Absent != 1 || lastErr != nil {
+		t.Fatalf("final report %+v (context error %v), want one absent check and a live context", last, lastErr)
+	}
+}
