@@ -60,6 +60,11 @@ type Sample struct {
 	// this invalidation: a fill stamped below it began its load before.
 	Floor replication.LSN
 	Value string // KindRefresh: the value written
+	// OrderKey (KindRefresh) holds the commit LSN of the newest refresh
+	// write any engine instance applied to Key (sink.OrderKey): a value
+	// other than Value under an order LSN above LSN is a later row, not
+	// an older one.
+	OrderKey string
 }
 
 // Result is how a check ended.
@@ -78,7 +83,14 @@ func (r Result) Consistent() bool { return r == Absent || r == Newer }
 
 // Classify judges the value read from Redis (nil: absent) against the
 // newest invalidation the engine applied to the key.
-func Classify(latest Sample, val *string) Result {
+func Classify(latest Sample, val *string) Result { return ClassifyOrdered(latest, val, nil) }
+
+// ClassifyOrdered is Classify with the value of the sample's OrderKey
+// (nil: absent or not read). A refreshed value other than the one the
+// engine wrote is newer, not stale, when the order key records a later
+// commit: another engine instance (a standby that took over, while this
+// one was frozen) or a later transaction wrote it.
+func ClassifyOrdered(latest Sample, val, order *string) Result {
 	if val == nil {
 		return Absent
 	}
@@ -95,6 +107,11 @@ func Classify(latest Sample, val *string) Result {
 	case KindRefresh:
 		if *val == latest.Value {
 			return Newer
+		}
+		if order != nil {
+			if o, err := pglogrepl.ParseLSN(*order); err == nil && o > latest.LSN {
+				return Newer
+			}
 		}
 		return Stale
 	}
@@ -413,9 +430,11 @@ func (v *Verifier) checkDue(ctx context.Context) {
 	keys := make([]string, 0, len(due))
 	seen := make(map[string]int, len(due))
 	for _, c := range due {
-		if _, ok := seen[c.s.Key]; !ok {
-			seen[c.s.Key] = len(keys)
-			keys = append(keys, c.s.Key)
+		for _, k := range [2]string{c.s.Key, v.latest[c.s.Key].s.OrderKey} {
+			if _, ok := seen[k]; !ok && k != "" {
+				seen[k] = len(keys)
+				keys = append(keys, k)
+			}
 		}
 	}
 	vals, err := v.rd.GetMany(ctx, keys)
@@ -429,7 +448,11 @@ func (v *Verifier) checkDue(ctx context.Context) {
 	}
 	for _, c := range due {
 		e := v.latest[c.s.Key]
-		r := Classify(e.s, vals[seen[c.s.Key]])
+		var order *string
+		if i, ok := seen[e.s.OrderKey]; ok && e.s.OrderKey != "" {
+			order = vals[i]
+		}
+		r := ClassifyOrdered(e.s, vals[seen[c.s.Key]], order)
 		if r == Stale && !c.confirmed {
 			// First sight: read it again before counting it.
 			c.due, c.confirmed = now.Add(v.opt.ConfirmAfter), true

@@ -278,3 +278,43 @@ func TestRunReportsWhenStopped(t *testing.T) {
 		t.Fatalf("final report %+v (context error %v), want one absent check and a live context", last, lastErr)
 	}
 }
+
+// TestClassifyOrdered: a refreshed value other than the one this engine
+// wrote is newer when the key's order key records a later commit (a
+// standby that took over while this engine was frozen wrote a later row:
+// the fault suite's zombie scenario counted those stale before), and
+// stale when it does not.
+func TestClassifyOrdered(t *testing.T) {
+	ref := Sample{Key: "k", LSN: 0x200, Kind: KindRefresh, Value: `{"id":1}`, OrderKey: "cdcinvalidate:lsn:{k}"}
+	for _, c := range []struct {
+		name       string
+		val, order *string
+		want       Result
+	}{
+		{"other value, later commit in the order key", str(`{"id":2}`), str("0/201"), Newer},
+		{"other value, same commit in the order key", str(`{"id":2}`), str("0/200"), Stale},
+		{"other value, older commit in the order key", str(`{"id":2}`), str("0/1FF"), Stale},
+		{"other value, no order key", str(`{"id":2}`), nil, Stale},
+		{"other value, order key not an LSN", str(`{"id":2}`), str("x"), Stale},
+		{"equal value", str(`{"id":1}`), str("0/1"), Newer},
+		{"absent", nil, str("0/300"), Absent},
+	} {
+		if got := ClassifyOrdered(ref, c.val, c.order); got != c.want {
+			t.Errorf("%s: ClassifyOrdered = %s, want %s", c.name, got, c.want)
+		}
+	}
+	// Run reads the order key with the key.
+	rd := &fakeRedis{vals: map[string]string{"a": `{"id":2}`, "cdcinvalidate:lsn:{a}": "0/300", "b": `{"id":2}`, "cdcinvalidate:lsn:{b}": "0/200"}}
+	v := New(rd, Options{Rate: 1, Windows: []time.Duration{10 * time.Millisecond}, ConfirmAfter: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = v.Run(ctx) }()
+	v.Offer([]Sample{
+		{Key: "a", LSN: 0x200, Kind: KindRefresh, Value: `{"id":1}`, OrderKey: "cdcinvalidate:lsn:{a}"},
+		{Key: "b", LSN: 0x200, Kind: KindRefresh, Value: `{"id":1}`, OrderKey: "cdcinvalidate:lsn:{b}"},
+	})
+	f := waitChecks(t, v, 0, 2)
+	if f.Newer != 1 || f.Stale != 1 {
+		t.Fatalf("figures %+v, want a newer (order key above) and a stale (order key at the commit)", f)
+	}
+}
