@@ -58,6 +58,9 @@ type Options struct {
 	// Progress forces the progress display on stderr; by default it is
 	// shown only when stderr is a terminal.
 	Progress bool
+
+	// WorkloadOptions choose the catch-up variants (workload_options.go).
+	WorkloadOptions
 }
 
 // Phase names.
@@ -83,6 +86,8 @@ func DefaultOptions() Options {
 		Phases:   allPhases,
 
 		LatencyControl: true,
+
+		WorkloadOptions: defaultWorkloadOptions(),
 	}
 }
 
@@ -140,6 +145,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 		"(go tool pprof BINARY FILE); the engine then also serves metrics")
 	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON on stdout instead of the table")
 	fs.BoolVar(&o.Progress, "progress", false, "show progress on stderr even when it is not a terminal")
+	o.registerWorkloadFlags(fs)
 }
 
 // Validate checks the options and returns every problem.
@@ -175,6 +181,7 @@ func (o *Options) Validate() error {
 	if len(o.Phases) == 0 {
 		errs = append(errs, errors.New("--phases: give at least one of catchup, latency, memory"))
 	}
+	errs = append(errs, o.validateWorkload()...)
 	if o.Engine != "" {
 		if _, err := exec.LookPath(o.Engine); err != nil {
 			errs = append(errs, fmt.Errorf("--engine: %w", err))

@@ -69,6 +69,8 @@ type Settings struct {
 	DurationSeconds float64  `json:"duration_seconds"`
 	MaxConns        int      `json:"max_conns"`
 	BigRows         int      `json:"big_rows"`
+	// Variants are the catch-up variants' options (workload_options.go).
+	Variants VariantSettings `json:"variants"`
 }
 
 // CatchUp is the catch-up measurement of one workload.
@@ -93,6 +95,9 @@ type CatchUp struct {
 	CPUProfile  string       `json:"cpu_profile,omitempty"` // engine CPU profile of an extra run
 	Met         bool         `json:"target_met"`
 	Runs        []CatchUpRun `json:"runs"`
+
+	// The variant and its comparison with the reference (report_variants.go).
+	CatchUpVariant
 }
 
 // CPUPer100k is CPU seconds per 100,000 changes on the two paths: the
@@ -144,6 +149,9 @@ type CatchUpRun struct {
 	// commands processed, and Redis's own CPU time.
 	RedisCommands   int64   `json:"redis_commands"`
 	RedisCPUSeconds float64 `json:"redis_cpu_seconds"`
+
+	// "Done" as seen in Redis, the checks, the verifier (report_variants.go).
+	CatchUpRunApplied
 }
 
 // Latency is the latency measurement at one commit rate.
@@ -327,6 +335,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+	}
+
+	if err := r.writeVariants(&b); err != nil {
+		return err
 	}
 
 	var profiles []string
