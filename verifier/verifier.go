@@ -192,7 +192,11 @@ var DefaultWindows = []time.Duration{time.Second, time.Minute, 10 * time.Minute}
 type Verifier struct {
 	opt Options
 	rd  Reader
-	in  chan []Sample
+	in  chan offered
+
+	// drops counts drop events; a batch carries the count it saw when
+	// offered (see latestEntry.drops).
+	drops atomic.Uint64
 
 	labeler atomic.Pointer[Labeler]
 
@@ -208,6 +212,19 @@ type Verifier struct {
 type latestEntry struct {
 	s    Sample
 	refs int
+	// drops is Verifier.drops when s was offered. If samples were dropped
+	// since, a newer invalidation of the key may be among them, and s may
+	// not be the newest thing the engine did to it: a stale reading is
+	// then counted unverifiable (a large transaction that refreshes a key
+	// twice, in two chunks, whose second sample was dropped, reads as
+	// "another value at the same commit").
+	drops uint64
+}
+
+// offered is a batch of samples and the drop count when it was offered.
+type offered struct {
+	samples []Sample
+	drops   uint64
 }
 
 type check struct {
@@ -275,7 +292,7 @@ func New(rd Reader, opt Options) *Verifier {
 	if opt.ReportEvery <= 0 {
 		opt.ReportEvery = DefaultReportEvery
 	}
-	v := &Verifier{opt: opt, rd: rd, in: make(chan []Sample, 256), latest: map[string]*latestEntry{},
+	v := &Verifier{opt: opt, rd: rd, in: make(chan offered, 256), latest: map[string]*latestEntry{},
 		queues: make([]fifo, len(opt.Windows)+1)}
 	for _, w := range opt.Windows {
 		v.figures = append(v.figures, WindowFigures{Window: w})
@@ -312,13 +329,14 @@ func (v *Verifier) Offer(samples []Sample) {
 	cp := make([]Sample, len(samples))
 	copy(cp, samples)
 	select {
-	case v.in <- cp:
+	case v.in <- offered{cp, v.drops.Load()}:
 	default:
 		v.drop(len(cp))
 	}
 }
 
 func (v *Verifier) drop(n int) {
+	v.drops.Add(1)
 	if v.opt.Observer != nil {
 		v.opt.Observer.Dropped(n)
 	}
@@ -361,8 +379,8 @@ func (v *Verifier) Run(ctx context.Context) error {
 				cancel()
 			}
 			return nil
-		case batch := <-v.in:
-			v.accept(batch)
+		case b := <-v.in:
+			v.accept(b.samples, b.drops)
 		case <-timer.C:
 			v.checkDue(ctx)
 		case <-report:
@@ -372,7 +390,8 @@ func (v *Verifier) Run(ctx context.Context) error {
 }
 
 // accept queues a sample's checks, or drops it when MaxPending checks wait.
-func (v *Verifier) accept(batch []Sample) {
+// drops is the drop count when the batch was offered.
+func (v *Verifier) accept(batch []Sample, drops uint64) {
 	now := v.opt.Now()
 	dropped := 0
 	for _, s := range batch {
@@ -382,10 +401,10 @@ func (v *Verifier) accept(batch []Sample) {
 		}
 		e := v.latest[s.Key]
 		if e == nil {
-			e = &latestEntry{s: s}
+			e = &latestEntry{s: s, drops: drops}
 			v.latest[s.Key] = e
 		} else if s.LSN >= e.s.LSN {
-			e.s = s
+			e.s, e.drops = s, drops
 		}
 		for i, w := range v.opt.Windows {
 			v.queues[i].push(check{s: s, offer: now, due: now.Add(w), window: i})
@@ -453,6 +472,11 @@ func (v *Verifier) checkDue(ctx context.Context) {
 			order = vals[i]
 		}
 		r := ClassifyOrdered(e.s, vals[seen[c.s.Key]], order)
+		if r == Stale && v.drops.Load() != e.drops {
+			// Samples were dropped since the key's newest one: a newer
+			// invalidation of it may be among them, so nothing is proven.
+			r = Unverifiable
+		}
 		if r == Stale && !c.confirmed {
 			// First sight: read it again before counting it.
 			c.due, c.confirmed = now.Add(v.opt.ConfirmAfter), true

@@ -318,3 +318,37 @@ func TestClassifyOrdered(t *testing.T) {
 		t.Fatalf("figures %+v, want a newer (order key above) and a stale (order key at the commit)", f)
 	}
 }
+
+// TestStaleAfterDropIsUnverifiable: a large transaction refreshes a key
+// twice (two chunks, one commit LSN); when the second sample is dropped
+// (the queue was full), the verifier's newest sample is the first value,
+// and Redis holds the second under the same order LSN. That proves
+// nothing: the fault suite's large-transaction scenario counted such keys
+// stale before. Without the drop, the same reading is stale.
+func TestStaleAfterDropIsUnverifiable(t *testing.T) {
+	for _, dropped := range []bool{false, true} {
+		rd := &fakeRedis{vals: map[string]string{"k": `{"v":2}`, "cdcinvalidate:lsn:{k}": "0/200"}}
+		v := New(rd, Options{Rate: 1, Windows: []time.Duration{10 * time.Millisecond}, ConfirmAfter: 10 * time.Millisecond})
+		v.Offer([]Sample{{Key: "k", LSN: 0x200, Kind: KindRefresh, Value: `{"v":1}`, OrderKey: "cdcinvalidate:lsn:{k}"}})
+		for i := 0; i < cap(v.in)-1; i++ {
+			v.Offer([]Sample{{Key: fmt.Sprint("x", i), LSN: 0x201, Kind: KindDelete}})
+		}
+		if dropped {
+			v.Offer([]Sample{{Key: "k", LSN: 0x200, Kind: KindRefresh, Value: `{"v":2}`, OrderKey: "cdcinvalidate:lsn:{k}"}})
+			if d := v.Figures()[0].Dropped; d != 1 {
+				t.Fatalf("dropped %d samples, want 1 (the queue holds %d batches)", d, cap(v.in))
+			}
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { _ = v.Run(ctx) }()
+		f := waitChecks(t, v, 0, uint64(cap(v.in)))
+		cancel()
+		want := WindowFigures{Absent: uint64(cap(v.in) - 1), Stale: 1}
+		if dropped {
+			want = WindowFigures{Absent: uint64(cap(v.in) - 1), Unverifiable: 1}
+		}
+		if f.Absent != want.Absent || f.Stale != want.Stale || f.Unverifiable != want.Unverifiable {
+			t.Errorf("dropped=%v: figures %+v, want absent %d, stale %d, unverifiable %d", dropped, f, want.Absent, want.Stale, want.Unverifiable)
+		}
+	}
+}

@@ -114,7 +114,7 @@
 // it is always printed at the end of the test output, and each test logs
 // its own SUMMARY line.
 //
-// Every engine also runs the online verifier (verify_test.go: every key
+// Every engine also runs the online verifier (verify_test.go: 1 in 10 keys
 // sampled, windows 200 ms and 1 s): its figures, summed over the engine
 // processes of a scenario, end each SUMMARY line and fill the Verifier
 // columns of the table. A positive scenario fails if it counted a stale
