@@ -53,6 +53,21 @@ type Options struct {
 	// (allocations) after the memory phase's transaction.
 	ProfileDir string
 
+	// Redis topology, distance and instances (topology.go, instances.go).
+	// RedisTopology is standalone (also ""), cluster or sentinel; with
+	// given servers RedisAddr then lists the seed nodes or the sentinels,
+	// comma-separated, and RedisMasterName names the Sentinel master.
+	RedisTopology   string
+	RedisMasterName string
+	// RedisRTT is the round trip the delay proxy adds between the engine
+	// and Redis (standalone only).
+	RedisRTT time.Duration
+	// WaitReplicas is the engine's redis.wait_replicas.
+	WaitReplicas int
+	// Instances >= 2: the catch-up phase measures that many engines, each
+	// on its own table, publication and slot.
+	Instances int
+
 	// JSON prints the report as JSON instead of the table.
 	JSON bool
 	// Progress forces the progress display on stderr; by default it is
@@ -88,6 +103,9 @@ func DefaultOptions() Options {
 		LatencyControl: true,
 
 		WorkloadOptions: defaultWorkloadOptions(),
+
+		RedisTopology: TopologyStandalone,
+		Instances:     1,
 	}
 }
 
@@ -143,6 +161,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.ProfileDir, "profile", "", "write pprof profiles of the engine into `dir`: CPU per catch-up "+
 		"workload (from one extra run) and per latency rate, and the heap after the memory phase's transaction "+
 		"(go tool pprof BINARY FILE); the engine then also serves metrics")
+	o.registerTopologyFlags(fs)
 	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON on stdout instead of the table")
 	fs.BoolVar(&o.Progress, "progress", false, "show progress on stderr even when it is not a terminal")
 	o.registerWorkloadFlags(fs)
@@ -182,6 +201,7 @@ func (o *Options) Validate() error {
 		errs = append(errs, errors.New("--phases: give at least one of catchup, latency, memory"))
 	}
 	errs = append(errs, o.validateWorkload()...)
+	errs = append(errs, o.validateTopology()...)
 	if o.Engine != "" {
 		if _, err := exec.LookPath(o.Engine); err != nil {
 			errs = append(errs, fmt.Errorf("--engine: %w", err))

@@ -37,6 +37,8 @@ type Report struct {
 	CatchUp     []CatchUp   `json:"catch_up,omitempty"`
 	Latency     []Latency   `json:"latency,omitempty"`
 	Memory      *Memory     `json:"memory,omitempty"`
+	// InstancesCatchUp is the --instances measurement (instances.go).
+	InstancesCatchUp []InstancesCatchUp `json:"instances_catch_up,omitempty"`
 	// Problems are failed checks (lost invalidations, keys left behind);
 	// a report with problems makes the command exit 1.
 	Problems []string `json:"problems,omitempty"`
@@ -68,9 +70,12 @@ type Settings struct {
 	Rates           []string `json:"rates"`
 	DurationSeconds float64  `json:"duration_seconds"`
 	MaxConns        int      `json:"max_conns"`
+	Instances       int      `json:"instances,omitempty"`
 	BigRows         int      `json:"big_rows"`
 	// Variants are the catch-up variants' options (workload_options.go).
 	Variants VariantSettings `json:"variants"`
+	// Redis is the topology, the added round trip and wait_replicas.
+	Redis RedisSettings `json:"redis"`
 }
 
 // CatchUp is the catch-up measurement of one workload.
@@ -223,6 +228,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if e.LoadAverage != [2]float64{} {
 		fmt.Fprintf(&b, "load average (1 min) %.2f at the start, %.2f at the end, on %d CPUs\n", e.LoadAverage[0], e.LoadAverage[1], e.CPUs)
 	}
+	if d := r.Settings.Redis.describe(); d != "" {
+		fmt.Fprintln(&b, d)
+	}
 	if len(e.PluginOptions) > 0 {
 		fmt.Fprintf(&b, "pgoutput options of both consumers: %s\n", strings.Join(e.PluginOptions, ", "))
 	}
@@ -279,6 +287,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+	}
+
+	if err := writeInstances(&b, r); err != nil {
+		return err
 	}
 
 	if len(r.Latency) > 0 {
