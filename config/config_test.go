@@ -105,7 +105,7 @@ func TestLoadFull(t *testing.T) {
 		Client:      Client{Leases: true, PublishChannel: "cdc-events"},
 		Metrics:     Metrics{Listen: "127.0.0.1:9187", ReadyMaxLag: 5 * time.Second, SlotPollInterval: 3 * time.Second, Pprof: true},
 		Consistency: Consistency{OnHistoryLost: "stop", OnFirstStart: "keep"},
-		Verify:      Verify{SampleRate: DefaultVerifySampleRate, Windows: DefaultVerifyWindows, MaxPending: DefaultVerifyMaxPending},
+		Verify:      Verify{SampleRate: DefaultVerifySampleRate, Windows: DefaultVerifyWindows, MaxPending: DefaultVerifyMaxPending, ReportInterval: DefaultVerifyReportInterval},
 		Log:         Log{Level: "debug", Format: "console"},
 	}
 	if fmt.Sprint(*cfg) != fmt.Sprint(want) {

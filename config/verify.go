@@ -23,12 +23,17 @@ type Verify struct {
 	// dropped and counted (cdcinvalidate_verify_samples_dropped_total),
 	// never waited for. Default 10000.
 	MaxPending int `yaml:"max_pending"`
+	// ReportInterval is how often the engine stores the figures in Redis
+	// (Config.VerifyKey) for `cdcinvalidate status`, and once more when it
+	// stops. Default 10s.
+	ReportInterval time.Duration `yaml:"report_interval"`
 }
 
 // Defaults of the verify section.
 const (
-	DefaultVerifySampleRate = defaults.VerifySampleRate
-	DefaultVerifyMaxPending = defaults.VerifyMaxPending
+	DefaultVerifySampleRate     = defaults.VerifySampleRate
+	DefaultVerifyMaxPending     = defaults.VerifyMaxPending
+	DefaultVerifyReportInterval = defaults.VerifyReportInterval
 )
 
 // DefaultVerifyWindows are the default check ages.
@@ -43,6 +48,9 @@ func (v *Verify) setDefaults() {
 	}
 	if v.MaxPending == 0 {
 		v.MaxPending = DefaultVerifyMaxPending
+	}
+	if v.ReportInterval == 0 {
+		v.ReportInterval = DefaultVerifyReportInterval
 	}
 }
 
@@ -65,10 +73,14 @@ func (v *Verify) validate(add func(path, format string, args ...any)) {
 	if v.MaxPending < 1 {
 		add("verify.max_pending", "max_pending %d must be at least 1", v.MaxPending)
 	}
+	if v.ReportInterval < 10*time.Millisecond || v.ReportInterval > time.Hour {
+		add("verify.report_interval", "report_interval %s is out of range: use 10ms to 1h", v.ReportInterval)
+	}
 }
 
 // VerifyKey is where the engine keeps the verifier's latest figures for
-// `cdcinvalidate status` (a JSON string, rewritten every 10 s).
+// `cdcinvalidate status` (a JSON string, rewritten every verify.report_interval and when the
+// engine stops).
 func (c *Config) VerifyKey() string {
 	return "cdcinvalidate:" + c.Postgres.Slot + ":verify"
 }

@@ -29,6 +29,7 @@ func TestVerifySection(t *testing.T) {
 		{"verify:\n  windows: [1ms]\n", "windows[0] 1ms is out of range"},
 		{"verify:\n  windows: [1s, 2s, 3s, 4s, 5s, 6s, 7s, 8s, 9s]\n", "at most 8 windows"},
 		{"verify:\n  max_pending: -5\n", "max_pending -5 must be at least 1"},
+		{"verify:\n  report_interval: 1ms\n", "report_interval 1ms is out of range"},
 		{"verify:\n  windows: [soon]\n", "c.yaml:9: cannot unmarshal !!str `soon` into time.Duration"},
 	} {
 		_, err := Parse("c.yaml", []byte(base+c.yaml), noEnv)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -25,11 +26,12 @@ func (e *Engine) newVerifier(rdb redis.UniversalClient) *verifier.Verifier {
 		return nil
 	}
 	key := e.cfg.VerifyKey()
+	started, pid := time.Now().UTC(), os.Getpid()
 	return verifier.New(redisReader{rdb}, verifier.Options{
 		Rate: uint64(c.SampleRate), Windows: c.Windows, MaxPending: c.MaxPending,
-		Observer: e.Metrics.Verifier(), Labeler: labelerOf(e.mapper),
+		Observer: e.Metrics.Verifier(), Labeler: labelerOf(e.mapper), ReportEvery: c.ReportInterval,
 		Report: func(ctx context.Context, f []verifier.WindowFigures) {
-			b, _ := json.Marshal(verifyRecord{At: time.Now().UTC(), Windows: f})
+			b, _ := json.Marshal(verifyRecord{At: time.Now().UTC(), Started: started, PID: pid, Windows: f})
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			if err := rdb.Set(rctx, key, b, 0).Err(); err != nil && ctx.Err() == nil {
@@ -39,9 +41,15 @@ func (e *Engine) newVerifier(rdb redis.UniversalClient) *verifier.Verifier {
 	})
 }
 
-// verifyRecord is what the engine stores under Config.VerifyKey.
+// verifyRecord is what the engine stores under Config.VerifyKey. Every
+// engine process counts from zero and overwrites the record of the one
+// before; Started and PID tell the processes apart (a test that sums the
+// figures of several runs, or a leader and its standby, keeps one record
+// per process).
 type verifyRecord struct {
 	At      time.Time                `json:"at"`
+	Started time.Time                `json:"started"`
+	PID     int                      `json:"pid"`
 	Windows []verifier.WindowFigures `json:"windows"`
 }
 

@@ -606,7 +606,11 @@ func (s *Sink) sample(ev replication.Event) {
 			continue
 		}
 		if v.Sampled(a.Key) {
-			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(a.Key), LSN: ev.LSN, Floor: s.lastMark, Kind: kind, Value: strings.Clone(a.Value)})
+			smp := verifier.Sample{Key: strings.Clone(a.Key), LSN: ev.LSN, Floor: s.lastMark, Kind: kind, Value: strings.Clone(a.Value)}
+			if kind == verifier.KindRefresh {
+				smp.OrderKey = OrderKey(a.Key)
+			}
+			s.samples = append(s.samples, smp)
 		}
 	}
 }

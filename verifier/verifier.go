@@ -60,6 +60,11 @@ type Sample struct {
 	// this invalidation: a fill stamped below it began its load before.
 	Floor replication.LSN
 	Value string // KindRefresh: the value written
+	// OrderKey (KindRefresh) holds the commit LSN of the newest refresh
+	// write any engine instance applied to Key (sink.OrderKey): a value
+	// other than Value under an order LSN above LSN is a later row, not
+	// an older one.
+	OrderKey string
 }
 
 // Result is how a check ended.
@@ -78,7 +83,14 @@ func (r Result) Consistent() bool { return r == Absent || r == Newer }
 
 // Classify judges the value read from Redis (nil: absent) against the
 // newest invalidation the engine applied to the key.
-func Classify(latest Sample, val *string) Result {
+func Classify(latest Sample, val *string) Result { return ClassifyOrdered(latest, val, nil) }
+
+// ClassifyOrdered is Classify with the value of the sample's OrderKey
+// (nil: absent or not read). A refreshed value other than the one the
+// engine wrote is newer, not stale, when the order key records a later
+// commit: another engine instance (a standby that took over, while this
+// one was frozen) or a later transaction wrote it.
+func ClassifyOrdered(latest Sample, val, order *string) Result {
 	if val == nil {
 		return Absent
 	}
@@ -95,6 +107,11 @@ func Classify(latest Sample, val *string) Result {
 	case KindRefresh:
 		if *val == latest.Value {
 			return Newer
+		}
+		if order != nil {
+			if o, err := pglogrepl.ParseLSN(*order); err == nil && o > latest.LSN {
+				return Newer
+			}
 		}
 		return Stale
 	}
@@ -150,7 +167,9 @@ type Options struct {
 	Observer     Observer
 	Labeler      Labeler
 	// Report, when set, receives the figures every ReportEvery (default
-	// 10s) from Run's goroutine (the engine stores them for `status`).
+	// 10s) from Run's goroutine (the engine stores them for `status`), and
+	// once more when Run's context ends (with a context that is not
+	// cancelled), so a stopped engine leaves its last figures.
 	Report      func(ctx context.Context, figures []WindowFigures)
 	ReportEvery time.Duration
 	// Now is the clock (default time.Now), for tests.
@@ -173,7 +192,11 @@ var DefaultWindows = []time.Duration{time.Second, time.Minute, 10 * time.Minute}
 type Verifier struct {
 	opt Options
 	rd  Reader
-	in  chan []Sample
+	in  chan offered
+
+	// drops counts drop events; a batch carries the count it saw when
+	// offered (see latestEntry.drops).
+	drops atomic.Uint64
 
 	labeler atomic.Pointer[Labeler]
 
@@ -189,6 +212,19 @@ type Verifier struct {
 type latestEntry struct {
 	s    Sample
 	refs int
+	// drops is Verifier.drops when s was offered. If samples were dropped
+	// since, a newer invalidation of the key may be among them, and s may
+	// not be the newest thing the engine did to it: a stale reading is
+	// then counted unverifiable (a large transaction that refreshes a key
+	// twice, in two chunks, whose second sample was dropped, reads as
+	// "another value at the same commit").
+	drops uint64
+}
+
+// offered is a batch of samples and the drop count when it was offered.
+type offered struct {
+	samples []Sample
+	drops   uint64
 }
 
 type check struct {
@@ -256,7 +292,7 @@ func New(rd Reader, opt Options) *Verifier {
 	if opt.ReportEvery <= 0 {
 		opt.ReportEvery = DefaultReportEvery
 	}
-	v := &Verifier{opt: opt, rd: rd, in: make(chan []Sample, 256), latest: map[string]*latestEntry{},
+	v := &Verifier{opt: opt, rd: rd, in: make(chan offered, 256), latest: map[string]*latestEntry{},
 		queues: make([]fifo, len(opt.Windows)+1)}
 	for _, w := range opt.Windows {
 		v.figures = append(v.figures, WindowFigures{Window: w})
@@ -293,13 +329,14 @@ func (v *Verifier) Offer(samples []Sample) {
 	cp := make([]Sample, len(samples))
 	copy(cp, samples)
 	select {
-	case v.in <- cp:
+	case v.in <- offered{cp, v.drops.Load()}:
 	default:
 		v.drop(len(cp))
 	}
 }
 
 func (v *Verifier) drop(n int) {
+	v.drops.Add(1)
 	if v.opt.Observer != nil {
 		v.opt.Observer.Dropped(n)
 	}
@@ -336,9 +373,14 @@ func (v *Verifier) Run(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
+			if v.opt.Report != nil {
+				fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+				v.opt.Report(fctx, v.Figures())
+				cancel()
+			}
 			return nil
-		case batch := <-v.in:
-			v.accept(batch)
+		case b := <-v.in:
+			v.accept(b.samples, b.drops)
 		case <-timer.C:
 			v.checkDue(ctx)
 		case <-report:
@@ -348,7 +390,8 @@ func (v *Verifier) Run(ctx context.Context) error {
 }
 
 // accept queues a sample's checks, or drops it when MaxPending checks wait.
-func (v *Verifier) accept(batch []Sample) {
+// drops is the drop count when the batch was offered.
+func (v *Verifier) accept(batch []Sample, drops uint64) {
 	now := v.opt.Now()
 	dropped := 0
 	for _, s := range batch {
@@ -358,10 +401,10 @@ func (v *Verifier) accept(batch []Sample) {
 		}
 		e := v.latest[s.Key]
 		if e == nil {
-			e = &latestEntry{s: s}
+			e = &latestEntry{s: s, drops: drops}
 			v.latest[s.Key] = e
 		} else if s.LSN >= e.s.LSN {
-			e.s = s
+			e.s, e.drops = s, drops
 		}
 		for i, w := range v.opt.Windows {
 			v.queues[i].push(check{s: s, offer: now, due: now.Add(w), window: i})
@@ -406,9 +449,11 @@ func (v *Verifier) checkDue(ctx context.Context) {
 	keys := make([]string, 0, len(due))
 	seen := make(map[string]int, len(due))
 	for _, c := range due {
-		if _, ok := seen[c.s.Key]; !ok {
-			seen[c.s.Key] = len(keys)
-			keys = append(keys, c.s.Key)
+		for _, k := range [2]string{c.s.Key, v.latest[c.s.Key].s.OrderKey} {
+			if _, ok := seen[k]; !ok && k != "" {
+				seen[k] = len(keys)
+				keys = append(keys, k)
+			}
 		}
 	}
 	vals, err := v.rd.GetMany(ctx, keys)
@@ -422,7 +467,16 @@ func (v *Verifier) checkDue(ctx context.Context) {
 	}
 	for _, c := range due {
 		e := v.latest[c.s.Key]
-		r := Classify(e.s, vals[seen[c.s.Key]])
+		var order *string
+		if i, ok := seen[e.s.OrderKey]; ok && e.s.OrderKey != "" {
+			order = vals[i]
+		}
+		r := ClassifyOrdered(e.s, vals[seen[c.s.Key]], order)
+		if r == Stale && v.drops.Load() != e.drops {
+			// Samples were dropped since the key's newest one: a newer
+			// invalidation of it may be among them, so nothing is proven.
+			r = Unverifiable
+		}
 		if r == Stale && !c.confirmed {
 			// First sight: read it again before counting it.
 			c.due, c.confirmed = now.Add(v.opt.ConfirmAfter), true

@@ -248,3 +248,107 @@ func TestMatchGlob(t *testing.T) {
 		}
 	}
 }
+
+// TestRunReportsWhenStopped: a stopped engine leaves its last figures (the
+// fault suite sums them per engine process), reported with a context that
+// is not cancelled, so the write to Redis can still succeed.
+func TestRunReportsWhenStopped(t *testing.T) {
+	var mu sync.Mutex
+	var last []WindowFigures
+	var lastErr error
+	rd := &fakeRedis{vals: map[string]string{}}
+	v := New(rd, Options{Rate: 1, Windows: []time.Duration{10 * time.Millisecond}, ReportEvery: time.Hour,
+		Report: func(ctx context.Context, f []WindowFigures) {
+			mu.Lock()
+			last, lastErr = f, ctx.Err()
+			mu.Unlock()
+		}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- v.Run(ctx) }()
+	v.Offer([]Sample{{Key: "k", LSN: 10, Kind: KindDelete}})
+	waitChecks(t, v, 0, 1)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(last) != 1 || last[0].Absent != 1 || lastErr != nil {
+		t.Fatalf("final report %+v (context error %v), want one absent check and a live context", last, lastErr)
+	}
+}
+
+// TestClassifyOrdered: a refreshed value other than the one this engine
+// wrote is newer when the key's order key records a later commit (a
+// standby that took over while this engine was frozen wrote a later row:
+// the fault suite's zombie scenario counted those stale before), and
+// stale when it does not.
+func TestClassifyOrdered(t *testing.T) {
+	ref := Sample{Key: "k", LSN: 0x200, Kind: KindRefresh, Value: `{"id":1}`, OrderKey: "cdcinvalidate:lsn:{k}"}
+	for _, c := range []struct {
+		name       string
+		val, order *string
+		want       Result
+	}{
+		{"other value, later commit in the order key", str(`{"id":2}`), str("0/201"), Newer},
+		{"other value, same commit in the order key", str(`{"id":2}`), str("0/200"), Stale},
+		{"other value, older commit in the order key", str(`{"id":2}`), str("0/1FF"), Stale},
+		{"other value, no order key", str(`{"id":2}`), nil, Stale},
+		{"other value, order key not an LSN", str(`{"id":2}`), str("x"), Stale},
+		{"equal value", str(`{"id":1}`), str("0/1"), Newer},
+		{"absent", nil, str("0/300"), Absent},
+	} {
+		if got := ClassifyOrdered(ref, c.val, c.order); got != c.want {
+			t.Errorf("%s: ClassifyOrdered = %s, want %s", c.name, got, c.want)
+		}
+	}
+	// Run reads the order key with the key.
+	rd := &fakeRedis{vals: map[string]string{"a": `{"id":2}`, "cdcinvalidate:lsn:{a}": "0/300", "b": `{"id":2}`, "cdcinvalidate:lsn:{b}": "0/200"}}
+	v := New(rd, Options{Rate: 1, Windows: []time.Duration{10 * time.Millisecond}, ConfirmAfter: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = v.Run(ctx) }()
+	v.Offer([]Sample{
+		{Key: "a", LSN: 0x200, Kind: KindRefresh, Value: `{"id":1}`, OrderKey: "cdcinvalidate:lsn:{a}"},
+		{Key: "b", LSN: 0x200, Kind: KindRefresh, Value: `{"id":1}`, OrderKey: "cdcinvalidate:lsn:{b}"},
+	})
+	f := waitChecks(t, v, 0, 2)
+	if f.Newer != 1 || f.Stale != 1 {
+		t.Fatalf("figures %+v, want a newer (order key above) and a stale (order key at the commit)", f)
+	}
+}
+
+// TestStaleAfterDropIsUnverifiable: a large transaction refreshes a key
+// twice (two chunks, one commit LSN); when the second sample is dropped
+// (the queue was full), the verifier's newest sample is the first value,
+// and Redis holds the second under the same order LSN. That proves
+// nothing: the fault suite's large-transaction scenario counted such keys
+// stale before. Without the drop, the same reading is stale.
+func TestStaleAfterDropIsUnverifiable(t *testing.T) {
+	for _, dropped := range []bool{false, true} {
+		rd := &fakeRedis{vals: map[string]string{"k": `{"v":2}`, "cdcinvalidate:lsn:{k}": "0/200"}}
+		v := New(rd, Options{Rate: 1, Windows: []time.Duration{10 * time.Millisecond}, ConfirmAfter: 10 * time.Millisecond})
+		v.Offer([]Sample{{Key: "k", LSN: 0x200, Kind: KindRefresh, Value: `{"v":1}`, OrderKey: "cdcinvalidate:lsn:{k}"}})
+		for i := 0; i < cap(v.in)-1; i++ {
+			v.Offer([]Sample{{Key: fmt.Sprint("x", i), LSN: 0x201, Kind: KindDelete}})
+		}
+		if dropped {
+			v.Offer([]Sample{{Key: "k", LSN: 0x200, Kind: KindRefresh, Value: `{"v":2}`, OrderKey: "cdcinvalidate:lsn:{k}"}})
+			if d := v.Figures()[0].Dropped; d != 1 {
+				t.Fatalf("dropped %d samples, want 1 (the queue holds %d batches)", d, cap(v.in))
+			}
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { _ = v.Run(ctx) }()
+		f := waitChecks(t, v, 0, uint64(cap(v.in)))
+		cancel()
+		want := WindowFigures{Absent: uint64(cap(v.in) - 1), Stale: 1}
+		if dropped {
+			want = WindowFigures{Absent: uint64(cap(v.in) - 1), Unverifiable: 1}
+		}
+		if f.Absent != want.Absent || f.Stale != want.Stale || f.Unverifiable != want.Unverifiable {
+			t.Errorf("dropped=%v: figures %+v, want absent %d, stale %d, unverifiable %d", dropped, f, want.Absent, want.Stale, want.Unverifiable)
+		}
+	}
+}

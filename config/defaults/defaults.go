@@ -63,8 +63,9 @@ const (
 // verify section (the windows are config.DefaultVerifyWindows: a slice
 // cannot be a constant).
 const (
-	VerifySampleRate = 1000
-	VerifyMaxPending = 10000
+	VerifySampleRate     = 1000
+	VerifyMaxPending     = 10000
+	VerifyReportInterval = 10 * time.Second
 )
 
 // log section (spellings of config.LogLevel and LogFormat).

@@ -149,6 +149,7 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 		fmt.Fprintf(&b, "  max_batch_keys: %d\n", o.maxBatchKeys)
 	}
 	b.WriteString("client:\n  leases: true\n")
+	b.WriteString(verifyConfig)
 	b.WriteString(rules)
 	if o.actions {
 		b.WriteString(actionRules)
@@ -160,6 +161,7 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	// Cleanups run last-in first-out: the engines stop (registered by
 	// startEngine, later) before the slot is dropped.
 	t.Cleanup(f.dropSlot)
+	f.startVerifyPoller()
 	return f
 }
 

@@ -114,6 +114,12 @@
 // it is always printed at the end of the test output, and each test logs
 // its own SUMMARY line.
 //
+// Every engine also runs the online verifier (verify_test.go: 1 in 10 keys
+// sampled, windows 200 ms and 1 s): its figures, summed over the engine
+// processes of a scenario, end each SUMMARY line and fill the Verifier
+// columns of the table. A positive scenario fails if it counted a stale
+// check; the zombie negative control fails unless it counted some.
+//
 // Every server is started by internal/harness on 127.0.0.1 (one PostgreSQL
 // for the process, a database and slot per test, a Redis per test); the
 // proxy listens on 127.0.0.1 only; only processes this package started are

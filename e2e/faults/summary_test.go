@@ -29,9 +29,14 @@ type scenario struct {
 	notes   []string
 	// checks of the rule actions (actions_test.go) and problems they found
 	actChecks, actBad int
-	started           time.Time
-	took              time.Duration
-	failed            bool
+	// the engine's own verifier (verify_test.go), summed over its processes
+	verify verifyFigures
+	// verifierMustSee: a negative control whose loss the verifier can
+	// prove, so it must count stale checks too (see verifyMustSee)
+	verifierMustSee bool
+	started         time.Time
+	took            time.Duration
+	failed          bool
 }
 
 var results struct {
@@ -48,6 +53,8 @@ func newScenario(t *testing.T, name, guarantee string, negative bool) *scenario 
 	results.list = append(results.list, s)
 	results.mu.Unlock()
 	t.Cleanup(func() {
+		// The fixtures' cleanups ran: every engine stopped and left its figures.
+		s.judgeVerifier(verifyFiguresOf(t))
 		s.mu.Lock()
 		s.took = time.Since(s.started)
 		s.failed = t.Failed()
@@ -55,6 +62,33 @@ func newScenario(t *testing.T, name, guarantee string, negative bool) *scenario 
 		t.Logf("SUMMARY %s", s.line())
 	})
 	return s
+}
+
+// verifyMustSee marks a negative control whose loss the verifier can prove.
+func (s *scenario) verifyMustSee() {
+	s.mu.Lock()
+	s.verifierMustSee = true
+	s.mu.Unlock()
+}
+
+// judgeVerifier records the verifier's figures. A positive scenario fails
+// on any stale check: the verifier confirms a suspect (reads it again
+// 1 s later) before it counts it, so a stale check is a key that held an
+// older value than the engine's newest invalidation for over a second. A
+// negative control marked with verifyMustSee fails unless the verifier
+// counted stale checks too.
+func (s *scenario) judgeVerifier(v verifyFigures) {
+	s.t.Helper()
+	s.mu.Lock()
+	s.verify = v
+	negative, must := s.negative, s.verifierMustSee
+	s.mu.Unlock()
+	switch {
+	case !negative && v.stale > 0:
+		s.t.Errorf("VERIFIER: the engine's verifier counted %d stale checks: %s", v.stale, v)
+	case must && v.stale == 0:
+		s.t.Errorf("negative control: the checker found stale keys, but the engine's verifier counted none: %s", v)
+	}
 }
 
 func (s *scenario) fault(kind string) {
@@ -172,6 +206,7 @@ func (s *scenario) line() string {
 	l := fmt.Sprintf("%s: %d runs; faults: %s; %d transactions committed (%d large), %d rolled back, %d failed; %d cache reads through cacheaside; %d checks over %d keys; %s; %s",
 		s.name, s.runs, s.faultText(), s.stats.commits.Load(), s.stats.bulkCommits.Load(), s.stats.rollbacks.Load(), s.stats.failed.Load(),
 		s.stats.reads.Load(), s.checks, s.keys, s.verdict(), s.took.Round(100*time.Millisecond))
+	l += "; verifier: " + s.verify.String()
 	if len(s.notes) > 0 {
 		l += "; " + notesText(s.notes)
 	}
@@ -198,20 +233,26 @@ func summaryText() string {
 	sort.SliceStable(list, func(i, j int) bool { return !list[i].negative && list[j].negative })
 	var b strings.Builder
 	b.WriteString("Fault-injection summary (e2e/faults)\n\n")
-	b.WriteString("| Scenario | Guarantee | Runs | Faults injected | Txns committed | Keys compared | Result | Time |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| Scenario | Guarantee | Runs | Faults injected | Txns committed | Keys compared | Result | Verifier checks | Verifier stale | Verifier unverifiable | Time |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	var total, stalePos int
+	var vPos, vNeg verifyFigures
 	for _, s := range list {
 		s.mu.Lock()
-		fmt.Fprintf(&b, "| %s | %s | %d | %s | %d | %d | %s | %s |\n", s.name, s.guarantee, s.runs, s.faultText(),
-			s.stats.commits.Load(), s.keys, s.verdict(), s.took.Round(time.Second))
+		fmt.Fprintf(&b, "| %s | %s | %d | %s | %d | %d | %s | %d | %d | %d | %s |\n", s.name, s.guarantee, s.runs, s.faultText(),
+			s.stats.commits.Load(), s.keys, s.verdict(), s.verify.checks(), s.verify.stale, s.verify.unverifiable, s.took.Round(time.Second))
 		if !s.negative {
 			total += s.runs
 			stalePos += s.stale
+			vPos.add(s.verify)
+		} else {
+			vNeg.add(s.verify)
 		}
 		s.mu.Unlock()
 	}
 	fmt.Fprintf(&b, "\nPositive scenarios: %d runs, %d stale keys found (lost invalidations).\n", total, stalePos)
+	fmt.Fprintf(&b, "Engine verifier (1 in 10 keys sampled, windows 200ms and 1s), positive scenarios: %s.\n", vPos)
+	fmt.Fprintf(&b, "Engine verifier, negative controls: %s.\n", vNeg)
 	for _, s := range list {
 		s.mu.Lock()
 		if len(s.notes) > 0 {
