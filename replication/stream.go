@@ -711,7 +711,14 @@ func (ss *session) handleMessage(data []byte) error {
 				"(pg_replication_slot_advance)",
 				explicitPrefix, m.lsn, txn, err))
 		}
-		var acts []Action
+		// The keys go as actions, in their place among the transaction's
+		// refresh writes (a refresh of a key before the message must not
+		// survive it).
+		acts := make([]Action, 0, len(keys)+len(gens))
+		for _, k := range keys {
+			acts = append(acts, Action{Kind: ActDelete, Key: k})
+		}
+		keys = nil
 		for _, g := range gens {
 			acts = append(acts, Action{Kind: ActIncr, Key: g})
 		}

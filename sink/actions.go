@@ -144,6 +144,12 @@ func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) error 
 			b.counts[a.Kind]++
 		}
 		switch a.Kind {
+		case replication.ActDelete:
+			// A plain delete at its place among the actions: a refresh write
+			// of the key before it is dropped (addKeys), one after it stays.
+			if err := s.addKeys([]string{a.Key}, lsn); err != nil {
+				return err
+			}
 		case replication.ActUnlink, replication.ActDel:
 			if (a.Kind == replication.ActDel) == s.cfg.UseDel {
 				if err := s.addKeys([]string{a.Key}, lsn); err != nil {

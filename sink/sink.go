@@ -13,6 +13,15 @@
 // so its parts, and the stream IDs derived from its commit LSN, come out the
 // same after a replay).
 //
+// A key's effects end in commit and statement order: the events of a batch,
+// and the actions of each event, are one ordered list, and the writes and
+// deletes of one key are resolved along it (a delete after a refresh write
+// turns the write into a delete; a write after a delete stays and is sent
+// after it). Plain deletes travel as Event.Keys only when no rule refreshes
+// (then their order does not matter); otherwise, and for explicit
+// invalidations, as ActDelete actions at their place. On a cluster the
+// deletes and writes of a key go to its slot's master in the same order.
+//
 // Guarantees: no event is skipped. Transient Redis errors (connection loss,
 // timeouts, LOADING, READONLY, OOM, a stalled server) are retried with
 // capped exponential backoff, forever, until the context ends; permanent
@@ -519,7 +528,7 @@ func (s *Sink) sample(ev replication.Event) {
 		a := &ev.Actions[i]
 		var kind verifier.Kind
 		switch a.Kind {
-		case replication.ActUnlink, replication.ActDel:
+		case replication.ActUnlink, replication.ActDel, replication.ActDelete:
 			kind = verifier.KindDelete
 		case replication.ActVersion:
 			kind = verifier.KindVersion
