@@ -92,7 +92,10 @@ type Config struct {
 	// FenceValue and Fence, when Fence > 0, replace deleting the companion
 	// with setting it to FenceValue for Fence, in the same script as the
 	// key's delete (the client library's lease fence: readers that miss
-	// during it load without filling).
+	// during it load without filling). Every path fences: plain deletes,
+	// deletes with the other command, refresh writes (before the SET, in
+	// its script) and TRUNCATE patterns (the companions SCAN finds are
+	// fenced, not deleted).
 	FenceValue string
 	Fence      time.Duration
 	// PublishChannel, when set, receives one message per applied batch in
@@ -596,6 +599,12 @@ func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
 	if failpoint.Unsafe("skip-deletes") {
 		return 0 // a deliberately broken engine, for negative controls
 	}
+	return s.delWith(ctx, p, keys, s.cfg.UseDel)
+}
+
+// delWith is del with DEL (useDel) or UNLINK: the rules' own
+// delete_command goes through it too, leases fenced the same way.
+func (s *Sink) delWith(ctx context.Context, p redis.Pipeliner, keys []string, useDel bool) int {
 	per := s.cfg.KeysPerCommand
 	if s.cfg.Companion != nil {
 		per = max(2, per&^1)
@@ -607,8 +616,8 @@ func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
 	}
 	s.chunks(keys, step, per, func(chunk []string) {
 		if s.cfg.Companion != nil && s.cfg.Fence > 0 {
-			fenceScript.Eval(ctx, p, chunk, s.cfg.FenceValue, s.cfg.Fence.Milliseconds(), boolArg(s.cfg.UseDel))
-		} else if s.cfg.UseDel {
+			fenceScript.Eval(ctx, p, chunk, s.cfg.FenceValue, s.cfg.Fence.Milliseconds(), boolArg(useDel))
+		} else if useDel {
 			p.Del(ctx, chunk...)
 		} else {
 			p.Unlink(ctx, chunk...)
@@ -802,15 +811,29 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		// lease keys of a pattern's keys match the wrapped pattern.
 		// Leases first: a fill that still finds its lease writes before the
 		// key pattern is scanned, and that scan deletes it.
-		globs = make([]string, 0, 3*len(ev.Globs))
+		// With a lease fence the leases found are fenced, not deleted (as
+		// with a key's delete): a fill under one is refused, and no reader
+		// takes it again for a moment.
+		var leases []string
 		for _, g := range ev.Globs {
 			if s.cfg.CompanionPatterns != nil {
-				globs = append(globs, s.cfg.CompanionPatterns(g)...)
+				leases = append(leases, s.cfg.CompanionPatterns(g)...)
 			} else {
-				globs = append(globs, s.cfg.Companion(g))
+				leases = append(leases, s.cfg.Companion(g))
 			}
 		}
-		globs = append(globs, ev.Globs...)
+		if s.cfg.Fence > 0 {
+			for _, g := range leases {
+				if err := s.retry(ctx, "fence leases matching "+g, func() error {
+					_, err := s.scanAll(ctx, g, true)
+					return err
+				}); err != nil {
+					return err
+				}
+			}
+			leases = nil
+		}
+		globs = append(leases, ev.Globs...)
 	}
 	for _, g := range globs {
 		start := time.Now()
@@ -864,9 +887,15 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 // during the scan (a failover, a master added, a slot migrated), keys may
 // have moved to a master already scanned, so the scan is repeated.
 func (s *Sink) scanDelete(ctx context.Context, pattern string) (int, error) {
+	return s.scanAll(ctx, pattern, false)
+}
+
+// scanAll is scanDelete; fence sets the keys found (leases) to the lease
+// fence for Config.Fence instead of deleting them.
+func (s *Sink) scanAll(ctx context.Context, pattern string, fence bool) (int, error) {
 	cc, ok := s.cfg.Client.(*redis.ClusterClient)
 	if !s.cfg.Cluster || !ok {
-		return s.scanNode(ctx, s.cfg.Client, pattern)
+		return s.scanNode(ctx, s.cfg.Client, pattern, fence)
 	}
 	total := 0
 	for {
@@ -876,7 +905,7 @@ func (s *Sink) scanDelete(ctx context.Context, pattern string) (int, error) {
 		}
 		var deleted atomic.Int64
 		err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-			n, err := s.scanNode(ctx, m, pattern)
+			n, err := s.scanNode(ctx, m, pattern, fence)
 			deleted.Add(int64(n))
 			return err
 		})
@@ -899,7 +928,7 @@ func (s *Sink) scanDelete(ctx context.Context, pattern string) (int, error) {
 // scanNode SCANs one server for pattern and deletes what it finds through
 // the sink's client (on a cluster: one command per hash slot, each sent to
 // the slot's master).
-func (s *Sink) scanNode(ctx context.Context, node redis.Cmdable, pattern string) (int, error) {
+func (s *Sink) scanNode(ctx context.Context, node redis.Cmdable, pattern string, fence bool) (int, error) {
 	deleted := 0
 	var cursor uint64
 	for {
@@ -907,7 +936,17 @@ func (s *Sink) scanNode(ctx context.Context, node redis.Cmdable, pattern string)
 		if err != nil {
 			return deleted, err
 		}
-		if len(keys) > 0 {
+		if len(keys) > 0 && fence {
+			cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range keys {
+					p.Set(ctx, k, s.cfg.FenceValue, s.cfg.Fence)
+				}
+				return nil
+			})
+			if err := pipelineErr(err, cmds); err != nil {
+				return deleted, err
+			}
+		} else if len(keys) > 0 {
 			var cmds []*redis.IntCmd
 			_, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 				s.chunks(keys, 1, len(keys), func(chunk []string) {
