@@ -212,6 +212,10 @@ type Stats struct {
 	// KeysTooLong counts keys longer than MaxKeyBytes (sent unless
 	// StopOnLongKey).
 	KeysTooLong atomic.Uint64
+	// Superseded counts TRUNCATEs skipped because the watermark was past
+	// their commit: another instance had applied them (this one was a
+	// paused leader that lost the slot).
+	Superseded atomic.Uint64
 }
 
 // Sink applies events to Redis.
@@ -805,6 +809,78 @@ func pipelineErr(err error, cmds []redis.Cmder) error {
 }
 
 func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
+	err := s.applyGlobsGuarded(ctx, ev)
+	var sup *supersededError
+	if !errors.As(err, &sup) {
+		return err
+	}
+	// Another instance applied this TRUNCATE, and what followed it, while
+	// this one was frozen with it in hand: deleting now would delete newer
+	// values and version keys (which this instance's queued raises would
+	// then set to older LSNs). Its effects are in Redis already.
+	s.log.Warn("skipping a TRUNCATE (or explicit pattern) that another instance already applied: the watermark "+
+		"in Redis is past its commit, so this instance lost the slot while it held the TRUNCATE (a paused or "+
+		"partitioned leader); it steps back when its session ends",
+		zap.Stringer("commit_lsn", ev.LSN), zap.String("watermark", sup.mark), zap.Strings("patterns", ev.Globs))
+	s.Stats.Superseded.Add(1)
+	return nil
+}
+
+// supersededError says that the watermark passed a TRUNCATE's commit.
+type supersededError struct{ mark string }
+
+func (e *supersededError) Error() string {
+	return "the watermark " + e.mark + " is past the TRUNCATE's commit"
+}
+
+// guard returns what fences the patterns of ev: its commit LSN when the
+// watermark can tell whether another instance applied it.
+func (s *Sink) guard(ev replication.Event) replication.LSN {
+	if s.cfg.WatermarkKey == "" || failpoint.Unsafe("unfenced-truncate") {
+		return 0
+	}
+	return ev.LSN
+}
+
+// checkGuard returns a supersededError when the watermark is past lsn
+// (another instance applied everything up to it, this TRUNCATE included).
+func (s *Sink) checkGuard(ctx context.Context, lsn replication.LSN) error {
+	if lsn == 0 {
+		return nil
+	}
+	v, err := s.cfg.Client.Get(ctx, s.cfg.WatermarkKey).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if mark, perr := pglogrepl.ParseLSN(v); perr == nil && mark > lsn {
+		return &supersededError{mark: v}
+	}
+	return nil
+}
+
+func (s *Sink) applyGlobsGuarded(ctx context.Context, ev replication.Event) error {
+	if ev.LSN != 0 {
+		failpoint.Hit("sink-before-truncate")
+	}
+	guard := s.guard(ev)
+	if guard != 0 {
+		var sup *supersededError
+		if err := s.retry(ctx, "read the watermark before a TRUNCATE", func() error {
+			err := s.checkGuard(ctx, guard)
+			if errors.As(err, &sup) {
+				return nil // not an error to retry; applyGlobs skips
+			}
+			return err
+		}); err != nil {
+			return err
+		}
+		if sup != nil {
+			return sup
+		}
+	}
 	globs := ev.Globs
 	if s.cfg.Companion != nil {
 		// LeaseKey wraps the key without glob characters of its own, so the
@@ -825,7 +901,7 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		if s.cfg.Fence > 0 {
 			for _, g := range leases {
 				if err := s.retry(ctx, "fence leases matching "+g, func() error {
-					_, err := s.scanAll(ctx, g, true)
+					_, err := s.scanAll(ctx, g, scanOp{fence: true})
 					return err
 				}); err != nil {
 					return err
@@ -837,7 +913,7 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 	}
 	for _, g := range globs {
 		start := time.Now()
-		deleted, err := s.deleteMatching(ctx, g)
+		deleted, err := s.deleteMatchingOp(ctx, g, scanOp{guard: guard})
 		if err != nil {
 			return err
 		}
@@ -887,15 +963,26 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 // during the scan (a failover, a master added, a slot migrated), keys may
 // have moved to a master already scanned, so the scan is repeated.
 func (s *Sink) scanDelete(ctx context.Context, pattern string) (int, error) {
-	return s.scanAll(ctx, pattern, false)
+	return s.scanAll(ctx, pattern, scanOp{})
 }
 
-// scanAll is scanDelete; fence sets the keys found (leases) to the lease
-// fence for Config.Fence instead of deleting them.
-func (s *Sink) scanAll(ctx context.Context, pattern string, fence bool) (int, error) {
+// scanOp says what scanAll does with the keys it finds.
+type scanOp struct {
+	// fence sets them (leases) to the lease fence for Config.Fence
+	// instead of deleting them.
+	fence bool
+	// guard, when set, is a TRUNCATE's commit LSN: each page is deleted
+	// only while the watermark is not past it (atomically, in one script
+	// with the watermark, on a single server; checked before each page on
+	// a cluster), else scanAll returns a supersededError.
+	guard replication.LSN
+}
+
+// scanAll is scanDelete with op.
+func (s *Sink) scanAll(ctx context.Context, pattern string, op scanOp) (int, error) {
 	cc, ok := s.cfg.Client.(*redis.ClusterClient)
 	if !s.cfg.Cluster || !ok {
-		return s.scanNode(ctx, s.cfg.Client, pattern, fence)
+		return s.scanNode(ctx, s.cfg.Client, pattern, op)
 	}
 	total := 0
 	for {
@@ -905,7 +992,7 @@ func (s *Sink) scanAll(ctx context.Context, pattern string, fence bool) (int, er
 		}
 		var deleted atomic.Int64
 		err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-			n, err := s.scanNode(ctx, m, pattern, fence)
+			n, err := s.scanNode(ctx, m, pattern, op)
 			deleted.Add(int64(n))
 			return err
 		})
@@ -928,7 +1015,7 @@ func (s *Sink) scanAll(ctx context.Context, pattern string, fence bool) (int, er
 // scanNode SCANs one server for pattern and deletes what it finds through
 // the sink's client (on a cluster: one command per hash slot, each sent to
 // the slot's master).
-func (s *Sink) scanNode(ctx context.Context, node redis.Cmdable, pattern string, fence bool) (int, error) {
+func (s *Sink) scanNode(ctx context.Context, node redis.Cmdable, pattern string, op scanOp) (int, error) {
 	deleted := 0
 	var cursor uint64
 	for {
@@ -936,7 +1023,23 @@ func (s *Sink) scanNode(ctx context.Context, node redis.Cmdable, pattern string,
 		if err != nil {
 			return deleted, err
 		}
-		if len(keys) > 0 && fence {
+		if len(keys) > 0 && op.guard != 0 && !s.cfg.Cluster {
+			n, err := guardedDeleteScript.Eval(ctx, s.cfg.Client, append([]string{s.cfg.WatermarkKey}, keys...),
+				op.guard.String(), boolArg(s.cfg.UseDel)).Int()
+			if err != nil {
+				return deleted, err
+			}
+			if n < 0 {
+				return deleted, &supersededError{mark: s.cfg.Client.Get(ctx, s.cfg.WatermarkKey).Val()}
+			}
+			s.Stats.Deleted.Add(uint64(n))
+			deleted += n
+		} else if len(keys) > 0 && op.guard != 0 {
+			if err := s.checkGuard(ctx, op.guard); err != nil {
+				return deleted, err
+			}
+		}
+		if len(keys) > 0 && op.fence {
 			cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 				for _, k := range keys {
 					p.Set(ctx, k, s.cfg.FenceValue, s.cfg.Fence)
@@ -946,7 +1049,7 @@ func (s *Sink) scanNode(ctx context.Context, node redis.Cmdable, pattern string,
 			if err := pipelineErr(err, cmds); err != nil {
 				return deleted, err
 			}
-		} else if len(keys) > 0 {
+		} else if len(keys) > 0 && (op.guard == 0 || s.cfg.Cluster) {
 			var cmds []*redis.IntCmd
 			_, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 				s.chunks(keys, 1, len(keys), func(chunk []string) {
@@ -1025,14 +1128,43 @@ func (s *Sink) checkWait(wait *redis.Cmd) error {
 // master of a cluster), retrying transient errors, and returns how many
 // existed.
 func (s *Sink) deleteMatching(ctx context.Context, g string) (int, error) {
+	return s.deleteMatchingOp(ctx, g, scanOp{})
+}
+
+// deleteMatchingOp is deleteMatching with op; a supersededError is
+// returned at once, not retried.
+func (s *Sink) deleteMatchingOp(ctx context.Context, g string, op scanOp) (int, error) {
 	deleted := 0
+	var sup *supersededError
 	err := s.retry(ctx, "delete keys matching "+g, func() error {
-		n, err := s.scanDelete(ctx, g)
-		deleted = n
+		n, err := s.scanAll(ctx, g, op)
+		deleted += n
+		if errors.As(err, &sup) {
+			return nil // not an error to retry; the caller skips
+		}
 		return err
 	})
+	if sup != nil {
+		return deleted, sup
+	}
 	return deleted, err
 }
+
+// guardedDeleteScript deletes KEYS[2..] (UNLINK, or DEL when ARGV[2] is
+// "1") unless the watermark KEYS[1] is past ARGV[1], a TRUNCATE's commit
+// LSN: then another instance applied the TRUNCATE and what followed it,
+// and the script returns -1. Else it returns how many keys existed.
+var guardedDeleteScript = redis.NewScript(lsnLua + `
+if num(redis.call('GET', KEYS[1])) > num(ARGV[1]) then
+  return -1
+end
+local del = 'UNLINK'
+if ARGV[2] == '1' then del = 'DEL' end
+local n = 0
+for i = 2, #KEYS do
+  n = n + redis.call(del, KEYS[i])
+end
+return n`)
 
 // fenceScript sets each lease KEYS[2i-1] to the fence ARGV[1] for ARGV[2]
 // milliseconds and deletes its key KEYS[2i] (UNLINK, or DEL when ARGV[3] is
