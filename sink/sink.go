@@ -466,12 +466,21 @@ const markEvery = 50 * time.Millisecond
 
 // ackHeld reports the applied position held back for the watermark.
 func (s *Sink) ackHeld() {
-	if s.held == 0 {
+	s.acknowledge(s.held)
+	s.held = 0
+}
+
+// acknowledge is the one place through which the sink reports a position
+// to the checkpoint (Acker): lsn is the end of a transaction (or a
+// keepalive position) below which Redis acknowledged every effect, with
+// the watermark raised to it in the same or an earlier pipeline when one
+// is kept. Nothing else calls Acker.Ack.
+func (s *Sink) acknowledge(lsn replication.LSN) {
+	if lsn == 0 {
 		return
 	}
-	s.ack.Ack(s.held)
-	s.Stats.LastApplied.Store(uint64(s.held))
-	s.held = 0
+	s.ack.Ack(lsn)
+	s.Stats.LastApplied.Store(uint64(lsn))
 	s.markedAt = time.Now()
 }
 
@@ -951,8 +960,7 @@ func (s *Sink) applyGlobsGuarded(ctx context.Context, ev replication.Event) erro
 				return err
 			}
 		}
-		s.ack.Ack(ev.End)
-		s.Stats.LastApplied.Store(uint64(ev.End))
+		s.acknowledge(ev.End)
 	}
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -366,5 +368,29 @@ func TestTruncatePastWatermarkIsSkipped(t *testing.T) {
 	}
 	if n := rdb.Exists(ctx, "t:1", "t:1:v").Val(); n != 0 {
 		t.Errorf("a current TRUNCATE left %d keys", n)
+	}
+}
+
+// TestOneAcknowledgementPath: every position the sink reports goes through
+// acknowledge (the one place that may call Acker.Ack), so what "applied"
+// means is decided once.
+func TestOneAcknowledgementPath(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls += strings.Count(string(src), ".ack.Ack(")
+	}
+	if calls != 1 {
+		t.Errorf("Acker.Ack is called in %d places, want 1 (in acknowledge)", calls)
 	}
 }
