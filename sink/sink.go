@@ -5,7 +5,9 @@
 // deletes the keys with UNLINK (or DEL) in one pipeline, and only after Redis
 // acknowledged the whole batch reports the batch's last transaction end to
 // the checkpoint. A TRUNCATE pattern is applied on its own, in order, with
-// SCAN + UNLINK (never KEYS). The rules' other actions go in the same
+// SCAN + UNLINK (never KEYS); when the watermark in Redis is already past
+// its commit (another instance applied it while this one was paused with
+// it in hand) it is skipped, so it cannot undo newer work. The rules' other actions go in the same
 // pipeline, in this order: version raises (one Lua script, never lowering),
 // deletes, refreshed values (the last write to a key in the batch wins, as
 // in commit order), generation bumps, then one message per transaction on
