@@ -90,7 +90,7 @@ func Run(ctx context.Context, opts Options, stderr io.Writer) (*Report, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	b := &bench{opts: opts, stderr: stderr}
+	b := &bench{opts: opts, stderr: stderr, cur: opts.reference()}
 	tty := false
 	if f, ok := stderr.(*os.File); ok {
 		tty = isTerminal(f)
@@ -107,6 +107,7 @@ func Run(ctx context.Context, opts Options, stderr io.Writer) (*Report, error) {
 		Settings: Settings{
 			Rows: opts.Rows, Batch: opts.Batch, Repeat: opts.Repeat, Rates: rates,
 			DurationSeconds: opts.Duration.Seconds(), MaxConns: opts.MaxConns, BigRows: opts.BigRows,
+			Variants: opts.variantSettings(),
 		},
 	}
 	load := loadAverage()
@@ -127,8 +128,8 @@ func Run(ctx context.Context, opts Options, stderr io.Writer) (*Report, error) {
 			if c != nil && len(c.Runs) > 0 {
 				rep.CatchUp = append(rep.CatchUp, *c)
 				for _, run := range c.Runs {
-					if run.KeysLeft > 0 {
-						rep.Problems = append(rep.Problems, fmt.Sprintf("catch-up %s: the engine left %d of %d prefilled keys undeleted", w.name, run.KeysLeft, opts.Rows))
+					for _, p := range run.Problems {
+						rep.Problems = append(rep.Problems, fmt.Sprintf("catch-up %s: %s", w.name, p))
 					}
 					if run.Flushed {
 						rep.Problems = append(rep.Problems, fmt.Sprintf("catch-up %s: the engine deleted %s0, which no row maps to: it flushed the managed keys, so the run did not measure deletes alone", w.name, keyPrefix))
@@ -139,6 +140,7 @@ func Run(ctx context.Context, opts Options, stderr io.Writer) (*Report, error) {
 				return rep, fmt.Errorf("catch-up %s: %w", w.name, err)
 			}
 		}
+		compareVariants(rep.CatchUp)
 	}
 	if opts.has(PhaseLatency) {
 		ls, err := b.latency(ctx)
@@ -189,6 +191,10 @@ type bench struct {
 	keyspaceOld *string  // notify-keyspace-events to restore
 	keysSet     int      // keys item:0..keysSet may have been set
 	watermarks  []string // watermark keys set
+	maxFanout   int      // keys item:N:1..item:N:(maxFanout-1) may have been set
+	usedActions bool     // version, refresh, stream, generation keys may have been set
+
+	cur variant // the rules of the engines started now (workload_options.go)
 }
 
 func (b *bench) warn(format string, args ...any) {
@@ -275,12 +281,7 @@ func (b *bench) setup(ctx context.Context, rep *Report) error {
 	if err := b.dropLeftovers(ctx); err != nil {
 		return err
 	}
-	for _, sql := range []string{
-		`CREATE TABLE ` + table + ` (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0, payload text NOT NULL) WITH (fillfactor = 90, autovacuum_enabled = false)`,
-		fmt.Sprintf(`INSERT INTO %s (id, payload) SELECT g, 'item ' || g || ' ' || md5(g::text) FROM generate_series(1, %d) g`, table, b.opts.Rows),
-		`VACUUM ANALYZE ` + table,
-		`CREATE PUBLICATION ` + publication + ` FOR TABLE ` + table,
-	} {
+	for _, sql := range b.setupSQL() {
 		if _, err := b.db.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("postgres: %s: %w", firstWords(sql), err)
 		}
@@ -343,7 +344,7 @@ func loadAverage() float64 {
 // Autovacuum is off for the bench table, so that it does not start in the
 // middle of one and compete for the CPUs.
 func (b *bench) vacuum(ctx context.Context) error {
-	if _, err := b.db.Exec(ctx, `VACUUM `+table); err != nil {
+	if _, err := b.db.Exec(ctx, `VACUUM `+strings.Join(b.tables(), ", ")); err != nil {
 		return fmt.Errorf("postgres: VACUUM %s: %w", table, err)
 	}
 	return nil
@@ -370,9 +371,9 @@ func (b *bench) dropLeftovers(ctx context.Context) error {
 			return err
 		}
 	}
-	for _, sql := range []string{`DROP PUBLICATION IF EXISTS ` + publication, `DROP TABLE IF EXISTS ` + table} {
+	for _, sql := range []string{`DROP PUBLICATION IF EXISTS ` + publication, `DROP TABLE IF EXISTS ` + table, dropMultiTablesSQL} {
 		if _, err := b.db.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("postgres: %s: %w", sql, err)
+			return fmt.Errorf("postgres: %s: %w", firstWords(sql), err)
 		}
 	}
 	return nil
@@ -477,7 +478,9 @@ func (b *bench) engineConfig(slot, metricsListen string) (string, error) {
 	if metricsListen != "" {
 		fmt.Fprintf(&s, "metrics:\n  listen: %s\n  pprof: true\n", q(metricsListen))
 	}
-	fmt.Fprintf(&s, "log:\n  level: warn\n  format: console\nrules:\n  - table: %s\n    keys: [\"%s{id}\"]\n", table, keyPrefix)
+	fmt.Fprintf(&s, "log:\n  level: warn\n  format: console\n")
+	s.WriteString(verifyYAML(b.cur.verify))
+	s.WriteString(b.cur.rulesYAML())
 	path := fmt.Sprintf("%s/engine-%s.yaml", b.tmp, slot)
 	if err := os.WriteFile(path, []byte(s.String()), 0o600); err != nil {
 		return "", err
@@ -516,6 +519,13 @@ func (b *bench) startEngine(ctx context.Context, slot string, created pglogrepl.
 		b.mu.Unlock()
 		if err := b.rdb.Set(ctx, key, created.String(), 0).Err(); err != nil {
 			return nil, fmt.Errorf("redis: set the engine's watermark %s: %w", key, err)
+		}
+		// Without a record of the patterns an earlier run managed, the
+		// engine starts one; with the record of a run with other rules (a
+		// variant of workload_options.go) it would flush the new patterns,
+		// the prefilled keys among them.
+		if err := b.rdb.Unlink(ctx, managedKey(slot)).Err(); err != nil {
+			return nil, fmt.Errorf("redis: delete the engine's record of managed patterns: %w", err)
 		}
 	}
 	c, err := startChild("engine", b.engineBin, []string{"run", "--config", cfg}, b.childEnv())
@@ -629,6 +639,7 @@ func (b *bench) cleanup() {
 				b.warn("could not restore Redis notify-keyspace-events to %q: %v", *b.keyspaceOld, err)
 			}
 		}
+		b.cleanupVariantKeys(ctx)
 		if !b.throwaway && b.keysSet > 0 {
 			if err := b.deleteKeys(ctx, 0, b.keysSet); err != nil {
 				b.warn("could not delete the bench's keys %s0..%s%d: %v", keyPrefix, keyPrefix, b.keysSet, err)
@@ -648,9 +659,9 @@ func (b *bench) cleanup() {
 					b.warn("%v; drop it yourself, or it keeps WAL on the server: SELECT pg_drop_replication_slot('%s')", err, s)
 				}
 			}
-			for _, sql := range []string{`DROP PUBLICATION IF EXISTS ` + publication, `DROP TABLE IF EXISTS ` + table} {
+			for _, sql := range []string{`DROP PUBLICATION IF EXISTS ` + publication, `DROP TABLE IF EXISTS ` + table, dropMultiTablesSQL} {
 				if _, err := b.db.Exec(ctx, sql); err != nil {
-					b.warn("%s: %v", sql, err)
+					b.warn("%s: %v", firstWords(sql), err)
 				}
 			}
 		}

@@ -38,6 +38,9 @@ type Options struct {
 	BigRows int
 	// Phases selects the measurements: "catchup", "latency", "memory".
 	Phases []string
+	// LatencyControl runs the latency writes again with pg_recvlogical as
+	// the only consumer and reports its walsender's delay.
+	LatencyControl bool
 
 	// Engine is the cdcinvalidate binary to run (default: this executable).
 	Engine string
@@ -55,6 +58,9 @@ type Options struct {
 	// Progress forces the progress display on stderr; by default it is
 	// shown only when stderr is a terminal.
 	Progress bool
+
+	// WorkloadOptions choose the catch-up variants (workload_options.go).
+	WorkloadOptions
 }
 
 // Phase names.
@@ -78,6 +84,10 @@ func DefaultOptions() Options {
 		MaxConns: 2,
 		BigRows:  2_000_000,
 		Phases:   allPhases,
+
+		LatencyControl: true,
+
+		WorkloadOptions: defaultWorkloadOptions(),
 	}
 }
 
@@ -127,6 +137,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.MaxConns, "max-conns", o.MaxConns, "writer connections for the rate max")
 	fs.IntVar(&o.BigRows, "big-rows", o.BigRows, "rows of the one transaction of the memory measurement")
 	fs.Var((*phaseList)(&o.Phases), "phases", "`phases` to run, comma-separated: catchup, latency, memory")
+	fs.BoolVar(&o.LatencyControl, "latency-control", o.LatencyControl, "after the engine's latency run, run the same writes with pg_recvlogical as the only consumer and report its walsender's delay beside the engine's")
 	fs.StringVar(&o.Engine, "engine", "", "cdcinvalidate `binary` to measure (default: this executable)")
 	fs.StringVar(&o.PgRecvLogical, "pg-recvlogical", "", "pg_recvlogical `binary` (default: next to the PostgreSQL server binaries, on PATH, or in /usr/lib/postgresql/*/bin)")
 	fs.StringVar(&o.ProfileDir, "profile", "", "write pprof profiles of the engine into `dir`: CPU per catch-up "+
@@ -134,6 +145,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 		"(go tool pprof BINARY FILE); the engine then also serves metrics")
 	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON on stdout instead of the table")
 	fs.BoolVar(&o.Progress, "progress", false, "show progress on stderr even when it is not a terminal")
+	o.registerWorkloadFlags(fs)
 }
 
 // Validate checks the options and returns every problem.
@@ -169,6 +181,7 @@ func (o *Options) Validate() error {
 	if len(o.Phases) == 0 {
 		errs = append(errs, errors.New("--phases: give at least one of catchup, latency, memory"))
 	}
+	errs = append(errs, o.validateWorkload()...)
 	if o.Engine != "" {
 		if _, err := exec.LookPath(o.Engine); err != nil {
 			errs = append(errs, fmt.Errorf("--engine: %w", err))
