@@ -30,7 +30,7 @@ type actionBatch struct {
 	incrs     []string
 	incrSeen  map[string]struct{}
 	msgs      []outMsg
-	counts    [8]int // actions by kind, for the observer
+	counts    [8]int // actions by kind, for the observer (ActDelete, 8, is a plain delete: counted as keys)
 }
 
 // setItem is a refresh write of a key, or a delete of a refreshed key
