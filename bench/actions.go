@@ -132,7 +132,10 @@ func (b *bench) prepareRedis(ctx context.Context, v variant) error {
 	if err := b.pipeKeys(ctx, 1, rows, del, false); err != nil {
 		return err
 	}
-	return b.rdb.Unlink(ctx, streamKey, generationKey).Err()
+	pipe := b.rdb.Pipeline()
+	b.unlinkCmds(ctx, pipe, []string{streamKey, generationKey}) // one per key on a cluster
+	_, err := pipe.Exec(ctx)
+	return err
 }
 
 // noteKeys records which keys a run may create, for cleanup with given
@@ -158,7 +161,9 @@ func (b *bench) cleanupVariantKeys(ctx context.Context) {
 	if err := b.pipeKeys(ctx, 0, b.keysSet, formats, false); err != nil {
 		b.warn("could not delete the bench's keys (%s): %v", strings.Join(formats, ", "), err)
 	}
-	if err := b.rdb.Unlink(ctx, streamKey, generationKey).Err(); err != nil {
+	pipe := b.rdb.Pipeline()
+	b.unlinkCmds(ctx, pipe, []string{streamKey, generationKey}) // one per key on a cluster
+	if _, err := pipe.Exec(ctx); err != nil {
 		b.warn("could not delete %s and %s: %v", streamKey, generationKey, err)
 	}
 }
@@ -210,13 +215,13 @@ func (b *bench) countFormats(ctx context.Context, from, to int, formats []string
 		for _, f := range formats {
 			keys = append(keys, fmt.Sprintf(f, i))
 			if len(keys) == chunk {
-				cmds = append(cmds, pipe.Exists(ctx, keys...))
+				cmds = append(cmds, b.existsCmds(ctx, pipe, keys)...)
 				keys = make([]string, 0, chunk)
 			}
 		}
 	}
 	if len(keys) > 0 {
-		cmds = append(cmds, pipe.Exists(ctx, keys...))
+		cmds = append(cmds, b.existsCmds(ctx, pipe, keys)...)
 	}
 	if len(cmds) == 0 {
 		return 0, nil
@@ -478,7 +483,7 @@ func (b *bench) checkVersions(ctx context.Context, start, end pglogrepl.LSN) (st
 		for i := lo; i <= min(lo+999, b.opts.Rows); i++ {
 			keys = append(keys, keyPrefix+strconv.Itoa(i)+versionSuffix)
 		}
-		vals, err := b.rdb.MGet(ctx, keys...).Result()
+		vals, err := b.mget(ctx, keys)
 		if err != nil {
 			return "", fmt.Errorf("redis: read version keys: %w", err)
 		}
@@ -540,7 +545,7 @@ func (b *bench) checkRefreshed(ctx context.Context, format string) (string, erro
 			n, _ := strconv.Atoi(id)
 			keys[i] = fmt.Sprintf(format, n)
 		}
-		got, err := b.rdb.MGet(ctx, keys...).Result()
+		got, err := b.mget(ctx, keys)
 		if err != nil {
 			return "", fmt.Errorf("redis: read refreshed keys: %w", err)
 		}

@@ -143,7 +143,51 @@
 // With the engine streaming on a fresh slot, one INSERT ... SELECT
 // generate_series of --big-rows rows commits; the engine's VmHWM
 // (/proc/PID/status) once it confirmed the transaction is its peak RSS.
-// Target: 150 MB (10^6 bytes) through 2,000,000 rows.
+// Target: 150 MB (10^6 bytes) through 2,000,000 rows. With --wide (memory
+// phase only) the table has 100 columns, every 20th extra one a 3.2 KB
+// text that PostgreSQL TOASTs, and the rule refreshes the rows (a SET of
+// the whole row as JSON, about 14 KB) instead of deleting keys: the case
+// where only byte bounds keep the engine's memory flat.
+//
+// # Redis topology and distance
+//
+// --redis-topology cluster starts a throwaway Redis Cluster of 3 masters
+// and 3 replicas (harness.StartCluster) and gives the engine redis.addrs
+// and redis.cluster: true; sentinel starts 1 master, 1 replica and 3
+// sentinels (harness.StartSentinel) and gives it redis.addrs (the
+// sentinels) and redis.master_name. The bench's own client is a cluster
+// or failover client: keys are seeded on their slot's master, multi-key
+// commands are sent one key each on a cluster, Redis counters are summed
+// over the masters, and the latency phase turns keyspace notifications on
+// and subscribes on every master (a node notifies only of its own keys).
+// Each master's watermark (sink.ShardWatermarkKey) is set with the main
+// one before the engine starts. --wait-replicas N gives the engine
+// redis.wait_replicas: N (a throwaway standalone Redis then gets N
+// replicas, and the bench waits until they are online).
+//
+// --redis-rtt D (standalone only) puts an in-process TCP proxy (rttproxy.go)
+// between the engine and Redis: every chunk read from one side is written
+// to the other D/2 after its arrival, in order, while reading goes on, so
+// pipelines still cost one round trip. Only the engine goes through it;
+// the bench's clients, the keyspace-notification subscriber among them,
+// connect directly, so a latency contains the RTT once (the engine's
+// delete) and the p99 target is raised by D. pg_recvlogical is unchanged.
+//
+// # Beyond one slot
+//
+// With --instances N >= 2 the catch-up phase also measures the pattern of
+// docs/operations.md ("Several instances: beyond one slot"): N tables
+// cdcbench_items_1..N holding the ids in N ranges, publications
+// cdcbench_pub_1..N and cdcbench_pub_all (every one of them), and for each
+// workload and run, over the same WAL range (all slots created at the same
+// point, the workload's transactions going to the tables in turn): N
+// engines, one per slot cdcbench_engine_K with its own configuration and
+// so its own watermark and status keys, started together, from the first
+// start until every one confirmed the end; one engine on cdcbench_pub_all
+// (slot cdcbench_engine_all); and N pg_recvlogical (slots
+// cdcbench_recv_K) started together until the last exited. Reported: the
+// medians, the speedup (one engine / N engines) and the ratio to the N
+// pg_recvlogical, with CPU summed over the processes and the walsenders.
 //
 // Targets are printed next to the figures and judged; a missed target is
 // not an error (exit 0). Lost invalidations, keys the engine left behind

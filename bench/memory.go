@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -17,8 +18,8 @@ import (
 // generate_series of BigRows rows, and reads the engine's VmHWM once it
 // confirmed the transaction.
 func (b *bench) memory(ctx context.Context) (*Memory, error) {
-	m := &Memory{Rows: b.opts.BigRows, BaselineRSSBytes: -1, PeakRSSBytes: -1}
-	if b.opts.BigRows == TargetRSSRows {
+	m := &Memory{Rows: b.opts.BigRows, Wide: b.opts.Wide, BaselineRSSBytes: -1, PeakRSSBytes: -1}
+	if b.opts.BigRows == TargetRSSRows && !b.opts.Wide {
 		m.TargetRSSBytes = TargetRSSBytes
 	}
 	b.prog.Step("memory: starting the engine")
@@ -61,8 +62,8 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 	defer conn.Close(context.WithoutCancel(ctx))
 	// New ids after the table's rows; one statement in autocommit is one
 	// transaction, committed synchronously.
-	insert := fmt.Sprintf(`INSERT INTO %s (id, payload) SELECT g, 'item ' || g || ' ' || md5(g::text) FROM generate_series(%d, %d) g`,
-		table, b.opts.Rows+1, b.opts.Rows+b.opts.BigRows)
+	insert := fmt.Sprintf(`INSERT INTO %s (id, payload%s) SELECT g, 'item ' || g || ' ' || md5(g::text)%s FROM generate_series(%d, %d) g`,
+		table, wideNames(b.opts.Wide), wideValues(b.opts.Wide), b.opts.Rows+1, b.opts.Rows+b.opts.BigRows)
 	done := make(chan error, 1)
 	t0 := time.Now()
 	go func() {
@@ -148,4 +149,49 @@ func (b *bench) watchRSS(ctx context.Context, eng *harness.Process, done <-chan 
 			}
 		}
 	}
+}
+
+// wideExtra is how many columns --wide adds to the table's ten: 100.
+const wideExtra = 90
+
+// wideAlterSQL adds the columns of --wide to the bench table.
+func wideAlterSQL() string {
+	var s strings.Builder
+	s.WriteString("ALTER TABLE " + table)
+	for i := 1; i <= wideExtra; i++ {
+		if i > 1 {
+			s.WriteString(",")
+		}
+		fmt.Fprintf(&s, " ADD COLUMN c%d text", i)
+	}
+	return s.String()
+}
+
+// wideNames and wideValues are the added columns of the memory phase's
+// INSERT and their values: every 20th a 3.2 KB text (TOASTed), the others
+// short numbers.
+func wideNames(wide bool) string {
+	if !wide {
+		return ""
+	}
+	var s strings.Builder
+	for i := 1; i <= wideExtra; i++ {
+		fmt.Fprintf(&s, ", c%d", i)
+	}
+	return s.String()
+}
+
+func wideValues(wide bool) string {
+	if !wide {
+		return ""
+	}
+	var s strings.Builder
+	for i := 1; i <= wideExtra; i++ {
+		if i%20 == 0 {
+			fmt.Fprintf(&s, ", repeat(md5((g + %d)::text), 100)", i)
+		} else {
+			fmt.Fprintf(&s, ", (g * %d)::text", i)
+		}
+	}
+	return s.String()
 }

@@ -36,6 +36,9 @@ type Options struct {
 	MaxConns int
 	// BigRows is the size of the one transaction of the memory measurement.
 	BigRows int
+	// Wide makes the memory measurement's rows 100 columns wide, four of
+	// them TOASTed text, refreshed by the rule (memory phase only).
+	Wide bool
 	// Phases selects the measurements: "catchup", "latency", "memory".
 	Phases []string
 	// LatencyControl runs the latency writes again with pg_recvlogical as
@@ -52,6 +55,21 @@ type Options struct {
 	// CPU per latency rate, taken during its writes, and the heap
 	// (allocations) after the memory phase's transaction.
 	ProfileDir string
+
+	// Redis topology, distance and instances (topology.go, instances.go).
+	// RedisTopology is standalone (also ""), cluster or sentinel; with
+	// given servers RedisAddr then lists the seed nodes or the sentinels,
+	// comma-separated, and RedisMasterName names the Sentinel master.
+	RedisTopology   string
+	RedisMasterName string
+	// RedisRTT is the round trip the delay proxy adds between the engine
+	// and Redis (standalone only).
+	RedisRTT time.Duration
+	// WaitReplicas is the engine's redis.wait_replicas.
+	WaitReplicas int
+	// Instances >= 2: the catch-up phase measures that many engines, each
+	// on its own table, publication and slot.
+	Instances int
 
 	// JSON prints the report as JSON instead of the table.
 	JSON bool
@@ -88,6 +106,9 @@ func DefaultOptions() Options {
 		LatencyControl: true,
 
 		WorkloadOptions: defaultWorkloadOptions(),
+
+		RedisTopology: TopologyStandalone,
+		Instances:     1,
 	}
 }
 
@@ -136,6 +157,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Duration, "duration", o.Duration, "how long the writer runs at each rate")
 	fs.IntVar(&o.MaxConns, "max-conns", o.MaxConns, "writer connections for the rate max")
 	fs.IntVar(&o.BigRows, "big-rows", o.BigRows, "rows of the one transaction of the memory measurement")
+	fs.BoolVar(&o.Wide, "wide", false, "memory phase only: rows of 100 columns (four of them 3.2 KB text, TOASTed) that the rule refreshes (SET of the row as JSON) instead of deleting")
 	fs.Var((*phaseList)(&o.Phases), "phases", "`phases` to run, comma-separated: catchup, latency, memory")
 	fs.BoolVar(&o.LatencyControl, "latency-control", o.LatencyControl, "after the engine's latency run, run the same writes with pg_recvlogical as the only consumer and report its walsender's delay beside the engine's")
 	fs.StringVar(&o.Engine, "engine", "", "cdcinvalidate `binary` to measure (default: this executable)")
@@ -143,6 +165,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.ProfileDir, "profile", "", "write pprof profiles of the engine into `dir`: CPU per catch-up "+
 		"workload (from one extra run) and per latency rate, and the heap after the memory phase's transaction "+
 		"(go tool pprof BINARY FILE); the engine then also serves metrics")
+	o.registerTopologyFlags(fs)
 	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON on stdout instead of the table")
 	fs.BoolVar(&o.Progress, "progress", false, "show progress on stderr even when it is not a terminal")
 	o.registerWorkloadFlags(fs)
@@ -175,6 +198,9 @@ func (o *Options) Validate() error {
 	if o.MaxConns < 1 {
 		errs = append(errs, fmt.Errorf("--max-conns %d: must be at least 1", o.MaxConns))
 	}
+	if o.Wide && (len(o.Phases) != 1 || o.Phases[0] != PhaseMemory) {
+		errs = append(errs, fmt.Errorf("--wide: only with --phases memory (the other phases measure deletes)"))
+	}
 	if o.BigRows < 1 {
 		errs = append(errs, fmt.Errorf("--big-rows %d: must be at least 1", o.BigRows))
 	}
@@ -182,6 +208,7 @@ func (o *Options) Validate() error {
 		errs = append(errs, errors.New("--phases: give at least one of catchup, latency, memory"))
 	}
 	errs = append(errs, o.validateWorkload()...)
+	errs = append(errs, o.validateTopology()...)
 	if o.Engine != "" {
 		if _, err := exec.LookPath(o.Engine); err != nil {
 			errs = append(errs, fmt.Errorf("--engine: %w", err))

@@ -37,6 +37,8 @@ type Report struct {
 	CatchUp     []CatchUp   `json:"catch_up,omitempty"`
 	Latency     []Latency   `json:"latency,omitempty"`
 	Memory      *Memory     `json:"memory,omitempty"`
+	// InstancesCatchUp is the --instances measurement (instances.go).
+	InstancesCatchUp []InstancesCatchUp `json:"instances_catch_up,omitempty"`
 	// Problems are failed checks (lost invalidations, keys left behind);
 	// a report with problems makes the command exit 1.
 	Problems []string `json:"problems,omitempty"`
@@ -68,9 +70,12 @@ type Settings struct {
 	Rates           []string `json:"rates"`
 	DurationSeconds float64  `json:"duration_seconds"`
 	MaxConns        int      `json:"max_conns"`
+	Instances       int      `json:"instances,omitempty"`
 	BigRows         int      `json:"big_rows"`
 	// Variants are the catch-up variants' options (workload_options.go).
 	Variants VariantSettings `json:"variants"`
+	// Redis is the topology, the added round trip and wait_replicas.
+	Redis RedisSettings `json:"redis"`
 }
 
 // CatchUp is the catch-up measurement of one workload.
@@ -191,6 +196,8 @@ type Latency struct {
 type Memory struct {
 	Rows     int    `json:"rows"`
 	WALBytes uint64 `json:"wal_bytes"`
+	// Wide: rows of 100 columns, refreshed (--wide).
+	Wide bool `json:"wide,omitempty"`
 	// InsertSeconds is the INSERT ... SELECT until its commit returned.
 	InsertSeconds float64 `json:"insert_seconds"`
 	// ConfirmedSeconds is from the commit until the engine confirmed it.
@@ -222,6 +229,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(&b, "engine %s (%s, %s, %d CPUs); PostgreSQL %s, Redis %s (%s)\n", e.EngineBinary, e.GoVersion, e.Platform, e.CPUs, e.Postgres, e.Redis, where)
 	if e.LoadAverage != [2]float64{} {
 		fmt.Fprintf(&b, "load average (1 min) %.2f at the start, %.2f at the end, on %d CPUs\n", e.LoadAverage[0], e.LoadAverage[1], e.CPUs)
+	}
+	if d := r.Settings.Redis.describe(); d != "" {
+		fmt.Fprintln(&b, d)
 	}
 	if len(e.PluginOptions) > 0 {
 		fmt.Fprintf(&b, "pgoutput options of both consumers: %s\n", strings.Join(e.PluginOptions, ", "))
@@ -281,6 +291,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 	}
 
+	if err := writeInstances(&b, r); err != nil {
+		return err
+	}
+
 	if len(r.Latency) > 0 {
 		fmt.Fprintf(&b, "\nCommit-to-invalidation latency: single-row UPDATEs in autocommit, %s per rate; from Exec returning to the key's del event in Redis.\n",
 			time.Duration(r.Settings.DurationSeconds*float64(time.Second)))
@@ -323,7 +337,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 	}
 
 	if m := r.Memory; m != nil {
-		fmt.Fprintf(&b, "\nPeak memory: one INSERT ... SELECT generate_series of %s rows (%s of WAL), engine streaming.\n", thousands(int64(m.Rows)), megabytes(int64(m.WALBytes)))
+		kind := "rows"
+		if m.Wide {
+			kind = "rows of 100 columns (four of 3.2 KB text), refreshed"
+		}
+		fmt.Fprintf(&b, "\nPeak memory: one INSERT ... SELECT generate_series of %s %s (%s of WAL), engine streaming.\n", thousands(int64(m.Rows)), kind, megabytes(int64(m.WALBytes)))
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "rows\tinsert\tconfirmed after commit\tRSS before\tpeak RSS (VmHWM)\ttarget\t")
 		target := ""

@@ -71,6 +71,9 @@ BEGIN
 END
 $$`, n, table, table, n))
 	}
+	if b.opts.Wide {
+		sqls = append(sqls, wideAlterSQL())
+	}
 	sqls = append(sqls,
 		`VACUUM ANALYZE `+strings.Join(b.tables(), ", "),
 		`CREATE PUBLICATION `+publication+` FOR TABLE `+strings.Join(b.tables(), ", "))

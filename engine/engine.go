@@ -131,7 +131,7 @@ func (e *Engine) run(ctx context.Context) error {
 	}
 
 	tracker := checkpoint.NewTracker(start.confirmed)
-	events := make(chan replication.Event, 64)
+	events := make(chan replication.Event, defaults.QueueEvents)
 	st := replication.New(replication.Config{
 		Conn: pgcfg, Slot: e.cfg.Postgres.Slot, Publication: e.cfg.Postgres.Publication,
 		StatusInterval: e.cfg.Postgres.StatusInterval, Streaming: e.cfg.Postgres.StreamingEnabled(),

@@ -26,3 +26,19 @@ func BenchmarkDecodeInsert(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkTxnBufferAdd measures buffering one key of a streamed
+// transaction in memory: a copy into a chunk, no allocation per key.
+func BenchmarkTxnBufferAdd(b *testing.B) {
+	budget := 1 << 30
+	buf := &txnBuffer{xid: 1}
+	defer buf.release(&budget)
+	e := bufEntry{subXid: 1, text: "item:1234567"}
+	dir := b.TempDir()
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := buf.add(e, &budget, dir); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -45,6 +46,11 @@ type Event struct {
 	End LSN
 	// CommitTime is the commit time of the transaction that End closes.
 	CommitTime time.Time
+	// Size is about how many bytes of memory the event's keys and actions
+	// hold (their text plus a fixed cost each, see EntryBytes); the sink
+	// bounds a batch by it. The stream sets it; an event built elsewhere
+	// may leave it 0.
+	Size int
 	// Restart says that a new replication session begins: the server sends
 	// again everything after the confirmed position, so a transaction that
 	// the last session handed over only in part starts over.
@@ -136,6 +142,13 @@ type Config struct {
 	SpillDir       string
 	// ChunkKeys is how many keys of one transaction go into one event.
 	ChunkKeys int
+	// ChunkBytes bounds the bytes (Event.Size) of one event of a large
+	// transaction: wide refreshed rows fill it long before ChunkKeys.
+	ChunkBytes int
+	// QueueBytes bounds the bytes (Event.Size) of the events waiting in the
+	// output channel: a deep channel lets many small transactions queue
+	// while the sink is busy, without letting large events pile up.
+	QueueBytes int
 	// MinBackoff and MaxBackoff bound the wait between reconnects.
 	MinBackoff, MaxBackoff time.Duration
 	// ShutdownWait is how long to wait at shutdown for the sink to apply
@@ -171,6 +184,11 @@ type Stream struct {
 
 	swap swapper // rules reloads (swap.go)
 
+	// sent[n%len] is the total Size of the first n events sent on out
+	// (n = count): the events still queued are the last len(out) sent.
+	sent  []int
+	count int
+
 	// What the start-up flush covered (SetFlushed, unbound.go).
 	coveredBelow              LSN
 	coveredGlobs, coveredGens []string
@@ -189,6 +207,12 @@ func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
 	}
 	if cfg.ChunkKeys <= 0 {
 		cfg.ChunkKeys = defaults.ChunkKeys
+	}
+	if cfg.ChunkBytes <= 0 {
+		cfg.ChunkBytes = defaults.ChunkBytes
+	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = defaults.QueueBytes
 	}
 	if cfg.MinBackoff <= 0 {
 		cfg.MinBackoff = defaults.MinBackoff
@@ -214,7 +238,25 @@ func New(cfg Config, m Mapper, pos Positions, out chan<- Event) *Stream {
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
 	}
-	return &Stream{cfg: cfg, mapper: m, pos: pos, out: out, log: cfg.Logger, obs: cfg.Observer}
+	return &Stream{cfg: cfg, mapper: m, pos: pos, out: out, log: cfg.Logger, obs: cfg.Observer, sent: make([]int, cap(out)+1)}
+}
+
+// queued returns the bytes (Event.Size) of the events waiting in out. The
+// sink only takes events away meanwhile, so the answer is never too low.
+func (s *Stream) queued() int {
+	k := min(len(s.out), s.count)
+	if k == 0 {
+		return 0
+	}
+	n := len(s.sent)
+	return s.sent[s.count%n] - s.sent[(s.count-k)%n]
+}
+
+// wasSent records an event of size bytes sent on out.
+func (s *Stream) wasSent(size int) {
+	n := len(s.sent)
+	s.sent[(s.count+1)%n] = s.sent[s.count%n] + size
+	s.count++
 }
 
 // Run streams until ctx is cancelled (then it returns nil after confirming
@@ -303,6 +345,7 @@ type session struct {
 	commitLSN  LSN
 	acts       []Action // actions of the open transaction not yet emitted
 	keys       []string
+	partBytes  int    // EntryBytes of keys and acts
 	actBuf     []byte // reused encoding of an action for a txnBuffer
 
 	inStream  bool
@@ -630,9 +673,9 @@ func (ss *session) handleMessage(data []byte) error {
 		ss.commitLSN = m.lsn
 	case msgCommit:
 		ss.inTxn = false
-		keys, acts := ss.keys, ss.acts
-		ss.keys, ss.acts = nil, nil
-		return ss.emit(Event{Keys: keys, Actions: acts, LSN: m.lsn, End: m.endLSN, CommitTime: m.time})
+		keys, acts, size := ss.keys, ss.acts, ss.partBytes
+		ss.keys, ss.acts, ss.partBytes = nil, nil, 0
+		return ss.emit(Event{Keys: keys, Actions: acts, LSN: m.lsn, End: m.endLSN, CommitTime: m.time, Size: size})
 	case msgRelation:
 		return ss.handleRelation(m)
 	case msgInsert, msgUpdate, msgDelete:
@@ -671,6 +714,7 @@ func (ss *session) handleMessage(data []byte) error {
 			}
 		}
 		ss.acts = append(ss.acts, acts...)
+		ss.partBytes += EntryBytes(nil, acts)
 		return nil
 	case msgStreamStart:
 		ss.inStream = true
@@ -745,7 +789,8 @@ func (ss *session) handleMessage(data []byte) error {
 		}
 		ss.keys = append(ss.keys, keys...)
 		ss.acts = append(ss.acts, acts...)
-		if len(globs) > 0 || len(ss.keys)+len(ss.acts) >= ss.s.cfg.ChunkKeys {
+		ss.partBytes += EntryBytes(keys, acts)
+		if len(globs) > 0 || ss.partFull() {
 			// As for TRUNCATE and large transactions: keys before the
 			// patterns go first; the position moves only at Commit.
 			if err := ss.emitPart(); err != nil {
@@ -945,9 +990,11 @@ func (ss *session) handleChange(m *message, described *Relation) error {
 		ch.New = Tuple{}
 	}
 	if !ss.inStream {
-		before := len(ss.keys) + len(ss.acts)
+		nk, na := len(ss.keys), len(ss.acts)
+		before := nk + na
 		keys, acts, err := ss.s.mapper.AppendChange(ss.keys, ss.acts, ch)
 		ss.keys, ss.acts = keys, acts
+		ss.partBytes += EntryBytes(keys[min(nk, len(keys)):], acts[min(na, len(acts)):])
 		if err != nil {
 			if ss.s.covered(err, ss.commitLSN) {
 				ss.s.log.Debug("skipping a change the flush at this start covered", zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
@@ -956,7 +1003,7 @@ func (ss *session) handleChange(m *message, described *Relation) error {
 			return permanent(err)
 		}
 		ss.tables[m.relID].Change(ch.Op, len(keys)+len(acts)-before)
-		if len(ss.keys)+len(ss.acts) >= ss.s.cfg.ChunkKeys {
+		if ss.partFull() {
 			// The transaction is committed (pgoutput sends it after commit),
 			// so its keys may be applied before its Commit arrives; the
 			// position only moves at Commit.
@@ -999,12 +1046,39 @@ func (ss *session) bufferActions(b *txnBuffer, subXid uint32, acts []Action) err
 // emitPart hands over the keys and actions of the open (non-streamed)
 // transaction gathered so far, before its Commit.
 func (ss *session) emitPart() error {
-	keys, acts := ss.keys, ss.acts
-	ss.keys, ss.acts = nil, nil
+	keys, acts, size := ss.keys, ss.acts, ss.partBytes
+	ss.keys, ss.acts, ss.partBytes = nil, nil, 0
 	if len(keys) == 0 && len(acts) == 0 {
 		return nil
 	}
-	return ss.emit(Event{Keys: keys, Actions: acts, LSN: ss.commitLSN})
+	return ss.emit(Event{Keys: keys, Actions: acts, LSN: ss.commitLSN, Size: size})
+}
+
+// partFull says the open transaction's part gathered so far fills an
+// event: by count (ChunkKeys) or by bytes (ChunkBytes).
+func (ss *session) partFull() bool {
+	return len(ss.keys)+len(ss.acts) >= ss.s.cfg.ChunkKeys || ss.partBytes >= ss.s.cfg.ChunkBytes
+}
+
+// Fixed costs of an event's entries besides their text, in EntryBytes: a
+// string header, and an Action (whose strings' headers it holds).
+const (
+	keyOverhead    = int(unsafe.Sizeof(""))
+	actionOverhead = int(unsafe.Sizeof(Action{}))
+)
+
+// EntryBytes is the memory that keys and acts hold, about: their text
+// plus a fixed cost each. It is what Event.Size counts.
+func EntryBytes(keys []string, acts []Action) int {
+	n := len(keys)*keyOverhead + len(acts)*actionOverhead
+	for _, k := range keys {
+		n += len(k)
+	}
+	for i := range acts {
+		a := &acts[i]
+		n += len(a.Key) + len(a.Target) + len(a.Table) + len(a.Value)
+	}
+	return n
 }
 
 func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.Time) error {
@@ -1024,12 +1098,13 @@ func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.
 	}
 	var keys []string
 	var acts []Action
+	size := 0
 	flush := func() error {
 		if len(keys) == 0 && len(acts) == 0 {
 			return nil
 		}
-		err := ss.emit(Event{Keys: keys, Actions: acts, LSN: commitLSN})
-		keys, acts = nil, nil
+		err := ss.emit(Event{Keys: keys, Actions: acts, LSN: commitLSN, Size: size})
+		keys, acts, size = nil, nil, 0
 		return err
 	}
 	err := b.each(func(e bufEntry) error {
@@ -1045,10 +1120,12 @@ func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.
 				return fmt.Errorf("read buffered transaction %d: %w", xid, err)
 			}
 			acts = append(acts, a)
+			size += EntryBytes(nil, acts[len(acts)-1:])
 		default:
 			keys = append(keys, e.text)
+			size += len(e.text) + keyOverhead
 		}
-		if len(keys)+len(acts) >= ss.s.cfg.ChunkKeys {
+		if len(keys)+len(acts) >= ss.s.cfg.ChunkKeys || size >= ss.s.cfg.ChunkBytes {
 			return flush()
 		}
 		return nil
@@ -1056,7 +1133,7 @@ func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.
 	if err != nil {
 		return err
 	}
-	return ss.emit(Event{Keys: keys, Actions: acts, LSN: commitLSN, End: end, CommitTime: commitTime})
+	return ss.emit(Event{Keys: keys, Actions: acts, LSN: commitLSN, End: end, CommitTime: commitTime, Size: size})
 }
 
 // emit hands an event to the sink. While the sink is busy (Redis slow or
@@ -1065,6 +1142,11 @@ func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.
 func (ss *session) emit(ev Event) error {
 	if ev.End > ss.lastEnd {
 		ss.s.pos.Handed(ev.End, ev.CommitTime)
+	}
+	if ev.Size > 0 && ss.s.queued()+ev.Size > ss.s.cfg.QueueBytes {
+		if err := ss.waitQueue(ev.Size); err != nil {
+			return err
+		}
 	}
 	select {
 	case ss.s.out <- ev:
@@ -1086,9 +1168,32 @@ func (ss *session) emit(ev Event) error {
 		// silence of the connection counts from now.
 		ss.lastRecv = time.Now()
 	}
+	ss.s.wasSent(ev.Size)
 	if ev.End > ss.lastEnd {
 		ss.lastEnd = ev.End
 	}
+	return nil
+}
+
+// waitQueue waits until an event of size bytes fits in the queue's
+// QueueBytes (or nothing is queued), sending status updates meanwhile. It
+// looks again every millisecond: it waits only while the sink is busy with
+// large events.
+func (ss *session) waitQueue(size int) error {
+	for len(ss.s.out) > 0 && ss.s.queued()+size > ss.s.cfg.QueueBytes {
+		now := time.Now()
+		if ss.rep.Due(now, ss.s.pos.Applied()) {
+			if err := ss.sendStatus(now); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ss.ctx.Done():
+			return ss.ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	ss.lastRecv = time.Now() // the connection was not read meanwhile
 	return nil
 }
 

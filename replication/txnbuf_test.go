@@ -44,13 +44,12 @@ func TestTxnBufferInMemory(t *testing.T) {
 		{subXid: 8, text: ""},
 		{subXid: 7, text: "ünï\x00code"},
 	}
-	cost := 0
 	for _, e := range want {
 		if err := b.add(e, &budget, dir); err != nil {
 			t.Fatal(err)
 		}
-		cost += len(e.text) + entryOverhead
 	}
+	cost := firstChunk // the records fit in the first chunk, charged whole
 	if b.file != nil {
 		t.Fatal("spilled under budget")
 	}
@@ -75,7 +74,7 @@ func TestTxnBufferInMemory(t *testing.T) {
 
 func TestTxnBufferExactBudget(t *testing.T) {
 	t.Parallel()
-	budget := 2 * (3 + entryOverhead)
+	budget := 2 * (3 + recordHeader)
 	b := &txnBuffer{xid: 1}
 	for _, s := range []string{"abc", "def"} {
 		if err := b.add(bufEntry{subXid: 1, text: s}, &budget, t.TempDir()); err != nil {
@@ -106,8 +105,8 @@ func TestTxnBufferSpill(t *testing.T) {
 		t.Fatal("not spilled past the budget")
 	}
 	// Spilling gave the memory back.
-	if budget != start || b.bytes != 0 || b.entries != nil {
-		t.Errorf("after spill: budget %d (want %d) bytes %d entries %d", budget, start, b.bytes, len(b.entries))
+	if budget != start || b.bytes != 0 || b.chunks != nil {
+		t.Errorf("after spill: budget %d (want %d) bytes %d entries %d", budget, start, b.bytes, len(b.chunks))
 	}
 	// The file is unlinked: nothing in the directory, yet it stays readable.
 	if names := spillFiles(t, dir); len(names) != 0 {
@@ -149,7 +148,7 @@ func TestTxnBufferSpill(t *testing.T) {
 // come back in the order they were added.
 func TestTxnBufferSpillKeepsMemoryEntriesFirst(t *testing.T) {
 	t.Parallel()
-	budget := 3 * (10 + entryOverhead)
+	budget := 3 * (10 + recordHeader)
 	b := &txnBuffer{xid: 3}
 	var want []bufEntry
 	for i := range 5 {
@@ -213,7 +212,8 @@ func TestTxnBufferAbortSub(t *testing.T) {
 func TestTxnBufferSharedBudget(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	const start = 3 * (1 + entryOverhead)
+	// a's first chunk, and one record for b.
+	const start = firstChunk + 1 + recordHeader
 	budget := start
 	a, b := &txnBuffer{xid: 1}, &txnBuffer{xid: 2}
 	for _, x := range []*txnBuffer{a, a, b} {
@@ -231,8 +231,8 @@ func TestTxnBufferSharedBudget(t *testing.T) {
 	if a.file != nil || b.file == nil {
 		t.Errorf("a spilled %v b spilled %v, want false true", a.file != nil, b.file != nil)
 	}
-	if budget != 1+entryOverhead {
-		t.Errorf("budget = %d, want %d", budget, 1+entryOverhead)
+	if budget != 1+recordHeader {
+		t.Errorf("budget = %d, want %d", budget, 1+recordHeader)
 	}
 	if got := entries(t, b); len(got) != 2 || got[0].text != "k" || got[1].text != "k2" {
 		t.Errorf("b entries %+v", got)

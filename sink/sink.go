@@ -65,6 +65,10 @@ type Config struct {
 	Client redis.UniversalClient
 	// MaxBatchKeys bounds the keys of one pipeline (default 10000).
 	MaxBatchKeys int
+	// MaxBatchBytes bounds the bytes (replication.Event.Size) of the
+	// events one pipeline gathers (default defaults.MaxBatchBytes): wide
+	// refreshed rows reach it long before MaxBatchKeys.
+	MaxBatchBytes int
 	// KeysPerCommand is how many keys one UNLINK carries (default 256).
 	KeysPerCommand int
 	// UseDel deletes with DEL instead of UNLINK.
@@ -251,6 +255,10 @@ type Sink struct {
 
 	gatherTimer *time.Timer
 	lastCommit  time.Time // commit time of the last transaction added
+	// holdTimer, while holding, fires when a held position that came
+	// without any work for Redis (a keepalive's) is to be watermarked.
+	holdTimer *time.Timer
+	holding   bool
 
 	samples []verifier.Sample // the batch's sampled invalidations, for cfg.Verifier
 
@@ -294,6 +302,9 @@ func New(cfg Config, ack Acker) *Sink {
 	if cfg.MaxBatchKeys <= 0 {
 		cfg.MaxBatchKeys = defaults.MaxBatchKeys
 	}
+	if cfg.MaxBatchBytes <= 0 {
+		cfg.MaxBatchBytes = defaults.MaxBatchBytes
+	}
 	if cfg.KeysPerCommand <= 0 {
 		cfg.KeysPerCommand = defaults.KeysPerCommand
 	}
@@ -323,7 +334,9 @@ func New(cfg Config, ack Acker) *Sink {
 	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}, obs: cfg.Observer, accs: map[string]*msgAcc{}, gatherTimer: t}
+	h := time.NewTimer(time.Hour)
+	h.Stop()
+	return &Sink{cfg: cfg, ack: ack, log: cfg.Logger, seen: map[string]struct{}{}, obs: cfg.Observer, accs: map[string]*msgAcc{}, gatherTimer: t, holdTimer: h}
 }
 
 // PermanentError is an error that retrying cannot fix (the type shared
@@ -340,16 +353,29 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			ev, pending = *pending, nil
 		} else {
 			var ok bool
+			var hold <-chan time.Time
+			if s.holding {
+				hold = s.holdTimer.C
+			}
 			select {
 			case ev, ok = <-in:
 				if !ok {
 					return s.markHeld(ctx)
 				}
+			case <-hold:
+				s.holding = false
+				if err := s.markHeld(ctx); err != nil {
+					return err
+				}
+				continue
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 		}
 		if ev.Restart {
+			if err := s.endHold(ctx); err != nil {
+				return err
+			}
 			if err := s.restart(ctx, ev); err != nil {
 				return err
 			}
@@ -363,6 +389,7 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 		}
 		// Gather what is queued behind this event into one batch.
 		end := ev.End
+		bytes := ev.Size
 		s.startBatch()
 		if err := s.addEvent(ev); err != nil {
 			return err
@@ -377,7 +404,7 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			wait = s.gatherTimer.C
 		}
 	gather:
-		for len(s.batch)+s.acts.size() < s.cfg.MaxBatchKeys {
+		for len(s.batch)+s.acts.size() < s.cfg.MaxBatchKeys && bytes < s.cfg.MaxBatchBytes {
 			var next replication.Event
 			var ok bool
 			select {
@@ -406,8 +433,15 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			if err := s.addEvent(next); err != nil {
 				return err
 			}
+			bytes += next.Size
 			if next.End > end {
 				end = next.End
+			}
+			if wait != nil && s.fresh(next) {
+				// A fresh transaction arrived: the backlog is done, and
+				// it must not wait for the gathering window.
+				s.gatherTimer.Stop()
+				wait = nil
 			}
 		}
 		if wait != nil {
@@ -419,6 +453,22 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 		// it never falls below the slot's confirmed position.
 		held := max(end, s.held)
 		markNow := s.cfg.WatermarkKey == "" || closed || pending != nil || len(in) == 0 || time.Since(s.markedAt) >= markEvery
+		if markNow && s.cfg.WatermarkKey != "" && !closed && pending == nil && len(s.batch) == 0 && s.acts.size() == 0 {
+			// Only positions (keepalives, empty transactions): raising
+			// the watermark now would cost a round trip that a fresh
+			// commit arriving meanwhile waits behind. The position is
+			// held; the next batch carries it, or the hold timer does
+			// after holdPosition.
+			s.held = held
+			if len(s.commits) > 0 {
+				s.obs.Applied(time.Now(), s.commits)
+			}
+			if !s.holding {
+				s.holding = true
+				s.holdTimer.Reset(holdPosition)
+			}
+			continue
+		}
 		var mark replication.LSN
 		if markNow {
 			mark = held
@@ -435,6 +485,10 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 		s.held = held
 		if markNow {
 			s.ackHeld()
+			if s.holding {
+				s.holding = false
+				s.holdTimer.Stop()
+			}
 		}
 		if closed {
 			return s.markHeld(ctx)
@@ -465,6 +519,29 @@ func (s *Sink) restart(ctx context.Context, ev replication.Event) error {
 
 // markEvery is how often the watermark is raised while batches queue up.
 const markEvery = 50 * time.Millisecond
+
+// holdPosition is how long a position that came without work for Redis
+// (a keepalive's) waits for a batch to carry it: long enough that at 100
+// commits/s and more the next commit nearly always does, short enough that
+// the confirmation of an idle stream hardly trails.
+const holdPosition = 10 * time.Millisecond
+
+// fresh says ev ends a transaction that committed within CatchUpAge: the
+// engine is not catching up.
+func (s *Sink) fresh(ev replication.Event) bool {
+	return !ev.CommitTime.IsZero() && time.Since(ev.CommitTime) <= s.cfg.CatchUpAge
+}
+
+// endHold watermarks and reports a held position now (before a new
+// session's checks).
+func (s *Sink) endHold(ctx context.Context) error {
+	if !s.holding {
+		return nil
+	}
+	s.holding = false
+	s.holdTimer.Stop()
+	return s.markHeld(ctx)
+}
 
 // ackHeld reports the applied position held back for the watermark.
 func (s *Sink) ackHeld() {
