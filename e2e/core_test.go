@@ -232,11 +232,15 @@ func TestLeasesAndPublish(t *testing.T) {
 		t.Errorf("lease keys are published too: %q", got)
 	}
 
-	// TRUNCATE deletes the leases of the table's keys and announces its patterns.
+	// TRUNCATE fences the leases of the table's keys (the reader's token is
+	// gone), deletes the keys and announces its patterns.
 	f.set("user:5", cacheaside.LeaseKey("user:5"), "order:1", cacheaside.LeaseKey("order:1"))
 	f.exec(`TRUNCATE users`)
 	f.barrier()
-	f.wantGone("user:5", cacheaside.LeaseKey("user:5"))
+	f.wantGone("user:5")
+	if v, _ := f.rdb.Get(f.ctx(), cacheaside.LeaseKey("user:5")).Result(); v != "" && v != cacheaside.LeaseFence {
+		t.Errorf("lease of user:5 = %q after TRUNCATE, want the fence or nothing", v)
+	}
 	f.wantKept("order:1", cacheaside.LeaseKey("order:1"))
 	for {
 		m, err := sub.ReceiveMessage(f.ctx())

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -99,4 +100,95 @@ rules:
 			}
 		})
 	}
+}
+
+// TestZombieLeaderCannotUndoWithTruncate: a leader freezes (SIGSTOP at a
+// failpoint) with a TRUNCATE in hand; the standby takes over, applies it
+// and newer changes (a row inserted again: its key deleted, its version
+// key raised; a reader caches the new row). When the old leader wakes up
+// its TRUNCATE must not delete the newer value and version key (its later
+// raises would then set the version back to an older LSN): the watermark
+// in Redis is past the TRUNCATE's commit, so it is skipped (checked in the
+// same script as each page's deletes).
+//
+// Negative control (by hand, not in CI): CDC_ZOMBIE_UNSAFE=1 runs the old
+// leader with CDC_UNSAFE=unfenced-truncate, and the test fails.
+func TestZombieLeaderCannotUndoWithTruncate(t *testing.T) {
+	f := newFixture(t, fixtureOpts{})
+	bin := harness.BuildEngineTags(t, "failpoints")
+	cfg := f.writeConfig(fmt.Sprintf(`postgres:
+  dsn: %q
+  status_interval: 1s
+  wal_sender_timeout: 3s
+redis:
+  addr: %q
+rules:
+  - table: barrier
+    keys: ["barrier:{id}"]
+  - table: users
+    keys: ["user:{id}"]
+    actions: [delete, version]
+`, f.pg.DSN("postgres"), f.rd.Addr()))
+	f.seedUsers(3)
+	t0 := time.Now()
+	a := f.startBinaryOfStreaming(bin, cfg, append(zombieEnv(), "CDC_FAILPOINT=sink-before-truncate", "CDC_FAILPOINT_ACTION=stop")...)
+	b := f.startBinaryOf(bin, cfg)
+	harness.WaitFor(t, 30*time.Second, "the second engine to wait as standby", func() bool {
+		return strings.Contains(b.Output(), "waiting as standby")
+	})
+	leaderPID := f.activePID()
+	f.exec(`TRUNCATE users`)
+	harness.WaitFor(t, 30*time.Second, "the leader to freeze with the TRUNCATE in hand", func() bool {
+		return strings.Contains(a.Output(), "failpoint sink-before-truncate: SIGSTOP")
+	})
+	harness.WaitFor(t, 60*time.Second, "the standby to take the slot from the frozen leader", func() bool {
+		pid := f.activePID()
+		return pid != 0 && pid != leaderPID
+	})
+	t.Logf("took over after %v", time.Since(t0))
+	f.exec(`INSERT INTO users VALUES (1, 'new@x', 'new', '')`)
+	f.barrier()
+	version := f.get("user:1:v")
+	if version == "" {
+		t.Fatal("the standby did not raise user:1:v")
+	}
+	f.set("user:1") // a reader cached the new row
+
+	if err := a.Signal(sigCont); err != nil {
+		t.Fatal(err)
+	}
+	undone := func() bool { return f.get("user:1:v") != version || !f.exists("user:1") }
+	harness.WaitFor(t, 60*time.Second, "the woken leader to skip its TRUNCATE or step back as standby", func() bool {
+		out := a.Output()
+		i := strings.Index(out, "failpoint sink-before-truncate")
+		return strings.Contains(out, "skipping a TRUNCATE") || (i >= 0 && strings.Contains(out[i:], "waiting as standby")) || undone()
+	})
+	// Its sink goes on with the TRUNCATE at once on waking, unless the end
+	// of its session stopped it first; give it ample time.
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end) && !undone(); time.Sleep(50 * time.Millisecond) {
+	}
+	t.Logf("the woken leader logged the skip: %v", strings.Contains(a.Output(), "skipping a TRUNCATE"))
+	if os.Getenv("CDC_ZOMBIE_DEBUG") != "" {
+		t.Logf("old leader:\n%s", a.Tail(40))
+	}
+	f.barrier()
+	if got := f.get("user:1:v"); got != version || !f.exists("user:1") {
+		t.Fatalf("the woken leader undid newer work: user:1:v = %q (was %q), user:1 exists %v", got, version, f.exists("user:1"))
+	}
+	t.Logf("checked after %v", time.Since(t0))
+	for _, p := range []*harness.Process{a, b} {
+		if code, _ := p.TermT(t, 30*time.Second); code != 0 {
+			t.Fatalf("exit code %d; output:\n%s", code, p.Output())
+		}
+	}
+	t.Logf("stopped after %v", time.Since(t0))
+}
+
+// zombieEnv is the old leader's extra environment: CDC_ZOMBIE_UNSAFE=1
+// runs the negative control of TestZombieLeaderCannotUndoWithTruncate.
+func zombieEnv() []string {
+	if os.Getenv("CDC_ZOMBIE_UNSAFE") == "1" {
+		return []string{"CDC_UNSAFE=unfenced-truncate"}
+	}
+	return nil
 }

@@ -386,7 +386,7 @@ func (ar *auditedRule) rowKeys(vals []*string, into map[string]expected) error {
 		switch a.Kind {
 		case replication.ActSet:
 			into[a.Key] = expected{value: a.Value, refresh: true, pkVals: pkVals}
-		case replication.ActUnlink, replication.ActDel, replication.ActVersion:
+		case replication.ActUnlink, replication.ActDel, replication.ActDelete, replication.ActVersion:
 			if _, ok := into[a.Key]; !ok {
 				into[a.Key] = expected{pkVals: pkVals}
 			}

@@ -356,6 +356,8 @@ func DescribeAction(a *replication.Action) string {
 	switch a.Kind {
 	case replication.ActUnlink, replication.ActDel:
 		return fmt.Sprintf("%s %s", strings.ToUpper(a.Kind.String()), a.Key)
+	case replication.ActDelete:
+		return "delete " + a.Key
 	case replication.ActVersion:
 		s := fmt.Sprintf("version: raise %s to the commit LSN", a.Key)
 		if a.TTL > 0 {

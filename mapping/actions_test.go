@@ -292,3 +292,52 @@ func TestExplainListsActions(t *testing.T) {
 		t.Errorf("keys to delete %q, want none (refresh writes)", e.Keys)
 	}
 }
+
+// With a refresh rule among the rules, plain deletes travel as ActDelete
+// actions in rule order with the refresh writes (the sink applies one
+// ordered list); without one they stay plain keys. Explain keeps listing
+// them as keys.
+func TestPlainDeletesOrderedWithRefresh(t *testing.T) {
+	t.Parallel()
+	rel := usersRel('f')
+	refresh := usersRule(t, false, "user:{id}")
+	refresh.Actions = Actions{Refresh: true, RefreshColumns: []string{"id"}}
+	plain := usersRule(t, false, "user:{id}", "user:email:{email}")
+	upd := update(rel, 'O', tup(txt("1"), txt("old@x"), txt("b")), tup(txt("1"), txt("new@x"), txt("b")))
+	for _, tc := range []struct {
+		name     string
+		rules    []Rule
+		wantKeys []string
+		wantActs []string
+	}{
+		{"refresh then plain", []Rule{refresh, plain}, nil,
+			[]string{`refresh user:1 {"id":1}`, "delete user:1", "delete user:email:old@x", "delete user:email:new@x"}},
+		{"plain then refresh", []Rule{plain, refresh}, nil,
+			[]string{"delete user:1", "delete user:email:old@x", "delete user:email:new@x", `refresh user:1 {"id":1}`}},
+		{"no refresh rule", []Rule{plain}, []string{"user:1", "user:email:old@x", "user:email:new@x"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newMapper(t, tc.rules...)
+			if err := m.Bind(rel); err != nil {
+				t.Fatal(err)
+			}
+			keys, acts, err := m.AppendChange(nil, nil, upd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(keys, tc.wantKeys) {
+				t.Errorf("keys = %q, want %q", keys, tc.wantKeys)
+			}
+			if got := describe(acts); !slices.Equal(got, tc.wantActs) {
+				t.Errorf("actions =\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(tc.wantActs, "\n  "))
+			}
+			e, err := m.Explain(upd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(e.Keys) < 3 {
+				t.Errorf("explain keys = %q, want the plain rule's keys", e.Keys)
+			}
+		})
+	}
+}

@@ -90,7 +90,7 @@ func (m *Mapper) Explain(ch *replication.Change) (*Explanation, error) {
 		e.Rules = append(e.Rules, tr)
 	}
 	if !e.Failed {
-		keys, acts, err := m.AppendChange(nil, nil, ch)
+		keys, acts, err := m.appendChange(nil, nil, ch, false)
 		if err == nil {
 			e.Keys = keys
 			e.Actions = describeActions(acts)

@@ -141,6 +141,12 @@ type Mapper struct {
 
 	nullWarned map[*Rule]bool
 
+	// ordered is set when a rule refreshes keys: plain deletes then go as
+	// ActDelete actions, in change order with the refresh writes, so that
+	// a write and a delete of one key in one transaction end as its
+	// statements say (Event.Keys would all be applied first).
+	ordered bool
+
 	skippedOldKeys   atomic.Uint64
 	nullKeys         atomic.Uint64
 	skippedRules     atomic.Uint64
@@ -210,6 +216,9 @@ func New(rules []Rule, opts ...Option) (*Mapper, error) {
 		}
 		r.qualified = r.Schema + "." + r.Table
 		r.index = len(m.rules)
+		if r.Actions.Refresh {
+			m.ordered = true
+		}
 		m.byTable[r.QualifiedTable()] = append(m.byTable[r.QualifiedTable()], r)
 		m.rules = append(m.rules, r)
 	}
@@ -505,6 +514,12 @@ func (m *Mapper) AppendKeys(dst []string, ch *replication.Change) ([]string, err
 // command to keys (unique within one call), and its other actions to acts,
 // in rule order. Changes of tables without rules produce nothing.
 func (m *Mapper) AppendChange(keys []string, acts []replication.Action, ch *replication.Change) ([]string, []replication.Action, error) {
+	return m.appendChange(keys, acts, ch, m.ordered)
+}
+
+// appendChange is AppendChange; ordered moves each rule's plain deletes to
+// acts as ActDelete, after the actions before them.
+func (m *Mapper) appendChange(keys []string, acts []replication.Action, ch *replication.Change, ordered bool) ([]string, []replication.Action, error) {
 	br := m.bound[ch.Rel.ID]
 	if br == nil {
 		return keys, acts, nil
@@ -532,10 +547,14 @@ func (m *Mapper) AppendChange(keys []string, acts []replication.Action, ch *repl
 		c.applied.Add(1)
 		before := len(keys) + len(acts)
 		if r.rule.Actions.plain() {
+			n := len(keys)
 			if keys, err = m.appendRule(keys, start, br, r, ch, nil); err != nil {
 				return keys, acts, err
 			}
-			c.outputs.Add(uint64(len(keys) - before))
+			if ordered {
+				keys, acts = orderKeys(keys, n, acts)
+			}
+			c.outputs.Add(uint64(len(keys) + len(acts) - before))
 			continue
 		}
 		m.oldKeys, m.newKeys = m.oldKeys[:0], m.newKeys[:0]
@@ -549,10 +568,22 @@ func (m *Mapper) AppendChange(keys []string, acts []replication.Action, ch *repl
 				return keys, acts, err
 			}
 		}
+		n := len(keys)
 		keys, acts = m.appendActions(keys, start, acts, br, r, ch, m.oldKeys, m.newKeys)
+		if ordered {
+			keys, acts = orderKeys(keys, n, acts)
+		}
 		c.outputs.Add(uint64(len(keys) + len(acts) - before))
 	}
 	return keys, acts, nil
+}
+
+// orderKeys moves keys[n:] to the end of acts as ActDelete actions.
+func orderKeys(keys []string, n int, acts []replication.Action) ([]string, []replication.Action) {
+	for _, k := range keys[n:] {
+		acts = append(acts, replication.Action{Kind: replication.ActDelete, Key: k})
+	}
+	return keys[:n], acts
 }
 
 // decide returns why rule r lets the change pass (skipNone: it applies).

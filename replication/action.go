@@ -12,7 +12,8 @@ import (
 type ActionKind uint8
 
 // Action kinds. Plain deletes with the sink's default command travel as
-// Event.Keys; everything else is an Action.
+// Event.Keys, or as ActDelete actions where their place among the other
+// actions matters; everything else is an Action.
 const (
 	// ActUnlink deletes Key with UNLINK.
 	ActUnlink ActionKind = iota + 1
@@ -32,8 +33,14 @@ const (
 	ActSet
 	// ActIncr increments the generation key Key.
 	ActIncr
+	// ActDelete deletes Key with the sink's command, as Event.Keys do, at
+	// its place among the actions: the mapper sends plain deletes so when
+	// rules refresh keys (and explicit invalidations always), so that a
+	// refresh and a delete of one key in one transaction end in statement
+	// order.
+	ActDelete
 
-	actLast = ActIncr
+	actLast = ActDelete
 )
 
 func (k ActionKind) String() string {
@@ -52,6 +59,8 @@ func (k ActionKind) String() string {
 		return "refresh"
 	case ActIncr:
 		return "generation"
+	case ActDelete:
+		return "delete"
 	}
 	return fmt.Sprintf("action(%d)", uint8(k))
 }

@@ -31,9 +31,11 @@ type Event struct {
 	Keys []string
 	// Actions are the other things the changes ask of Redis, in change order.
 	Actions []Action
-	// LSN is the commit LSN of the transaction the keys and actions belong
-	// to (0 for an event without them): the version that version keys and
-	// events carry.
+	// LSN is the commit LSN of the transaction the keys, actions or
+	// patterns belong to (the message's LSN for a non-transactional
+	// message; 0 for an event without them, and for patterns a rules
+	// reload or a flush asks for): the version that version keys and
+	// events carry, and what a TRUNCATE is fenced with.
 	LSN LSN
 	// Globs are SCAN patterns covering every key of a truncated table.
 	Globs []string
@@ -707,7 +709,7 @@ func (ss *session) handleMessage(data []byte) error {
 			if err := ss.emitPart(); err != nil {
 				return err
 			}
-			if err := ss.emit(Event{Globs: globs}); err != nil {
+			if err := ss.emit(Event{Globs: globs, LSN: ss.commitLSN}); err != nil {
 				return err
 			}
 		}
@@ -755,7 +757,14 @@ func (ss *session) handleMessage(data []byte) error {
 				"(pg_replication_slot_advance)",
 				explicitPrefix, m.lsn, txn, err))
 		}
-		var acts []Action
+		// The keys go as actions, in their place among the transaction's
+		// refresh writes (a refresh of a key before the message must not
+		// survive it).
+		acts := make([]Action, 0, len(keys)+len(gens))
+		for _, k := range keys {
+			acts = append(acts, Action{Kind: ActDelete, Key: k})
+		}
+		keys = nil
 		for _, g := range gens {
 			acts = append(acts, Action{Kind: ActIncr, Key: g})
 		}
@@ -788,7 +797,7 @@ func (ss *session) handleMessage(data []byte) error {
 				return err
 			}
 			if len(globs) > 0 {
-				return ss.emit(Event{Globs: globs})
+				return ss.emit(Event{Globs: globs, LSN: ss.commitLSN})
 			}
 		}
 	case msgOrigin, msgType:
@@ -821,7 +830,7 @@ func (ss *session) applyNonTransactional(lsn LSN, keys, globs []string, acts []A
 		}
 	}
 	if len(globs) > 0 {
-		return ss.emit(Event{Globs: globs})
+		return ss.emit(Event{Globs: globs, LSN: lsn})
 	}
 	return nil
 }
@@ -1104,7 +1113,7 @@ func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.
 			if err := flush(); err != nil {
 				return err
 			}
-			return ss.emit(Event{Globs: []string{e.text}})
+			return ss.emit(Event{Globs: []string{e.text}, LSN: commitLSN})
 		case entryAction:
 			a, err := parseAction([]byte(e.text))
 			if err != nil {

@@ -30,7 +30,7 @@ type actionBatch struct {
 	incrs     []string
 	incrSeen  map[string]struct{}
 	msgs      []outMsg
-	counts    [8]int // actions by kind, for the observer
+	counts    [8]int // actions by kind, for the observer (ActDelete, 8, is a plain delete: counted as keys)
 }
 
 // setItem is a refresh write of a key, or a delete of a refreshed key
@@ -144,6 +144,12 @@ func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) error 
 			b.counts[a.Kind]++
 		}
 		switch a.Kind {
+		case replication.ActDelete:
+			// A plain delete at its place among the actions: a refresh write
+			// of the key before it is dropped (addKeys), one after it stays.
+			if err := s.addKeys([]string{a.Key}, lsn); err != nil {
+				return err
+			}
 		case replication.ActUnlink, replication.ActDel:
 			if (a.Kind == replication.ActDel) == s.cfg.UseDel {
 				if err := s.addKeys([]string{a.Key}, lsn); err != nil {
@@ -159,11 +165,9 @@ func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) error 
 				b.sets = append(b.sets, setItem{key: a.Key, lsn: lsn, dropped: true})
 			}
 		case replication.ActSet:
-			if s.cfg.Companion != nil {
-				// A fill under a lease taken before this commit must not
-				// overwrite the new value: the lease goes first.
-				s.addOther(s.cfg.Companion(a.Key))
-			}
+			// With leases, the refresh script fences (or deletes) the key's
+			// lease before the write: a fill under a lease taken before this
+			// commit must not overwrite the new value.
 			it := setItem{key: a.Key, value: a.Value, ttl: a.TTL, jitter: a.Jitter, lsn: lsn}
 			if j, ok := b.setIdx[a.Key]; ok {
 				b.sets[j] = it
@@ -191,13 +195,18 @@ func (s *Sink) addActions(acts []replication.Action, lsn replication.LSN) error 
 	return nil
 }
 
-// addOther queues a delete with the command that is not the default.
+// addOther queues a delete with the command that is not the default;
+// with Companion, as the lease and the key, fenced or deleted together
+// like plain deletes.
 func (s *Sink) addOther(key string) {
 	b := &s.acts
 	if _, ok := b.otherSeen[key]; ok {
 		return
 	}
 	b.otherSeen[key] = struct{}{}
+	if s.cfg.Companion != nil {
+		b.other = append(b.other, s.cfg.Companion(key))
+	}
 	b.other = append(b.other, key)
 }
 
@@ -368,14 +377,7 @@ func (s *Sink) queueVersionChunks(ctx context.Context, p redis.Pipeliner, v []ve
 // values and generation bumps.
 func (s *Sink) queueAfterDeletes(ctx context.Context, p redis.Pipeliner) {
 	b := &s.acts
-	per := max(1, s.cfg.KeysPerCommand)
-	s.chunks(b.other, 1, per, func(chunk []string) {
-		if s.cfg.UseDel {
-			p.Unlink(ctx, chunk...)
-		} else {
-			p.Del(ctx, chunk...)
-		}
-	})
+	s.delWith(ctx, p, b.other, !s.cfg.UseDel)
 	s.queueRefresh(ctx, p)
 	for _, k := range b.incrs {
 		p.Incr(ctx, k)

@@ -357,3 +357,30 @@ func TestAppendMessageDecodes(t *testing.T) {
 		t.Errorf("decoded %+v", got)
 	}
 }
+
+// TestDeleteAndRefreshInStatementOrder: within one transaction (one
+// event), a refresh write and a delete of the same key, by different
+// rules, end as the statements' order says, whichever command deletes.
+func TestDeleteAndRefreshInStatementOrder(t *testing.T) {
+	rdb, _ := newRedis(t)
+	ctx := context.Background()
+	set := func(k, v string) replication.Action {
+		return replication.Action{Kind: replication.ActSet, Key: k, Value: v}
+	}
+	for _, useDel := range []bool{false, true} {
+		p := fmt.Sprintf("del%v:", useDel)
+		rdb.MSet(ctx, p+"a", "old", p+"b", "old", p+"c", "old", p+"d", "old")
+		run(t, Config{Client: rdb, UseDel: useDel},
+			replication.Event{Actions: []replication.Action{
+				set(p+"a", "1"), act(replication.ActDelete, p+"a"), // refresh, then another rule deletes
+				act(replication.ActDelete, p+"b"), set(p+"b", "2"), // delete, then refresh
+				set(p+"c", "1"), act(replication.ActDelete, p+"c"), set(p+"c", "3"), // refresh, delete, refresh
+				set(p+"d", "1"), act(replication.ActUnlink, p+"d"), // the other command, with its own delete_command
+			}, LSN: 10, End: 11})
+		for k, want := range map[string]string{"a": "", "b": "2", "c": "3", "d": ""} {
+			if got := rdb.Get(ctx, p+k).Val(); got != want {
+				t.Errorf("UseDel %v: %s = %q, want %q", useDel, k, got, want)
+			}
+		}
+	}
+}

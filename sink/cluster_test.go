@@ -93,6 +93,11 @@ func TestClusterEveryAction(t *testing.T) {
 		if got := rdb.Get(ctx, "set:"+k).Val(); got != "fresh" {
 			t.Errorf("set:%s = %q, want fresh", k, got)
 		}
+		for _, p := range []string{"del:", "set:"} { // the rule's own command and refresh fence leases too
+			if got := rdb.Get(ctx, cacheaside.LeaseKey(p+k)).Val(); got != "fence" {
+				t.Errorf("lease of %s%s = %q, want the fence", p, k, got)
+			}
+		}
 	}
 	for _, g := range []string{"gen:a", "gen:b"} {
 		if got := rdb.Get(ctx, g).Val(); got != "1" {
@@ -113,7 +118,7 @@ func TestClusterEveryAction(t *testing.T) {
 		t.Errorf("watermark = %q, want 0/210", got)
 	}
 
-	// TRUNCATE: keys and leases of a pattern, on every master.
+	// TRUNCATE: keys of a pattern deleted and their leases fenced, on every master.
 	for _, k := range keys {
 		rdb.Set(ctx, k, "cached", 0)
 		rdb.Set(ctx, cacheaside.LeaseKey(k), "token", 0)
@@ -124,8 +129,8 @@ func TestClusterEveryAction(t *testing.T) {
 		if rdb.Exists(ctx, k).Val() != 0 {
 			t.Errorf("TRUNCATE left %q", k)
 		}
-		if rdb.Exists(ctx, cacheaside.LeaseKey(k)).Val() != 0 {
-			t.Errorf("TRUNCATE left the lease of %q", k)
+		if got := rdb.Get(ctx, cacheaside.LeaseKey(k)).Val(); got != "fence" {
+			t.Errorf("TRUNCATE left the lease of %q as %q, want the fence", k, got)
 		}
 	}
 	if rdb.Exists(ctx, "other:1").Val() != 1 {

@@ -79,21 +79,36 @@ func hashTag(key string) (string, bool) {
 }
 
 // refreshScript applies refresh writes and deletes of refreshed keys in
-// commit order. KEYS are pairs (key, order key); ARGV[1] is "1" to delete
-// with DEL instead of UNLINK, then five arguments per pair: the commit LSN,
-// "s" (write) or "d" (delete), the value, its TTL in milliseconds (0:
-// none), and the order key's TTL in milliseconds. A write at or above the
-// LSN recorded in the order key is made (at: the same transaction again, a
-// replay after a crash or a later part of a large transaction); one below
-// it is dropped, since the key holds what a later commit left. Deletes
-// always delete. The order key only rises. It returns how many values it
-// wrote.
+// commit order. ARGV[1] is "1" to delete with DEL instead of UNLINK;
+// ARGV[2] is how many KEYS one item has: 2 (the key, its order key) or 3
+// (and its lease, with leases on); ARGV[3] is the lease fence value ("" to
+// delete the lease) and ARGV[4] the fence's milliseconds; then five
+// arguments per item: the commit LSN, "s" (write) or "d" (delete), the
+// value, its TTL in milliseconds (0: none), and the order key's TTL in
+// milliseconds. The lease is fenced (or deleted) first, in the same
+// script: a fill under a lease taken before this commit is refused, and
+// with the fence no reader takes a new lease for a moment. A write at or
+// above the LSN recorded in the order key is made (at: the same
+// transaction again, a replay after a crash or a later part of a large
+// transaction); one below it is dropped, since the key holds what a later
+// commit left. Deletes always delete. The order key only rises. It
+// returns how many values it wrote.
 var refreshScript = redis.NewScript(lsnLua + `
 local del = 'UNLINK'
 if ARGV[1] == '1' then del = 'DEL' end
+local stride = tonumber(ARGV[2])
 local n = 0
-for i = 1, #KEYS, 2 do
-  local a = 1 + (i - 1) / 2 * 5
+local item = 0
+for i = 1, #KEYS, stride do
+  local a = 4 + item * 5
+  item = item + 1
+  if stride == 3 then
+    if ARGV[3] ~= '' then
+      redis.call('SET', KEYS[i+2], ARGV[3], 'PX', ARGV[4])
+    else
+      redis.call('DEL', KEYS[i+2])
+    end
+  end
   local lsn = num(ARGV[a+1])
   local had = num(redis.call('GET', KEYS[i+1]))
   if ARGV[a+2] == 'd' then
@@ -124,6 +139,9 @@ func (s *Sink) queueRefresh(ctx context.Context, p redis.Pipeliner) {
 	}
 	if failpoint.Unsafe("unordered-refresh") {
 		for _, it := range sets { // the negative control: blind SETs
+			if s.cfg.Companion != nil {
+				p.Del(ctx, s.cfg.Companion(it.key))
+			}
 			if !it.dropped {
 				p.Set(ctx, it.key, it.value, it.ttl)
 			}
@@ -149,11 +167,21 @@ func (s *Sink) queueRefresh(ctx context.Context, p redis.Pipeliner) {
 func (s *Sink) queueRefreshChunks(ctx context.Context, p redis.Pipeliner, sets []setItem, per int, orderTTL time.Duration) {
 	for i := 0; i < len(sets); i += per {
 		chunk := sets[i:min(i+per, len(sets))]
-		keys := make([]string, 0, 2*len(chunk))
-		args := make([]any, 0, 1+5*len(chunk))
-		args = append(args, boolArg(s.cfg.UseDel))
+		stride, fence := 2, ""
+		if s.cfg.Companion != nil {
+			stride = 3
+			if s.cfg.Fence > 0 {
+				fence = s.cfg.FenceValue
+			}
+		}
+		keys := make([]string, 0, stride*len(chunk))
+		args := make([]any, 0, 4+5*len(chunk))
+		args = append(args, boolArg(s.cfg.UseDel), stride, fence, max(s.cfg.Fence, time.Millisecond).Milliseconds())
 		for _, it := range chunk {
 			keys = append(keys, it.key, OrderKey(it.key))
+			if stride == 3 {
+				keys = append(keys, s.cfg.Companion(it.key))
+			}
 			mode, ttl := "s", it.ttl
 			if it.dropped {
 				mode, ttl = "d", 0

@@ -5,13 +5,24 @@
 // deletes the keys with UNLINK (or DEL) in one pipeline, and only after Redis
 // acknowledged the whole batch reports the batch's last transaction end to
 // the checkpoint. A TRUNCATE pattern is applied on its own, in order, with
-// SCAN + UNLINK (never KEYS). The rules' other actions go in the same
+// SCAN + UNLINK (never KEYS); when the watermark in Redis is already past
+// its commit (another instance applied it while this one was paused with
+// it in hand) it is skipped, so it cannot undo newer work. The rules' other actions go in the same
 // pipeline, in this order: version raises (one Lua script, never lowering),
 // deletes, refreshed values (the last write to a key in the batch wins, as
 // in commit order), generation bumps, then one message per transaction on
 // each channel and stream (a transaction's message is kept across batches,
 // so its parts, and the stream IDs derived from its commit LSN, come out the
 // same after a replay).
+//
+// A key's effects end in commit and statement order: the events of a batch,
+// and the actions of each event, are one ordered list, and the writes and
+// deletes of one key are resolved along it (a delete after a refresh write
+// turns the write into a delete; a write after a delete stays and is sent
+// after it). Plain deletes travel as Event.Keys only when no rule refreshes
+// (then their order does not matter); otherwise, and for explicit
+// invalidations, as ActDelete actions at their place. On a cluster the
+// deletes and writes of a key go to its slot's master in the same order.
 //
 // Guarantees: no event is skipped. Transient Redis errors (connection loss,
 // timeouts, LOADING, READONLY, OOM, a stalled server) are retried with
@@ -87,7 +98,10 @@ type Config struct {
 	// FenceValue and Fence, when Fence > 0, replace deleting the companion
 	// with setting it to FenceValue for Fence, in the same script as the
 	// key's delete (the client library's lease fence: readers that miss
-	// during it load without filling).
+	// during it load without filling). Every path fences: plain deletes,
+	// deletes with the other command, refresh writes (before the SET, in
+	// its script) and TRUNCATE patterns (the companions SCAN finds are
+	// fenced, not deleted).
 	FenceValue string
 	Fence      time.Duration
 	// PublishChannel, when set, receives one message per applied batch in
@@ -204,6 +218,10 @@ type Stats struct {
 	// KeysTooLong counts keys longer than MaxKeyBytes (sent unless
 	// StopOnLongKey).
 	KeysTooLong atomic.Uint64
+	// Superseded counts TRUNCATEs skipped because the watermark was past
+	// their commit: another instance had applied them (this one was a
+	// paused leader that lost the slot).
+	Superseded atomic.Uint64
 }
 
 // Sink applies events to Redis.
@@ -527,12 +545,21 @@ func (s *Sink) endHold(ctx context.Context) error {
 
 // ackHeld reports the applied position held back for the watermark.
 func (s *Sink) ackHeld() {
-	if s.held == 0 {
+	s.acknowledge(s.held)
+	s.held = 0
+}
+
+// acknowledge is the one place through which the sink reports a position
+// to the checkpoint (Acker): lsn is the end of a transaction (or a
+// keepalive position) below which Redis acknowledged every effect, with
+// the watermark raised to it in the same or an earlier pipeline when one
+// is kept. Nothing else calls Acker.Ack.
+func (s *Sink) acknowledge(lsn replication.LSN) {
+	if lsn == 0 {
 		return
 	}
-	s.ack.Ack(s.held)
-	s.Stats.LastApplied.Store(uint64(s.held))
-	s.held = 0
+	s.ack.Ack(lsn)
+	s.Stats.LastApplied.Store(uint64(lsn))
 	s.markedAt = time.Now()
 }
 
@@ -596,7 +623,7 @@ func (s *Sink) sample(ev replication.Event) {
 		a := &ev.Actions[i]
 		var kind verifier.Kind
 		switch a.Kind {
-		case replication.ActUnlink, replication.ActDel:
+		case replication.ActUnlink, replication.ActDel, replication.ActDelete:
 			kind = verifier.KindDelete
 		case replication.ActVersion:
 			kind = verifier.KindVersion
@@ -668,6 +695,12 @@ func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
 	if failpoint.Unsafe("skip-deletes") {
 		return 0 // a deliberately broken engine, for negative controls
 	}
+	return s.delWith(ctx, p, keys, s.cfg.UseDel)
+}
+
+// delWith is del with DEL (useDel) or UNLINK: the rules' own
+// delete_command goes through it too, leases fenced the same way.
+func (s *Sink) delWith(ctx context.Context, p redis.Pipeliner, keys []string, useDel bool) int {
 	per := s.cfg.KeysPerCommand
 	if s.cfg.Companion != nil {
 		per = max(2, per&^1)
@@ -679,8 +712,8 @@ func (s *Sink) del(ctx context.Context, p redis.Pipeliner, keys []string) int {
 	}
 	s.chunks(keys, step, per, func(chunk []string) {
 		if s.cfg.Companion != nil && s.cfg.Fence > 0 {
-			fenceScript.Eval(ctx, p, chunk, s.cfg.FenceValue, s.cfg.Fence.Milliseconds(), boolArg(s.cfg.UseDel))
-		} else if s.cfg.UseDel {
+			fenceScript.Eval(ctx, p, chunk, s.cfg.FenceValue, s.cfg.Fence.Milliseconds(), boolArg(useDel))
+		} else if useDel {
 			p.Del(ctx, chunk...)
 		} else {
 			p.Unlink(ctx, chunk...)
@@ -868,25 +901,111 @@ func pipelineErr(err error, cmds []redis.Cmder) error {
 }
 
 func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
+	err := s.applyGlobsGuarded(ctx, ev)
+	var sup *supersededError
+	if !errors.As(err, &sup) {
+		return err
+	}
+	// Another instance applied this TRUNCATE, and what followed it, while
+	// this one was frozen with it in hand: deleting now would delete newer
+	// values and version keys (which this instance's queued raises would
+	// then set to older LSNs). Its effects are in Redis already.
+	s.log.Warn("skipping a TRUNCATE (or explicit pattern) that another instance already applied: the watermark "+
+		"in Redis is past its commit, so this instance lost the slot while it held the TRUNCATE (a paused or "+
+		"partitioned leader); it steps back when its session ends",
+		zap.Stringer("commit_lsn", ev.LSN), zap.String("watermark", sup.mark), zap.Strings("patterns", ev.Globs))
+	s.Stats.Superseded.Add(1)
+	return nil
+}
+
+// supersededError says that the watermark passed a TRUNCATE's commit.
+type supersededError struct{ mark string }
+
+func (e *supersededError) Error() string {
+	return "the watermark " + e.mark + " is past the TRUNCATE's commit"
+}
+
+// guard returns what fences the patterns of ev: its commit LSN when the
+// watermark can tell whether another instance applied it.
+func (s *Sink) guard(ev replication.Event) replication.LSN {
+	if s.cfg.WatermarkKey == "" || failpoint.Unsafe("unfenced-truncate") {
+		return 0
+	}
+	return ev.LSN
+}
+
+// checkGuard returns a supersededError when the watermark is past lsn
+// (another instance applied everything up to it, this TRUNCATE included).
+func (s *Sink) checkGuard(ctx context.Context, lsn replication.LSN) error {
+	if lsn == 0 {
+		return nil
+	}
+	v, err := s.cfg.Client.Get(ctx, s.cfg.WatermarkKey).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if mark, perr := pglogrepl.ParseLSN(v); perr == nil && mark > lsn {
+		return &supersededError{mark: v}
+	}
+	return nil
+}
+
+func (s *Sink) applyGlobsGuarded(ctx context.Context, ev replication.Event) error {
+	if ev.LSN != 0 {
+		failpoint.Hit("sink-before-truncate")
+	}
+	guard := s.guard(ev)
+	if guard != 0 {
+		var sup *supersededError
+		if err := s.retry(ctx, "read the watermark before a TRUNCATE", func() error {
+			err := s.checkGuard(ctx, guard)
+			if errors.As(err, &sup) {
+				return nil // not an error to retry; applyGlobs skips
+			}
+			return err
+		}); err != nil {
+			return err
+		}
+		if sup != nil {
+			return sup
+		}
+	}
 	globs := ev.Globs
 	if s.cfg.Companion != nil {
 		// LeaseKey wraps the key without glob characters of its own, so the
 		// lease keys of a pattern's keys match the wrapped pattern.
 		// Leases first: a fill that still finds its lease writes before the
 		// key pattern is scanned, and that scan deletes it.
-		globs = make([]string, 0, 3*len(ev.Globs))
+		// With a lease fence the leases found are fenced, not deleted (as
+		// with a key's delete): a fill under one is refused, and no reader
+		// takes it again for a moment.
+		var leases []string
 		for _, g := range ev.Globs {
 			if s.cfg.CompanionPatterns != nil {
-				globs = append(globs, s.cfg.CompanionPatterns(g)...)
+				leases = append(leases, s.cfg.CompanionPatterns(g)...)
 			} else {
-				globs = append(globs, s.cfg.Companion(g))
+				leases = append(leases, s.cfg.Companion(g))
 			}
 		}
-		globs = append(globs, ev.Globs...)
+		if s.cfg.Fence > 0 {
+			for _, g := range leases {
+				if err := s.retry(ctx, "fence leases matching "+g, func() error {
+					_, err := s.scanAll(ctx, g, scanOp{fence: true})
+					return err
+				}); err != nil {
+					return err
+				}
+			}
+			leases = nil
+		}
+		globs = append(leases, ev.Globs...)
 	}
 	for _, g := range globs {
 		start := time.Now()
-		deleted, err := s.deleteMatching(ctx, g)
+		deleted, err := s.deleteMatchingOp(ctx, g, scanOp{guard: guard})
 		if err != nil {
 			return err
 		}
@@ -924,8 +1043,7 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 				return err
 			}
 		}
-		s.ack.Ack(ev.End)
-		s.Stats.LastApplied.Store(uint64(ev.End))
+		s.acknowledge(ev.End)
 	}
 	return nil
 }
@@ -936,9 +1054,26 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 // during the scan (a failover, a master added, a slot migrated), keys may
 // have moved to a master already scanned, so the scan is repeated.
 func (s *Sink) scanDelete(ctx context.Context, pattern string) (int, error) {
+	return s.scanAll(ctx, pattern, scanOp{})
+}
+
+// scanOp says what scanAll does with the keys it finds.
+type scanOp struct {
+	// fence sets them (leases) to the lease fence for Config.Fence
+	// instead of deleting them.
+	fence bool
+	// guard, when set, is a TRUNCATE's commit LSN: each page is deleted
+	// only while the watermark is not past it (atomically, in one script
+	// with the watermark, on a single server; checked before each page on
+	// a cluster), else scanAll returns a supersededError.
+	guard replication.LSN
+}
+
+// scanAll is scanDelete with op.
+func (s *Sink) scanAll(ctx context.Context, pattern string, op scanOp) (int, error) {
 	cc, ok := s.cfg.Client.(*redis.ClusterClient)
 	if !s.cfg.Cluster || !ok {
-		return s.scanNode(ctx, s.cfg.Client, pattern)
+		return s.scanNode(ctx, s.cfg.Client, pattern, op)
 	}
 	total := 0
 	for {
@@ -948,7 +1083,7 @@ func (s *Sink) scanDelete(ctx context.Context, pattern string) (int, error) {
 		}
 		var deleted atomic.Int64
 		err = cc.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
-			n, err := s.scanNode(ctx, m, pattern)
+			n, err := s.scanNode(ctx, m, pattern, op)
 			deleted.Add(int64(n))
 			return err
 		})
@@ -971,7 +1106,7 @@ func (s *Sink) scanDelete(ctx context.Context, pattern string) (int, error) {
 // scanNode SCANs one server for pattern and deletes what it finds through
 // the sink's client (on a cluster: one command per hash slot, each sent to
 // the slot's master).
-func (s *Sink) scanNode(ctx context.Context, node redis.Cmdable, pattern string) (int, error) {
+func (s *Sink) scanNode(ctx context.Context, node redis.Cmdable, pattern string, op scanOp) (int, error) {
 	deleted := 0
 	var cursor uint64
 	for {
@@ -979,7 +1114,33 @@ func (s *Sink) scanNode(ctx context.Context, node redis.Cmdable, pattern string)
 		if err != nil {
 			return deleted, err
 		}
-		if len(keys) > 0 {
+		if len(keys) > 0 && op.guard != 0 && !s.cfg.Cluster {
+			n, err := guardedDeleteScript.Eval(ctx, s.cfg.Client, append([]string{s.cfg.WatermarkKey}, keys...),
+				op.guard.String(), boolArg(s.cfg.UseDel)).Int()
+			if err != nil {
+				return deleted, err
+			}
+			if n < 0 {
+				return deleted, &supersededError{mark: s.cfg.Client.Get(ctx, s.cfg.WatermarkKey).Val()}
+			}
+			s.Stats.Deleted.Add(uint64(n))
+			deleted += n
+		} else if len(keys) > 0 && op.guard != 0 {
+			if err := s.checkGuard(ctx, op.guard); err != nil {
+				return deleted, err
+			}
+		}
+		if len(keys) > 0 && op.fence {
+			cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, k := range keys {
+					p.Set(ctx, k, s.cfg.FenceValue, s.cfg.Fence)
+				}
+				return nil
+			})
+			if err := pipelineErr(err, cmds); err != nil {
+				return deleted, err
+			}
+		} else if len(keys) > 0 && (op.guard == 0 || s.cfg.Cluster) {
 			var cmds []*redis.IntCmd
 			_, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 				s.chunks(keys, 1, len(keys), func(chunk []string) {
@@ -1058,14 +1219,43 @@ func (s *Sink) checkWait(wait *redis.Cmd) error {
 // master of a cluster), retrying transient errors, and returns how many
 // existed.
 func (s *Sink) deleteMatching(ctx context.Context, g string) (int, error) {
+	return s.deleteMatchingOp(ctx, g, scanOp{})
+}
+
+// deleteMatchingOp is deleteMatching with op; a supersededError is
+// returned at once, not retried.
+func (s *Sink) deleteMatchingOp(ctx context.Context, g string, op scanOp) (int, error) {
 	deleted := 0
+	var sup *supersededError
 	err := s.retry(ctx, "delete keys matching "+g, func() error {
-		n, err := s.scanDelete(ctx, g)
-		deleted = n
+		n, err := s.scanAll(ctx, g, op)
+		deleted += n
+		if errors.As(err, &sup) {
+			return nil // not an error to retry; the caller skips
+		}
 		return err
 	})
+	if sup != nil {
+		return deleted, sup
+	}
 	return deleted, err
 }
+
+// guardedDeleteScript deletes KEYS[2..] (UNLINK, or DEL when ARGV[2] is
+// "1") unless the watermark KEYS[1] is past ARGV[1], a TRUNCATE's commit
+// LSN: then another instance applied the TRUNCATE and what followed it,
+// and the script returns -1. Else it returns how many keys existed.
+var guardedDeleteScript = redis.NewScript(lsnLua + `
+if num(redis.call('GET', KEYS[1])) > num(ARGV[1]) then
+  return -1
+end
+local del = 'UNLINK'
+if ARGV[2] == '1' then del = 'DEL' end
+local n = 0
+for i = 2, #KEYS do
+  n = n + redis.call(del, KEYS[i])
+end
+return n`)
 
 // fenceScript sets each lease KEYS[2i-1] to the fence ARGV[1] for ARGV[2]
 // milliseconds and deletes its key KEYS[2i] (UNLINK, or DEL when ARGV[3] is

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -333,5 +335,62 @@ func TestLongFailureEscalatesOnce(t *testing.T) {
 	}
 	if len(ack.acked) > 0 {
 		t.Errorf("acknowledged %v although Redis refused the write", ack.acked)
+	}
+}
+
+// TestTruncatePastWatermarkIsSkipped: a TRUNCATE whose commit the
+// watermark in Redis has passed was applied by another instance (this one
+// held it while paused); deleting now would undo newer work, so it is
+// skipped. One not yet passed deletes as usual.
+func TestTruncatePastWatermarkIsSkipped(t *testing.T) {
+	rd := harness.RedisT(t, harness.RedisOptions{})
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	rdb.MSet(ctx, "t:1", "new", "t:1:v", "0/300", "wm", "0/300")
+	cfg := Config{Client: rdb, WatermarkKey: "wm"}
+	s := New(cfg, &ackRecorder{})
+	in := make(chan replication.Event, 2)
+	in <- replication.Event{Globs: []string{"t:*"}, LSN: 0x200}
+	close(in)
+	if err := s.Run(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.Exists(ctx, "t:1", "t:1:v").Val(); n != 2 || s.Stats.Superseded.Load() != 1 {
+		t.Errorf("a superseded TRUNCATE deleted keys: %d of 2 left, superseded %d", n, s.Stats.Superseded.Load())
+	}
+	s = New(cfg, &ackRecorder{})
+	in = make(chan replication.Event, 1)
+	in <- replication.Event{Globs: []string{"t:*"}, LSN: 0x400}
+	close(in)
+	if err := s.Run(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.Exists(ctx, "t:1", "t:1:v").Val(); n != 0 {
+		t.Errorf("a current TRUNCATE left %d keys", n)
+	}
+}
+
+// TestOneAcknowledgementPath: every position the sink reports goes through
+// acknowledge (the one place that may call Acker.Ack), so what "applied"
+// means is decided once.
+func TestOneAcknowledgementPath(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls += strings.Count(string(src), ".ack.Ack(")
+	}
+	if calls != 1 {
+		t.Errorf("Acker.Ack is called in %d places, want 1 (in acknowledge)", calls)
 	}
 }

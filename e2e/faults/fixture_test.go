@@ -72,6 +72,8 @@ type fixtureOpts struct {
 	// actions adds the rules of actions_test.go (refresh, version, stream
 	// on their own key namespaces) and the columns they exercise.
 	actions bool
+	// partitions adds the partitioned table of schema_test.go and its rule.
+	partitions bool
 }
 
 type fixture struct {
@@ -124,6 +126,9 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	if o.actions {
 		f.exec(actionsSchema)
 	}
+	if o.partitions {
+		f.exec(partitionsSchema)
+	}
 	redisAddr := f.rd.Addr()
 	if o.viaProxy {
 		f.proxy = harness.StartProxy(t, f.rd.Addr())
@@ -153,6 +158,9 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	b.WriteString(rules)
 	if o.actions {
 		b.WriteString(actionRules)
+	}
+	if o.partitions {
+		b.WriteString(partitionRules)
 	}
 	f.cfg = filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(f.cfg, []byte(b.String()), 0o600); err != nil {

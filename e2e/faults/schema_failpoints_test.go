@@ -21,3 +21,17 @@ func TestNegativeTableRenamedIgnored(t *testing.T) {
 		sc.note("run %d: checker found %d stale keys, e.g. %s", i, r.stale(), r.examples(1)[0])
 	}
 }
+
+// TestNegativeNewPartitionIgnored is the negative control of
+// TestNewPartitionWhileStreaming: an engine that skips the changes through
+// the narrow partition silently must leave the old tenant key stale.
+func TestNegativeNewPartitionIgnored(t *testing.T) {
+	sc := newScenario(t, "NEGATIVE: CDC_UNSAFE=ignore-unbound + partition created while streaming", "the check sees the partition's lost invalidation", true)
+	f := newFixture(t, fixtureOpts{partitions: true})
+	p := f.startStreaming("CDC_UNSAFE=ignore-unbound")
+	r, _ := partitionRun(t, sc, f, p, 1, "ignore-unbound")
+	if r.stale() == 0 {
+		t.Fatal("negative control: the broken engine skipped the partition's changes, but the old tenant key is gone")
+	}
+	sc.note("found %s", r.examples(1)[0])
+}

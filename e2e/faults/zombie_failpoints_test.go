@@ -63,12 +63,11 @@ func zombieRefreshRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, le
 // value may differ from its row or exist for a deleted one.
 //
 // Only those problems fail the run. The resumed leader also applies what
-// it had queued behind the frozen batch, in order; a TRUNCATE among it
-// deletes newer values and version keys (TRUNCATE scans the templates'
-// patterns), and its later version raises then set those keys to older
-// LSNs. Missing values are safe (a miss); a version key set back is a
-// known gap for readers that fence on versions (an old value read under
-// the same version could be filled), reported as a note here.
+// it had queued behind the frozen batch, in order. A TRUNCATE among it is
+// skipped when the watermark is past its commit (the new leader applied
+// it; e2e TestZombieLeaderCannotUndoWithTruncate); what is left (a version
+// key set back after a newer TRUNCATE of the new leader, deletes of newer
+// values: a miss) is reported as a note here.
 func TestZombieRefresh(t *testing.T) {
 	sc := newScenario(t, "actions: zombie leader (SIGSTOP at sink-before-refresh, standby takes over, resumed)",
 		"a resumed old leader cannot write older refreshed rows", false)

@@ -24,12 +24,15 @@
 // streamed transaction is open, before its Stream Commit),
 // sink-before-refresh (a batch with refresh writes is ready, not yet sent:
 // with the stop action, a leader frozen with work in hand, a zombie when it
-// wakes up after a standby took over).
+// wakes up after a standby took over), sink-before-truncate (a TRUNCATE or
+// an explicit pattern of a transaction is about to be applied).
 //
 // CDC_UNSAFE=confirm-received makes the stream confirm the received
 // position instead of the applied one: the bug the checker must catch.
 // CDC_UNSAFE=unordered-refresh makes refresh writes plain SETs that ignore
 // commit order across instances (the negative control of the zombie test).
+// CDC_UNSAFE=unfenced-truncate applies a TRUNCATE without checking the
+// watermark first (the negative control of the zombie TRUNCATE test).
 // CDC_UNSAFE=skip-deletes makes the sink skip its plain deletes: the bug
 // the consistency verifier must catch.
 // CDC_UNSAFE=ignore-unbound makes the stream skip the changes of a table
