@@ -773,7 +773,7 @@ func pipelineErr(err error, cmds []redis.Cmder) error {
 		if e == nil {
 			continue
 		}
-		if !errors.Is(e, redis.Nil) && !replayedEntry(c) {
+		if !errors.Is(e, redis.Nil) && !replayedEntry(c) && !droppedRedirect(e) {
 			return e
 		}
 		if errors.Is(err, e) {
@@ -1263,6 +1263,12 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 	}
 	p := retry.Policy{Min: s.cfg.MinBackoff, Max: s.cfg.MaxBackoff, Classify: classify, EscalateAfter: s.cfg.EscalateAfter,
 		OnFailure: func(f retry.Failure) {
+			if cc, ok := s.cfg.Client.(*redis.ClusterClient); ok && s.cfg.Cluster {
+				// A master killed, a slot moved: the next attempt goes
+				// by a fresh slot map (go-redis does not reload it on a
+				// network error).
+				cc.ReloadState(ctx)
+			}
 			s.obs.RedisError(f.Err, false)
 			s.Stats.Waiting.Store(true)
 			s.Stats.Retries.Add(1)
@@ -1296,6 +1302,21 @@ func aclRefusal(err error) error {
 		"channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd "+
 		"+smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* "+
 		"and the publish channels; see Redis permissions in docs/operations.md)", err)}
+}
+
+// droppedRedirect is true for a redirection error when the engine is
+// deliberately broken with CDC_UNSAFE=drop-redirects (failpoints builds
+// only): the command counts as done, and its deletes are lost.
+func droppedRedirect(err error) bool {
+	if !failpoint.Unsafe("drop-redirects") {
+		return false
+	}
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	prefix, _, _ := strings.Cut(rerr.Error(), " ")
+	return prefix == "MOVED" || prefix == "ASK" || prefix == "TRYAGAIN"
 }
 
 // classifyCluster is Classify for a cluster client: a redirection (MOVED,
