@@ -227,6 +227,10 @@ type Sink struct {
 	shardKeysAt time.Time
 	shardMarks  map[string]replication.LSN // the highest this sink set, by key
 	shardCmds   []shardMark
+	// waitKeys names, by master address, the key a cluster master's WAIT
+	// writes before it (waitMasters); listed at most every shardKeysEvery.
+	waitKeys   map[string]string
+	waitKeysAt time.Time
 	mustFlush   string          // why a flush is owed ("" when none)
 	held        replication.LSN // applied, not yet watermarked and reported
 	markedAt    time.Time
@@ -689,6 +693,9 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 			if cmds, err = s.stage(ctx, cmds, announce); err != nil {
 				return err
 			}
+			if err := s.waitMasters(ctx); err != nil {
+				return err
+			}
 		} else {
 			cmds, err = s.stage(ctx, nil, func(p redis.Pipeliner) {
 				versions(p)
@@ -949,10 +956,91 @@ func clusterShape(ctx context.Context, cc *redis.ClusterClient) (string, error) 
 // connection that sent the batch's writes, so it waits for them (and for
 // everything the master had before them).
 func (s *Sink) queueWait(ctx context.Context, p redis.Pipeliner) *redis.Cmd {
+	if s.cfg.WaitReplicas <= 0 || s.cfg.Cluster {
+		return nil // a cluster waits master by master: waitMasters
+	}
+	return p.Do(ctx, "wait", s.cfg.WaitReplicas, max(s.cfg.WaitTimeout, time.Millisecond).Milliseconds())
+}
+
+// waitMasters, on a cluster with WaitReplicas, sends every master a write
+// and WAIT WaitReplicas on one connection, in parallel, and fails unless
+// each answers that many replicas. A WAIT counts what the master had when
+// the connection's last write was applied, so the write makes it cover
+// everything the batch sent that master on any connection. Every master,
+// not only those the batch's keys hash to: each holds a watermark of this
+// sink, raised with every transaction.
+func (s *Sink) waitMasters(ctx context.Context) error {
 	if s.cfg.WaitReplicas <= 0 {
 		return nil
 	}
-	return p.Do(ctx, "wait", s.cfg.WaitReplicas, max(s.cfg.WaitTimeout, time.Millisecond).Milliseconds())
+	cc, ok := s.cfg.Client.(*redis.ClusterClient)
+	if !ok {
+		return &PermanentError{Err: errors.New("redis.wait_replicas on a cluster needs the cluster client (redis.cluster: true with redis.addrs)")}
+	}
+	if s.waitKeys == nil || time.Since(s.waitKeysAt) >= shardKeysEvery {
+		keys, err := waitKeys(ctx, cc, s.cfg.WatermarkKey)
+		if err != nil {
+			return fmt.Errorf("list the cluster's masters for WAIT: %w", err)
+		}
+		s.waitKeys, s.waitKeysAt = keys, time.Now()
+	}
+	keys := s.waitKeys
+	timeout := max(s.cfg.WaitTimeout, time.Millisecond)
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		addr := c.Options().Addr
+		key, ok := keys[addr]
+		if !ok {
+			return nil // serves no slot: holds nothing of this sink
+		}
+		var set *redis.StatusCmd
+		var wait *redis.Cmd
+		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			set = p.Set(ctx, key, "1", 0)
+			wait = p.Do(ctx, "wait", s.cfg.WaitReplicas, timeout.Milliseconds())
+			return nil
+		})
+		if err := set.Err(); err != nil {
+			return fmt.Errorf("master %s: %w", addr, err) // MOVED: the slot map changed, listed again
+		}
+		if err != nil {
+			return fmt.Errorf("master %s: %w", addr, err)
+		}
+		if err := s.checkWait(wait); err != nil {
+			return fmt.Errorf("master %s: %w", addr, err)
+		}
+		return nil
+	})
+	if err != nil {
+		s.waitKeys = nil
+	}
+	return err
+}
+
+// waitKeys names, for every master of the cluster that serves a slot, a
+// key in the lowest slot it serves, next to the watermark keys.
+func waitKeys(ctx context.Context, cc *redis.ClusterClient, main string) (map[string]string, error) {
+	slots, err := cc.ClusterSlots(ctx).Result()
+	if err != nil {
+		return nil, err
+	}
+	if main == "" {
+		main = "cdcinvalidate"
+	}
+	lowest := map[string]int{}
+	for _, sl := range slots {
+		if len(sl.Nodes) == 0 {
+			continue
+		}
+		m := sl.Nodes[0].Addr
+		if cur, ok := lowest[m]; !ok || int(sl.Start) < cur {
+			lowest[m] = int(sl.Start)
+		}
+	}
+	keys := make(map[string]string, len(lowest))
+	for m, slot := range lowest {
+		keys[m] = main + ":wait:" + strconv.Itoa(slot) + ":{" + keyslot.SlotTag(slot) + "}"
+	}
+	return keys, nil
 }
 
 // ErrReplicasBehind is wrapped when fewer replicas than WaitReplicas

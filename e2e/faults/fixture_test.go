@@ -287,6 +287,13 @@ func (f *fixture) barrier(within time.Duration) {
 	f.t.Helper()
 	mark := f.barrierMark(within)
 	if f.o.noWatermark {
+		if f.cl != nil {
+			// The masters of a cluster delete a batch's keys in parallel:
+			// the barrier's key can go before the others. The engine sends
+			// a batch once the previous one is done everywhere, so the
+			// key of a second barrier going is proof.
+			f.barrierMark(within)
+		}
 		return
 	}
 	harness.WaitFor(f.t, within, fmt.Sprintf("the slot's confirmed position to reach the watermark %s", mark), func() bool { return f.confirmed() >= mark })
