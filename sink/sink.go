@@ -231,9 +231,9 @@ type Sink struct {
 	// writes before it (waitMasters); listed at most every shardKeysEvery.
 	waitKeys   map[string]string
 	waitKeysAt time.Time
-	mustFlush   string          // why a flush is owed ("" when none)
-	held        replication.LSN // applied, not yet watermarked and reported
-	markedAt    time.Time
+	mustFlush  string          // why a flush is owed ("" when none)
+	held       replication.LSN // applied, not yet watermarked and reported
+	markedAt   time.Time
 
 	gatherTimer *time.Timer
 	lastCommit  time.Time // commit time of the last transaction added
