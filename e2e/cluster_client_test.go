@@ -179,7 +179,7 @@ func TestClusterClientLibrary(t *testing.T) {
 			}
 		}
 		list := strings.Trim(strings.Join(strings.Fields(fmt.Sprint(ids)), ","), "[]")
-		f.exec(`UPDATE users SET name = $1 WHERE id IN (` + list + `)`, round)
+		f.exec(`UPDATE users SET name = $1 WHERE id IN (`+list+`)`, round)
 		f.barrier()
 		defer func() {
 			if t.Failed() {
