@@ -1388,8 +1388,9 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 func aclRefusal(err error) error {
 	return &PermanentError{Err: fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or "+
 		"channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd "+
-		"+smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* "+
-		"and the publish channels; see Redis permissions in docs/operations.md)", err)}
+		"+smembers, and +incr +publish +xadd for those actions, +cluster|slots on a Redis Cluster, +wait with "+
+		"redis.wait_replicas, on the managed key patterns, ~cdcinvalidate:* and the publish channels; on a "+
+		"cluster, on every node; see Redis permissions in docs/operations.md)", err)}
 }
 
 // droppedRedirect is true for a redirection error when the engine is
