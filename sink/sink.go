@@ -72,7 +72,9 @@ type Config struct {
 	CompanionPatterns func(pattern string) []string
 	// WaitReplicas, when above 0, ends every pipeline with WAIT
 	// WaitReplicas WaitTimeout: a batch is acknowledged (to the checkpoint)
-	// only when that many replicas have it; else it is sent again.
+	// only when that many replicas have it; else it is sent again. On a
+	// cluster every master gets a write and WAIT on one connection after
+	// the batch (waitMasters).
 	WaitReplicas int
 	WaitTimeout  time.Duration
 	// Cluster says Client is a Redis Cluster client: every multi-key
