@@ -1,3 +1,5 @@
+//go:build failpoints
+
 package faults
 
 import (
@@ -16,7 +18,10 @@ import (
 
 // Redis Cluster scenarios: the same workload and checker against a
 // cluster of 3 masters and 3 replicas (harness.StartCluster, node timeout
-// 2 s), the engine with redis.cluster: true.
+// 2 s), the engine with redis.cluster: true. Only with -tags failpoints,
+// although only one of them needs it: the CI runs the untagged scenarios
+// twice (go test ./..., then the tagged suite), and six Redis processes
+// per scenario are too dear for that.
 
 // shardFailoverRun is one run of "a master fails over to a replica that
 // missed what it acknowledged": while the workload runs, the replica of a

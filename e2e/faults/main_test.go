@@ -74,18 +74,18 @@
 // (back in time) and its negative control without the watermark; the same
 // rewind while the leader is frozen, followed by a standby's takeover
 // (takeover_test.go), and its negative control without the watermark.
-// On a Redis Cluster of 3 masters and 3 replicas (cluster_test.go): a
-// master killed (-9) after its cut-off replica missed a second of
-// acknowledged deletes, the replica promoted (the engine must flush), and
-// its negative control without the watermark; redis-cli --cluster reshard
-// of 1200 slots under the workload.
 //
 // With -tags failpoints (failpoints_test.go): SIGKILL at sink-after-ack,
 // sink-mid-txn (postgres.streaming: false, large transactions) and
 // stream-after-stop (streamed transactions); the negative control
 // CDC_UNSAFE=confirm-received with kill -9 while Redis is stopped (watermark
 // off: the checker must find stale keys), and the same bug with the
-// watermark on (the restarted engine must flush); the resharding's
+// watermark on (the restarted engine must flush). On a Redis Cluster of 3
+// masters and 3 replicas (cluster_test.go, tagged only to keep the CI from
+// running them twice): a master killed (-9) after its cut-off replica
+// missed a second of acknowledged deletes, the replica promoted (the
+// engine must flush), and its negative control without the watermark;
+// redis-cli --cluster reshard of 1200 slots under the workload, and its
 // negative control CDC_UNSAFE=drop-redirects (cluster_failpoints_test.go).
 //
 // Rule actions (actions_test.go, actions_failpoints_test.go): the same
