@@ -90,7 +90,7 @@ func Run(ctx context.Context, opts Options, stderr io.Writer) (*Report, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	b := &bench{opts: opts, stderr: stderr}
+	b := &bench{opts: opts, stderr: stderr, cur: opts.reference()}
 	tty := false
 	if f, ok := stderr.(*os.File); ok {
 		tty = isTerminal(f)
@@ -106,7 +106,8 @@ func Run(ctx context.Context, opts Options, stderr io.Writer) (*Report, error) {
 		Started: time.Now(),
 		Settings: Settings{
 			Rows: opts.Rows, Batch: opts.Batch, Repeat: opts.Repeat, Rates: rates,
-			DurationSeconds: opts.Duration.Seconds(), MaxConns: opts.MaxConns, BigRows: opts.BigRows,
+			DurationSeconds: opts.Duration.Seconds(), MaxConns: opts.MaxConns, BigRows: opts.BigRows, Instances: opts.Instances,
+			Variants: opts.variantSettings(),
 		},
 	}
 	load := loadAverage()
@@ -127,8 +128,8 @@ func Run(ctx context.Context, opts Options, stderr io.Writer) (*Report, error) {
 			if c != nil && len(c.Runs) > 0 {
 				rep.CatchUp = append(rep.CatchUp, *c)
 				for _, run := range c.Runs {
-					if run.KeysLeft > 0 {
-						rep.Problems = append(rep.Problems, fmt.Sprintf("catch-up %s: the engine left %d of %d prefilled keys undeleted", w.name, run.KeysLeft, opts.Rows))
+					for _, p := range run.Problems {
+						rep.Problems = append(rep.Problems, fmt.Sprintf("catch-up %s: %s", w.name, p))
 					}
 					if run.Flushed {
 						rep.Problems = append(rep.Problems, fmt.Sprintf("catch-up %s: the engine deleted %s0, which no row maps to: it flushed the managed keys, so the run did not measure deletes alone", w.name, keyPrefix))
@@ -138,6 +139,10 @@ func Run(ctx context.Context, opts Options, stderr io.Writer) (*Report, error) {
 			if err != nil {
 				return rep, fmt.Errorf("catch-up %s: %w", w.name, err)
 			}
+		}
+		compareVariants(rep.CatchUp)
+		if err := b.runInstances(ctx, rep); err != nil {
+			return rep, err
 		}
 	}
 	if opts.has(PhaseLatency) {
@@ -177,7 +182,10 @@ type bench struct {
 
 	db  *pgxpool.Pool
 	mon *pgx.Conn // polls the slots
-	rdb *redis.Client
+	// rdb is the bench's own client: never through the delay proxy.
+	rdb redis.UniversalClient
+
+	topo topo // cluster, sentinel, replicas, delay proxy
 
 	engineBin  string
 	recvBin    string
@@ -189,6 +197,10 @@ type bench struct {
 	keyspaceOld *string  // notify-keyspace-events to restore
 	keysSet     int      // keys item:0..keysSet may have been set
 	watermarks  []string // watermark keys set
+	maxFanout   int      // keys item:N:1..item:N:(maxFanout-1) may have been set
+	usedActions bool     // version, refresh, stream, generation keys may have been set
+
+	cur variant // the rules of the engines started now (workload_options.go)
 }
 
 func (b *bench) warn(format string, args ...any) {
@@ -219,10 +231,10 @@ func (b *bench) setup(ctx context.Context, rep *Report) error {
 		if b.pg, err = harness.StartPostgres(ctx, harness.PostgresOptions{}); err != nil {
 			return err
 		}
-		if b.rd, err = harness.StartRedis(ctx, harness.RedisOptions{}); err != nil {
+		if err := b.startRedis(ctx); err != nil {
 			return err
 		}
-		b.dsn, b.redisAddr = b.pg.DSN("postgres"), b.rd.Addr()
+		b.dsn = b.pg.DSN("postgres")
 		if b.opts.PgRecvLogical == "" {
 			// The client of the server's own version, when it is there.
 			if p, err := findPgRecvLogical("", b.pg.BinDir()); err == nil {
@@ -230,7 +242,8 @@ func (b *bench) setup(ctx context.Context, rep *Report) error {
 			}
 		}
 	} else {
-		b.dsn, b.redisAddr = b.opts.PostgresDSN, b.opts.RedisAddr
+		b.dsn = b.opts.PostgresDSN
+		b.givenRedis()
 	}
 
 	b.prog.Step("connecting")
@@ -247,11 +260,10 @@ func (b *bench) setup(ctx context.Context, rep *Report) error {
 	if walLevel != "logical" {
 		return fmt.Errorf("postgres runs with wal_level=%s; the bench needs wal_level=logical", walLevel)
 	}
-	b.rdb = redis.NewClient(&redis.Options{
-		Addr: b.redisAddr, DB: b.opts.RedisDB,
-		Username: os.Getenv("CDC_REDIS_USERNAME"), Password: os.Getenv("CDC_REDIS_PASSWORD"),
-		PoolSize: 16,
-	})
+	if err := b.connectRedis(ctx); err != nil {
+		return err
+	}
+	rep.Settings.Redis = b.redisSettings()
 	info, err := b.rdb.Info(ctx, "server").Result()
 	if err != nil {
 		return fmt.Errorf("redis at %s: %w", b.redisAddr, err)
@@ -275,17 +287,12 @@ func (b *bench) setup(ctx context.Context, rep *Report) error {
 	if err := b.dropLeftovers(ctx); err != nil {
 		return err
 	}
-	for _, sql := range []string{
-		`CREATE TABLE ` + table + ` (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0, payload text NOT NULL) WITH (fillfactor = 90, autovacuum_enabled = false)`,
-		fmt.Sprintf(`INSERT INTO %s (id, payload) SELECT g, 'item ' || g || ' ' || md5(g::text) FROM generate_series(1, %d) g`, table, b.opts.Rows),
-		`VACUUM ANALYZE ` + table,
-		`CREATE PUBLICATION ` + publication + ` FOR TABLE ` + table,
-	} {
+	for _, sql := range b.setupSQL() {
 		if _, err := b.db.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("postgres: %s: %w", firstWords(sql), err)
 		}
 	}
-	return nil
+	return b.setupInstances(ctx)
 }
 
 // redisCounters are Redis's totals from INFO; ok is false when unread.
@@ -296,6 +303,9 @@ type redisCounters struct {
 }
 
 func (b *bench) redisStats(ctx context.Context) redisCounters {
+	if b.isCluster() {
+		return b.clusterRedisCounters(ctx)
+	}
 	info, err := b.rdb.Info(ctx, "stats", "cpu").Result()
 	if err != nil {
 		return redisCounters{}
@@ -343,7 +353,7 @@ func loadAverage() float64 {
 // Autovacuum is off for the bench table, so that it does not start in the
 // middle of one and compete for the CPUs.
 func (b *bench) vacuum(ctx context.Context) error {
-	if _, err := b.db.Exec(ctx, `VACUUM `+table); err != nil {
+	if _, err := b.db.Exec(ctx, `VACUUM `+strings.Join(b.tables(), ", ")); err != nil {
 		return fmt.Errorf("postgres: VACUUM %s: %w", table, err)
 	}
 	return nil
@@ -365,14 +375,17 @@ func firstWords(sql string) string {
 
 // dropLeftovers removes what an interrupted earlier run left behind.
 func (b *bench) dropLeftovers(ctx context.Context) error {
+	if err := b.dropInstances(ctx); err != nil {
+		return err
+	}
 	for _, s := range []string{engineSlot, recvSlot} {
 		if err := b.dropSlot(ctx, s); err != nil {
 			return err
 		}
 	}
-	for _, sql := range []string{`DROP PUBLICATION IF EXISTS ` + publication, `DROP TABLE IF EXISTS ` + table} {
+	for _, sql := range []string{`DROP PUBLICATION IF EXISTS ` + publication, `DROP TABLE IF EXISTS ` + table, dropMultiTablesSQL} {
 		if _, err := b.db.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("postgres: %s: %w", sql, err)
+			return fmt.Errorf("postgres: %s: %w", firstWords(sql), err)
 		}
 	}
 	return nil
@@ -473,11 +486,13 @@ func (b *bench) engineConfig(slot, metricsListen string) (string, error) {
 	var s strings.Builder
 	q := func(v string) string { j, _ := json.Marshal(v); return string(j) } // a JSON string is a YAML scalar
 	fmt.Fprintf(&s, "# written by cdcinvalidate bench\npostgres:\n  slot: %s\n  publication: %s\n", slot, publication)
-	fmt.Fprintf(&s, "redis:\n  addr: %s\n  db: %d\n", q(b.redisAddr), b.opts.RedisDB)
+	fmt.Fprintf(&s, "redis:\n%s", b.engineRedisYAML())
 	if metricsListen != "" {
 		fmt.Fprintf(&s, "metrics:\n  listen: %s\n  pprof: true\n", q(metricsListen))
 	}
-	fmt.Fprintf(&s, "log:\n  level: warn\n  format: console\nrules:\n  - table: %s\n    keys: [\"%s{id}\"]\n", table, keyPrefix)
+	fmt.Fprintf(&s, "log:\n  level: warn\n  format: console\n")
+	s.WriteString(verifyYAML(b.cur.verify))
+	s.WriteString(b.cur.rulesYAML())
 	path := fmt.Sprintf("%s/engine-%s.yaml", b.tmp, slot)
 	if err := os.WriteFile(path, []byte(s.String()), 0o600); err != nil {
 		return "", err
@@ -516,6 +531,16 @@ func (b *bench) startEngine(ctx context.Context, slot string, created pglogrepl.
 		b.mu.Unlock()
 		if err := b.rdb.Set(ctx, key, created.String(), 0).Err(); err != nil {
 			return nil, fmt.Errorf("redis: set the engine's watermark %s: %w", key, err)
+		}
+		if err := b.setShardWatermarks(ctx, key, created); err != nil {
+			return nil, err
+		}
+		// Without a record of the patterns an earlier run managed, the
+		// engine starts one; with the record of a run with other rules (a
+		// variant of workload_options.go) it would flush the new patterns,
+		// the prefilled keys among them.
+		if err := b.rdb.Unlink(ctx, managedKey(slot)).Err(); err != nil {
+			return nil, fmt.Errorf("redis: delete the engine's record of managed patterns: %w", err)
 		}
 	}
 	c, err := startChild("engine", b.engineBin, []string{"run", "--config", cfg}, b.childEnv())
@@ -599,7 +624,7 @@ func (b *bench) countKeys(ctx context.Context, from, to int) (int, error) {
 		for i := lo; i <= min(lo+chunk-1, to); i++ {
 			keys = append(keys, keyPrefix+strconv.Itoa(i))
 		}
-		cmds = append(cmds, pipe.Exists(ctx, keys...))
+		cmds = append(cmds, b.existsCmds(ctx, pipe, keys)...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return 0, fmt.Errorf("redis: count keys: %w", err)
@@ -624,18 +649,17 @@ func (b *bench) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if b.rdb != nil {
-		if b.keyspaceOld != nil {
-			if err := b.rdb.ConfigSet(ctx, "notify-keyspace-events", *b.keyspaceOld).Err(); err != nil {
-				b.warn("could not restore Redis notify-keyspace-events to %q: %v", *b.keyspaceOld, err)
-			}
-		}
+		b.restoreKeyspace(ctx)
+		b.cleanupVariantKeys(ctx)
 		if !b.throwaway && b.keysSet > 0 {
 			if err := b.deleteKeys(ctx, 0, b.keysSet); err != nil {
 				b.warn("could not delete the bench's keys %s0..%s%d: %v", keyPrefix, keyPrefix, b.keysSet, err)
 			}
 		}
 		if !b.throwaway && len(b.watermarks) > 0 {
-			if err := b.rdb.Unlink(ctx, b.watermarks...).Err(); err != nil {
+			pipe := b.rdb.Pipeline()
+			b.unlinkCmds(ctx, pipe, b.watermarks)
+			if _, err := pipe.Exec(ctx); err != nil {
 				b.warn("could not delete the engine's watermark key %s: %v", b.watermarks[0], err)
 			}
 		}
@@ -643,14 +667,17 @@ func (b *bench) cleanup() {
 	}
 	if b.db != nil {
 		if !b.throwaway {
+			if err := b.dropInstances(ctx); err != nil {
+				b.warn("%v; drop the cdcbench_* slots, publications and tables yourself", err)
+			}
 			for _, s := range []string{engineSlot, recvSlot} {
 				if err := b.dropSlot(ctx, s); err != nil {
 					b.warn("%v; drop it yourself, or it keeps WAL on the server: SELECT pg_drop_replication_slot('%s')", err, s)
 				}
 			}
-			for _, sql := range []string{`DROP PUBLICATION IF EXISTS ` + publication, `DROP TABLE IF EXISTS ` + table} {
+			for _, sql := range []string{`DROP PUBLICATION IF EXISTS ` + publication, `DROP TABLE IF EXISTS ` + table, dropMultiTablesSQL} {
 				if _, err := b.db.Exec(ctx, sql); err != nil {
-					b.warn("%s: %v", sql, err)
+					b.warn("%s: %v", firstWords(sql), err)
 				}
 			}
 		}
@@ -659,6 +686,7 @@ func (b *bench) cleanup() {
 	if b.mon != nil {
 		_ = b.mon.Close(ctx)
 	}
+	b.closeTopology()
 	if b.rd != nil {
 		if err := b.rd.Close(); err != nil {
 			b.warn("%v", err)
@@ -682,7 +710,7 @@ func (b *bench) deleteKeys(ctx context.Context, from, to int) error {
 		for i := lo; i <= min(lo+chunk-1, to); i++ {
 			keys = append(keys, keyPrefix+strconv.Itoa(i))
 		}
-		pipe.Unlink(ctx, keys...)
+		b.unlinkCmds(ctx, pipe, keys)
 	}
 	_, err := pipe.Exec(ctx)
 	return err

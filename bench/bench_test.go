@@ -178,12 +178,13 @@ func TestBenchGivenServersCleansUp(t *testing.T) {
 	opts.PostgresDSN, opts.RedisAddr = pg.DSN("postgres"), rd.Addr()
 	opts.Rows, opts.Repeat, opts.BigRows = 500, 1, 2000
 	opts.Rates, opts.Duration = Rates{{Max: true}}, 300*time.Millisecond
+	opts.Instances = 2 // its tables, publications, slots and keys go too
 	var stderr syncBuffer
 	rep, err := Run(ctx, opts, &stderr)
 	if err != nil {
 		t.Fatalf("bench: %v\nstderr:\n%s", err, stderr.String())
 	}
-	if rep.Environment.Throwaway || len(rep.CatchUp) != 2 || len(rep.Latency) != 1 || rep.Memory == nil || len(rep.Problems) > 0 {
+	if rep.Environment.Throwaway || len(rep.CatchUp) != 2 || len(rep.InstancesCatchUp) != 2 || len(rep.Latency) != 1 || rep.Memory == nil || len(rep.Problems) > 0 {
 		t.Errorf("report: %+v", rep)
 	}
 	if rep.CatchUp[0].Runs[0].EngineWalsenderCPU != -1 {

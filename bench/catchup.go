@@ -22,13 +22,33 @@ import (
 type workload struct {
 	name, desc string
 	batch      int
+	shape      string  // "batched" or "single"
+	v          variant // the rules (workload_options.go)
 }
 
+// workloads are the catch-up workloads: both shapes of every variant, the
+// reference (the delete rule) first.
 func (b *bench) workloads() []workload {
-	return []workload{
+	var out []workload
+	for _, v := range b.opts.variants() {
+		out = append(out, b.shapes(v)...)
+	}
+	return out
+}
+
+func (b *bench) shapes(v variant) []workload {
+	ws := []workload{
 		{name: "batched", desc: fmt.Sprintf("batched, %s rows/txn", thousands(int64(b.opts.Batch))), batch: b.opts.Batch},
 		{name: "single", desc: "single-row txns", batch: 1},
 	}
+	for i := range ws {
+		ws[i].shape, ws[i].v = ws[i].name, v
+		if n := v.name(b.opts.VerifyRate); n != "" {
+			ws[i].name += " " + n
+			ws[i].desc += ", " + n
+		}
+	}
+	return ws
 }
 
 func (w workload) transactions(rows int) int { return (rows + w.batch - 1) / w.batch }
@@ -38,7 +58,10 @@ func (b *bench) catchUp(ctx context.Context, w workload) (*CatchUp, error) {
 	c := &CatchUp{
 		Workload: w.name, Description: w.desc, Changes: b.opts.Rows,
 		Transactions: w.transactions(b.opts.Rows), TargetRatio: TargetCatchUpRatio,
+		CatchUpVariant: CatchUpVariant{Shape: w.shape, Variant: variantInfoOf(w.v, b.opts.VerifyRate)},
 	}
+	b.cur = w.v
+	defer func() { b.cur = b.opts.reference() }()
 	for i := 1; i <= b.opts.Repeat; i++ {
 		run, wal, err := b.catchUpRun(ctx, w, fmt.Sprintf("catch-up %s, run %d/%d", w.name, i, b.opts.Repeat))
 		if err != nil {
@@ -106,7 +129,8 @@ func summariseCatchUp(c *CatchUp) {
 // catchUpRun: two slots at the same point, the workload, then the engine
 // and pg_recvlogical one after the other over the same WAL range.
 func (b *bench) catchUpRun(ctx context.Context, w workload, step string) (CatchUpRun, uint64, error) {
-	run := CatchUpRun{EngineWalsenderCPU: -1, RecvWalsenderCPU: -1, RecvCPUSeconds: -1, RedisCommands: -1, RedisCPUSeconds: -1}
+	run := CatchUpRun{EngineWalsenderCPU: -1, RecvWalsenderCPU: -1, RecvCPUSeconds: -1, RedisCommands: -1, RedisCPUSeconds: -1,
+		CatchUpRunApplied: CatchUpRunApplied{EngineAppliedSeconds: -1}}
 	b.prog.Step("%s: writing %s changes", step, thousands(int64(b.opts.Rows)))
 	start, end, err := b.prepareRange(ctx, w, engineSlot, recvSlot)
 	if err != nil {
@@ -114,34 +138,65 @@ func (b *bench) catchUpRun(ctx context.Context, w workload, step string) (CatchU
 	}
 	// item:0 has no row: if it is gone after the engine ran, the engine
 	// flushed keys it was not asked to delete, and the run measured that.
-	b.prog.Step("%s: prefilling %s keys", step, thousands(int64(b.opts.Rows)))
-	if err := b.setKeys(ctx, 0, b.opts.Rows); err != nil {
+	b.prog.Step("%s: preparing Redis (%s rows' keys)", step, thousands(int64(b.opts.Rows)))
+	if err := b.prepareRedis(ctx, w.v); err != nil {
 		return run, 0, err
+	}
+	sub, err := b.subscribe(ctx, w.v)
+	if err != nil {
+		return run, 0, err
+	}
+	defer sub.close()
+	metricsAddr := ""
+	if w.v.verify > 0 {
+		port, err := harness.FreePort()
+		if err != nil {
+			return run, 0, err
+		}
+		metricsAddr = "127.0.0.1:" + strconv.Itoa(port)
 	}
 
 	b.prog.Step("%s: engine", step)
 	before := b.redisStats(ctx)
-	eng, err := b.startEngine(ctx, engineSlot, start, "")
+	pr := b.startProbe(ctx, w.v, sub)
+	eng, err := b.startEngine(ctx, engineSlot, start, metricsAddr)
 	if err != nil {
+		pr.finish(nil)
 		return run, 0, err
 	}
 	ef, err := b.follow(ctx, eng, engineSlot, start, end, false)
+	applied, probeCmds := pr.finish(sub)
 	if err != nil {
 		stopChild(eng)
 		return run, 0, err
 	}
 	after := b.redisStats(ctx)
+	if metricsAddr != "" {
+		run.Verify = b.verifierFigures(ctx, metricsAddr)
+	}
 	if err := eng.Stop(30 * time.Second); err != nil {
 		return run, 0, err
 	}
 	run.RedisCommands, run.RedisCPUSeconds = after.since(before)
+	if run.RedisCommands > 0 {
+		run.RedisCommands = max(run.RedisCommands-probeCmds, 0)
+	}
 	run.EngineSeconds = ef.elapsed.Seconds()
+	if !applied.IsZero() {
+		run.EngineAppliedSeconds = applied.Sub(eng.StartedAt()).Seconds()
+	}
 	run.EngineStartupSeconds = ef.startup.Seconds()
 	run.EngineWalsenderCPU = cpuSeconds(ef.walsenderCPU)
 	run.EngineCPUSeconds = cpuSeconds(eng.CPUTime())
 	run.EngineMaxRSSBytes = eng.MaxRSS()
-	if run.KeysLeft, err = b.countKeys(ctx, 1, b.opts.Rows); err != nil {
+	sub.settle(200 * time.Millisecond)
+	rc, err := b.checkRun(ctx, w, start, end, sub.close())
+	if err != nil {
 		return run, 0, err
+	}
+	run.KeysLeft, run.Problems = rc.keysLeft, rc.problems
+	if run.Verify != nil && run.Verify.Stale > 0 {
+		run.Problems = append(run.Problems, fmt.Sprintf("the online verifier found %d stale keys", run.Verify.Stale))
 	}
 	if n, err := b.countKeys(ctx, 0, 0); err != nil {
 		return run, 0, err
@@ -210,7 +265,11 @@ func (b *bench) prepareRange(ctx context.Context, w workload, slots ...string) (
 	if _, err := conn.Exec(ctx, `SET synchronous_commit = off`); err != nil {
 		return 0, 0, err
 	}
-	if _, err := conn.Exec(ctx, workloadSQL(b.opts.Rows, w.batch)); err != nil {
+	sql := workloadSQL(b.opts.Rows, w.batch)
+	if w.v.tables > 1 {
+		sql = multiTableWorkloadSQL(b.opts.Rows, w.batch, w.v.tables)
+	}
+	if _, err := conn.Exec(ctx, sql); err != nil {
 		return 0, 0, fmt.Errorf("workload %s: %w", w.name, err)
 	}
 	end, err = b.flushedEnd(ctx, conn)
@@ -307,7 +366,7 @@ func (b *bench) profileRun(ctx context.Context, w workload, expect time.Duration
 	if err != nil {
 		return "", err
 	}
-	if err := b.setKeys(ctx, 1, b.opts.Rows); err != nil {
+	if err := b.prepareRedis(ctx, w.v); err != nil {
 		return "", err
 	}
 	if err := os.MkdirAll(b.opts.ProfileDir, 0o755); err != nil {

@@ -38,6 +38,9 @@ type Options struct {
 	BigRows int
 	// Phases selects the measurements: "catchup", "latency", "memory".
 	Phases []string
+	// LatencyControl runs the latency writes again with pg_recvlogical as
+	// the only consumer and reports its walsender's delay.
+	LatencyControl bool
 
 	// Engine is the cdcinvalidate binary to run (default: this executable).
 	Engine string
@@ -50,11 +53,29 @@ type Options struct {
 	// (allocations) after the memory phase's transaction.
 	ProfileDir string
 
+	// Redis topology, distance and instances (topology.go, instances.go).
+	// RedisTopology is standalone (also ""), cluster or sentinel; with
+	// given servers RedisAddr then lists the seed nodes or the sentinels,
+	// comma-separated, and RedisMasterName names the Sentinel master.
+	RedisTopology   string
+	RedisMasterName string
+	// RedisRTT is the round trip the delay proxy adds between the engine
+	// and Redis (standalone only).
+	RedisRTT time.Duration
+	// WaitReplicas is the engine's redis.wait_replicas.
+	WaitReplicas int
+	// Instances >= 2: the catch-up phase measures that many engines, each
+	// on its own table, publication and slot.
+	Instances int
+
 	// JSON prints the report as JSON instead of the table.
 	JSON bool
 	// Progress forces the progress display on stderr; by default it is
 	// shown only when stderr is a terminal.
 	Progress bool
+
+	// WorkloadOptions choose the catch-up variants (workload_options.go).
+	WorkloadOptions
 }
 
 // Phase names.
@@ -78,6 +99,13 @@ func DefaultOptions() Options {
 		MaxConns: 2,
 		BigRows:  2_000_000,
 		Phases:   allPhases,
+
+		LatencyControl: true,
+
+		WorkloadOptions: defaultWorkloadOptions(),
+
+		RedisTopology: TopologyStandalone,
+		Instances:     1,
 	}
 }
 
@@ -127,13 +155,16 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.MaxConns, "max-conns", o.MaxConns, "writer connections for the rate max")
 	fs.IntVar(&o.BigRows, "big-rows", o.BigRows, "rows of the one transaction of the memory measurement")
 	fs.Var((*phaseList)(&o.Phases), "phases", "`phases` to run, comma-separated: catchup, latency, memory")
+	fs.BoolVar(&o.LatencyControl, "latency-control", o.LatencyControl, "after the engine's latency run, run the same writes with pg_recvlogical as the only consumer and report its walsender's delay beside the engine's")
 	fs.StringVar(&o.Engine, "engine", "", "cdcinvalidate `binary` to measure (default: this executable)")
 	fs.StringVar(&o.PgRecvLogical, "pg-recvlogical", "", "pg_recvlogical `binary` (default: next to the PostgreSQL server binaries, on PATH, or in /usr/lib/postgresql/*/bin)")
 	fs.StringVar(&o.ProfileDir, "profile", "", "write pprof profiles of the engine into `dir`: CPU per catch-up "+
 		"workload (from one extra run) and per latency rate, and the heap after the memory phase's transaction "+
 		"(go tool pprof BINARY FILE); the engine then also serves metrics")
+	o.registerTopologyFlags(fs)
 	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON on stdout instead of the table")
 	fs.BoolVar(&o.Progress, "progress", false, "show progress on stderr even when it is not a terminal")
+	o.registerWorkloadFlags(fs)
 }
 
 // Validate checks the options and returns every problem.
@@ -169,6 +200,8 @@ func (o *Options) Validate() error {
 	if len(o.Phases) == 0 {
 		errs = append(errs, errors.New("--phases: give at least one of catchup, latency, memory"))
 	}
+	errs = append(errs, o.validateWorkload()...)
+	errs = append(errs, o.validateTopology()...)
 	if o.Engine != "" {
 		if _, err := exec.LookPath(o.Engine); err != nil {
 			errs = append(errs, fmt.Errorf("--engine: %w", err))

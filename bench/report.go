@@ -37,6 +37,8 @@ type Report struct {
 	CatchUp     []CatchUp   `json:"catch_up,omitempty"`
 	Latency     []Latency   `json:"latency,omitempty"`
 	Memory      *Memory     `json:"memory,omitempty"`
+	// InstancesCatchUp is the --instances measurement (instances.go).
+	InstancesCatchUp []InstancesCatchUp `json:"instances_catch_up,omitempty"`
 	// Problems are failed checks (lost invalidations, keys left behind);
 	// a report with problems makes the command exit 1.
 	Problems []string `json:"problems,omitempty"`
@@ -68,7 +70,12 @@ type Settings struct {
 	Rates           []string `json:"rates"`
 	DurationSeconds float64  `json:"duration_seconds"`
 	MaxConns        int      `json:"max_conns"`
+	Instances       int      `json:"instances,omitempty"`
 	BigRows         int      `json:"big_rows"`
+	// Variants are the catch-up variants' options (workload_options.go).
+	Variants VariantSettings `json:"variants"`
+	// Redis is the topology, the added round trip and wait_replicas.
+	Redis RedisSettings `json:"redis"`
 }
 
 // CatchUp is the catch-up measurement of one workload.
@@ -93,6 +100,9 @@ type CatchUp struct {
 	CPUProfile  string       `json:"cpu_profile,omitempty"` // engine CPU profile of an extra run
 	Met         bool         `json:"target_met"`
 	Runs        []CatchUpRun `json:"runs"`
+
+	// The variant and its comparison with the reference (report_variants.go).
+	CatchUpVariant
 }
 
 // CPUPer100k is CPU seconds per 100,000 changes on the two paths: the
@@ -144,6 +154,9 @@ type CatchUpRun struct {
 	// commands processed, and Redis's own CPU time.
 	RedisCommands   int64   `json:"redis_commands"`
 	RedisCPUSeconds float64 `json:"redis_cpu_seconds"`
+
+	// "Done" as seen in Redis, the checks, the verifier (report_variants.go).
+	CatchUpRunApplied
 }
 
 // Latency is the latency measurement at one commit rate.
@@ -164,6 +177,19 @@ type Latency struct {
 	Met         *bool   `json:"target_met,omitempty"`
 	// CPUProfile is the engine's CPU profile during the writes (--profile).
 	CPUProfile string `json:"cpu_profile,omitempty"`
+	// Walsender*Ms: how long the oldest WAL not yet sent by the engine's
+	// walsender had existed, sampled every 10 ms during the writes (a lower
+	// bound at 10 ms resolution): the walsender's share of the latency,
+	// which no consumer can avoid.
+	WalsenderP50Ms float64 `json:"walsender_delay_p50_ms"`
+	WalsenderP99Ms float64 `json:"walsender_delay_p99_ms"`
+	WalsenderMaxMs float64 `json:"walsender_delay_max_ms"`
+	// Control*: the same writes at the same rate with pg_recvlogical as the
+	// only consumer (--latency-control): its walsender's delay.
+	ControlAchievedPerSecond float64 `json:"control_achieved_per_second,omitempty"`
+	ControlWalsenderP50Ms    float64 `json:"control_walsender_delay_p50_ms,omitempty"`
+	ControlWalsenderP99Ms    float64 `json:"control_walsender_delay_p99_ms,omitempty"`
+	ControlWalsenderMaxMs    float64 `json:"control_walsender_delay_max_ms,omitempty"`
 }
 
 // Memory is the memory measurement.
@@ -201,6 +227,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(&b, "engine %s (%s, %s, %d CPUs); PostgreSQL %s, Redis %s (%s)\n", e.EngineBinary, e.GoVersion, e.Platform, e.CPUs, e.Postgres, e.Redis, where)
 	if e.LoadAverage != [2]float64{} {
 		fmt.Fprintf(&b, "load average (1 min) %.2f at the start, %.2f at the end, on %d CPUs\n", e.LoadAverage[0], e.LoadAverage[1], e.CPUs)
+	}
+	if d := r.Settings.Redis.describe(); d != "" {
+		fmt.Fprintln(&b, d)
 	}
 	if len(e.PluginOptions) > 0 {
 		fmt.Fprintf(&b, "pgoutput options of both consumers: %s\n", strings.Join(e.PluginOptions, ", "))
@@ -260,6 +289,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 	}
 
+	if err := writeInstances(&b, r); err != nil {
+		return err
+	}
+
 	if len(r.Latency) > 0 {
 		fmt.Fprintf(&b, "\nCommit-to-invalidation latency: single-row UPDATEs in autocommit, %s per rate; from Exec returning to the key's del event in Redis.\n",
 			time.Duration(r.Settings.DurationSeconds*float64(time.Second)))
@@ -281,6 +314,24 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		fmt.Fprintf(&b, "\nWalsender delay at the same rates (age of the oldest WAL not yet sent, sampled every 10 ms): with the engine, and with pg_recvlogical as the only consumer.\n")
+		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "rate	engine p50	p99	max	pg_recvlogical p50	p99	max	")
+		for _, l := range r.Latency {
+			rateName := l.Rate
+			if rateName != "max" {
+				rateName += "/s"
+			}
+			ctl := []string{"-", "-", "-"}
+			if l.ControlAchievedPerSecond > 0 {
+				ctl = []string{millis(l.ControlWalsenderP50Ms), millis(l.ControlWalsenderP99Ms), millis(l.ControlWalsenderMaxMs)}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", rateName,
+				millis(l.WalsenderP50Ms), millis(l.WalsenderP99Ms), millis(l.WalsenderMaxMs), ctl[0], ctl[1], ctl[2])
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 
 	if m := r.Memory; m != nil {
@@ -296,6 +347,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+	}
+
+	if err := r.writeVariants(&b); err != nil {
+		return err
 	}
 
 	var profiles []string

@@ -28,8 +28,10 @@ import (
 //
 // Each benchmark runs a flusher while it writes and reports, besides the
 // write rate (incr/s), the flusher's aggregation (rows written per 1,000
-// increments) and the flush lag (age of a window's oldest entry at its
-// commit) at p50/p90/p99 over the run's windows.
+// increments, "rows/1000incr") and the flush lag (age of a window's oldest
+// entry at its commit) at p50/p90/p99 over the run's windows, and how many
+// increments one script call carried ("incr/call": above 1 for single
+// Incr calls means they were combined).
 
 var (
 	benchOnce sync.Once
@@ -87,10 +89,13 @@ func benchServers(b *testing.B) *sharedServers {
 // benchWrites runs write (called b.N times over the parallel goroutines,
 // each call doing opsPerCall increments) with a flusher running, then
 // drains the stream and reports the figures.
-func benchWrites(b *testing.B, stream string, opsPerCall int, write func(ctx context.Context, w *writebehind.Writer, i int) error) {
+//
+// callers goroutines share the b.N calls.
+func benchWrites(b *testing.B, stream string, callers, opsPerCall int, wopt writebehind.WriterOptions, write func(ctx context.Context, w *writebehind.Writer, i int) error) {
 	s := benchServers(b)
 	ctx := context.Background()
-	w, err := writebehind.NewWriter(s.rdb, testMappings, writebehind.WriterOptions{Stream: stream, MaxLen: 10_000_000})
+	wopt.Stream, wopt.MaxLen = stream, 10_000_000
+	w, err := writebehind.NewWriter(s.rdb, testMappings, wopt)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -119,17 +124,26 @@ func benchWrites(b *testing.B, stream string, opsPerCall int, write func(ctx con
 
 	usec0 := evalUsec(b, s.rdb)
 	var seq atomic.Int64
-	b.SetParallelism(8) // 8 x GOMAXPROCS writers: Redis round trips dominate
+	var wg sync.WaitGroup
 	b.ResetTimer()
 	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			if err := write(ctx, w, int(seq.Add(1))); err != nil {
-				b.Error(err)
-				return
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(seq.Add(1))
+				if i > b.N {
+					return
+				}
+				if err := write(ctx, w, i); err != nil {
+					b.Error(err)
+					return
+				}
 			}
-		}
-	})
+		}()
+	}
+	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
 	// Redis's own CPU time in the write script, per increment: what one
@@ -148,6 +162,9 @@ func benchWrites(b *testing.B, stream string, opsPerCall int, write func(ctx con
 	}
 	ops := float64(b.N * opsPerCall)
 	b.ReportMetric(ops/elapsed.Seconds(), "incr/s")
+	if n := w.Stats.Writes.Load(); n > 0 {
+		b.ReportMetric(float64(w.Stats.Ops.Load())/float64(n), "incr/call")
+	}
 	if n := f.Stats.OpsApplied.Load(); n > 0 {
 		b.ReportMetric(1000*float64(f.Stats.RowsWritten.Load())/float64(n), "rows/1000incr")
 	}
@@ -162,17 +179,32 @@ func benchWrites(b *testing.B, stream string, opsPerCall int, write func(ctx con
 	}
 }
 
-// BenchmarkIncr: one increment per call (one script, one stream entry).
+// BenchmarkIncr: one Incr per call from many goroutines (an application
+// serving many requests): concurrent calls are combined into shared script
+// calls. callers=16 without combining is the old one-round-trip-per-call
+// path, for comparison.
 func BenchmarkIncr(b *testing.B) {
-	benchWrites(b, "bench-incr-"+strconv.Itoa(b.N), 1, func(ctx context.Context, w *writebehind.Writer, i int) error {
-		_, err := w.Incr(ctx, "counter:"+strconv.Itoa(i%1000), 1)
-		return err
-	})
+	for _, c := range []struct {
+		name    string
+		callers int
+		opt     writebehind.WriterOptions
+	}{
+		{"callers=16", 16, writebehind.WriterOptions{}},
+		{"callers=256", 256, writebehind.WriterOptions{}},
+		{"callers=16/nocombine", 16, writebehind.WriterOptions{NoCombine: true}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			benchWrites(b, "bench-incr-"+c.name+"-"+strconv.Itoa(b.N), c.callers, 1, c.opt, func(ctx context.Context, w *writebehind.Writer, i int) error {
+				_, err := w.Incr(ctx, "counter:"+strconv.Itoa(i%1000), 1)
+				return err
+			})
+		})
+	}
 }
 
 // BenchmarkApply100: 100 increments per call (one script, one entry).
 func BenchmarkApply100(b *testing.B) {
-	benchWrites(b, "bench-apply-"+strconv.Itoa(b.N), 100, func(ctx context.Context, w *writebehind.Writer, i int) error {
+	benchWrites(b, "bench-apply-"+strconv.Itoa(b.N), 16, 100, writebehind.WriterOptions{}, func(ctx context.Context, w *writebehind.Writer, i int) error {
 		ops := make([]writebehind.Op, 100)
 		for j := range ops {
 			ops[j] = writebehind.IncrOp("counter:"+strconv.Itoa((i*100+j)%1000), 1)
@@ -184,7 +216,7 @@ func BenchmarkApply100(b *testing.B) {
 
 // BenchmarkApply1000: 1,000 increments per call, the largest batch.
 func BenchmarkApply1000(b *testing.B) {
-	benchWrites(b, "bench-apply1000-"+strconv.Itoa(b.N), 1000, func(ctx context.Context, w *writebehind.Writer, i int) error {
+	benchWrites(b, "bench-apply1000-"+strconv.Itoa(b.N), 16, 1000, writebehind.WriterOptions{}, func(ctx context.Context, w *writebehind.Writer, i int) error {
 		ops := make([]writebehind.Op, 1000)
 		for j := range ops {
 			ops[j] = writebehind.IncrOp("counter:"+strconv.Itoa((i*1000+j)%1000), 1)

@@ -20,10 +20,24 @@
 // (FullBlock, bounded by BlockMax). With WaitReplicas the call also waits
 // for Redis WAIT.
 //
+// Concurrent Incr and Set calls are combined: they queue, and up to
+// MaxInFlight of the callers themselves (no background goroutine) send
+// what is queued as one script call of up to MaxBatch operations. Each
+// call returns once Redis executed its own operation, with its own result
+// or error; a call whose context ends while it is still queued is
+// withdrawn and writes nothing. NoCombine turns this off.
+//
+// Every script call carries a token; the script records it (a key next to
+// the stream, for TokenTTL) with the entry it appended, and a call with a
+// known token changes nothing. So a call that go-redis retries after its
+// reply was lost (MaxRetries) is executed once, and ApplyOnce lets the
+// caller retry with its own id.
+//
 // # How a flush goes
 //
 // The flusher reads the stream in a consumer group and gathers entries into
-// a window (Window, MaxEntries). It folds the window into one upsert per
+// a window, closed by time (Window) or size (MaxEntries entries, MaxRows
+// distinct keys, MaxBytes of keys and values). It folds the window into one upsert per
 // row (the sum of the deltas, the last value of a field) and commits them
 // in one transaction with the offsets row (table writebehind_offsets: the
 // last applied entry ID of the stream and group). Only after the commit
@@ -75,9 +89,8 @@
 // take, a constraint) stops Run with the error: nothing is skipped, the
 // window stays pending, and the writers eventually get ErrBacklogFull.
 //
-// A write whose reply was lost can be retried by go-redis (MaxRetries) and
-// so happen twice while returning nil once; give the Writer a client with
-// MaxRetries: -1 where a duplicate matters.
+// A write whose reply was lost and that go-redis (MaxRetries) or the
+// caller (ApplyOnce, same id) retries within TokenTTL is applied once.
 //
 // # The value in Redis
 //

@@ -26,6 +26,8 @@ const (
 	DefaultOffsetsTable = "writebehind_offsets"
 	DefaultWindow       = 200 * time.Millisecond
 	DefaultMaxEntries   = 5000
+	DefaultMaxRows      = 10_000
+	DefaultMaxBytes     = 8 << 20
 	DefaultRetryMin     = 100 * time.Millisecond
 	DefaultRetryMax     = 5 * time.Second
 	DefaultStandbyPoll  = time.Second
@@ -69,6 +71,16 @@ type FlusherOptions struct {
 	// MaxEntries closes a window early when it holds this many entries.
 	// Default 5000.
 	MaxEntries int
+	// MaxRows closes a window early when it holds this many distinct keys
+	// (each key is at most one row, so at most this many upserts in its
+	// transaction). Default 10,000. An entry is never split: a window
+	// holds at least one entry, so one Apply of MaxBatch keys can exceed
+	// a smaller bound.
+	MaxRows int
+	// MaxBytes closes a window early when its keys and values add up to
+	// this many bytes, bounding the transaction's size and the flusher's
+	// memory. Default 8 MiB.
+	MaxBytes int
 	// RetryMin and RetryMax bound the pause (doubling) between attempts
 	// after PostgreSQL or Redis failed. Defaults 100ms and 5s.
 	RetryMin, RetryMax time.Duration
@@ -111,6 +123,8 @@ func (o *FlusherOptions) fill() error {
 	c.duration("RetryMax", &o.RetryMax, DefaultRetryMax)
 	c.duration("StandbyPoll", &o.StandbyPoll, DefaultStandbyPoll)
 	count(&c, "MaxEntries", &o.MaxEntries, DefaultMaxEntries)
+	count(&c, "MaxRows", &o.MaxRows, DefaultMaxRows)
+	count(&c, "MaxBytes", &o.MaxBytes, DefaultMaxBytes)
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -354,6 +368,10 @@ type session struct {
 	last   streamID // last applied, as committed
 	window []entry
 	opened time.Time // when the window's first entry was added
+	// keys and bytes are the window's distinct keys and its size (MaxRows,
+	// MaxBytes).
+	keys  map[string]struct{}
+	bytes int
 	// held counts the entries delivered to this session (read or claimed)
 	// and not yet acknowledged: the window and, during a takeover, the rest
 	// of the claimed page.
@@ -494,11 +512,36 @@ func (s *session) add(ctx context.Context, e entry) error {
 		}
 		return nil
 	}
+	opt := &s.f.opt
+	if len(s.window) > 0 {
+		// Would e take the window past a bound? Then apply it first. (A
+		// key repeated within e counts each time: the bound may close a
+		// window a little early, never late.)
+		newKeys, size := 0, 0
+		for _, op := range e.ops {
+			size += len(op.key) + len(op.value)
+			if _, ok := s.keys[op.key]; !ok {
+				newKeys++
+			}
+		}
+		if len(s.keys)+newKeys > opt.MaxRows || s.bytes+size > opt.MaxBytes {
+			if err := s.flush(ctx); err != nil {
+				return err
+			}
+		}
+	}
 	if len(s.window) == 0 {
 		s.opened = time.Now()
+		if s.keys == nil {
+			s.keys = map[string]struct{}{}
+		}
 	}
 	s.window = append(s.window, e)
-	if len(s.window) >= s.f.opt.MaxEntries {
+	for _, op := range e.ops {
+		s.keys[op.key] = struct{}{}
+		s.bytes += len(op.key) + len(op.value)
+	}
+	if len(s.window) >= opt.MaxEntries || len(s.keys) >= opt.MaxRows || s.bytes >= opt.MaxBytes {
 		return s.flush(ctx)
 	}
 	return nil
@@ -512,6 +555,8 @@ func (s *session) flush(ctx context.Context) error {
 	f := s.f
 	w := s.window
 	s.window = nil
+	clear(s.keys)
+	s.bytes = 0
 	if len(w) == 0 {
 		return nil
 	}

@@ -131,32 +131,40 @@ func isIdent(s string) bool {
 // template ends with a placeholder, takes the rest). It reports false when
 // key does not have the template's shape or a value would be empty.
 func (t template) match(key string) ([]string, bool) {
-	if !strings.HasPrefix(key, t.lits[0]) {
-		return nil, false
-	}
-	rest := key[len(t.lits[0]):]
 	vals := make([]string, len(t.cols))
-	for i := range t.cols {
-		next := t.lits[i+1]
-		if next == "" { // the last placeholder, at the end of the template
-			vals[i] = rest
-			rest = ""
-		} else {
-			j := strings.Index(rest, next)
-			if j < 0 {
-				return nil, false
-			}
-			vals[i] = rest[:j]
-			rest = rest[j+len(next):]
-		}
-		if vals[i] == "" {
-			return nil, false
-		}
-	}
-	if rest != "" {
+	if !t.matchInto(key, vals) {
 		return nil, false
 	}
 	return vals, true
+}
+
+// matchInto is match storing the values into vals, or, with vals nil,
+// only checking (the writer's hot path, which needs no values).
+func (t template) matchInto(key string, vals []string) bool {
+	if !strings.HasPrefix(key, t.lits[0]) {
+		return false
+	}
+	rest := key[len(t.lits[0]):]
+	for i := range t.cols {
+		var v string
+		next := t.lits[i+1]
+		if next == "" { // the last placeholder, at the end of the template
+			v, rest = rest, ""
+		} else {
+			j := strings.Index(rest, next)
+			if j < 0 {
+				return false
+			}
+			v, rest = rest[:j], rest[j+len(next):]
+		}
+		if v == "" {
+			return false
+		}
+		if vals != nil {
+			vals[i] = v
+		}
+	}
+	return rest == ""
 }
 
 // compiled is a validated mapping.
@@ -233,4 +241,14 @@ func resolve(ms []compiled, key string) (*compiled, []string, error) {
 		}
 	}
 	return nil, nil, fmt.Errorf("%w: %q", ErrUnmapped, key)
+}
+
+// lookup is resolve without the placeholder values (no allocation).
+func lookup(ms []compiled, key string) (*compiled, error) {
+	for i := range ms {
+		if ms[i].tmpl.matchInto(key, nil) {
+			return &ms[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %q", ErrUnmapped, key)
 }

@@ -269,14 +269,16 @@ func TestOptionsDefaultsAndErrors(t *testing.T) {
 	if err := w.fill(); err != nil {
 		t.Fatal(err)
 	}
-	if w.Stream != DefaultStream || w.MaxLen != DefaultMaxLen || w.BlockMax != DefaultBlockMax || w.MaxBatch != DefaultMaxBatch || w.WaitTimeout != DefaultWaitTimeout {
+	if w.Stream != DefaultStream || w.MaxLen != DefaultMaxLen || w.BlockMax != DefaultBlockMax || w.MaxBatch != DefaultMaxBatch || w.WaitTimeout != DefaultWaitTimeout ||
+		w.MaxInFlight != DefaultMaxInFlight || w.TokenTTL != DefaultTokenTTL || w.NoCombine {
 		t.Errorf("writer defaults: %+v", w)
 	}
 	f := FlusherOptions{DSN: "postgres://x"}
 	if err := f.fill(); err != nil {
 		t.Fatal(err)
 	}
-	if f.Group != DefaultGroup || f.Window != DefaultWindow || f.MaxEntries != DefaultMaxEntries || f.OffsetsTable != DefaultOffsetsTable || f.Consumer == "" {
+	if f.Group != DefaultGroup || f.Window != DefaultWindow || f.MaxEntries != DefaultMaxEntries || f.OffsetsTable != DefaultOffsetsTable || f.Consumer == "" ||
+		f.MaxRows != DefaultMaxRows || f.MaxBytes != DefaultMaxBytes {
 		t.Errorf("flusher defaults: %+v", f)
 	}
 	for _, c := range []struct {
@@ -287,6 +289,10 @@ func TestOptionsDefaultsAndErrors(t *testing.T) {
 		{(&WriterOptions{MaxBatch: 1001}).fill, "MaxBatch must be at most 1000"},
 		{(&WriterOptions{OnFull: 7}).fill, "OnFull"},
 		{(&WriterOptions{BlockMax: -time.Second}).fill, "BlockMax must not be negative"},
+		{(&WriterOptions{MaxInFlight: -1}).fill, "MaxInFlight must not be negative"},
+		{(&WriterOptions{TokenTTL: time.Microsecond}).fill, "TokenTTL must be at least 1ms"},
+		{(&FlusherOptions{DSN: "x", MaxRows: -1}).fill, "MaxRows must not be negative"},
+		{(&FlusherOptions{DSN: "x", MaxBytes: -1}).fill, "MaxBytes must not be negative"},
 		{(&FlusherOptions{}).fill, "DSN is required"},
 		{(&FlusherOptions{DSN: "x", OffsetsTable: "a.b.c"}).fill, "OffsetsTable"},
 		{(&FlusherOptions{DSN: "x", Window: -1}).fill, "Window must not be negative"},

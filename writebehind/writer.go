@@ -2,6 +2,7 @@ package writebehind
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"math"
@@ -25,12 +26,19 @@ const (
 	// DefaultMaxBatch is also the upper limit: XADD gets two values per
 	// op through Lua's unpack, which takes about 8000.
 	DefaultMaxBatch = 1000
+	// DefaultMaxInFlight is how many combined script calls one Writer
+	// keeps in flight at once.
+	DefaultMaxInFlight = 4
+	// DefaultTokenTTL is how long Redis remembers a call's token.
+	DefaultTokenTTL = time.Minute
 )
 
 const (
 	blockPauseFirst    = time.Millisecond
 	blockPauseMax      = 100 * time.Millisecond
-	replyFull, replyOK = 0, 1
+	replyFull          = 0
+	replyOK            = 1
+	replyReplayed      = 2
 	refusedReplyPrefix = "WBREFUSED "
 	modeLetterAdd      = 'a'
 	modeLetterSet      = 's'
@@ -92,6 +100,26 @@ type WriterOptions struct {
 	// MaxBatch is the most operations one Apply may carry (one script call,
 	// one stream entry). Default 1000, also the upper limit.
 	MaxBatch int
+	// NoCombine makes every Incr and Set its own script call and stream
+	// entry. By default, concurrent Incr and Set calls are combined: the
+	// calls queue, and up to MaxInFlight of them at a time (callers, not
+	// background goroutines) send what is queued, up to MaxBatch
+	// operations, as one script call. Each call still returns only after
+	// Redis executed its own operation, with its own result or error. A
+	// combined call is not atomic with the others in it: when Redis
+	// refuses one operation, the others are sent again on their own.
+	NoCombine bool
+	// MaxInFlight bounds the combined script calls in flight at once.
+	// Default 4.
+	MaxInFlight int
+	// TokenTTL is how long Redis remembers each script call's token
+	// (a key next to the stream, holding the entry ID): a retry of the
+	// call within it is not executed again. It must exceed the time the
+	// client can spend retrying one command (go-redis: MaxRetries times
+	// ReadTimeout plus backoff) and, with ApplyOnce, the caller's own
+	// retries. Each token costs Redis about 100 bytes for that time: at
+	// 2,000 script calls a second, 1 minute is some 12 MB. Default 1m.
+	TokenTTL time.Duration
 	// Logger receives nothing on the hot path; refusals are returned.
 	// Default: no logging.
 	Logger *zap.Logger
@@ -115,6 +143,11 @@ func (o *WriterOptions) fill() error {
 		c.bad("MaxBatch must be at most %d (got %d)", DefaultMaxBatch, o.MaxBatch)
 	}
 	count(&c, "MaxBatch", &o.MaxBatch, DefaultMaxBatch)
+	count(&c, "MaxInFlight", &o.MaxInFlight, DefaultMaxInFlight)
+	c.duration("TokenTTL", &o.TokenTTL, DefaultTokenTTL)
+	if o.TokenTTL > 0 && o.TokenTTL < time.Millisecond {
+		c.bad("TokenTTL must be at least 1ms (got %s)", o.TokenTTL)
+	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -138,11 +171,16 @@ func SetOp(key, value string) Op { return Op{key: key, value: value, mode: Set} 
 
 // Writer writes to Redis and appends each write to the stream in one
 // script; the flusher carries the writes to PostgreSQL. It is safe for
-// concurrent use and holds no goroutines.
+// concurrent use and holds no goroutines (combined calls are sent by their
+// callers).
 type Writer struct {
-	rdb      redis.UniversalClient
-	opt      WriterOptions
-	mappings []compiled
+	rdb       redis.UniversalClient
+	opt       WriterOptions
+	mappings  []compiled
+	tokPrefix string // the stream, the token infix, this Writer's random part
+	tokSeq    atomic.Uint64
+	tokenTTL  int64 // ms; 0 only in the unsafe test setting
+	comb      combiner
 
 	// Stats are the writer's running totals.
 	Stats WriterStats
@@ -159,6 +197,9 @@ type WriterStats struct {
 	Full atomic.Uint64
 	// NotReplicated are writes WAIT did not confirm in time.
 	NotReplicated atomic.Uint64
+	// Replayed are script calls Redis had already executed (a retry after
+	// a lost reply, or ApplyOnce with a known id): not executed again.
+	Replayed atomic.Uint64
 }
 
 // NewWriter returns a Writer for mappings (which the flusher must share).
@@ -173,7 +214,13 @@ func NewWriter(rdb redis.UniversalClient, mappings []Mapping, opt WriterOptions)
 	if err != nil {
 		return nil, fmt.Errorf("writebehind: %w", err)
 	}
-	return &Writer{rdb: rdb, opt: opt, mappings: ms}, nil
+	w := &Writer{rdb: rdb, opt: opt, mappings: ms, tokenTTL: opt.TokenTTL.Milliseconds()}
+	w.tokPrefix = opt.Stream + tokenInfix + rand.Text()[:16] + ":"
+	if unsafeNoToken.Load() {
+		w.tokenTTL = 0
+	}
+	w.comb.w = w
+	return w, nil
 }
 
 // Incr adds delta to the counter key and returns its new value in Redis.
@@ -182,19 +229,34 @@ func NewWriter(rdb redis.UniversalClient, mappings []Mapping, opt WriterOptions)
 // flusher adds it to the column exactly once. An error other than
 // ErrNotReplicated means nothing was written, except when the connection
 // failed after sending (a timeout, a reset), when the write may or may not
-// have happened, as with any remote call.
+// have happened, as with any remote call. Retries of the client (go-redis
+// MaxRetries) are safe: each script call carries a token, and Redis
+// executes a token once.
+//
+// Concurrent Incr and Set calls are combined into shared script calls (see
+// WriterOptions.NoCombine); each returns when its own write is done, with
+// its own result or error.
 func (w *Writer) Incr(ctx context.Context, key string, delta int64) (int64, error) {
-	res, err := w.Apply(ctx, IncrOp(key, delta))
-	if len(res) == 1 {
-		return res[0], err
+	op := IncrOp(key, delta)
+	if w.opt.NoCombine {
+		res, err := w.Apply(ctx, op)
+		if len(res) == 1 {
+			return res[0], err
+		}
+		return 0, err
 	}
-	return 0, err
+	return w.combined(ctx, op)
 }
 
 // Set sets key to value in Redis; the flusher writes the last value of
 // each window to the column. See Incr for when it returns.
 func (w *Writer) Set(ctx context.Context, key, value string) error {
-	_, err := w.Apply(ctx, SetOp(key, value))
+	op := SetOp(key, value)
+	if w.opt.NoCombine {
+		_, err := w.Apply(ctx, op)
+		return err
+	}
+	_, err := w.combined(ctx, op)
 	return err
 }
 
@@ -203,78 +265,154 @@ func (w *Writer) Set(ctx context.Context, key, value string) error {
 // for a set. Batching many ops in one Apply is how one process absorbs
 // hundreds of thousands of increments a second.
 func (w *Writer) Apply(ctx context.Context, ops ...Op) ([]int64, error) {
+	return w.apply(ctx, w.nextToken(), ops)
+}
+
+// ApplyOnce is Apply with the caller's own idempotency id: of all calls
+// with the same id within WriterOptions.TokenTTL, only the first writes.
+// A later one changes nothing and returns the keys' current values (an
+// increment's value as it is now, not as the first call left it) and a
+// nil error. Use it to retry a call whose outcome is unknown (a timeout):
+// retry with the same id until it returns nil. id must be unique per
+// logical write across every writer of the stream (a UUID, or a request
+// id).
+func (w *Writer) ApplyOnce(ctx context.Context, id string, ops ...Op) ([]int64, error) {
+	if id == "" {
+		return nil, errors.New("writebehind: ApplyOnce needs a non-empty id")
+	}
+	return w.apply(ctx, w.opt.Stream+tokenInfix+"u:"+id, ops)
+}
+
+const tokenInfix = ":wbtok:"
+
+// nextToken is a token key no other call uses: a random prefix per Writer
+// and a counter.
+func (w *Writer) nextToken() string {
+	var b [64]byte
+	t := append(b[:0], w.tokPrefix...)
+	t = strconv.AppendUint(t, w.tokSeq.Add(1), 36)
+	return string(t)
+}
+
+// check validates op against the mappings and returns its mode letter.
+func (w *Writer) check(op Op) (byte, error) {
+	m, err := lookup(w.mappings, op.key)
+	if err != nil {
+		return 0, err
+	}
+	if m.Mode != op.mode {
+		return 0, fmt.Errorf("%w: %q is declared %s by %s, the call was %s", ErrWrongMode, op.key, m.Mode, m.Key, op.mode)
+	}
+	if op.mode == Add {
+		if op.value == minInt64 {
+			return 0, fmt.Errorf("writebehind: delta %s cannot be undone and is refused", op.value)
+		}
+		return modeLetterAdd, nil
+	}
+	return modeLetterSet, nil
+}
+
+var minInt64 = strconv.FormatInt(math.MinInt64, 10)
+
+func (w *Writer) apply(ctx context.Context, token string, ops []Op) ([]int64, error) {
 	if len(ops) == 0 {
 		return nil, nil
 	}
 	if len(ops) > w.opt.MaxBatch {
 		return nil, fmt.Errorf("writebehind: %d operations in one Apply, more than MaxBatch (%d): split the batch", len(ops), w.opt.MaxBatch)
 	}
-	keys := make([]string, 1+len(ops))
-	keys[0] = w.opt.Stream
-	args := make([]any, 2+len(ops))
-	args[0] = w.opt.MaxLen
-	var modes strings.Builder
-	modes.Grow(len(ops))
-	for i, op := range ops {
-		m, _, err := resolve(w.mappings, op.key)
+	b := w.newBatch(token, len(ops))
+	for _, op := range ops {
+		letter, err := w.check(op)
 		if err != nil {
 			return nil, err
 		}
-		if m.Mode != op.mode {
-			return nil, fmt.Errorf("%w: %q is declared %s by %s, the call was %s", ErrWrongMode, op.key, m.Mode, m.Key, op.mode)
-		}
-		if op.mode == Add {
-			if op.value == strconv.FormatInt(math.MinInt64, 10) {
-				return nil, fmt.Errorf("writebehind: delta %s cannot be undone and is refused", op.value)
-			}
-			modes.WriteByte(modeLetterAdd)
-		} else {
-			modes.WriteByte(modeLetterSet)
-		}
-		keys[1+i] = op.key
-		args[2+i] = op.value
+		b.add(op.key, op.value, letter)
 	}
-	args[1] = modes.String()
+	out := make([]int64, len(ops))
+	if err := w.exec(ctx, b, out); err != nil {
+		if errors.Is(err, ErrNotReplicated) {
+			return out, err
+		}
+		return nil, err
+	}
+	return out, nil
+}
 
+// batch is the arguments of one script call.
+type batch struct {
+	keys  []string
+	args  []any
+	modes []byte
+}
+
+func (w *Writer) newBatch(token string, n int) *batch {
+	b := &batch{keys: make([]string, 2, 2+n), args: make([]any, 3, 3+n), modes: make([]byte, 0, n)}
+	b.keys[0], b.keys[1] = w.opt.Stream, token
+	b.args[0], b.args[1] = w.opt.MaxLen, w.tokenTTL
+	if w.tokenTTL == 0 {
+		b.keys[1] = w.opt.Stream // no token (the unsafe test setting): any key of the stream's slot
+	}
+	return b
+}
+
+func (b *batch) add(key, value string, letter byte) {
+	b.keys = append(b.keys, key)
+	b.args = append(b.args, value)
+	b.modes = append(b.modes, letter)
+}
+
+func (b *batch) len() int { return len(b.modes) }
+
+// exec runs b (blocking while the stream is full, with FullBlock) and puts
+// one result per op into out. With ErrNotReplicated, out is filled too.
+func (w *Writer) exec(ctx context.Context, b *batch, out []int64) error {
+	b.args[2] = string(b.modes)
+	n := b.len()
 	pause := blockPauseFirst
 	var deadline time.Time
 	for {
-		res, wait, err := w.run(ctx, keys, args)
+		res, wait, err := w.run(ctx, b.keys, b.args)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if len(res) == 2 && asInt(res[0]) == replyFull {
 			w.Stats.Full.Add(1)
 			if w.opt.OnFull == FullError {
-				return nil, fmt.Errorf("%w (stream %s, length %d, MaxLen %d)", ErrBacklogFull, w.opt.Stream, asInt(res[1]), w.opt.MaxLen)
+				return fmt.Errorf("%w (stream %s, length %d, MaxLen %d)", ErrBacklogFull, w.opt.Stream, asInt(res[1]), w.opt.MaxLen)
 			}
 			if deadline.IsZero() {
 				deadline = time.Now().Add(w.opt.BlockMax)
 			}
 			if time.Now().Add(pause).After(deadline) {
-				return nil, fmt.Errorf("%w (stream %s, waited %s)", ErrBacklogFull, w.opt.Stream, w.opt.BlockMax)
+				return fmt.Errorf("%w (stream %s, waited %s)", ErrBacklogFull, w.opt.Stream, w.opt.BlockMax)
 			}
 			if err := retry.Sleep(ctx, pause); err != nil {
-				return nil, err
+				return err
 			}
 			pause = min(2*pause, blockPauseMax)
 			continue
 		}
-		if len(res) != 2+len(ops) || asInt(res[0]) != replyOK {
-			return nil, fmt.Errorf("writebehind: unexpected reply from the write script: %v", res)
+		status := int64(-1)
+		if len(res) == 2+n {
+			status = asInt(res[0])
 		}
-		out := make([]int64, len(ops))
-		for i := range ops {
+		if status != replyOK && status != replyReplayed {
+			return fmt.Errorf("writebehind: unexpected reply from the write script: %v", res)
+		}
+		for i := range n {
 			out[i] = asInt(res[2+i])
 		}
-		w.Stats.Writes.Add(1)
-		w.Stats.Ops.Add(uint64(len(ops)))
-		if wait != nil {
-			if err := w.checkWait(wait); err != nil {
-				return out, err
-			}
+		if status == replyReplayed {
+			w.Stats.Replayed.Add(1)
+		} else {
+			w.Stats.Writes.Add(1)
+			w.Stats.Ops.Add(uint64(n))
 		}
-		return out, nil
+		if wait != nil {
+			return w.checkWait(wait)
+		}
+		return nil
 	}
 }
 
@@ -344,6 +482,10 @@ func asInt(v any) int64 {
 		return n
 	case int:
 		return int64(n)
+	case string: // a replayed call's current value
+		if i, err := strconv.ParseInt(n, 10, 64); err == nil {
+			return i
+		}
 	}
 	return -1
 }

@@ -1,0 +1,34 @@
+package bench
+
+import (
+	"syscall"
+	"time"
+)
+
+// preciseSleep sleeps for d. The Go runtime's timers wake up to about a
+// millisecond late on Linux, which would double a 1 ms --redis-rtt; the
+// last part of the wait (or all of a short one) is a nanosleep(2), which
+// blocks only this goroutine's thread and is accurate to tens of
+// microseconds.
+func preciseSleep(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	const coarse = 2 * time.Millisecond
+	if d > coarse {
+		deadline := time.Now().Add(d)
+		time.Sleep(d - coarse)
+		if d = time.Until(deadline); d <= 0 {
+			return
+		}
+	}
+	ts := syscall.NsecToTimespec(int64(d))
+	for {
+		var left syscall.Timespec
+		err := syscall.Nanosleep(&ts, &left)
+		if err != syscall.EINTR {
+			return
+		}
+		ts = left
+	}
+}
