@@ -507,6 +507,7 @@ func jitterPause(d time.Duration) time.Duration {
 // redisError counts err and logs it, at most once a second.
 func (c *Client) redisError(op, full string, err error) {
 	c.Stats.RedisErrors.Add(1)
+	reloadSlots(c.rdb)
 	now := time.Now().UnixNano()
 	last := c.lastErrLog.Load()
 	if now-last < int64(time.Second) || !c.lastErrLog.CompareAndSwap(last, now) {
@@ -516,4 +517,14 @@ func (c *Client) redisError(op, full string, err error) {
 	c.log.Warn("redis failed; the value comes from the loader and is not cached",
 		zap.String("op", op), zap.String("key", full), zap.Error(err),
 		zap.Int64("errors_not_logged_since_last", c.quietErrs.Swap(0)))
+}
+
+// reloadSlots makes a cluster client read the slot map again (at most
+// every 200 ms, in the background): go-redis does so by itself on MOVED,
+// but after a master died only once a minute, so reads and the
+// subscription would keep going to the dead node.
+func reloadSlots(rdb redis.UniversalClient) {
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		cc.ReloadState(context.Background())
+	}
 }

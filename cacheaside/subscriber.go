@@ -82,6 +82,7 @@ func (s *subscriber) run(ctx context.Context) {
 			return
 		}
 		s.stats.SubscriptionDrops.Add(1)
+		reloadSlots(s.rdb) // on a cluster, the channel's node may have failed over
 		if wasUp {
 			backoff.Reset()
 			attempt = 1

@@ -27,7 +27,7 @@ func TestRedisTopologyValidation(t *testing.T) {
 		{"bad addrs entry", "redis:\n  addrs: [\"a:1\", \"nope\"]\n  cluster: true\n", `"nope" is not host:port`, ""},
 		{"cluster db", "redis:\n  addrs: [\"a:1\"]\n  cluster: true\n  db: 2\n", "database 0", ""},
 		{"wait replicas", "redis:\n  addr: \"h:1\"\n  wait_replicas: 1\n  wait_timeout: 500ms\n", "", "standalone"},
-		{"wait replicas on a cluster", "redis:\n  addrs: [\"a:1\"]\n  cluster: true\n  wait_replicas: 1\n", "not supported on a Redis Cluster", ""},
+		{"wait replicas on a cluster", "redis:\n  addrs: [\"a:1\"]\n  cluster: true\n  wait_replicas: 1\n", "", "cluster"},
 		{"negative wait replicas", "redis:\n  addr: \"h:1\"\n  wait_replicas: -1\n", "must not be negative", ""},
 		{"sentinel password without sentinel", "redis:\n  addr: \"h:1\"\n  sentinel_password: x\n", "are for sentinels", ""},
 	}

@@ -131,7 +131,8 @@ type Redis struct {
 	// batch, on the connection that wrote it, and confirms the batch to
 	// PostgreSQL only once that many replicas acknowledged it (retrying
 	// the batch, which is idempotent, until they do): durability over
-	// latency. Not on a Redis Cluster yet. Default 0.
+	// latency. On a Redis Cluster, every master gets a write and WAIT on
+	// one connection after every batch. Default 0.
 	WaitReplicas int `yaml:"wait_replicas"`
 	// WaitTimeout bounds one WAIT. Default 1s.
 	WaitTimeout time.Duration `yaml:"wait_timeout"`

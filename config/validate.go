@@ -382,9 +382,6 @@ func validateRedisTopology(r Redis, add func(where, format string, args ...any))
 	if r.WaitReplicas < 0 {
 		add("redis.wait_replicas", "redis.wait_replicas must not be negative")
 	}
-	if r.WaitReplicas > 0 && r.Cluster {
-		add("redis.wait_replicas", "redis.wait_replicas is not supported on a Redis Cluster yet (WAIT would have to reach every master on the connection that wrote to it); remove it")
-	}
 	if r.WaitTimeout < 0 {
 		add("redis.wait_timeout", "redis.wait_timeout must not be negative")
 	}

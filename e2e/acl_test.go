@@ -5,6 +5,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cdcinvalidate/cdcinvalidate/sink"
 )
 
 // TestRedisLeastPrivilegeACL runs the engine as the least-privilege Redis
@@ -50,6 +54,70 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, secret) {
+		t.Fatal("the Redis password appears in the output")
+	}
+}
+
+// TestRedisLeastPrivilegeACLCluster: the same least-privilege user on a
+// Redis Cluster (created on every node: ACLs are per node), plus what the
+// cluster client needs to learn the layout (+cluster|slots) and
+// +wait for redis.wait_replicas, which this run uses: the engine streams,
+// deletes on every master, writes its watermarks and WAITs. Without
+// +cluster|slots it cannot start, and says so.
+func TestRedisLeastPrivilegeACLCluster(t *testing.T) {
+	f := newFixture(t, fixtureOpts{cluster: true})
+	ctx := f.ctx()
+	const secret = "acl-S3cret"
+	setUser := func(extra ...any) {
+		t.Helper()
+		acl := append([]any{"ACL", "SETUSER", "cdc", "reset", "on", ">" + secret, "~user:*", "~order:*", "~big:*", "~barrier:*", "~cdcinvalidate:*",
+			"&cdcinvalidate:*", "-@all", "+ping", "+unlink", "+scan", "+eval", "+evalsha", "+get", "+set", "+incr", "+sadd", "+smembers", "+publish", "+xadd"}, extra...)
+		for _, r := range f.cl.Nodes {
+			c := redis.NewClient(&redis.Options{Addr: r.Addr()})
+			err := c.Do(ctx, acl...).Err()
+			c.Close()
+			if err != nil {
+				t.Fatalf("ACL SETUSER on %s: %v", r.Addr(), err)
+			}
+		}
+	}
+	setUser("+cluster|slots", "+wait")
+	cfg := fmt.Sprintf("postgres:\n  dsn: %q\n  status_interval: 1s\nredis:\n%s  username: cdc\n  wait_replicas: 1\nclient:\n  publish_channel: cdcinvalidate:l1\n%s",
+		f.pg.DSN("postgres"), f.redisYAML(), rules)
+	p := f.startBinaryStreaming(f.writeConfig(cfg), "CDC_REDIS_PASSWORD="+secret)
+	var keys []string
+	var rows []string
+	for i := 1; i <= 30; i++ {
+		keys = append(keys, fmt.Sprintf("user:%d", i))
+		rows = append(rows, fmt.Sprintf("(%d, 'u%d@x', '', '')", i, i))
+	}
+	f.set(keys...)
+	f.exec(`INSERT INTO users VALUES ` + strings.Join(rows, ","))
+	f.exec(`TRUNCATE big`)
+	f.barrier()
+	f.wantGone(keys...)
+	shards, err := sink.ShardWatermarkKeys(ctx, f.rdb, "cdcinvalidate:cdcinvalidate:lsn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range shards {
+		if f.get(k) == "" {
+			t.Errorf("no watermark %s written by the restricted user", k)
+		}
+	}
+	if code, _ := p.TermT(t, 30*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM; output:\n%s", code, p.Output())
+	}
+
+	// Without +cluster|slots the cluster client cannot learn the layout.
+	setUser("+wait")
+	p = f.startBinary(f.writeConfig(cfg), "CDC_REDIS_PASSWORD="+secret)
+	code := p.ExitT(t, 60*time.Second)
+	out := p.Output()
+	if code == 0 || !strings.Contains(out, "NOPERM") || !strings.Contains(out, "cluster|slots") {
+		t.Errorf("exit code %d without +cluster|slots, want a failure naming NOPERM and cluster|slots; output:\n%s", code, out)
 	}
 	if strings.Contains(out, secret) {
 		t.Fatal("the Redis password appears in the output")

@@ -119,7 +119,7 @@ func (f *fixture) connect() {
 	f.t.Helper()
 	switch {
 	case f.cl != nil:
-		f.rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: f.cl.Addrs(), ReadTimeout: 5 * time.Second})
+		f.rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: f.cl.Addrs(), ReadTimeout: 5 * time.Second, DialerRetries: 1, MaxRetryBackoff: 64 * time.Millisecond})
 	case f.sn != nil:
 		f.rdb = redis.NewFailoverClient(&redis.FailoverOptions{MasterName: f.sn.Name, SentinelAddrs: f.sn.Addrs(), ReadTimeout: 5 * time.Second})
 	default:

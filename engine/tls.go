@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
 	"github.com/cdcinvalidate/cdcinvalidate/config"
+	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
 )
 
 // redisOptions builds the go-redis options of the configuration, with TLS
@@ -73,10 +75,24 @@ func newRedisClient(c config.Redis, maxRetries int) (redis.UniversalClient, erro
 	o.MaxRetries = maxRetries
 	switch c.Topology() {
 	case "cluster":
+		redirects := clusterMaxRedirects
+		if failpoint.Unsafe("drop-redirects") {
+			redirects = -1 // a deliberately broken engine, for negative controls
+		}
 		return redis.NewClusterClient(&redis.ClusterOptions{
 			Addrs: c.Addrs, Username: o.Username, Password: o.Password,
 			DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout,
-			TLSConfig: o.TLSConfig, MaxRetries: maxRetries, MaxRedirects: clusterMaxRedirects,
+			TLSConfig: o.TLSConfig, MaxRetries: maxRetries, MaxRedirects: redirects,
+			// go-redis retries a command that failed on the network (a
+			// master just killed) as it follows a redirection, up to
+			// MaxRedirects times with a backoff of up to MaxRetryBackoff,
+			// each after 5 dial attempts by default, without learning the
+			// new slot map: 16 s per batch, stalls of a minute after a
+			// failover (measured). Short backoffs and one dial keep an
+			// attempt near a second; the sink then reloads the slot map
+			// (sink.Sink.retry) and the next attempt reaches the promoted
+			// replica.
+			DialerRetries: 1, MaxRetryBackoff: clusterMaxRetryBackoff,
 		}), nil
 	case "sentinel":
 		return redis.NewFailoverClient(&redis.FailoverOptions{
@@ -95,6 +111,10 @@ func newRedisClient(c config.Redis, maxRetries int) (redis.UniversalClient, erro
 // whole batch: a slot migration moves keys one by one, so a command may
 // be redirected several times.
 const clusterMaxRedirects = 16
+
+// clusterMaxRetryBackoff bounds the pause between two of those: TRYAGAIN
+// lasts as long as one slot's keys take to migrate, tens of milliseconds.
+const clusterMaxRetryBackoff = 64 * time.Millisecond
 
 // tlsProblem explains a certificate verification failure, which waiting
 // does not fix; "" for other errors.

@@ -87,7 +87,9 @@ type Config struct {
 	CompanionPatterns func(pattern string) []string
 	// WaitReplicas, when above 0, ends every pipeline with WAIT
 	// WaitReplicas WaitTimeout: a batch is acknowledged (to the checkpoint)
-	// only when that many replicas have it; else it is sent again.
+	// only when that many replicas have it; else it is sent again. On a
+	// cluster every master gets a write and WAIT on one connection after
+	// the batch (waitMasters).
 	WaitReplicas int
 	WaitTimeout  time.Duration
 	// Cluster says Client is a Redis Cluster client: every multi-key
@@ -249,9 +251,13 @@ type Sink struct {
 	shardKeysAt time.Time
 	shardMarks  map[string]replication.LSN // the highest this sink set, by key
 	shardCmds   []shardMark
-	mustFlush   string          // why a flush is owed ("" when none)
-	held        replication.LSN // applied, not yet watermarked and reported
-	markedAt    time.Time
+	// waitKeys names, by master address, the key a cluster master's WAIT
+	// writes before it (waitMasters); listed at most every shardKeysEvery.
+	waitKeys   map[string]string
+	waitKeysAt time.Time
+	mustFlush  string          // why a flush is owed ("" when none)
+	held       replication.LSN // applied, not yet watermarked and reported
+	markedAt   time.Time
 
 	gatherTimer *time.Timer
 	lastCommit  time.Time // commit time of the last transaction added
@@ -803,6 +809,9 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 			if cmds, err = s.stage(ctx, cmds, announce); err != nil {
 				return err
 			}
+			if err := s.waitMasters(ctx); err != nil {
+				return err
+			}
 		} else {
 			cmds, err = s.stage(ctx, nil, func(p redis.Pipeliner) {
 				versions(p)
@@ -887,7 +896,7 @@ func pipelineErr(err error, cmds []redis.Cmder) error {
 		if e == nil {
 			continue
 		}
-		if !errors.Is(e, redis.Nil) && !replayedEntry(c) {
+		if !errors.Is(e, redis.Nil) && !replayedEntry(c) && !droppedRedirect(e) {
 			return e
 		}
 		if errors.Is(err, e) {
@@ -1191,10 +1200,91 @@ func clusterShape(ctx context.Context, cc *redis.ClusterClient) (string, error) 
 // connection that sent the batch's writes, so it waits for them (and for
 // everything the master had before them).
 func (s *Sink) queueWait(ctx context.Context, p redis.Pipeliner) *redis.Cmd {
+	if s.cfg.WaitReplicas <= 0 || s.cfg.Cluster {
+		return nil // a cluster waits master by master: waitMasters
+	}
+	return p.Do(ctx, "wait", s.cfg.WaitReplicas, max(s.cfg.WaitTimeout, time.Millisecond).Milliseconds())
+}
+
+// waitMasters, on a cluster with WaitReplicas, sends every master a write
+// and WAIT WaitReplicas on one connection, in parallel, and fails unless
+// each answers that many replicas. A WAIT counts what the master had when
+// the connection's last write was applied, so the write makes it cover
+// everything the batch sent that master on any connection. Every master,
+// not only those the batch's keys hash to: each holds a watermark of this
+// sink, raised with every transaction.
+func (s *Sink) waitMasters(ctx context.Context) error {
 	if s.cfg.WaitReplicas <= 0 {
 		return nil
 	}
-	return p.Do(ctx, "wait", s.cfg.WaitReplicas, max(s.cfg.WaitTimeout, time.Millisecond).Milliseconds())
+	cc, ok := s.cfg.Client.(*redis.ClusterClient)
+	if !ok {
+		return &PermanentError{Err: errors.New("redis.wait_replicas on a cluster needs the cluster client (redis.cluster: true with redis.addrs)")}
+	}
+	if s.waitKeys == nil || time.Since(s.waitKeysAt) >= shardKeysEvery {
+		keys, err := waitKeys(ctx, cc, s.cfg.WatermarkKey)
+		if err != nil {
+			return fmt.Errorf("list the cluster's masters for WAIT: %w", err)
+		}
+		s.waitKeys, s.waitKeysAt = keys, time.Now()
+	}
+	keys := s.waitKeys
+	timeout := max(s.cfg.WaitTimeout, time.Millisecond)
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		addr := c.Options().Addr
+		key, ok := keys[addr]
+		if !ok {
+			return nil // serves no slot: holds nothing of this sink
+		}
+		var set *redis.StatusCmd
+		var wait *redis.Cmd
+		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+			set = p.Set(ctx, key, "1", 0)
+			wait = p.Do(ctx, "wait", s.cfg.WaitReplicas, timeout.Milliseconds())
+			return nil
+		})
+		if err := set.Err(); err != nil {
+			return fmt.Errorf("master %s: %w", addr, err) // MOVED: the slot map changed, listed again
+		}
+		if err != nil {
+			return fmt.Errorf("master %s: %w", addr, err)
+		}
+		if err := s.checkWait(wait); err != nil {
+			return fmt.Errorf("master %s: %w", addr, err)
+		}
+		return nil
+	})
+	if err != nil {
+		s.waitKeys = nil
+	}
+	return err
+}
+
+// waitKeys names, for every master of the cluster that serves a slot, a
+// key in the lowest slot it serves, next to the watermark keys.
+func waitKeys(ctx context.Context, cc *redis.ClusterClient, main string) (map[string]string, error) {
+	slots, err := cc.ClusterSlots(ctx).Result()
+	if err != nil {
+		return nil, err
+	}
+	if main == "" {
+		main = "cdcinvalidate"
+	}
+	lowest := map[string]int{}
+	for _, sl := range slots {
+		if len(sl.Nodes) == 0 {
+			continue
+		}
+		m := sl.Nodes[0].Addr
+		if cur, ok := lowest[m]; !ok || int(sl.Start) < cur {
+			lowest[m] = int(sl.Start)
+		}
+	}
+	keys := make(map[string]string, len(lowest))
+	for m, slot := range lowest {
+		keys[m] = main + ":wait:" + strconv.Itoa(slot) + ":{" + keyslot.SlotTag(slot) + "}"
+	}
+	return keys, nil
 }
 
 // ErrReplicasBehind is wrapped when fewer replicas than WaitReplicas
@@ -1534,6 +1624,12 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 	}
 	p := retry.Policy{Min: s.cfg.MinBackoff, Max: s.cfg.MaxBackoff, Classify: classify, EscalateAfter: s.cfg.EscalateAfter,
 		OnFailure: func(f retry.Failure) {
+			if cc, ok := s.cfg.Client.(*redis.ClusterClient); ok && s.cfg.Cluster {
+				// A master killed, a slot moved: the next attempt goes
+				// by a fresh slot map (go-redis does not reload it on a
+				// network error).
+				cc.ReloadState(ctx)
+			}
 			s.obs.RedisError(f.Err, false)
 			s.Stats.Waiting.Store(true)
 			s.Stats.Retries.Add(1)
@@ -1565,8 +1661,24 @@ func (s *Sink) retry(ctx context.Context, what string, op func() error) error {
 func aclRefusal(err error) error {
 	return &PermanentError{Err: fmt.Errorf("redis refused a command: %w (grant the ACL user the command, key or "+
 		"channel it names: cdcinvalidate needs +ping +unlink or +del +scan +eval +evalsha +get +set +sadd "+
-		"+smembers, and +incr +publish +xadd for those actions, on the managed key patterns, ~cdcinvalidate:* "+
-		"and the publish channels; see Redis permissions in docs/operations.md)", err)}
+		"+smembers, and +incr +publish +xadd for those actions, +cluster|slots on a Redis Cluster, +wait with "+
+		"redis.wait_replicas, on the managed key patterns, ~cdcinvalidate:* and the publish channels; on a "+
+		"cluster, on every node; see Redis permissions in docs/operations.md)", err)}
+}
+
+// droppedRedirect is true for a redirection error when the engine is
+// deliberately broken with CDC_UNSAFE=drop-redirects (failpoints builds
+// only): the command counts as done, and its deletes are lost.
+func droppedRedirect(err error) bool {
+	if !failpoint.Unsafe("drop-redirects") {
+		return false
+	}
+	var rerr redis.Error
+	if !errors.As(err, &rerr) {
+		return false
+	}
+	prefix, _, _ := strings.Cut(rerr.Error(), " ")
+	return prefix == "MOVED" || prefix == "ASK" || prefix == "TRYAGAIN"
 }
 
 // classifyCluster is Classify for a cluster client: a redirection (MOVED,

@@ -74,6 +74,9 @@ type fixtureOpts struct {
 	actions bool
 	// partitions adds the partitioned table of schema_test.go and its rule.
 	partitions bool
+	// cluster runs the test against a Redis Cluster of 3 masters and 3
+	// replicas (cluster_test.go) instead of one Redis; f.rd is then nil.
+	cluster bool
 }
 
 type fixture struct {
@@ -81,8 +84,9 @@ type fixture struct {
 	o     fixtureOpts
 	name  string // database, slot
 	pg    *harness.Postgres
-	rd    *harness.Redis
-	rdb   *redis.Client
+	rd    *harness.Redis   // the Redis, nil on a cluster
+	cl    *harness.Cluster // the cluster (fixtureOpts.cluster), else nil
+	rdb   redis.UniversalClient
 	db    *pgxpool.Pool // checker, fill, barrier
 	wdb   *pgxpool.Pool // writers
 	rdbPG *pgxpool.Pool // readers' loaders
@@ -111,8 +115,13 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	if err := f.pg.Exec(ctx, `CREATE DATABASE `+f.name); err != nil {
 		t.Fatalf("create database: %v", err)
 	}
-	f.rd = harness.RedisT(t, harness.RedisOptions{Args: o.redisArgs})
-	f.rdb = redis.NewClient(&redis.Options{Addr: f.rd.Addr(), MaxRetries: -1, ReadTimeout: 5 * time.Second})
+	if o.cluster {
+		f.cl = harness.ClusterT(t, harness.ClusterOptions{})
+		f.rdb = f.newRedisClient(4)
+	} else {
+		f.rd = harness.RedisT(t, harness.RedisOptions{Args: o.redisArgs})
+		f.rdb = f.newRedisClient(0)
+	}
 	t.Cleanup(func() { _ = f.rdb.Close() })
 	f.db = f.pool("faults-check", 4)
 	f.wdb = f.pool("faults-writer", 8)
@@ -129,7 +138,10 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	if o.partitions {
 		f.exec(partitionsSchema)
 	}
-	redisAddr := f.rd.Addr()
+	var redisAddr string
+	if f.rd != nil {
+		redisAddr = f.rd.Addr()
+	}
 	if o.viaProxy {
 		f.proxy = harness.StartProxy(t, f.rd.Addr())
 		redisAddr = f.proxy.Addr()
@@ -142,7 +154,11 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	if o.walSenderTimeout != "" {
 		fmt.Fprintf(&b, "  wal_sender_timeout: %s\n", o.walSenderTimeout)
 	}
-	fmt.Fprintf(&b, "redis:\n  addr: %q\n", redisAddr)
+	if o.cluster {
+		fmt.Fprintf(&b, "redis:\n  cluster: true\n  addrs: [\"%s\"]\n", strings.Join(f.cl.Addrs(), `", "`))
+	} else {
+		fmt.Fprintf(&b, "redis:\n  addr: %q\n", redisAddr)
+	}
 	if o.redisReadTimeout != "" {
 		fmt.Fprintf(&b, "  read_timeout: %s\n", o.redisReadTimeout)
 	}
@@ -171,6 +187,18 @@ func newFixture(t *testing.T, o fixtureOpts) *fixture {
 	t.Cleanup(f.dropSlot)
 	f.startVerifyPoller()
 	return f
+}
+
+// newRedisClient is a client of the test's Redis (or cluster) that does
+// not retry on its own; poolSize 0 is go-redis's default. The caller
+// closes it.
+func (f *fixture) newRedisClient(poolSize int) redis.UniversalClient {
+	if f.cl != nil {
+		return redis.NewClusterClient(&redis.ClusterOptions{Addrs: f.cl.Addrs(), MaxRetries: -1, DialTimeout: time.Second,
+			ReadTimeout: 5 * time.Second, WriteTimeout: time.Second, PoolSize: poolSize, MaxRedirects: 16,
+			DialerRetries: 1, MaxRetryBackoff: 64 * time.Millisecond})
+	}
+	return redis.NewClient(&redis.Options{Addr: f.rd.Addr(), MaxRetries: -1, ReadTimeout: 5 * time.Second, PoolSize: poolSize})
 }
 
 // pool opens a connection pool to the test's database.
@@ -269,6 +297,13 @@ func (f *fixture) barrier(within time.Duration) {
 	f.t.Helper()
 	mark := f.barrierMark(within)
 	if f.o.noWatermark {
+		if f.cl != nil {
+			// The masters of a cluster delete a batch's keys in parallel:
+			// the barrier's key can go before the others. The engine sends
+			// a batch once the previous one is done everywhere, so the
+			// key of a second barrier going is proof.
+			f.barrierMark(within)
+		}
 		return
 	}
 	harness.WaitFor(f.t, within, fmt.Sprintf("the slot's confirmed position to reach the watermark %s", mark), func() bool { return f.confirmed() >= mark })
@@ -387,6 +422,12 @@ func (f *fixture) waitStreaming(p *harness.Process, within time.Duration) {
 	if err != nil {
 		f.t.Fatalf("%v; output:\n%s", err, p.Tail(40))
 	}
+	// The walsender is active before the start-up checks end (a first
+	// start's flush, which on a cluster takes long enough to delete what
+	// the test fills next): the engine logs "streaming" after them.
+	harness.WaitFor(f.t, within, "the engine to finish its start-up checks (log: streaming)", func() bool {
+		return strings.Contains(p.Output(), "\tstreaming\t") || !p.Running()
+	})
 }
 
 // sleepRand sleeps a random duration in [lo, hi).

@@ -80,7 +80,13 @@
 // stream-after-stop (streamed transactions); the negative control
 // CDC_UNSAFE=confirm-received with kill -9 while Redis is stopped (watermark
 // off: the checker must find stale keys), and the same bug with the
-// watermark on (the restarted engine must flush).
+// watermark on (the restarted engine must flush). On a Redis Cluster of 3
+// masters and 3 replicas (cluster_test.go, tagged only to keep the CI from
+// running them twice): a master killed (-9) after its cut-off replica
+// missed a second of acknowledged deletes, the replica promoted (the
+// engine must flush), and its negative control without the watermark;
+// redis-cli --cluster reshard of 1200 slots under the workload, and its
+// negative control CDC_UNSAFE=drop-redirects (cluster_failpoints_test.go).
 //
 // Rule actions (actions_test.go, actions_failpoints_test.go): the same
 // tables also have rules with refresh, version and stream on key

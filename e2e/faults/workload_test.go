@@ -302,10 +302,12 @@ func (f *fixture) check() checkResult {
 	if err != nil {
 		f.t.Fatalf("check: read snapshot: %v", err)
 	}
+	all, err := f.allKeys(ctx, "*")
+	if err != nil {
+		f.t.Fatalf("check: scan: %v", err)
+	}
 	var keys []string
-	iter := f.rdb.Scan(ctx, 0, "*", 1000).Iterator()
-	for iter.Next(ctx) {
-		k := iter.Val()
+	for _, k := range all {
 		if strings.HasPrefix(k, "lease:{") || strings.HasPrefix(k, "cdcinvalidate:") || strings.HasPrefix(k, "barrier:") {
 			continue
 		}
@@ -314,13 +316,10 @@ func (f *fixture) check() checkResult {
 		}
 		keys = append(keys, k)
 	}
-	if err := iter.Err(); err != nil {
-		f.t.Fatalf("check: scan: %v", err)
-	}
 	var r checkResult
 	for i := 0; i < len(keys); i += 500 {
 		batch := keys[i:min(i+500, len(keys))]
-		vals, err := f.rdb.MGet(ctx, batch...).Result()
+		vals, err := f.mget(ctx, batch)
 		if err != nil {
 			f.t.Fatalf("check: mget: %v", err)
 		}
@@ -356,6 +355,61 @@ func (f *fixture) check() checkResult {
 	sort.Strings(r.stalePlain)
 	sort.Strings(r.staleLib)
 	return r
+}
+
+// allKeys lists the keys matching pattern, on every master of a cluster.
+func (f *fixture) allKeys(ctx context.Context, pattern string) ([]string, error) {
+	scan := func(ctx context.Context, c redis.Cmdable) ([]string, error) {
+		var keys []string
+		iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			keys = append(keys, iter.Val())
+		}
+		return keys, iter.Err()
+	}
+	cc, ok := f.rdb.(*redis.ClusterClient)
+	if !ok {
+		return scan(ctx, f.rdb)
+	}
+	var mu sync.Mutex
+	var keys []string
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		k, err := scan(ctx, c)
+		mu.Lock()
+		keys = append(keys, k...)
+		mu.Unlock()
+		return err
+	})
+	return keys, err
+}
+
+// mget reads keys (nil for an absent one); on a cluster, GET by GET in a
+// pipeline (the keys span slots).
+func (f *fixture) mget(ctx context.Context, keys []string) ([]any, error) {
+	if _, ok := f.rdb.(*redis.ClusterClient); !ok {
+		return f.rdb.MGet(ctx, keys...).Result()
+	}
+	cmds := make([]*redis.StringCmd, len(keys))
+	_, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.Get(ctx, k)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	out := make([]any, len(keys))
+	for i, c := range cmds {
+		v, err := c.Result()
+		switch {
+		case err == nil:
+			out[i] = v
+		case !errors.Is(err, redis.Nil):
+			return nil, fmt.Errorf("GET %s: %w", keys[i], err) // not read: never counted as absent
+		}
+	}
+	return out, nil
 }
 
 // quiesce waits until the engine applied everything committed so far
@@ -400,7 +454,7 @@ type load struct {
 	wg           sync.WaitGroup
 	rwg          sync.WaitGroup
 	libs         []*cacheaside.Client
-	rcli         []*redis.Client
+	rcli         []redis.UniversalClient
 	stats        *loadStats
 	once         sync.Once
 }
@@ -446,13 +500,19 @@ func (f *fixture) startLoad(rng *rand.Rand, o loadOpts, stats *loadStats) *load 
 	}
 	for i := 0; i < o.readers; i++ {
 		// Readers talk to Redis directly, never through the engine's proxy.
-		cli := redis.NewClient(&redis.Options{Addr: f.rd.Addr(), MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second, PoolSize: 4})
-		// Fills are stamped with the engine's watermark (when it keeps one),
-		// so that its verifier can judge library keys: a stamp below the
-		// watermark before a delete that survived it would be a lease that
-		// failed to fence a load.
+		var cli redis.UniversalClient
+		if f.cl != nil {
+			cli = redis.NewClusterClient(&redis.ClusterOptions{Addrs: f.cl.Addrs(), MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second, PoolSize: 4,
+				DialerRetries: 1, MaxRetryBackoff: 64 * time.Millisecond})
+		} else {
+			cli = redis.NewClient(&redis.Options{Addr: f.rd.Addr(), MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: time.Second, WriteTimeout: time.Second, PoolSize: 4})
+		}
+		// Fills are stamped with the engine's watermark (when it keeps one,
+		// on a single Redis), so that its verifier can judge library keys: a
+		// stamp below the watermark before a delete that survived it would
+		// be a lease that failed to fence a load.
 		libOpts := cacheaside.Options{TTL: 10 * time.Minute, MaxWait: 300 * time.Millisecond}
-		if !f.o.noWatermark {
+		if !f.o.noWatermark && f.cl == nil {
 			libOpts.StampKey = f.markKey()
 		}
 		lib, err := cacheaside.New(cli, libOpts)

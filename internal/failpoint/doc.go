@@ -38,4 +38,8 @@
 // CDC_UNSAFE=ignore-unbound makes the stream skip the changes of a table
 // that left its rules (renamed, moved, a partition published as itself or
 // with a narrow replica identity) instead of stopping: the old silent bug.
+// CDC_UNSAFE=drop-redirects makes the engine's cluster client follow no
+// MOVED or ASK and the sink take a command refused with MOVED, ASK or
+// TRYAGAIN as done: the deletes a slot migration redirects are lost (the
+// negative control of the resharding scenario).
 package failpoint
