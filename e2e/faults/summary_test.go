@@ -34,6 +34,9 @@ type scenario struct {
 	// verifierMustSee: a negative control whose loss the verifier can
 	// prove, so it must count stale checks too (see verifyMustSee)
 	verifierMustSee bool
+	// verifierOpen: a positive scenario whose verifier figures are reported
+	// but not judged, with the reason (an open finding, see the note).
+	verifierOpen string
 	started         time.Time
 	took            time.Duration
 	failed          bool
@@ -71,6 +74,14 @@ func (s *scenario) verifyMustSee() {
 	s.mu.Unlock()
 }
 
+// verifyReportOnly reports the verifier's figures of a positive scenario
+// without failing it on a stale check, for the reason given (logged).
+func (s *scenario) verifyReportOnly(why string) {
+	s.mu.Lock()
+	s.verifierOpen = why
+	s.mu.Unlock()
+}
+
 // judgeVerifier records the verifier's figures. A positive scenario fails
 // on any stale check: the verifier confirms a suspect (reads it again
 // 1 s later) before it counts it, so a stale check is a key that held an
@@ -81,9 +92,11 @@ func (s *scenario) judgeVerifier(v verifyFigures) {
 	s.t.Helper()
 	s.mu.Lock()
 	s.verify = v
-	negative, must := s.negative, s.verifierMustSee
+	negative, must, open := s.negative, s.verifierMustSee, s.verifierOpen
 	s.mu.Unlock()
 	switch {
+	case !negative && v.stale > 0 && open != "":
+		s.t.Logf("VERIFIER (reported, not judged: %s): %d stale checks: %s", open, v.stale, v)
 	case !negative && v.stale > 0:
 		s.t.Errorf("VERIFIER: the engine's verifier counted %d stale checks: %s", v.stale, v)
 	case must && v.stale == 0:
