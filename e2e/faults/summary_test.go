@@ -37,9 +37,9 @@ type scenario struct {
 	// verifierOpen: a positive scenario whose verifier figures are reported
 	// but not judged, with the reason (an open finding, see the note).
 	verifierOpen string
-	started         time.Time
-	took            time.Duration
-	failed          bool
+	started      time.Time
+	took         time.Duration
+	failed       bool
 }
 
 var results struct {
