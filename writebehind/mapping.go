@@ -129,7 +129,10 @@ func isIdent(s string) bool {
 // match splits key into the placeholders' values. Each value ends at the
 // first occurrence of the literal that follows it (the last one, if the
 // template ends with a placeholder, takes the rest). It reports false when
-// key does not have the template's shape or a value would be empty.
+// key does not have the template's shape or a value would be empty. So a
+// value must not contain the literal that follows it, nor end with the
+// start of a literal that repeats itself ("{a}00" cannot tell the value
+// "0" in "000"): such keys are not matched, and Writer calls refuse them.
 func (t template) match(key string) ([]string, bool) {
 	vals := make([]string, len(t.cols))
 	if !t.matchInto(key, vals) {

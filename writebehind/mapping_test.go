@@ -91,8 +91,12 @@ func FuzzTemplate(f *testing.F) {
 		b.WriteString(tm.lits[0])
 		for i := range tm.cols {
 			v := vals[i%2]
-			if next := tm.lits[i+1]; next != "" && strings.Contains(v, next) {
-				return // documented as unsupported
+			// Documented as unsupported: a value holding the literal that
+			// follows it, or whose end begins that literal early (value "0"
+			// before the literal "00" renders "000", where the literal is
+			// found at the value's start).
+			if next := tm.lits[i+1]; next != "" && (strings.Contains(v, next) || strings.Index(v+next, next) != len(v)) {
+				return
 			}
 			if v == "" {
 				return
