@@ -1270,16 +1270,7 @@ func waitKeys(ctx context.Context, cc *redis.ClusterClient, main string) (map[st
 	if main == "" {
 		main = "cdcinvalidate"
 	}
-	lowest := map[string]int{}
-	for _, sl := range slots {
-		if len(sl.Nodes) == 0 {
-			continue
-		}
-		m := sl.Nodes[0].Addr
-		if cur, ok := lowest[m]; !ok || int(sl.Start) < cur {
-			lowest[m] = int(sl.Start)
-		}
-	}
+	lowest := lowestSlotByMaster(slots)
 	keys := make(map[string]string, len(lowest))
 	for m, slot := range lowest {
 		keys[m] = main + ":wait:" + strconv.Itoa(slot) + ":{" + keyslot.SlotTag(slot) + "}"
@@ -1432,16 +1423,7 @@ func ShardWatermarkKeys(ctx context.Context, c redis.UniversalClient, main strin
 	if err != nil {
 		return nil, err
 	}
-	lowest := map[string]int{}
-	for _, sl := range slots {
-		if len(sl.Nodes) == 0 {
-			continue
-		}
-		m := sl.Nodes[0].Addr
-		if cur, ok := lowest[m]; !ok || int(sl.Start) < cur {
-			lowest[m] = int(sl.Start)
-		}
-	}
+	lowest := lowestSlotByMaster(slots)
 	keys := make([]string, 0, len(lowest))
 	for _, slot := range lowest {
 		keys = append(keys, ShardWatermarkKey(main, slot))
@@ -1762,4 +1744,20 @@ func appendMessage(dst []byte, end replication.LSN, field string, keys []string)
 		dst = jsonstr.Append(dst, k)
 	}
 	return append(dst, "]}"...)
+}
+
+// lowestSlotByMaster maps each master's address to the lowest hash slot it
+// serves (a stable name for the master's shard, whatever its address).
+func lowestSlotByMaster(slots []redis.ClusterSlot) map[string]int {
+	lowest := map[string]int{}
+	for _, sl := range slots {
+		if len(sl.Nodes) == 0 {
+			continue
+		}
+		m := sl.Nodes[0].Addr
+		if cur, ok := lowest[m]; !ok || int(sl.Start) < cur {
+			lowest[m] = int(sl.Start)
+		}
+	}
+	return lowest
 }
