@@ -27,9 +27,19 @@ func (e *Engine) newVerifier(rdb redis.UniversalClient) *verifier.Verifier {
 	}
 	key := e.cfg.VerifyKey()
 	started, pid := time.Now().UTC(), os.Getpid()
+	staleLogs := &logLimit{every: time.Second, burst: 10}
 	return verifier.New(redisReader{rdb}, verifier.Options{
 		Rate: uint64(c.SampleRate), Windows: c.Windows, MaxPending: c.MaxPending,
 		Observer: e.Metrics.Verifier(), Labeler: labelerOf(e.mapper), ReportEvery: c.ReportInterval,
+		// The key names what to look at; its value is never logged (it is
+		// application data).
+		OnStale: func(s verifier.Sample, window, age time.Duration) {
+			if staleLogs.Allow() {
+				e.log.Warn("verifier: a sampled key holds a stale value",
+					zap.String("key", s.Key), zap.Stringer("kind", s.Kind), zap.Stringer("invalidation_lsn", s.LSN),
+					zap.Stringer("floor_lsn", s.Floor), zap.Duration("window", window), zap.Duration("age", age))
+			}
+		},
 		Report: func(ctx context.Context, f []verifier.WindowFigures) {
 			b, _ := json.Marshal(verifyRecord{At: time.Now().UTC(), Started: started, PID: pid, Windows: f})
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -98,4 +108,28 @@ func (r redisReader) GetMany(ctx context.Context, keys []string) ([]*string, err
 		}
 	}
 	return out, nil
+}
+
+// logLimit allows burst log lines, then one per every: a flood of stale
+// checks must not flood the log. Used from one goroutine.
+type logLimit struct {
+	every  time.Duration
+	burst  int
+	tokens int
+	last   time.Time
+}
+
+func (l *logLimit) Allow() bool {
+	now := time.Now()
+	if l.last.IsZero() {
+		l.tokens, l.last = l.burst, now
+	}
+	if add := int(now.Sub(l.last) / l.every); add > 0 {
+		l.tokens, l.last = min(l.burst, l.tokens+add), l.last.Add(time.Duration(add)*l.every)
+	}
+	if l.tokens == 0 {
+		return false
+	}
+	l.tokens--
+	return true
 }

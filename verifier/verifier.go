@@ -38,6 +38,19 @@ import (
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
 
+// String names the kind for logs.
+func (k Kind) String() string {
+	switch k {
+	case KindDelete:
+		return "delete"
+	case KindVersion:
+		return "version"
+	case KindRefresh:
+		return "refresh"
+	}
+	return "unknown"
+}
+
 // Kind is what the engine did to a sampled key.
 type Kind uint8
 
@@ -172,6 +185,11 @@ type Options struct {
 	// cancelled), so a stopped engine leaves its last figures.
 	Report      func(ctx context.Context, figures []WindowFigures)
 	ReportEvery time.Duration
+	// OnStale, when set, is called from Run's goroutine for every check
+	// counted stale: the key's newest sample (its key, kind and commit
+	// LSN), the window and how long ago the checked invalidation was
+	// applied. It must not block.
+	OnStale func(s Sample, window, age time.Duration)
 	// Now is the clock (default time.Now), for tests.
 	Now func() time.Time
 }
@@ -482,6 +500,10 @@ func (v *Verifier) checkDue(ctx context.Context) {
 			c.due, c.confirmed = now.Add(v.opt.ConfirmAfter), true
 			v.queues[confirm].push(c)
 			continue
+		}
+		if r == Stale && v.opt.OnStale != nil {
+			// The newest sample of the key: what it was judged against.
+			v.opt.OnStale(e.s, v.opt.Windows[c.window], now.Sub(c.offer))
 		}
 		v.record(c, r, now)
 		e.refs--

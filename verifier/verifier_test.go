@@ -3,6 +3,7 @@ package verifier
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -151,8 +152,12 @@ func TestRunClassifiesEachWindow(t *testing.T) {
 	lab := &RuleLabeler{}
 	lab.Add("user:*:v", "public.users", "rules[0]")
 	lab.Add("p:*", "public.products", "rules[1]")
+	var staleSeen []string // from Run's goroutine, read after stop
 	v := New(rd, Options{Rate: 1, Windows: []time.Duration{20 * time.Millisecond, 60 * time.Millisecond},
-		ConfirmAfter: 50 * time.Millisecond, Observer: rec, Labeler: lab})
+		ConfirmAfter: 50 * time.Millisecond, Observer: rec, Labeler: lab,
+		OnStale: func(s Sample, window, _ time.Duration) {
+			staleSeen = append(staleSeen, s.Key+"/"+s.Kind.String()+"/"+s.LSN.String()+"/"+window.String())
+		}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- v.Run(ctx) }()
@@ -196,6 +201,10 @@ func TestRunClassifiesEachWindow(t *testing.T) {
 	}
 	if rec.ages != 2 {
 		t.Errorf("stale ages observed %d, want 2 (one per window)", rec.ages)
+	}
+	slices.Sort(staleSeen) // the two windows' confirmations may come in either order
+	if want := []string{"user:2:v/version/0/200/20ms", "user:2:v/version/0/200/60ms"}; !slices.Equal(staleSeen, want) {
+		t.Errorf("OnStale saw %q, want %q", staleSeen, want)
 	}
 	if len(v.latest) != 0 || v.pending != 0 {
 		t.Errorf("after every check: %d latest entries, %d pending; want none", len(v.latest), v.pending)

@@ -394,6 +394,12 @@ func (f *fixture) startEngine(env ...string) *harness.Process {
 	// and logs the output of a failed test): a gentle stop first.
 	f.t.Cleanup(func() {
 		_ = p.Stop(15 * time.Second)
+		// The verifier names each stale key it counted: show them.
+		for _, line := range strings.Split(p.Output(), "\n") {
+			if strings.Contains(line, "a sampled key holds a stale value") {
+				f.t.Logf("%s: %s", p.Name(), line)
+			}
+		}
 		if !f.t.Failed() && os.Getenv("CDC_FAULTS_LOGS") != "" {
 			f.t.Logf("%s (%s) output, last lines:\n%s", p.Name(), p.State(), p.Tail(60))
 		}
