@@ -25,7 +25,14 @@ import (
 func zombieRefreshRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, leader *harness.Process, env []string, i int) *harness.Process {
 	n := 1 + rng.IntN(20)
 	var zombie, next *harness.Process
-	f.cycle(sc, rng, defaultLoad, fmt.Sprintf("run %d (sink-before-refresh:%d, SIGSTOP)", i, n), func(l *load) {
+	// No TRUNCATE: a TRUNCATE by the new leader while the old one is frozen
+	// does not raise the order keys, so the old leader's queued refresh of
+	// a row that TRUNCATE removed can still be written afterwards (a named
+	// assumption, docs/guarantees.md#assumptions; issue 11 keeps it open).
+	// CI caught exactly that in a run with a TRUNCATE during the pause.
+	o := defaultLoad
+	o.noTruncate = true
+	f.cycle(sc, rng, o, fmt.Sprintf("run %d (sink-before-refresh:%d, SIGSTOP)", i, n), func(l *load) {
 		sleepRand(rng, 100*time.Millisecond, 400*time.Millisecond)
 		if code, _ := leader.TermT(t, 30*time.Second); code != 0 {
 			t.Fatalf("SIGTERM before arming: exit code %d", code)
