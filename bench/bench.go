@@ -527,25 +527,8 @@ func (b *bench) startEngine(ctx context.Context, slot string, created pglogrepl.
 	if err != nil {
 		return nil, err
 	}
-	if key := watermarkKey(slot); key != "" {
-		b.mu.Lock()
-		// The engine also keeps the record of its managed patterns
-		// (config.ManagedKey) next to the watermark: both go at the end.
-		b.watermarks = append(b.watermarks, key, managedKey(slot))
-		b.mu.Unlock()
-		if err := b.rdb.Set(ctx, key, created.String(), 0).Err(); err != nil {
-			return nil, fmt.Errorf("redis: set the engine's watermark %s: %w", key, err)
-		}
-		if err := b.setShardWatermarks(ctx, key, created); err != nil {
-			return nil, err
-		}
-		// Without a record of the patterns an earlier run managed, the
-		// engine starts one; with the record of a run with other rules (a
-		// variant of workload_options.go) it would flush the new patterns,
-		// the prefilled keys among them.
-		if err := b.rdb.Unlink(ctx, managedKey(slot)).Err(); err != nil {
-			return nil, fmt.Errorf("redis: delete the engine's record of managed patterns: %w", err)
-		}
+	if err := b.seedWatermarks(ctx, slot, created); err != nil {
+		return nil, err
 	}
 	c, err := startChild("engine", b.engineBin, []string{"run", "--config", cfg}, b.childEnv())
 	if err != nil {
@@ -553,6 +536,32 @@ func (b *bench) startEngine(ctx context.Context, slot string, created pglogrepl.
 	}
 	b.track(c)
 	return c, nil
+}
+
+// seedWatermarks writes the watermark (and the per-master ones on a
+// cluster) an engine that had created slot at created would have written,
+// and deletes its record of managed patterns: without a record the engine
+// starts one; with the record of a run with other rules (a variant of
+// workload_options.go) it would flush the new patterns, the prefilled keys
+// among them. Both keys are removed at the end of the run.
+func (b *bench) seedWatermarks(ctx context.Context, slot string, created pglogrepl.LSN) error {
+	key := watermarkKey(slot)
+	if key == "" {
+		return nil
+	}
+	b.mu.Lock()
+	b.watermarks = append(b.watermarks, key, managedKey(slot))
+	b.mu.Unlock()
+	if err := b.rdb.Set(ctx, key, created.String(), 0).Err(); err != nil {
+		return fmt.Errorf("redis: set the engine's watermark %s: %w", key, err)
+	}
+	if err := b.setShardWatermarks(ctx, key, created); err != nil {
+		return err
+	}
+	if err := b.rdb.Unlink(ctx, managedKey(slot)).Err(); err != nil {
+		return fmt.Errorf("redis: delete the engine's record of managed patterns: %w", err)
+	}
+	return nil
 }
 
 // watermarkKey is the engine's watermark key for slot with the bench's

@@ -411,16 +411,8 @@ func (b *bench) startInstanceEngine(ctx context.Context, slot, pub string, table
 	if err := os.WriteFile(path, []byte(s.String()), 0o600); err != nil {
 		return nil, err
 	}
-	if key := watermarkKey(slot); key != "" {
-		b.mu.Lock()
-		b.watermarks = append(b.watermarks, key, managedKey(slot))
-		b.mu.Unlock()
-		if err := b.rdb.Set(ctx, key, created.String(), 0).Err(); err != nil {
-			return nil, fmt.Errorf("redis: set the engine's watermark %s: %w", key, err)
-		}
-		if err := b.setShardWatermarks(ctx, key, created); err != nil {
-			return nil, err
-		}
+	if err := b.seedWatermarks(ctx, slot, created); err != nil {
+		return nil, err
 	}
 	c, err := startChild("engine "+slot, b.engineBin, []string{"run", "--config", path}, b.childEnv())
 	if err != nil {
