@@ -166,10 +166,12 @@ type Config struct {
 }
 
 // Verifier checks a sample of what Redis acknowledged; see package
-// verifier. Sampled must be cheap (it runs for every key); Offer must not
-// block.
+// verifier. Sampled must be cheap (it runs for every key); Sending and
+// Offer must not block. Sending is called before a batch with samples is
+// sent, Offer with its samples once Redis acknowledged it.
 type Verifier interface {
 	Sampled(key string) bool
+	Sending()
 	Offer(samples []verifier.Sample)
 }
 
@@ -768,6 +770,11 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	}
 	if len(s.acts.sets) > 0 {
 		failpoint.Hit("sink-before-refresh")
+	}
+	if len(s.samples) > 0 {
+		// A reading of a sampled key from now on may hold this batch's
+		// writes before its samples are offered.
+		s.cfg.Verifier.Sending()
 	}
 	err := s.retry(ctx, "delete keys", func() error {
 		if mark {
