@@ -622,9 +622,11 @@ func (s *Sink) addEvent(ev replication.Event) error {
 // would keep alive.
 func (s *Sink) sample(ev replication.Event) {
 	v := s.cfg.Verifier
+	// Every delete path fences (or deletes) the key's lease with Companion.
+	leases := s.cfg.Companion != nil
 	for _, k := range ev.Keys {
 		if v.Sampled(k) {
-			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(k), LSN: ev.LSN, Floor: s.lastMark, Kind: verifier.KindDelete})
+			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(k), LSN: ev.LSN, Floor: s.lastMark, Kind: verifier.KindDelete, Leases: leases})
 		}
 	}
 	for i := range ev.Actions {
@@ -641,7 +643,7 @@ func (s *Sink) sample(ev replication.Event) {
 			continue
 		}
 		if v.Sampled(a.Key) {
-			smp := verifier.Sample{Key: strings.Clone(a.Key), LSN: ev.LSN, Floor: s.lastMark, Kind: kind, Value: strings.Clone(a.Value)}
+			smp := verifier.Sample{Key: strings.Clone(a.Key), LSN: ev.LSN, Floor: s.lastMark, Kind: kind, Value: strings.Clone(a.Value), Leases: leases && kind == verifier.KindDelete}
 			if kind == verifier.KindRefresh {
 				smp.OrderKey = OrderKey(a.Key)
 			}

@@ -13,8 +13,9 @@
 //     wrote, a value the cacheaside library stamped with a watermark at or
 //     above the invalidation: its load began after the delete);
 //   - stale: provably not (a lower version, another refreshed value, a
-//     stamped fill whose load began before the delete was sent and that
-//     survived it: the stale-set race); a suspect is read again
+//     fill the library stamped under a lease taken before a delete that
+//     fenced it, a fill whose stamp bounds its snapshot before the
+//     commit: the stale-set race); a suspect is read again
 //     ConfirmAfter later and counted stale only if it still is, so a write
 //     in flight is not reported;
 //
@@ -27,7 +28,9 @@
 // the first reading; when the key was invalidated again in between, the
 // new reading is a new first sighting.
 //   - unverifiable: present, and nothing in it tells (a value filled by code
-//     that does not stamp). Never counted as consistent.
+//     that does not stamp, a fill stamped before the delete that may have
+//     read the new row: its load began after the commit). Never counted
+//     as consistent.
 //
 // Guarantees: Offer never blocks and never fails the sink; at most
 // MaxPending checks wait (the rest are dropped and counted); reads are
@@ -82,6 +85,9 @@ type Sample struct {
 	// this invalidation: a fill stamped below it began its load before.
 	Floor replication.LSN
 	Value string // KindRefresh: the value written
+	// Leases (KindDelete): the delete fenced or deleted the key's lease
+	// (client.leases), so no fill under a lease taken before it survives.
+	Leases bool
 	// OrderKey (KindRefresh) holds the commit LSN of the newest refresh
 	// write any engine instance applied to Key (sink.OrderKey): a value
 	// other than Value under an order LSN above LSN is a later row, not
@@ -139,15 +145,23 @@ func ClassifyOrdered(latest Sample, val, order *string) Result {
 	}
 	// A deleted key that holds a value again: only a stamp tells when its
 	// load began. The watermark reaches the commit LSN only after the
-	// delete was acknowledged, and was at Floor before the delete was sent;
-	// between the two the stamp does not tell.
-	stamp, _, ok := cacheaside.ParseStamp([]byte(*val))
+	// delete was acknowledged, and was at Floor before the delete was sent.
+	// A load that began before the delete was sent may still have begun
+	// after the commit and read the new row: it is stale only when its
+	// lease was taken before the delete and the delete fenced it (the fill
+	// survived an invalidation that should have refused it), or when its
+	// snapshot provably preceded the commit.
+	st, _, ok := cacheaside.ParseStampInfo([]byte(*val))
 	switch {
 	case !ok:
 		return Unverifiable
-	case stamp >= uint64(latest.LSN):
+	case st.Watermark >= uint64(latest.LSN):
 		return Newer
-	case stamp < uint64(latest.Floor):
+	case st.LoadedBefore != 0 && st.LoadedBefore <= uint64(latest.LSN):
+		// The WAL insert position after the snapshot had not passed the
+		// commit record's start: the commit is not in the value.
+		return Stale
+	case st.Leased && latest.Leases && st.Watermark < uint64(latest.Floor):
 		return Stale
 	}
 	return Unverifiable

@@ -18,8 +18,17 @@ func stamped(lsn uint64, v string) *string {
 	return str(string(cacheaside.AppendStamp(nil, lsn, []byte(v))))
 }
 
+func leaseStamped(lsn uint64, v string) *string {
+	return str(string(cacheaside.AppendLeaseStamp(nil, lsn, []byte(v))))
+}
+
+func loadStamped(lsn, loadedBefore uint64, v string) *string {
+	return str(string(cacheaside.AppendLoadStamp(nil, lsn, loadedBefore, []byte(v))))
+}
+
 func TestClassify(t *testing.T) {
 	del := Sample{Key: "k", LSN: 0x200, Floor: 0x100, Kind: KindDelete}
+	delLeases := Sample{Key: "k", LSN: 0x200, Floor: 0x100, Kind: KindDelete, Leases: true}
 	ver := Sample{Key: "k:v", LSN: 0x200, Kind: KindVersion}
 	ref := Sample{Key: "k", LSN: 0x200, Kind: KindRefresh, Value: `{"id":1}`}
 	for _, c := range []struct {
@@ -32,9 +41,20 @@ func TestClassify(t *testing.T) {
 		{"deleted, refilled by code that does not stamp", del, str("v"), Unverifiable},
 		{"deleted, stamped at the commit", del, stamped(0x200, "v"), Newer},
 		{"deleted, stamped after", del, stamped(0x300, "v"), Newer},
-		{"deleted, stamped below the floor: loaded before the delete", del, stamped(0xff, "v"), Stale},
+		// Below the floor the load began before the delete was sent, but
+		// it may have begun after the commit and read the new row.
+		{"deleted, stamped below the floor without a lease: may be fresh", del, stamped(0xff, "v"), Unverifiable},
 		{"deleted, stamped at the floor: cannot tell", del, stamped(0x100, "v"), Unverifiable},
 		{"deleted, stamped between floor and commit", del, stamped(0x1ff, "v"), Unverifiable},
+		{"deleted with leases, leased fill stamped below the floor: survived the fence", delLeases, leaseStamped(0xff, "v"), Stale},
+		{"deleted with leases, leased fill stamped at the floor", delLeases, leaseStamped(0x100, "v"), Unverifiable},
+		{"deleted with leases, leased fill stamped at the commit", delLeases, leaseStamped(0x200, "v"), Newer},
+		{"deleted with leases, fill without a lease stamped below the floor", delLeases, stamped(0xff, "v"), Unverifiable},
+		{"deleted without leases, leased fill stamped below the floor: nothing fenced it", del, leaseStamped(0xff, "v"), Unverifiable},
+		{"deleted, snapshot bounded before the commit", del, loadStamped(0xff, 0x1f0, "v"), Stale},
+		{"deleted, snapshot bounded at the commit record's start", del, loadStamped(0xff, 0x200, "v"), Stale},
+		{"deleted, snapshot bounded after the commit: read the new row", del, loadStamped(0xff, 0x201, "v"), Unverifiable},
+		{"deleted, snapshot bound unknown (0)", del, loadStamped(0xff, 0, "v"), Unverifiable},
 		{"version absent", ver, nil, Absent},
 		{"version at the commit", ver, str("0/200"), Newer},
 		{"version above", ver, str("0/201"), Newer},
