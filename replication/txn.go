@@ -28,7 +28,8 @@ import (
 // message (the transaction itself outside streaming).
 type openTxn interface {
 	// appendTo returns the slices to append one change's or message's
-	// keys and actions to; add takes them back.
+	// keys and actions to; add takes them back, before any other call
+	// (a plain transaction's are the part being gathered).
 	appendTo() ([]string, []Action)
 	// add takes back the slices of appendTo with the keys and actions of
 	// one change or message appended (its keys go first).
