@@ -255,9 +255,12 @@ type Sink struct {
 	// writes before it (waitMasters); listed at most every shardKeysEvery.
 	waitKeys   map[string]string
 	waitKeysAt time.Time
-	mustFlush  string          // why a flush is owed ("" when none)
-	held       replication.LSN // applied, not yet watermarked and reported
-	markedAt   time.Time
+	// clusterMark is, on a cluster, the watermark read before the batch
+	// being sent (readClusterMark; 0: none, or nothing to fence).
+	clusterMark replication.LSN
+	mustFlush   string          // why a flush is owed ("" when none)
+	held        replication.LSN // applied, not yet watermarked and reported
+	markedAt    time.Time
 
 	gatherTimer *time.Timer
 	lastCommit  time.Time // commit time of the last transaction added
@@ -388,6 +391,16 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			continue
 		}
 		if len(ev.Globs) > 0 {
+			// What was applied before the TRUNCATE is watermarked before
+			// it deletes anything: a paused leader's version raises and
+			// refresh writes of those transactions are then fenced by the
+			// watermark (see fencedByMark) from the TRUNCATE's first page.
+			if err := s.endHold(ctx); err != nil {
+				return err
+			}
+			if err := s.markHeld(ctx); err != nil {
+				return err
+			}
 			if err := s.applyGlobs(ctx, ev); err != nil {
 				return err
 			}
@@ -772,6 +785,9 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	err := s.retry(ctx, "delete keys", func() error {
 		if mark {
 			s.refreshShardKeys(ctx)
+		}
+		if err := s.readClusterMark(ctx); err != nil {
+			return err
 		}
 		start := time.Now()
 		var nver, ndel int
