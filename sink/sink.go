@@ -7,7 +7,10 @@
 // the checkpoint. A TRUNCATE pattern is applied on its own, in order, with
 // SCAN + UNLINK (never KEYS); when the watermark in Redis is already past
 // its commit (another instance applied it while this one was paused with
-// it in hand) it is skipped, so it cannot undo newer work. The rules' other actions go in the same
+// it in hand) it is skipped, so it cannot undo newer work; for the same
+// reason version raises and refresh writes of a transaction the watermark
+// has passed are not made (see fencedByMark in order.go), so such a
+// paused leader cannot undo a newer TRUNCATE either. The rules' other actions go in the same
 // pipeline, in this order: version raises (one Lua script, never lowering),
 // deletes, refreshed values (the last write to a key in the batch wins, as
 // in commit order), generation bumps, then one message per transaction on
