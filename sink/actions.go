@@ -348,6 +348,7 @@ func (s *Sink) queueVersions(ctx context.Context, p redis.Pipeliner) {
 				kept = append(kept, it)
 			}
 		}
+		s.clusterFenced += len(v) - len(kept)
 		v = kept
 	}
 	if s.cfg.Cluster && len(v) > 1 {
@@ -385,7 +386,10 @@ func (s *Sink) queueVersionChunks(ctx context.Context, p redis.Pipeliner, v []ve
 			keys = append(keys, it.key)
 			args = append(args, it.lsn.String(), it.ttl.Milliseconds())
 		}
-		versionScript.Eval(ctx, p, keys, args...)
+		c := versionScript.Eval(ctx, p, keys, args...)
+		if mark {
+			s.fenceCmds = append(s.fenceCmds, c)
+		}
 	}
 }
 
@@ -428,7 +432,8 @@ func replayedEntry(c redis.Cmder) bool {
 // when there is none; then two arguments per version key: the commit LSN
 // ("X/Y") to raise it to and a TTL in milliseconds (used when positive).
 // A raise of a transaction the watermark has passed is not made (see
-// fencedByMark in order.go). It returns how many it raised.
+// fencedByMark in order.go). It returns how many it raised and how many
+// raises the watermark fenced.
 var versionScript = redis.NewScript(lsnLua + markLua(1) + `
 local n = 0
 for i = first, #KEYS do
@@ -445,7 +450,7 @@ for i = first, #KEYS do
     n = n + 1
   end
 end
-return n`)
+return {n, fenced}`)
 
 // appendLSN appends lsn as PostgreSQL (and LSN.String) prints it:
 // upper-case hexadecimal, "16/B374D848".

@@ -197,6 +197,9 @@ func TestClusterActionsFencedByWatermark(t *testing.T) {
 			t.Errorf("n:%s = %q, want new (a transaction the watermark has not passed)", k, got)
 		}
 	}
+	if n := s.Stats.Fenced.Load(); n != uint64(2*len(keys)) {
+		t.Errorf("Stats.Fenced = %d, want %d", n, 2*len(keys))
+	}
 	if s.clusterMark != 0x208 {
 		t.Errorf("the watermark read before the last batch = %s, want 0/208", s.clusterMark)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/keyslot"
@@ -99,7 +100,8 @@ func hashTag(key string) (string, bool) {
 // transaction); one below it is dropped, since the key holds what a later
 // commit left; and one of a transaction the watermark has passed is
 // dropped (fencedByMark). Deletes always delete. The order key only
-// rises. It returns how many values it wrote.
+// rises. It returns how many values it wrote and how many writes the
+// watermark fenced.
 var refreshScript = redis.NewScript(lsnLua + markLua(5) + `
 local del = 'UNLINK'
 if ARGV[1] == '1' then del = 'DEL' end
@@ -133,7 +135,7 @@ for i = first, #KEYS, stride do
     redis.call('SET', KEYS[i+1], ARGV[a+1], 'PX', ARGV[a+5])
   end
 end
-return n`)
+return {n, fenced}`)
 
 // queueRefresh queues the batch's refresh writes and deletes of refreshed
 // keys (see refreshScript), KeysPerCommand keys per script.
@@ -165,6 +167,7 @@ func (s *Sink) queueRefresh(ctx context.Context, p redis.Pipeliner) {
 				kept = append(kept, it)
 			}
 		}
+		s.clusterFenced += len(sets) - len(kept)
 		sets = kept
 	}
 	if s.cfg.Cluster && len(sets) > 1 {
@@ -214,7 +217,10 @@ func (s *Sink) queueRefreshChunks(ctx context.Context, p redis.Pipeliner, sets [
 			}
 			args = append(args, it.lsn.String(), mode, it.value, ttl.Milliseconds(), max(orderTTL, it.ttl).Milliseconds())
 		}
-		refreshScript.Eval(ctx, p, keys, args...)
+		c := refreshScript.Eval(ctx, p, keys, args...)
+		if mark {
+			s.fenceCmds = append(s.fenceCmds, c)
+		}
 	}
 }
 
@@ -279,16 +285,20 @@ func (s *Sink) flushOrderKeys(ctx context.Context, patterns []string) error {
 // markLua defines, for a script whose ARGV[flag] is "1" when KEYS[1] is
 // the watermark: first, the index of the first key after it, and
 // passed(lsn), true when the watermark is past the commit LSN lsn (then
-// the raise or write is not made). Needs lsnLua.
+// the raise or write is not made; counted in fenced). Needs lsnLua.
 func markLua(flag int) string {
 	return `
-local mark, first = -1, 1
+local mark, first, fenced = -1, 1, 0
 if ARGV[` + strconv.Itoa(flag) + `] == '1' then
   mark = num(redis.call('GET', KEYS[1]))
   first = 2
 end
 local function passed(lsn)
-  return lsn > 0 and mark > lsn
+  if lsn > 0 and mark > lsn then
+    fenced = fenced + 1
+    return true
+  end
+  return false
 end
 `
 }
@@ -312,11 +322,14 @@ func (s *Sink) superseded(lsn replication.LSN) bool {
 	return lsn != 0 && s.clusterMark > lsn
 }
 
-// readClusterMark reads, on a cluster, the watermark before a batch with
-// version raises or refresh writes, for queueVersions and queueRefresh to
-// leave out those of transactions it has passed.
+// readClusterMark starts an attempt to send a batch: it forgets what an
+// earlier attempt fenced and reads, on a cluster, the watermark before a
+// batch with version raises or refresh writes, for queueVersions and
+// queueRefresh to leave out those of transactions it has passed.
 func (s *Sink) readClusterMark(ctx context.Context) error {
 	s.clusterMark = 0
+	s.clusterFenced = 0
+	s.fenceCmds = s.fenceCmds[:0]
 	if !s.cfg.Cluster || !s.fencedByMark() || (len(s.acts.versions) == 0 && len(s.acts.sets) == 0) {
 		return nil
 	}
@@ -331,4 +344,29 @@ func (s *Sink) readClusterMark(ctx context.Context) error {
 		s.clusterMark = mark
 	}
 	return nil
+}
+
+// reportFenced counts and logs the version raises and refresh writes that
+// the watermark fenced in the batch just sent: this instance is a leader
+// that lost the slot while it held them (paused or partitioned), and
+// another instance applied them and what followed.
+func (s *Sink) reportFenced() {
+	n := s.clusterFenced
+	for _, c := range s.fenceCmds {
+		if v, err := c.Slice(); err == nil && len(v) == 2 {
+			if f, ok := v[1].(int64); ok {
+				n += int(f)
+			}
+		}
+	}
+	s.fenceCmds = s.fenceCmds[:0]
+	s.clusterFenced = 0
+	if n == 0 {
+		return
+	}
+	s.Stats.Fenced.Add(uint64(n))
+	s.log.Warn("skipped version raises and refresh writes that another instance already applied: the watermark "+
+		"in Redis is past their commits, so this instance lost the slot while it held them (a paused or "+
+		"partitioned leader); it steps back when its session ends",
+		zap.Int("skipped", n))
 }

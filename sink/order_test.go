@@ -191,7 +191,7 @@ func TestActionsFencedByWatermarkAfterTruncate(t *testing.T) {
 	rdb.Set(ctx, "u:1", "newer", 0) // a value the paused leader's delete may remove (a miss)
 	// The paused leader wakes up with the transaction at 0x100, and
 	// goes on with one the watermark has not passed.
-	run(t, cfg, old, replication.Event{Actions: []replication.Action{
+	zombie := run(t, cfg, old, replication.Event{Actions: []replication.Action{
 		{Kind: replication.ActVersion, Key: "t:2:v"},
 		{Kind: replication.ActSet, Key: "t:2", Value: "new"},
 	}, LSN: 0x300, End: 0x308})
@@ -202,6 +202,9 @@ func TestActionsFencedByWatermarkAfterTruncate(t *testing.T) {
 	}
 	if got := rdb.Get(ctx, "wm").Val(); got != "0/308" {
 		t.Errorf("watermark = %q, want 0/308", got)
+	}
+	if n := zombie.Stats.Fenced.Load(); n != 2 {
+		t.Errorf("Stats.Fenced = %d, want 2 (the raise and the write)", n)
 	}
 	// Without a watermark nothing is fenced (documented): the same late
 	// transaction raises and writes.

@@ -227,6 +227,10 @@ type Stats struct {
 	// their commit: another instance had applied them (this one was a
 	// paused leader that lost the slot).
 	Superseded atomic.Uint64
+	// Fenced counts version raises and refresh writes not made because
+	// the watermark was past their commits (another instance applied
+	// them; this one was a paused leader that lost the slot).
+	Fenced atomic.Uint64
 }
 
 // Sink applies events to Redis.
@@ -261,9 +265,14 @@ type Sink struct {
 	// clusterMark is, on a cluster, the watermark read before the batch
 	// being sent (readClusterMark; 0: none, or nothing to fence).
 	clusterMark replication.LSN
-	mustFlush   string          // why a flush is owed ("" when none)
-	held        replication.LSN // applied, not yet watermarked and reported
-	markedAt    time.Time
+	// The version and refresh scripts of the batch being sent that read
+	// the watermark, and on a cluster how many raises and writes the
+	// watermark read before it left out (reportFenced).
+	fenceCmds     []*redis.Cmd
+	clusterFenced int
+	mustFlush     string          // why a flush is owed ("" when none)
+	held          replication.LSN // applied, not yet watermarked and reported
+	markedAt      time.Time
 
 	gatherTimer *time.Timer
 	lastCommit  time.Time // commit time of the last transaction added
@@ -870,6 +879,7 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	if err != nil {
 		return err
 	}
+	s.reportFenced()
 	s.Stats.Batches.Add(1)
 	s.Stats.Keys.Add(uint64(len(keys)))
 	for kind, n := range s.acts.counts {

@@ -60,6 +60,8 @@ func zombieRefreshRun(t *testing.T, sc *scenario, f *fixture, rng *rand.Rand, le
 			return k >= 0 && strings.Contains(out[k:], "waiting as standby")
 		})
 	})
+	t.Logf("run %d: the resumed leader logged raises and writes fenced by the watermark: %v", i,
+		strings.Contains(zombie.Output(), "skipped version raises and refresh writes"))
 	if code, _ := zombie.TermT(t, 30*time.Second); code != 0 {
 		t.Fatalf("resumed leader: exit code %d; output:\n%s", code, zombie.Tail(30))
 	}
