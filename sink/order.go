@@ -24,9 +24,10 @@ import (
 // that order. Two engines may not: a leader frozen (SIGSTOP, a long GC or
 // VM pause, a partition) with a pipeline in hand loses the slot to a
 // standby, which applies the same and later transactions; when the old
-// leader wakes up it sends what it held. Deletes and version raises are
-// harmless then; a SET of an older row is not (without refresh_ttl it
-// stays). So every refresh write and every delete of a refreshed key
+// leader wakes up it sends what it held. Deletes are harmless then (a
+// miss), and version raises never lower a key (but see the watermark
+// fence below for a newer TRUNCATE); a SET of an older row is not (without
+// refresh_ttl it stays). So every refresh write and every delete of a refreshed key
 // records its transaction's commit LSN in the key's order key (OrderKey),
 // compared in the same script: a write older than the recorded LSN is
 // dropped, so the newer value (or the newer delete) stays.
