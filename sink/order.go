@@ -366,6 +366,7 @@ func (s *Sink) reportFenced() {
 		return
 	}
 	s.Stats.Fenced.Add(uint64(n))
+	s.obs.Fenced("action", n)
 	s.log.Warn("skipped version raises and refresh writes that another instance already applied: the watermark "+
 		"in Redis is past their commits, so this instance lost the slot while it held them (a paused or "+
 		"partitioned leader); it steps back when its session ends",

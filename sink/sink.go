@@ -194,6 +194,11 @@ type Observer interface {
 	KeyTooLong()
 	// Actions reports the actions of an applied batch, by kind.
 	Actions(kind replication.ActionKind, n int)
+	// Fenced reports late writes the watermark kept out: what is
+	// "truncate" (a TRUNCATE or explicit pattern) or "action" (version
+	// raises and refresh writes). Only a leader that lost the slot while
+	// it held them (paused or partitioned) sends such writes.
+	Fenced(what string, n int)
 }
 
 type nopObserver struct{}
@@ -205,6 +210,7 @@ func (nopObserver) RedisError(error, bool)              {}
 func (nopObserver) Stalled(error)                       {}
 func (nopObserver) KeyTooLong()                         {}
 func (nopObserver) Actions(replication.ActionKind, int) {}
+func (nopObserver) Fenced(string, int)                  {}
 
 // Stats are running totals, safe to read at any time.
 type Stats struct {
@@ -953,6 +959,7 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		"partitioned leader); it steps back when its session ends",
 		zap.Stringer("commit_lsn", ev.LSN), zap.String("watermark", sup.mark), zap.Strings("patterns", ev.Globs))
 	s.Stats.Superseded.Add(1)
+	s.obs.Fenced("truncate", 1)
 	return nil
 }
 
