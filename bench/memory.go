@@ -30,6 +30,13 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 	if err != nil {
 		return m, err
 	}
+	if b.opts.Wide {
+		// pg_recvlogical reads the same range afterwards: the walsender's
+		// own time for these rows, beside the engine's.
+		if _, err := b.createSlot(ctx, recvSlot); err != nil {
+			return m, err
+		}
+	}
 	pprofAddr := ""
 	if b.opts.ProfileDir != "" {
 		if err := os.MkdirAll(b.opts.ProfileDir, 0o755); err != nil {
@@ -54,6 +61,11 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 		m.BaselineRSSBytes = hwm
 	}
 
+	cpu0 := procCPU(pid)
+	redis0 := b.redisStats(ctx)
+	var walsender walsenderCPU
+	walsender.sample(b, ctx)
+
 	b.prog.Step("memory: one transaction of %s rows", thousands(int64(b.opts.BigRows)))
 	conn, err := pgx.Connect(ctx, b.dsn)
 	if err != nil {
@@ -75,6 +87,17 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 	}
 	committed := time.Now()
 	m.InsertSeconds = committed.Sub(t0).Seconds()
+	profiled := make(chan error, 1)
+	cpuPath := ""
+	if pprofAddr != "" {
+		// From the commit on, the engine applies what the walsender
+		// sends; a fixed window (the profile endpoint takes a duration)
+		// of its steady state.
+		cpuPath = filepath.Join(b.opts.ProfileDir, "engine-cpu-memory.pprof")
+		go func() {
+			profiled <- fetchProfile(ctx, "http://"+pprofAddr+"/debug/pprof/profile?seconds="+strconv.Itoa(memoryProfileSeconds), cpuPath)
+		}()
+	}
 	end, err := b.flushedEnd(ctx, conn)
 	if err != nil {
 		return m, err
@@ -91,6 +114,7 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 		if st.confirmed >= end {
 			break
 		}
+		walsender.sampleSlot(st)
 		if !eng.Running() {
 			return m, exitedUnexpectedly(eng)
 		}
@@ -110,6 +134,20 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 	if hwm, _, err := harness.ProcMem(pid); err == nil {
 		m.PeakRSSBytes = hwm
 	}
+	if c := procCPU(pid); c >= 0 && cpu0 >= 0 {
+		m.EngineCPUSeconds = (c - cpu0).Seconds()
+	} else {
+		m.EngineCPUSeconds = -1
+	}
+	m.WalsenderCPUSeconds = walsender.seconds()
+	m.RedisCommands, m.RedisCPUSeconds = b.redisStats(ctx).since(redis0)
+	if cpuPath != "" {
+		b.prog.Step("memory: waiting for the %d s CPU profile", memoryProfileSeconds)
+		if err := <-profiled; err != nil {
+			return m, fmt.Errorf("CPU profile: %w", err)
+		}
+		m.CPUProfile = cpuPath
+	}
 	if pprofAddr != "" {
 		path := filepath.Join(b.opts.ProfileDir, "engine-heap-memory.pprof")
 		if err := fetchProfile(ctx, "http://"+pprofAddr+"/debug/pprof/heap", path); err != nil {
@@ -127,7 +165,75 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 		met := m.PeakRSSBytes <= m.TargetRSSBytes
 		m.Met = &met
 	}
-	return m, b.dropSlot(ctx, engineSlot)
+	if err := b.dropSlot(ctx, engineSlot); err != nil {
+		return m, err
+	}
+	if b.opts.Wide {
+		b.prog.Step("memory: pg_recvlogical over the same WAL")
+		args := []string{"-d", b.dsn, "--slot", recvSlot, "--start", "--endpos", end.String(), "-f", "/dev/null", "--no-loop"}
+		for _, o := range b.pluginOpts {
+			args = append(args, "-o", o)
+		}
+		recv, err := startChild("pg_recvlogical", b.recvBin, args, harness.WithoutCDCEnv(nil))
+		if err != nil {
+			return m, err
+		}
+		b.track(recv)
+		rf, err := b.follow(ctx, recv, recvSlot, start, end, true)
+		if err != nil {
+			stopChild(recv)
+			return m, err
+		}
+		m.RecvSeconds = rf.elapsed.Seconds()
+		m.RecvWalsenderCPUSeconds = cpuSeconds(rf.walsenderCPU)
+		if err := b.dropSlot(ctx, recvSlot); err != nil {
+			return m, err
+		}
+	}
+	return m, nil
+}
+
+// memoryProfileSeconds is the CPU profile window of the memory phase,
+// from the commit on.
+const memoryProfileSeconds = 20
+
+func procCPU(pid int) time.Duration {
+	d, err := harness.ProcCPU(pid)
+	if err != nil {
+		return -1
+	}
+	return d
+}
+
+// walsenderCPU follows the CPU time of the engine's walsender (on this
+// machine only with throwaway servers): the last reading of its process.
+type walsenderCPU struct {
+	on   bool
+	pid  int
+	last time.Duration
+}
+
+func (w *walsenderCPU) sample(b *bench, ctx context.Context) {
+	w.on = b.throwaway
+	if st, err := b.readSlot(ctx, engineSlot); err == nil {
+		w.sampleSlot(st)
+	}
+}
+
+func (w *walsenderCPU) sampleSlot(st slotState) {
+	if !w.on || st.activePID == 0 {
+		return
+	}
+	if d, err := harness.ProcCPU(st.activePID); err == nil {
+		w.pid, w.last = st.activePID, d
+	}
+}
+
+func (w *walsenderCPU) seconds() float64 {
+	if w.pid == 0 {
+		return -1
+	}
+	return w.last.Seconds()
 }
 
 // watchRSS shows the engine's RSS until done delivers, and fails early

@@ -208,6 +208,21 @@ type Memory struct {
 	Met              *bool   `json:"target_met,omitempty"`
 	// HeapProfile is the engine's heap profile after the transaction (--profile).
 	HeapProfile string `json:"heap_profile,omitempty"`
+	// EngineCPUSeconds is the engine's CPU from before the INSERT until it
+	// confirmed the transaction; WalsenderCPUSeconds its walsender's whole
+	// CPU time (throwaway servers only); -1 when unknown.
+	EngineCPUSeconds    float64 `json:"engine_cpu_seconds"`
+	WalsenderCPUSeconds float64 `json:"walsender_cpu_seconds"`
+	// RedisCommands and RedisCPUSeconds: Redis's work over the same span.
+	RedisCommands   int64   `json:"redis_commands"`
+	RedisCPUSeconds float64 `json:"redis_cpu_seconds"`
+	// RecvSeconds is pg_recvlogical reading the same WAL afterwards (--wide),
+	// RecvWalsenderCPUSeconds its walsender's CPU.
+	RecvSeconds             float64 `json:"recv_seconds,omitempty"`
+	RecvWalsenderCPUSeconds float64 `json:"recv_walsender_cpu_seconds,omitempty"`
+	// CPUProfile is the engine's CPU profile of the first seconds after the
+	// commit (--profile).
+	CPUProfile string `json:"cpu_profile,omitempty"`
 }
 
 // WriteJSON writes the report as indented JSON.
@@ -353,6 +368,14 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if err := tw.Flush(); err != nil {
 			return err
 		}
+		if m.EngineCPUSeconds > 0 {
+			fmt.Fprintf(&b, "CPU: engine %s, its walsender %s, Redis %s (%s commands)",
+				cpuOrUnknown(m.EngineCPUSeconds), cpuOrUnknown(m.WalsenderCPUSeconds), cpuOrUnknown(m.RedisCPUSeconds), thousands(m.RedisCommands))
+			if m.RecvSeconds > 0 {
+				fmt.Fprintf(&b, "; pg_recvlogical read the same WAL in %s (walsender CPU %s)", seconds(m.RecvSeconds), cpuOrUnknown(m.RecvWalsenderCPUSeconds))
+			}
+			b.WriteString("\n")
+		}
 	}
 
 	if err := r.writeVariants(&b); err != nil {
@@ -369,6 +392,9 @@ func (r *Report) WriteTable(w io.Writer) error {
 		if l.CPUProfile != "" {
 			profiles = append(profiles, l.CPUProfile)
 		}
+	}
+	if r.Memory != nil && r.Memory.CPUProfile != "" {
+		profiles = append(profiles, r.Memory.CPUProfile)
 	}
 	if r.Memory != nil && r.Memory.HeapProfile != "" {
 		profiles = append(profiles, r.Memory.HeapProfile)
@@ -477,3 +503,10 @@ func count(n int64) string {
 }
 
 func trimFloat(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
+
+func cpuOrUnknown(s float64) string {
+	if s < 0 {
+		return "unknown"
+	}
+	return seconds(s)
+}
