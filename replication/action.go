@@ -106,37 +106,71 @@ func appendAction(dst []byte, a *Action) []byte {
 
 var errBadAction = errors.New("malformed action record")
 
-// parseAction decodes what appendAction wrote.
-func parseAction(b []byte) (Action, error) {
+// parseAction decodes what appendAction wrote. The action's strings are
+// substrings of s: a record read back from a transaction buffer is copied
+// once (into s), not once more per field; a refreshed row's JSON is most
+// of it.
+func parseAction(s string) (Action, error) {
 	var a Action
-	if len(b) < 2 {
+	if len(s) < 2 {
 		return a, errBadAction
 	}
-	a.Kind, a.Op, a.Stamp = ActionKind(b[0]&^stampBit), Op(b[1]), b[0]&stampBit != 0
+	a.Kind, a.Op, a.Stamp = ActionKind(s[0]&^stampBit), Op(s[1]), s[0]&stampBit != 0
 	if a.Kind == 0 || a.Kind > actLast {
 		return a, errBadAction
 	}
-	b = b[2:]
+	s = s[2:]
 	for _, p := range [...]*string{&a.Key, &a.Target, &a.Table, &a.Value} {
-		n, w := binary.Uvarint(b)
-		if w <= 0 || n > uint64(len(b)-w) {
+		n, w := uvarint(s)
+		if w <= 0 || n > uint64(len(s)-w) {
 			return a, errBadAction
 		}
-		*p = string(b[w : w+int(n)])
-		b = b[w+int(n):]
+		*p = s[w : w+int(n)]
+		s = s[w+int(n):]
 	}
-	ttl, w := binary.Varint(b)
-	if w <= 0 || len(b)-w < 8 {
+	ttl, w := varint(s)
+	if w <= 0 || len(s)-w < 8 {
 		return a, errBadAction
 	}
 	a.TTL = time.Duration(ttl)
-	b = b[w:]
-	a.Jitter = math.Float64frombits(binary.BigEndian.Uint64(b))
-	b = b[8:]
-	ml, w := binary.Varint(b)
-	if w <= 0 || w != len(b) {
+	s = s[w:]
+	a.Jitter = math.Float64frombits(binary.BigEndian.Uint64([]byte(s[:8])))
+	s = s[8:]
+	ml, w := varint(s)
+	if w <= 0 || w != len(s) {
 		return a, errBadAction
 	}
 	a.MaxLen = ml
 	return a, nil
+}
+
+// uvarint is binary.Uvarint over a string.
+func uvarint(s string) (uint64, int) {
+	var x uint64
+	var sh uint
+	for i := 0; i < len(s); i++ {
+		if i == binary.MaxVarintLen64 {
+			return 0, -(i + 1) // overflow
+		}
+		c := s[i]
+		if c < 0x80 {
+			if i == binary.MaxVarintLen64-1 && c > 1 {
+				return 0, -(i + 1) // overflow
+			}
+			return x | uint64(c)<<sh, i + 1
+		}
+		x |= uint64(c&0x7f) << sh
+		sh += 7
+	}
+	return 0, 0
+}
+
+// varint is binary.Varint over a string.
+func varint(s string) (int64, int) {
+	ux, n := uvarint(s)
+	x := int64(ux >> 1)
+	if ux&1 != 0 {
+		x = ^x
+	}
+	return x, n
 }

@@ -78,7 +78,7 @@ func TestTxnBufferWideRowsByteBound(t *testing.T) {
 	}
 	n := 0
 	err := b.each(func(e bufEntry) error {
-		a, err := parseAction([]byte(e.text))
+		a, err := parseAction(e.text)
 		if err != nil {
 			return err
 		}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 )
@@ -164,7 +165,10 @@ func (t *streamTxn) add(subXid uint32, keys []string, acts []Action) error {
 	}
 	for i := range acts {
 		t.ss.actBuf = appendAction(t.ss.actBuf[:0], &acts[i])
-		if err := t.put(bufEntry{subXid: subXid, kind: entryAction, text: string(t.ss.actBuf), more: len(keys)+i < n-1}); err != nil {
+		// The buffer copies the record (into a chunk or the spill
+		// writer) and keeps no reference to text: no string of it.
+		text := unsafe.String(unsafe.SliceData(t.ss.actBuf), len(t.ss.actBuf))
+		if err := t.put(bufEntry{subXid: subXid, kind: entryAction, text: text, more: len(keys)+i < n-1}); err != nil {
 			return err
 		}
 	}
@@ -230,7 +234,7 @@ func (t *streamTxn) commit(lsn, end LSN, commitTime time.Time) error {
 		case entryGlob:
 			globs = append(globs, e.text)
 		case entryAction:
-			a, err := parseAction([]byte(e.text))
+			a, err := parseAction(e.text)
 			if err != nil {
 				return fmt.Errorf("read buffered transaction %d: %w", t.xid, err)
 			}
