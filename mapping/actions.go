@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/cdcinvalidate/cdcinvalidate/config/defaults"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/jsonstr"
@@ -235,28 +236,34 @@ func (m *Mapper) rowJSON(rel *replication.Relation, cols []int, ch *replication.
 			case "f":
 				b = append(b, "false"...)
 			default:
-				b = jsonstr.Append(b, string(v))
+				b = jsonstr.Append(b, textOf(v))
 			}
 		case oidInt2, oidInt4, oidInt8, oidOID, oidFloat4, oidFloat8, oidNumeric:
 			if jsonNumber(v) {
 				b = append(b, v...)
 			} else {
-				b = jsonstr.Append(b, string(v)) // NaN, Infinity
+				b = jsonstr.Append(b, textOf(v)) // NaN, Infinity
 			}
 		case oidJSON, oidJSONB:
 			if json.Valid(v) {
 				b = append(b, v...)
 			} else {
-				b = jsonstr.Append(b, string(v))
+				b = jsonstr.Append(b, textOf(v))
 			}
 		default:
-			b = jsonstr.Append(b, string(v))
+			b = jsonstr.Append(b, textOf(v))
 		}
 	}
 	b = append(b, '}')
 	m.rowBuf = b
 	return m.intern(b), true
 }
+
+// textOf is v as a string without copying it, for jsonstr.Append, which
+// reads it and keeps nothing: string(v) would allocate and copy each text
+// value longer than 32 bytes (a TOASTed text of a refreshed row is
+// kilobytes) only to escape it into the row's buffer.
+func textOf(v []byte) string { return unsafe.String(unsafe.SliceData(v), len(v)) }
 
 // jsonNumber reports whether v is a number as JSON writes it.
 func jsonNumber(v []byte) bool {

@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
@@ -145,4 +146,32 @@ func manyRules(b *testing.B, rules, tables int) (*Mapper, []*replication.Change)
 		changes[i] = update(rels[i%tables], 0, replication.Tuple{}, tup(txt(fmt.Sprint(1000+i)), txt("7"), txt("item payload")))
 	}
 	return m, changes
+}
+
+// TestRefreshRowAllocations: a refreshed row costs one allocation, its
+// JSON string; its text values are escaped into the reused buffer, not
+// copied into a string each first (a wide row's TOASTed texts are
+// kilobytes).
+func TestRefreshRowAllocations(t *testing.T) {
+	r := usersRule(t, false, "user:{id}")
+	r.Actions = Actions{Refresh: true}
+	m := newMapper(t, r)
+	rel := usersRel('f')
+	if err := m.Bind(rel); err != nil {
+		t.Fatal(err)
+	}
+	bio := strings.Repeat("0123456789abcdef", 200) // 3.2 KB, a TOASTed text
+	ch := insert(rel, tup(txt("42"), txt("a@x"), txt(bio)))
+	var keys []string
+	var acts []replication.Action
+	keys, acts, _ = m.AppendChange(keys[:0], acts[:0], ch) // warm the buffers
+	allocs := testing.AllocsPerRun(100, func() {
+		keys, acts, _ = m.AppendChange(keys[:0], acts[:0], ch)
+	})
+	if len(acts) != 1 || acts[0].Kind != replication.ActSet || !strings.Contains(acts[0].Value, `"`+bio+`"`) {
+		t.Fatalf("actions %+v", acts)
+	}
+	if allocs > 1 {
+		t.Errorf("%.1f allocations per refreshed row, want at most 1 (its JSON)", allocs)
+	}
 }
