@@ -157,13 +157,13 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.Duration, "duration", o.Duration, "how long the writer runs at each rate")
 	fs.IntVar(&o.MaxConns, "max-conns", o.MaxConns, "writer connections for the rate max")
 	fs.IntVar(&o.BigRows, "big-rows", o.BigRows, "rows of the one transaction of the memory measurement")
-	fs.BoolVar(&o.Wide, "wide", false, "memory phase only: rows of 100 columns (four of them 3.2 KB text, TOASTed) that the rule refreshes (SET of the row as JSON) instead of deleting")
+	fs.BoolVar(&o.Wide, "wide", false, "memory phase only: rows of 100 columns (four of them 3.2 KB text, TOASTed) that the rule refreshes (SET of the row as JSON) instead of deleting; pg_recvlogical then reads the same WAL, for the walsender's time")
 	fs.Var((*phaseList)(&o.Phases), "phases", "`phases` to run, comma-separated: catchup, latency, memory")
 	fs.BoolVar(&o.LatencyControl, "latency-control", o.LatencyControl, "after the engine's latency run, run the same writes with pg_recvlogical as the only consumer and report its walsender's delay beside the engine's")
 	fs.StringVar(&o.Engine, "engine", "", "cdcinvalidate `binary` to measure (default: this executable)")
 	fs.StringVar(&o.PgRecvLogical, "pg-recvlogical", "", "pg_recvlogical `binary` (default: next to the PostgreSQL server binaries, on PATH, or in /usr/lib/postgresql/*/bin)")
 	fs.StringVar(&o.ProfileDir, "profile", "", "write pprof profiles of the engine into `dir`: CPU per catch-up "+
-		"workload (from one extra run) and per latency rate, and the heap after the memory phase's transaction "+
+		"workload (from one extra run) and per latency rate, and for the memory phase CPU over the 20 s after its commit and the heap after its transaction "+
 		"(go tool pprof BINARY FILE); the engine then also serves metrics")
 	o.registerTopologyFlags(fs)
 	fs.BoolVar(&o.JSON, "json", false, "print the report as JSON on stdout instead of the table")

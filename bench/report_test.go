@@ -185,3 +185,20 @@ func TestSummariseCatchUp(t *testing.T) {
 		t.Error("ratio 2.0 met the 1.15 target")
 	}
 }
+
+// The memory phase's CPU line: engine, walsender, Redis, and pg_recvlogical
+// over the same WAL (--wide); unknown figures say so.
+func TestWriteTableMemoryCPU(t *testing.T) {
+	r := sampleReport()
+	r.Memory = &Memory{Rows: 100000, Wide: true, WALBytes: 131_000_000, InsertSeconds: 15, ConfirmedSeconds: 18,
+		BaselineRSSBytes: 23_000_000, PeakRSSBytes: 90_000_000, EngineCPUSeconds: 7.94, WalsenderCPUSeconds: -1,
+		RedisCommands: 301543, RedisCPUSeconds: 7.79, RecvSeconds: 4.03, RecvWalsenderCPUSeconds: 1.5, CPUProfile: "/p/engine-cpu-memory.pprof"}
+	var buf bytes.Buffer
+	if err := r.WriteTable(&buf); err != nil {
+		t.Fatal(err)
+	}
+	want := "CPU: engine 7.94 s, its walsender unknown, Redis 7.79 s (301,543 commands); pg_recvlogical read the same WAL in 4.03 s (walsender CPU 1.50 s)"
+	if out := buf.String(); !strings.Contains(out, want) || !strings.Contains(out, "/p/engine-cpu-memory.pprof") {
+		t.Errorf("table lacks %q or the CPU profile:\n%s", want, out)
+	}
+}
