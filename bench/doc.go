@@ -132,8 +132,9 @@
 // lower bound at 10 ms resolution). That delay is the walsender's share of
 // the latency, before the engine saw anything. With --latency-control
 // (default on) the same writes then run again at each rate with
-// pg_recvlogical as the only consumer of a fresh slot, and its walsender's
-// delay is reported beside: on a machine whose cores are all busy (2 cores
+// pg_recvlogical as the only consumer of a fresh slot (each key is cached
+// with a SET before its write, as in the engine's run, so the bench's own
+// work is the same), and its walsender's delay is reported beside: on a machine whose cores are all busy (2 cores
 // serve the writers, the walsender, the consumer and Redis) the walsender
 // can fall behind at 2,000 commits/s, and the control shows whether it
 // does for any consumer or for the engine's only.
