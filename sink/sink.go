@@ -169,10 +169,12 @@ type Config struct {
 }
 
 // Verifier checks a sample of what Redis acknowledged; see package
-// verifier. Sampled must be cheap (it runs for every key); Offer must not
-// block.
+// verifier. Sampled must be cheap (it runs for every key); Sending and
+// Offer must not block. Sending is called before a batch with samples is
+// sent, Offer with its samples once Redis acknowledged it.
 type Verifier interface {
 	Sampled(key string) bool
+	Sending()
 	Offer(samples []verifier.Sample)
 }
 
@@ -651,9 +653,11 @@ func (s *Sink) addEvent(ev replication.Event) error {
 // would keep alive.
 func (s *Sink) sample(ev replication.Event) {
 	v := s.cfg.Verifier
+	// Every delete path fences (or deletes) the key's lease with Companion.
+	leases := s.cfg.Companion != nil
 	for _, k := range ev.Keys {
 		if v.Sampled(k) {
-			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(k), LSN: ev.LSN, Floor: s.lastMark, Kind: verifier.KindDelete})
+			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(k), LSN: ev.LSN, Floor: s.lastMark, Kind: verifier.KindDelete, Leases: leases})
 		}
 	}
 	for i := range ev.Actions {
@@ -670,7 +674,7 @@ func (s *Sink) sample(ev replication.Event) {
 			continue
 		}
 		if v.Sampled(a.Key) {
-			smp := verifier.Sample{Key: strings.Clone(a.Key), LSN: ev.LSN, Floor: s.lastMark, Kind: kind, Value: strings.Clone(a.Value)}
+			smp := verifier.Sample{Key: strings.Clone(a.Key), LSN: ev.LSN, Floor: s.lastMark, Kind: kind, Value: strings.Clone(a.Value), Leases: leases && kind == verifier.KindDelete}
 			if kind == verifier.KindRefresh {
 				smp.OrderKey = OrderKey(a.Key)
 			}
@@ -799,6 +803,11 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	}
 	if len(s.acts.sets) > 0 {
 		failpoint.Hit("sink-before-refresh")
+	}
+	if len(s.samples) > 0 {
+		// A reading of a sampled key from now on may hold this batch's
+		// writes before its samples are offered.
+		s.cfg.Verifier.Sending()
 	}
 	err := s.retry(ctx, "delete keys", func() error {
 		if mark {
