@@ -147,7 +147,7 @@ func TestWriteJSON(t *testing.T) {
 	if _, has := lat[0].(map[string]any)["target_met"]; has {
 		t.Error("a rate without a target has target_met")
 	}
-	if back["memory"].(map[string]any)["peak_rss_bytes"] != 1.2e8 {
+	if back["memory"].(map[string]any)["peak_rss_bytes"] != 9.5e7 {
 		t.Errorf("memory = %v", back["memory"])
 	}
 }
