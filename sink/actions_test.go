@@ -384,3 +384,14 @@ func TestDeleteAndRefreshInStatementOrder(t *testing.T) {
 		}
 	}
 }
+
+// lsnArg keeps the text of the last LSN; a different LSN, or the zero LSN
+// first, gets its own.
+func TestLSNArgFollowsTheLSN(t *testing.T) {
+	s := New(Config{}, &ackRecorder{})
+	for _, l := range []replication.LSN{0, 0, 0x16B374D848, 0x16B374D848, 0x16B374D849, 1, 0} {
+		if got := s.lsnArg(l); got != l.String() {
+			t.Errorf("lsnArg(%d) = %v, want %s", uint64(l), got, l.String())
+		}
+	}
+}

@@ -233,6 +233,9 @@ type Sink struct {
 	log   *zap.Logger
 	Stats Stats
 
+	lsnArgOf   replication.LSN // see lsnArg
+	lsnArgText any
+
 	seen    map[string]struct{}
 	batch   []string
 	extra   []string    // with Companion: the batch as lease, key, lease, key, ...
