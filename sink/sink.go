@@ -7,7 +7,10 @@
 // the checkpoint. A TRUNCATE pattern is applied on its own, in order, with
 // SCAN + UNLINK (never KEYS); when the watermark in Redis is already past
 // its commit (another instance applied it while this one was paused with
-// it in hand) it is skipped, so it cannot undo newer work. The rules' other actions go in the same
+// it in hand) it is skipped, so it cannot undo newer work; for the same
+// reason version raises and refresh writes of a transaction the watermark
+// has passed are not made (see fencedByMark in order.go), so such a
+// paused leader cannot undo a newer TRUNCATE either. The rules' other actions go in the same
 // pipeline, in this order: version raises (one Lua script, never lowering),
 // deletes, refreshed values (the last write to a key in the batch wins, as
 // in commit order), generation bumps, then one message per transaction on
@@ -166,10 +169,12 @@ type Config struct {
 }
 
 // Verifier checks a sample of what Redis acknowledged; see package
-// verifier. Sampled must be cheap (it runs for every key); Offer must not
-// block.
+// verifier. Sampled must be cheap (it runs for every key); Sending and
+// Offer must not block. Sending is called before a batch with samples is
+// sent, Offer with its samples once Redis acknowledged it.
 type Verifier interface {
 	Sampled(key string) bool
+	Sending()
 	Offer(samples []verifier.Sample)
 }
 
@@ -191,6 +196,11 @@ type Observer interface {
 	KeyTooLong()
 	// Actions reports the actions of an applied batch, by kind.
 	Actions(kind replication.ActionKind, n int)
+	// Fenced reports late writes the watermark kept out: what is
+	// "truncate" (a TRUNCATE or explicit pattern) or "action" (version
+	// raises and refresh writes). Only a leader that lost the slot while
+	// it held them (paused or partitioned) sends such writes.
+	Fenced(what string, n int)
 }
 
 type nopObserver struct{}
@@ -202,6 +212,7 @@ func (nopObserver) RedisError(error, bool)              {}
 func (nopObserver) Stalled(error)                       {}
 func (nopObserver) KeyTooLong()                         {}
 func (nopObserver) Actions(replication.ActionKind, int) {}
+func (nopObserver) Fenced(string, int)                  {}
 
 // Stats are running totals, safe to read at any time.
 type Stats struct {
@@ -224,6 +235,10 @@ type Stats struct {
 	// their commit: another instance had applied them (this one was a
 	// paused leader that lost the slot).
 	Superseded atomic.Uint64
+	// Fenced counts version raises and refresh writes not made because
+	// the watermark was past their commits (another instance applied
+	// them; this one was a paused leader that lost the slot).
+	Fenced atomic.Uint64
 }
 
 // Sink applies events to Redis.
@@ -258,9 +273,17 @@ type Sink struct {
 	// writes before it (waitMasters); listed at most every shardKeysEvery.
 	waitKeys   map[string]string
 	waitKeysAt time.Time
-	mustFlush  string          // why a flush is owed ("" when none)
-	held       replication.LSN // applied, not yet watermarked and reported
-	markedAt   time.Time
+	// clusterMark is, on a cluster, the watermark read before the batch
+	// being sent (readClusterMark; 0: none, or nothing to fence).
+	clusterMark replication.LSN
+	// The version and refresh scripts of the batch being sent that read
+	// the watermark, and on a cluster how many raises and writes the
+	// watermark read before it left out (reportFenced).
+	fenceCmds     []*redis.Cmd
+	clusterFenced int
+	mustFlush     string          // why a flush is owed ("" when none)
+	held          replication.LSN // applied, not yet watermarked and reported
+	markedAt      time.Time
 
 	gatherTimer *time.Timer
 	lastCommit  time.Time // commit time of the last transaction added
@@ -391,6 +414,16 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			continue
 		}
 		if len(ev.Globs) > 0 {
+			// What was applied before the TRUNCATE is watermarked before
+			// it deletes anything: a paused leader's version raises and
+			// refresh writes of those transactions are then fenced by the
+			// watermark (see fencedByMark) from the TRUNCATE's first page.
+			if err := s.endHold(ctx); err != nil {
+				return err
+			}
+			if err := s.markHeld(ctx); err != nil {
+				return err
+			}
 			if err := s.applyGlobs(ctx, ev); err != nil {
 				return err
 			}
@@ -623,9 +656,11 @@ func (s *Sink) addEvent(ev replication.Event) error {
 // would keep alive.
 func (s *Sink) sample(ev replication.Event) {
 	v := s.cfg.Verifier
+	// Every delete path fences (or deletes) the key's lease with Companion.
+	leases := s.cfg.Companion != nil
 	for _, k := range ev.Keys {
 		if v.Sampled(k) {
-			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(k), LSN: ev.LSN, Floor: s.lastMark, Kind: verifier.KindDelete})
+			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(k), LSN: ev.LSN, Floor: s.lastMark, Kind: verifier.KindDelete, Leases: leases})
 		}
 	}
 	for i := range ev.Actions {
@@ -642,7 +677,7 @@ func (s *Sink) sample(ev replication.Event) {
 			continue
 		}
 		if v.Sampled(a.Key) {
-			smp := verifier.Sample{Key: strings.Clone(a.Key), LSN: ev.LSN, Floor: s.lastMark, Kind: kind, Value: strings.Clone(a.Value)}
+			smp := verifier.Sample{Key: strings.Clone(a.Key), LSN: ev.LSN, Floor: s.lastMark, Kind: kind, Value: strings.Clone(a.Value), Leases: leases && kind == verifier.KindDelete}
 			if kind == verifier.KindRefresh {
 				smp.OrderKey = OrderKey(a.Key)
 			}
@@ -772,9 +807,17 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	if len(s.acts.sets) > 0 {
 		failpoint.Hit("sink-before-refresh")
 	}
+	if len(s.samples) > 0 {
+		// A reading of a sampled key from now on may hold this batch's
+		// writes before its samples are offered.
+		s.cfg.Verifier.Sending()
+	}
 	err := s.retry(ctx, "delete keys", func() error {
 		if mark {
 			s.refreshShardKeys(ctx)
+		}
+		if err := s.readClusterMark(ctx); err != nil {
+			return err
 		}
 		start := time.Now()
 		var nver, ndel int
@@ -854,6 +897,7 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	if err != nil {
 		return err
 	}
+	s.reportFenced()
 	s.Stats.Batches.Add(1)
 	s.Stats.Keys.Add(uint64(len(keys)))
 	for kind, n := range s.acts.counts {
@@ -927,6 +971,7 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		"partitioned leader); it steps back when its session ends",
 		zap.Stringer("commit_lsn", ev.LSN), zap.String("watermark", sup.mark), zap.Strings("patterns", ev.Globs))
 	s.Stats.Superseded.Add(1)
+	s.obs.Fenced("truncate", 1)
 	return nil
 }
 
