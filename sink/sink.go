@@ -248,6 +248,9 @@ type Sink struct {
 	log   *zap.Logger
 	Stats Stats
 
+	lsnArgOf   replication.LSN // see lsnArg
+	lsnArgText any
+
 	seen    map[string]struct{}
 	batch   []string
 	extra   []string    // with Companion: the batch as lease, key, lease, key, ...
@@ -1404,13 +1407,25 @@ func boolArg(b bool) string {
 }
 
 // lsnLua defines num(s) in a Lua script: an LSN "X/Y" as a number (exact
-// below 2^53 bytes of WAL), -1 for nil or anything else.
+// below 2^53 bytes of WAL), -1 for nil or anything else. It keeps the two
+// texts it parsed last (Lua strings are interned: a comparison is one
+// pointer): the items of a script mostly carry the same commit LSN, in
+// turn with what a key held, and the pattern match cost Redis more CPU
+// than a GET (issue 15).
 const lsnLua = `
+local numA, valA, numB, valB
 local function num(s)
   if not s then return -1 end
+  if s == numA then return valA end
+  if s == numB then
+    numA, valA, numB, valB = numB, valB, numA, valA
+    return valA
+  end
   local hi, lo = string.match(s, '^(%x+)/(%x+)$')
-  if not hi then return -1 end
-  return tonumber(hi, 16) * 4294967296 + tonumber(lo, 16)
+  local v = -1
+  if hi then v = tonumber(hi, 16) * 4294967296 + tonumber(lo, 16) end
+  numA, valA, numB, valB = s, v, numA, valA
+  return v
 end
 `
 
