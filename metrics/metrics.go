@@ -73,6 +73,7 @@ type Metrics struct {
 	commitApply  prometheus.Histogram
 	errors       *prometheus.CounterVec
 	tooLong      prometheus.Counter
+	fenced       *prometheus.CounterVec
 	actions      *prometheus.CounterVec
 	reloads      *prometheus.CounterVec
 
@@ -137,6 +138,11 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 	for k := replication.ActUnlink; k <= replication.ActIncr; k++ {
 		m.actions.WithLabelValues(k.String())
 	}
+	m.fenced = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "late_writes_fenced_total",
+		Help: "Late writes of a leader that lost the slot while it held them (paused or partitioned), not made because the watermark in Redis was past their commit: truncate (TRUNCATE or explicit patterns), action (version raises and refresh writes). Non-zero means a paused leader woke up; its effects were applied by another instance."}, []string{"what"})
+	for _, w := range []string{"truncate", "action"} {
+		m.fenced.WithLabelValues(w)
+	}
 	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rule_reloads_total",
 		Help: "Rules reloads (SIGHUP) by result: ok (the new rules run), rejected (the old rules keep running; the log says why)."}, []string{"result"})
 	m.verifyChecks = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "verify_checks_total",
@@ -155,7 +161,7 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 		m.reloads.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{m.changes, m.keysRendered, m.batches, m.batchKeys, m.keysSent, m.keysDeleted,
-		m.truncates, m.redisRTT, m.commitApply, m.errors, m.tooLong, m.actions, m.reloads,
+		m.truncates, m.redisRTT, m.commitApply, m.errors, m.tooLong, m.actions, m.fenced, m.reloads,
 		m.verifyChecks, m.verifyRatio, m.verifyStaleAge, m.verifyDropped} {
 		f(c)
 	}
@@ -303,6 +309,9 @@ func (m *Metrics) KeyTooLong() { m.tooLong.Inc() }
 func (m *Metrics) Actions(kind replication.ActionKind, n int) {
 	m.actions.WithLabelValues(kind.String()).Add(float64(n))
 }
+
+// Fenced counts late writes the watermark kept out (see sink.Observer).
+func (m *Metrics) Fenced(what string, n int) { m.fenced.WithLabelValues(what).Add(float64(n)) }
 
 // RedisError counts a failed Redis attempt.
 func (m *Metrics) RedisError(_ error, permanent bool) {

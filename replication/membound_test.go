@@ -123,15 +123,7 @@ func boundSession(t *testing.T, m Mapper, out chan Event) *session {
 	// The tests read the events after the transaction: the queue's byte
 	// bound (TestQueueBoundedByBytes) would wait for a sink.
 	s := New(Config{SpillDir: t.TempDir(), QueueBytes: 1 << 30}, m, fixedPositions{}, out)
-	return &session{
-		s: s, ctx: context.Background(),
-		rels:    map[uint32]*Relation{},
-		tables:  map[uint32]TableObserver{},
-		streams: map[uint32]*txnBuffer{},
-		badRels: map[uint32]uint32{},
-		budget:  s.cfg.TxnMemoryBytes,
-		timer:   time.NewTimer(time.Hour),
-	}
+	return newSession(context.Background(), s)
 }
 
 // checkEvents reads the events of one transaction of rows wide rows and
@@ -189,17 +181,20 @@ func TestStreamedCommitEventsBoundedByBytes(t *testing.T) {
 	out := make(chan Event, 1000)
 	ss := boundSession(t, &wideMapper{}, out)
 	const rows = 100
-	b := ss.stream(7)
-	var enc []byte
-	for i := range rows {
-		a := wideRow(i + 1)
-		enc = appendAction(enc[:0], &a)
-		if err := b.add(bufEntry{subXid: 7, kind: entryAction, text: string(enc)}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
+	for _, data := range [][]byte{streamStartMsg(true), relationMsg(true)} {
+		if err := ss.handleMessage(data); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := ss.streamCommit(7, 100, 108, time.Now()); err != nil {
-		t.Fatal(err)
+	for range rows {
+		if err := ss.handleMessage(insertMsg(true)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, data := range [][]byte{streamStopMsg(), streamCommitMsg()} {
+		if err := ss.handleMessage(data); err != nil {
+			t.Fatal(err)
+		}
 	}
 	checkEvents(t, out, rows)
 }

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -342,16 +340,20 @@ type session struct {
 
 	inTxn      bool
 	commitTime time.Time
-	commitLSN  LSN
-	acts       []Action // actions of the open transaction not yet emitted
-	keys       []string
-	partBytes  int    // EntryBytes of keys and acts
-	actBuf     []byte // reused encoding of an action for a txnBuffer
 
-	inStream  bool
-	streamXid uint32
-	streams   map[uint32]*txnBuffer
-	budget    int
+	// cur is the transaction whose messages arrive: plain, or the
+	// streamed one of the Stream Start..Stop block being read.
+	cur      openTxn
+	plain    memTxn
+	inStream bool
+	streams  map[uint32]*streamTxn // open streamed transactions
+	budget   int                   // memory left for them (TxnMemoryBytes)
+	// Reused by streamed transactions: a change's keys and actions, and
+	// the encoding of an action.
+	scratchKeys []string
+	scratchActs []Action
+	actBuf      []byte
+
 	// lastRel is the relation of the message just handled, if it was a
 	// Relation message (pgoutput describes a partition right before the
 	// first change that goes through it to its root).
@@ -359,7 +361,7 @@ type session struct {
 	// badRels are relations whose last Relation message, inside the
 	// streamed transaction given, did not bind: that transaction's changes
 	// of them cannot be mapped, and it fails if it commits.
-	badRels map[uint32]uint32
+	badRels map[uint32]*streamTxn
 
 	lastEnd LSN // highest End handed to the sink
 	timer   *time.Timer
@@ -430,19 +432,11 @@ func (s *Stream) session(ctx context.Context) (err error) {
 	// status update may report less.
 	s.pos.Ack(confirmed)
 
-	ss := &session{
-		s: s, ctx: ctx, conn: conn,
-		rep:       checkpoint.Reporter{Interval: s.cfg.StatusInterval, Prompt: 100 * time.Millisecond},
-		rels:      map[uint32]*Relation{},
-		tables:    map[uint32]TableObserver{},
-		streams:   map[uint32]*txnBuffer{},
-		badRels:   map[uint32]uint32{},
-		budget:    s.cfg.TxnMemoryBytes,
-		lastEnd:   confirmed,
-		timer:     time.NewTimer(time.Hour),
-		lastRecv:  time.Now(),
-		deadAfter: deadAfter(wst, s.cfg.StatusInterval),
-	}
+	ss := newSession(ctx, s)
+	ss.conn = conn
+	ss.rep = checkpoint.Reporter{Interval: s.cfg.StatusInterval, Prompt: 100 * time.Millisecond}
+	ss.lastEnd = confirmed
+	ss.deadAfter = deadAfter(wst, s.cfg.StatusInterval)
 	ss.rep.Received(confirmed)
 	defer ss.close()
 
@@ -480,11 +474,27 @@ func (s *Stream) session(ctx context.Context) (err error) {
 	return err
 }
 
+// newSession returns the state of a session of s, not yet connected.
+func newSession(ctx context.Context, s *Stream) *session {
+	ss := &session{
+		s: s, ctx: ctx,
+		rels:     map[uint32]*Relation{},
+		tables:   map[uint32]TableObserver{},
+		streams:  map[uint32]*streamTxn{},
+		badRels:  map[uint32]*streamTxn{},
+		budget:   s.cfg.TxnMemoryBytes,
+		timer:    time.NewTimer(time.Hour),
+		lastRecv: time.Now(),
+	}
+	ss.plain.ss = ss
+	ss.cur = &ss.plain
+	return ss
+}
+
 func (ss *session) close() {
 	ss.timer.Stop()
-	for xid, b := range ss.streams {
-		b.release(&ss.budget)
-		delete(ss.streams, xid)
+	for _, t := range ss.streams {
+		t.release()
 	}
 }
 
@@ -670,12 +680,10 @@ func (ss *session) handleMessage(data []byte) error {
 	case msgBegin:
 		ss.inTxn = true
 		ss.commitTime = m.time
-		ss.commitLSN = m.lsn
+		ss.plain.begin(m.lsn)
 	case msgCommit:
 		ss.inTxn = false
-		keys, acts, size := ss.keys, ss.acts, ss.partBytes
-		ss.keys, ss.acts, ss.partBytes = nil, nil, 0
-		return ss.emit(Event{Keys: keys, Actions: acts, LSN: m.lsn, End: m.endLSN, CommitTime: m.time, Size: size})
+		return ss.plain.commit(m.lsn, m.endLSN, m.time)
 	case msgRelation:
 		return ss.handleRelation(m)
 	case msgInsert, msgUpdate, msgDelete:
@@ -690,120 +698,80 @@ func (ss *session) handleMessage(data []byte) error {
 			}
 			globs, acts = ss.s.mapper.AppendTruncate(globs, acts, rel)
 		}
-		if len(globs) == 0 && len(acts) == 0 {
+		// Keys and actions before the patterns go first; the TRUNCATE's
+		// own actions (a generation bump, its event for publish and
+		// stream) follow the patterns.
+		if err := ss.cur.addGlobs(m.xid, globs); err != nil {
+			return err
+		}
+		if len(acts) == 0 {
 			return nil
 		}
-		if ss.inStream {
-			b := ss.stream(ss.streamXid)
-			for _, g := range globs {
-				if err := b.add(bufEntry{subXid: m.xid, kind: entryGlob, text: g}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
-					return err
-				}
-			}
-			return ss.bufferActions(b, m.xid, acts)
-		}
-		// Keys and actions before the patterns go first, in their own
-		// event; the TRUNCATE's own actions (a generation bump, its event
-		// for publish and stream) follow the patterns.
-		if len(globs) > 0 {
-			if err := ss.emitPart(); err != nil {
-				return err
-			}
-			if err := ss.emit(Event{Globs: globs, LSN: ss.commitLSN}); err != nil {
-				return err
-			}
-		}
-		ss.acts = append(ss.acts, acts...)
-		ss.partBytes += EntryBytes(nil, acts)
-		return nil
+		return addActions(ss.cur, m.xid, acts)
 	case msgStreamStart:
 		ss.inStream = true
-		ss.streamXid = m.xid
-		ss.stream(m.xid)
+		ss.cur = ss.stream(m.xid)
 	case msgStreamStop:
 		ss.inStream = false
+		ss.cur = &ss.plain
 		failpoint.Hit("stream-after-stop")
 	case msgStreamCommit:
-		return ss.streamCommit(m.xid, m.lsn, m.endLSN, m.time)
-	case msgStreamAbort:
-		b := ss.streams[m.xid]
-		if b == nil {
-			return nil // tolerated: an abort of a transaction never started here
+		t := ss.streams[m.xid]
+		if t == nil {
+			return ss.emit(Event{End: m.endLSN, CommitTime: m.time})
 		}
-		if m.subXid == m.xid {
-			b.release(&ss.budget)
-			delete(ss.streams, m.xid)
-			maps.DeleteFunc(ss.badRels, func(_, xid uint32) bool { return xid == m.xid })
-		} else {
-			b.abortSub(m.subXid)
+		return t.commit(m.lsn, m.endLSN, m.time)
+	case msgStreamAbort:
+		if t := ss.streams[m.xid]; t != nil { // else tolerated: an abort of a transaction never started here
+			t.abort(m.subXid)
 		}
 	case msgMessage:
-		// Explicit invalidations: pg_logical_emit_message(true, 'cdcinvalidate', ...).
-		if m.prefix != explicitPrefix {
-			return nil // other applications' messages
-		}
-		keys, globs, gens, err := parseExplicit(m.content)
-		if err != nil {
-			txn := ""
-			switch {
-			case !m.transactional:
-				txn = " (non-transactional)"
-			case ss.inStream:
-				txn = fmt.Sprintf(" of streamed transaction %d", ss.streamXid)
-			}
-			return permanent(fmt.Errorf("invalidation message (prefix %q) at LSN %s%s is malformed: %v; nothing of its "+
-				"transaction is skipped, so the engine stops: fix the application that emits it, and to get past "+
-				"this transaction flush the keys the rules manage and advance the slot beyond its commit "+
-				"(pg_replication_slot_advance)",
-				explicitPrefix, m.lsn, txn, err))
-		}
-		// The keys go as actions, in their place among the transaction's
-		// refresh writes (a refresh of a key before the message must not
-		// survive it).
-		acts := make([]Action, 0, len(keys)+len(gens))
-		for _, k := range keys {
-			acts = append(acts, Action{Kind: ActDelete, Key: k})
-		}
-		keys = nil
-		for _, g := range gens {
-			acts = append(acts, Action{Kind: ActIncr, Key: g})
-		}
-		if !m.transactional {
-			return ss.applyNonTransactional(m.lsn, keys, globs, acts)
-		}
-		if ss.inStream {
-			b := ss.stream(ss.streamXid)
-			if err := ss.bufferActions(b, m.xid, acts); err != nil {
-				return err
-			}
-			for i, text := range slices.Concat(keys, globs) {
-				kind := entryKey
-				if i >= len(keys) {
-					kind = entryGlob
-				}
-				if err := b.add(bufEntry{subXid: m.xid, kind: kind, text: text}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		ss.keys = append(ss.keys, keys...)
-		ss.acts = append(ss.acts, acts...)
-		ss.partBytes += EntryBytes(keys, acts)
-		if len(globs) > 0 || ss.partFull() {
-			// As for TRUNCATE and large transactions: keys before the
-			// patterns go first; the position moves only at Commit.
-			if err := ss.emitPart(); err != nil {
-				return err
-			}
-			if len(globs) > 0 {
-				return ss.emit(Event{Globs: globs, LSN: ss.commitLSN})
-			}
-		}
+		return ss.handleInvalidation(m)
 	case msgOrigin, msgType:
 		// Origins and types need no invalidation.
 	}
 	return nil
+}
+
+// handleInvalidation applies a logical decoding message of explicit
+// invalidations: pg_logical_emit_message(true, 'cdcinvalidate', ...).
+func (ss *session) handleInvalidation(m *message) error {
+	if m.prefix != explicitPrefix {
+		return nil // other applications' messages
+	}
+	keys, globs, gens, err := parseExplicit(m.content)
+	if err != nil {
+		txn := ""
+		switch {
+		case !m.transactional:
+			txn = " (non-transactional)"
+		case ss.inStream:
+			txn = fmt.Sprintf(" of streamed transaction %d", ss.cur.(*streamTxn).xid)
+		}
+		return permanent(fmt.Errorf("invalidation message (prefix %q) at LSN %s%s is malformed: %v; nothing of its "+
+			"transaction is skipped, so the engine stops: fix the application that emits it, and to get past "+
+			"this transaction flush the keys the rules manage and advance the slot beyond its commit "+
+			"(pg_replication_slot_advance)",
+			explicitPrefix, m.lsn, txn, err))
+	}
+	// The keys go as actions, in their place among the transaction's
+	// refresh writes (a refresh of a key before the message must not
+	// survive it).
+	acts := make([]Action, 0, len(keys)+len(gens))
+	for _, k := range keys {
+		acts = append(acts, Action{Kind: ActDelete, Key: k})
+	}
+	for _, g := range gens {
+		acts = append(acts, Action{Kind: ActIncr, Key: g})
+	}
+	if !m.transactional {
+		return ss.applyNonTransactional(m.lsn, globs, acts)
+	}
+	// As for TRUNCATE: what came before the patterns goes first.
+	if err := addActions(ss.cur, m.xid, acts); err != nil {
+		return err
+	}
+	return ss.cur.addGlobs(m.xid, globs)
 }
 
 // applyNonTransactional hands over the invalidations of a non-transactional
@@ -813,7 +781,7 @@ func (ss *session) handleMessage(data []byte) error {
 // moves no position itself: the next keepalive or commit confirms past it,
 // and only after the sink applied it, as for everything handed over before
 // them; until then a restart receives it again.
-func (ss *session) applyNonTransactional(lsn LSN, keys, globs []string, acts []Action) error {
+func (ss *session) applyNonTransactional(lsn LSN, globs []string, acts []Action) error {
 	if !ss.warnedNonTxn {
 		ss.warnedNonTxn = true
 		ss.s.log.Info("applying a non-transactional invalidation message at its WAL position; inside a transaction, "+
@@ -821,11 +789,11 @@ func (ss *session) applyNonTransactional(lsn LSN, keys, globs []string, acts []A
 			"commit, after the data changed",
 			zap.Stringer("lsn", lsn))
 	}
-	if err := ss.emitPart(); err != nil {
+	if err := ss.plain.end(0, time.Time{}); err != nil {
 		return err
 	}
-	if len(keys) > 0 || len(acts) > 0 {
-		if err := ss.emit(Event{Keys: keys, Actions: acts, LSN: lsn}); err != nil {
+	if len(acts) > 0 {
+		if err := ss.emit(Event{Actions: acts, LSN: lsn}); err != nil {
 			return err
 		}
 	}
@@ -892,13 +860,14 @@ func parseExplicit(content []byte) (keys, globs, gens []string, err error) {
 	return keys, globs, gens, nil
 }
 
-func (ss *session) stream(xid uint32) *txnBuffer {
-	b := ss.streams[xid]
-	if b == nil {
-		b = &txnBuffer{xid: xid}
-		ss.streams[xid] = b
+// stream returns the open streamed transaction xid, opening it.
+func (ss *session) stream(xid uint32) *streamTxn {
+	t := ss.streams[xid]
+	if t == nil {
+		t = &streamTxn{ss: ss, xid: xid, buf: txnBuffer{xid: xid}}
+		ss.streams[xid] = t
 	}
-	return b
+	return t
 }
 
 // handleRelation binds the rules to a table the server describes. Outside
@@ -911,30 +880,8 @@ func (ss *session) handleRelation(m *message) error {
 	ss.lastRel = rel
 	ss.rels[rel.ID] = rel
 	ss.tables[rel.ID] = ss.s.obs.Table(rel.QualifiedName())
-	err := ss.s.mapper.Bind(rel)
-	if ss.inStream {
-		b := ss.stream(ss.streamXid)
-		if err != nil {
-			ss.badRels[rel.ID] = ss.streamXid
-			b.failBind(m.xid, rel.ID, err)
-			ss.s.log.Warn("a streamed transaction changed a table so that the rules no longer fit it; the engine stops if it commits",
-				zap.Uint32("xid", ss.streamXid), zap.String("table", rel.QualifiedName()), zap.Error(err))
-			return nil
-		}
-		delete(ss.badRels, rel.ID)
-		b.clearBind(rel.ID)
-		return nil
-	}
 	delete(ss.badRels, rel.ID)
-	if err == nil {
-		return nil
-	}
-	if ss.s.covered(err, ss.commitLSN) {
-		ss.s.log.Warn("skipping changes of a table the rules knew under another name: the flush at this start deleted its keys after they committed",
-			zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
-		return nil
-	}
-	return permanent(err)
+	return ss.cur.described(m.xid, rel, ss.s.mapper.Bind(rel))
 }
 
 // LeafChecker is implemented by a Mapper that checks the partition a
@@ -952,32 +899,23 @@ func (ss *session) handleChange(m *message, described *Relation) error {
 	if rel == nil {
 		return permanent(fmt.Errorf("%w: change of relation %d before its Relation message", ErrMalformed, m.relID))
 	}
+	t := ss.cur
 	if lc, ok := ss.s.mapper.(LeafChecker); ok && described != nil && described.ID != rel.ID {
 		if err := lc.CheckLeaf(rel, described); err != nil {
-			if ss.inStream {
-				ss.stream(ss.streamXid).dropChange(m.xid, err) // judged at commit
-				return nil
-			}
-			if !ss.s.covered(err, ss.commitLSN) {
-				return permanent(err)
-			}
-			ss.s.log.Warn("skipping a change through a partition the rules cannot map: the flush at this start deleted its keys after it committed",
-				zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
-			return nil
+			return t.drop(m.xid, err)
 		}
 	}
-	if xid, bad := ss.badRels[m.relID]; bad {
-		if ss.inStream && ss.streamXid == xid {
-			// Its commit fails, unless the subtransaction aborts.
-			b := ss.stream(xid)
-			if f, ok := b.binds[m.relID]; ok {
-				b.dropChange(m.xid, f.err)
-			}
-			return nil
+	if owner := ss.badRels[m.relID]; owner != nil {
+		if owner != t {
+			return permanent(fmt.Errorf("a change of table %s arrived without a new description of the table after "+
+				"streamed transaction %d changed it so that the rules no longer fit; the engine stops rather than "+
+				"map it with a definition that may not be its own; restart cdcinvalidate", rel.QualifiedName(), owner.xid))
 		}
-		return permanent(fmt.Errorf("a change of table %s arrived without a new description of the table after "+
-			"streamed transaction %d changed it so that the rules no longer fit; the engine stops rather than "+
-			"map it with a definition that may not be its own; restart cdcinvalidate", rel.QualifiedName(), xid))
+		// Its commit fails, unless the subtransaction aborts.
+		if f, ok := owner.buf.binds[m.relID]; ok {
+			return t.drop(m.xid, f.err)
+		}
+		return nil
 	}
 	ch := &ss.change
 	ch.Rel = rel
@@ -989,75 +927,18 @@ func (ss *session) handleChange(m *message, described *Relation) error {
 	if m.kind == msgDelete {
 		ch.New = Tuple{}
 	}
-	if !ss.inStream {
-		nk, na := len(ss.keys), len(ss.acts)
-		before := nk + na
-		keys, acts, err := ss.s.mapper.AppendChange(ss.keys, ss.acts, ch)
-		ss.keys, ss.acts = keys, acts
-		ss.partBytes += EntryBytes(keys[min(nk, len(keys)):], acts[min(na, len(acts)):])
-		if err != nil {
-			if ss.s.covered(err, ss.commitLSN) {
-				ss.s.log.Debug("skipping a change the flush at this start covered", zap.Stringer("commit_lsn", ss.commitLSN), zap.Error(err))
-				return nil
-			}
-			return permanent(err)
-		}
-		ss.tables[m.relID].Change(ch.Op, len(keys)+len(acts)-before)
-		if ss.partFull() {
-			// The transaction is committed (pgoutput sends it after commit),
-			// so its keys may be applied before its Commit arrives; the
-			// position only moves at Commit.
-			return ss.emitPart()
-		}
-		return nil
-	}
-	keys, acts, err := ss.s.mapper.AppendChange(ss.keys[:0], ss.acts[:0], ch)
-	ss.keys, ss.acts = keys[:0], acts[:0]
-	var ue *UnboundError
-	if errors.As(err, &ue) {
-		// Judged at commit, as a table's description is.
-		ss.stream(ss.streamXid).dropChange(m.xid, err)
-		return nil
-	}
+	keys, acts := t.appendTo()
+	before := len(keys) + len(acts)
+	keys, acts, err := ss.s.mapper.AppendChange(keys, acts, ch)
 	if err != nil {
+		var ue *UnboundError
+		if errors.As(err, &ue) {
+			return t.drop(m.xid, err)
+		}
 		return permanent(err)
 	}
-	ss.tables[m.relID].Change(ch.Op, len(keys)+len(acts))
-	b := ss.stream(ss.streamXid)
-	for _, k := range keys {
-		if err := b.add(bufEntry{subXid: m.xid, text: k}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
-			return err
-		}
-	}
-	return ss.bufferActions(b, m.xid, acts)
-}
-
-// bufferActions adds the actions of a streamed transaction's change to its buffer.
-func (ss *session) bufferActions(b *txnBuffer, subXid uint32, acts []Action) error {
-	for i := range acts {
-		ss.actBuf = appendAction(ss.actBuf[:0], &acts[i])
-		if err := b.add(bufEntry{subXid: subXid, kind: entryAction, text: string(ss.actBuf)}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// emitPart hands over the keys and actions of the open (non-streamed)
-// transaction gathered so far, before its Commit.
-func (ss *session) emitPart() error {
-	keys, acts, size := ss.keys, ss.acts, ss.partBytes
-	ss.keys, ss.acts, ss.partBytes = nil, nil, 0
-	if len(keys) == 0 && len(acts) == 0 {
-		return nil
-	}
-	return ss.emit(Event{Keys: keys, Actions: acts, LSN: ss.commitLSN, Size: size})
-}
-
-// partFull says the open transaction's part gathered so far fills an
-// event: by count (ChunkKeys) or by bytes (ChunkBytes).
-func (ss *session) partFull() bool {
-	return len(ss.keys)+len(ss.acts) >= ss.s.cfg.ChunkKeys || ss.partBytes >= ss.s.cfg.ChunkBytes
+	ss.tables[m.relID].Change(ch.Op, len(keys)+len(acts)-before)
+	return t.add(m.xid, keys, acts)
 }
 
 // Fixed costs of an event's entries besides their text, in EntryBytes: a
@@ -1079,61 +960,6 @@ func EntryBytes(keys []string, acts []Action) int {
 		n += len(a.Key) + len(a.Target) + len(a.Table) + len(a.Value)
 	}
 	return n
-}
-
-func (ss *session) streamCommit(xid uint32, commitLSN, end LSN, commitTime time.Time) error {
-	b := ss.streams[xid]
-	delete(ss.streams, xid)
-	if b == nil {
-		return ss.emit(Event{End: end, CommitTime: commitTime})
-	}
-	defer b.release(&ss.budget)
-	maps.DeleteFunc(ss.badRels, func(_, x uint32) bool { return x == xid })
-	for _, err := range b.bindErrs() {
-		if !ss.s.covered(err, commitLSN) {
-			return permanent(fmt.Errorf("streamed transaction %d committed at %s: %w", xid, commitLSN, err))
-		}
-		ss.s.log.Warn("skipping changes of a table the rules knew under another name: the flush at this start deleted its keys after they committed",
-			zap.Stringer("commit_lsn", commitLSN), zap.Error(err))
-	}
-	var keys []string
-	var acts []Action
-	size := 0
-	flush := func() error {
-		if len(keys) == 0 && len(acts) == 0 {
-			return nil
-		}
-		err := ss.emit(Event{Keys: keys, Actions: acts, LSN: commitLSN, Size: size})
-		keys, acts, size = nil, nil, 0
-		return err
-	}
-	err := b.each(func(e bufEntry) error {
-		switch e.kind {
-		case entryGlob:
-			if err := flush(); err != nil {
-				return err
-			}
-			return ss.emit(Event{Globs: []string{e.text}, LSN: commitLSN})
-		case entryAction:
-			a, err := parseAction([]byte(e.text))
-			if err != nil {
-				return fmt.Errorf("read buffered transaction %d: %w", xid, err)
-			}
-			acts = append(acts, a)
-			size += EntryBytes(nil, acts[len(acts)-1:])
-		default:
-			keys = append(keys, e.text)
-			size += len(e.text) + keyOverhead
-		}
-		if len(keys)+len(acts) >= ss.s.cfg.ChunkKeys || size >= ss.s.cfg.ChunkBytes {
-			return flush()
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	return ss.emit(Event{Keys: keys, Actions: acts, LSN: commitLSN, End: end, CommitTime: commitTime, Size: size})
 }
 
 // emit hands an event to the sink. While the sink is busy (Redis slow or

@@ -165,14 +165,12 @@ func (ss *session) takeSwap() error {
 	// their commit deletes the new patterns again, after the transaction is
 	// visible, so a key cached from its rows in between does not stay.
 	for _, xid := range slices.Sorted(maps.Keys(ss.streams)) {
-		b := ss.streams[xid]
-		for _, g := range req.newGlobs {
-			if err := b.add(bufEntry{subXid: xid, kind: entryGlob, text: g}, &ss.budget, ss.s.cfg.SpillDir); err != nil {
-				req.reply <- fmt.Errorf("rules not switched: %w", err)
-				return err
-			}
+		t := ss.streams[xid]
+		err := t.addGlobs(xid, req.newGlobs)
+		if err == nil && len(req.newGens) > 0 {
+			err = addActions(t, xid, incrActions(req.newGens))
 		}
-		if err := ss.bufferActions(b, xid, incrActions(req.newGens)); err != nil {
+		if err != nil {
 			req.reply <- fmt.Errorf("rules not switched: %w", err)
 			return err
 		}

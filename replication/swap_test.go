@@ -41,17 +41,10 @@ func swapSession(t *testing.T, old Mapper) (*session, chan Event) {
 	t.Helper()
 	out := make(chan Event, 16)
 	s := New(Config{SpillDir: t.TempDir()}, old, nil, out)
-	ss := &session{
-		s: s, ctx: context.Background(),
-		rels: map[uint32]*Relation{
-			2: {ID: 2, Namespace: "public", Name: "orders"},
-			1: {ID: 1, Namespace: "public", Name: "users"},
-		},
-		tables:  map[uint32]TableObserver{},
-		streams: map[uint32]*txnBuffer{},
-		budget:  1 << 20,
-		timer:   time.NewTimer(time.Hour),
-	}
+	ss := newSession(context.Background(), s)
+	ss.rels[2] = &Relation{ID: 2, Namespace: "public", Name: "orders"}
+	ss.rels[1] = &Relation{ID: 1, Namespace: "public", Name: "users"}
+	ss.budget = 1 << 20
 	c1, c2 := net.Pipe()
 	t.Cleanup(func() { c1.Close(); c2.Close() })
 	ss.attachSwaps(c1)
@@ -155,7 +148,7 @@ func TestSetMapperOpenStreamedTransactionGetsNewPatterns(t *testing.T) {
 	t.Parallel()
 	for _, flush := range []bool{true, false} {
 		ss, out := swapSession(t, &fakeMapper{name: "old"})
-		b := ss.stream(700)
+		b := &ss.stream(700).buf
 		if err := b.add(bufEntry{subXid: 700, text: "old:users"}, &ss.budget, ""); err != nil {
 			t.Fatal(err)
 		}
@@ -165,7 +158,7 @@ func TestSetMapperOpenStreamedTransactionGetsNewPatterns(t *testing.T) {
 		if flush != (len(out) == 1) {
 			t.Errorf("flush %v: %d events at the boundary", flush, len(out))
 		}
-		want := []bufEntry{{subXid: 700, text: "old:users"}, {subXid: 700, kind: entryGlob, text: "acct:*"}, {subXid: 700, kind: entryGlob, text: "user:name:*"}}
+		want := []bufEntry{{subXid: 700, text: "old:users"}, {subXid: 700, kind: entryGlob, text: "acct:*", more: true}, {subXid: 700, kind: entryGlob, text: "user:name:*"}}
 		if got := entries(t, b); !slices.Equal(got, want) {
 			t.Errorf("flush %v: open transaction holds %+v, want %+v", flush, got, want)
 		}

@@ -90,6 +90,9 @@ type bufEntry struct {
 	subXid uint32
 	kind   entryKind
 	text   string // a key, a pattern, or an Action encoded by appendAction
+	// more says that the next entry belongs to the same change or message:
+	// replayed, they go in one event (as in a plain transaction).
+	more bool
 }
 
 type entryKind uint8
@@ -99,6 +102,21 @@ const (
 	entryGlob
 	entryAction
 )
+
+// moreFlag marks, in a record's kind byte, an entry that bufEntry.more
+// says is followed by more of its change.
+const moreFlag = 0x80
+
+func (e bufEntry) kindByte() byte {
+	if e.more {
+		return byte(e.kind) | moreFlag
+	}
+	return byte(e.kind)
+}
+
+func entryOf(subXid uint32, kind byte) bufEntry {
+	return bufEntry{subXid: subXid, kind: entryKind(kind &^ moreFlag), more: kind&moreFlag != 0}
+}
 
 // A record is a 9-byte header (subtransaction, kind, text length) and the
 // text, in memory and in the spill file alike.
@@ -122,7 +140,7 @@ func recordSize(e bufEntry) int { return recordHeader + len(e.text) }
 
 func appendRecord(dst []byte, e bufEntry) []byte {
 	dst = binary.BigEndian.AppendUint32(dst, e.subXid)
-	dst = append(dst, byte(e.kind))
+	dst = append(dst, e.kindByte())
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(e.text)))
 	return append(dst, e.text...)
 }
@@ -193,7 +211,7 @@ func (b *txnBuffer) spill(budget *int, dir string) error {
 func (b *txnBuffer) write(e bufEntry) error {
 	var hdr [recordHeader]byte
 	binary.BigEndian.PutUint32(hdr[0:], e.subXid)
-	hdr[4] = byte(e.kind)
+	hdr[4] = e.kindByte()
 	binary.BigEndian.PutUint32(hdr[5:], uint32(len(e.text)))
 	if _, err := b.w.Write(hdr[:]); err != nil {
 		return fmt.Errorf("spill transaction %d: %w", b.xid, err)
@@ -227,7 +245,7 @@ func (b *txnBuffer) each(fn func(e bufEntry) error) error {
 				if n > len(c)-recordHeader {
 					return fmt.Errorf("read buffered transaction %d: %w", b.xid, errBadRecord)
 				}
-				e := bufEntry{subXid: binary.BigEndian.Uint32(c), kind: entryKind(c[4])}
+				e := entryOf(binary.BigEndian.Uint32(c), c[4])
 				text := c[recordHeader : recordHeader+n]
 				c = c[recordHeader+n:]
 				if b.aborted[e.subXid] {
@@ -262,7 +280,7 @@ func (b *txnBuffer) each(fn func(e bufEntry) error) error {
 		if _, err := io.ReadFull(r, text); err != nil {
 			return fmt.Errorf("read spilled transaction %d: %w", b.xid, err)
 		}
-		e := bufEntry{subXid: binary.BigEndian.Uint32(hdr[0:]), kind: entryKind(hdr[4])}
+		e := entryOf(binary.BigEndian.Uint32(hdr[0:]), hdr[4])
 		if b.aborted[e.subXid] {
 			continue
 		}

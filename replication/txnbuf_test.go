@@ -283,3 +283,28 @@ func TestTxnBufferEachStopsOnError(t *testing.T) {
 		b.release(&budget)
 	}
 }
+
+// An entry's mark that more of its change follows survives the buffer, in
+// memory and spilled, and leaves the kind as it was.
+func TestTxnBufferKeepsMoreMark(t *testing.T) {
+	t.Parallel()
+	want := []bufEntry{
+		{subXid: 1, kind: entryKey, text: "k1", more: true},
+		{subXid: 1, kind: entryAction, text: "a1"},
+		{subXid: 1, kind: entryGlob, text: "g:*", more: true},
+		{subXid: 1, kind: entryGlob, text: "h:*"},
+	}
+	for _, budget := range []int{1 << 20, 0} {
+		b := &txnBuffer{xid: 1}
+		dir := t.TempDir()
+		for _, e := range want {
+			if err := b.add(e, &budget, dir); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := entries(t, b); !slices.Equal(got, want) {
+			t.Errorf("spilled %v: entries %+v, want %+v", b.file != nil, got, want)
+		}
+		b.release(&budget)
+	}
+}

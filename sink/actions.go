@@ -339,6 +339,18 @@ func (s *Sink) emitMessage(acc *msgAcc, last bool) {
 func (s *Sink) queueVersions(ctx context.Context, p redis.Pipeliner) {
 	v := s.acts.versions
 	per := max(1, s.cfg.KeysPerCommand)
+	if s.clusterMark != 0 {
+		// On a cluster the watermark was read before the batch (see
+		// readClusterMark): raises of transactions it has passed go.
+		kept := make([]versionItem, 0, len(v))
+		for _, it := range v {
+			if !s.superseded(it.lsn) {
+				kept = append(kept, it)
+			}
+		}
+		s.clusterFenced += len(v) - len(kept)
+		v = kept
+	}
 	if s.cfg.Cluster && len(v) > 1 {
 		// One script touches the keys of one slot only.
 		groups := keyslot.GroupBySlot(len(v), func(i int) string { return v[i].key })
@@ -361,15 +373,23 @@ func (s *Sink) queueVersions(ctx context.Context, p redis.Pipeliner) {
 }
 
 func (s *Sink) queueVersionChunks(ctx context.Context, p redis.Pipeliner, v []versionItem, per int) {
+	mark := s.markInScript()
 	for i := 0; i < len(v); i += per {
 		chunk := v[i:min(i+per, len(v))]
-		keys := make([]string, len(chunk))
-		args := make([]any, 0, 2*len(chunk))
-		for j, it := range chunk {
-			keys[j] = it.key
+		keys := make([]string, 0, 1+len(chunk))
+		args := make([]any, 0, 1+2*len(chunk))
+		if mark {
+			keys = append(keys, s.cfg.WatermarkKey)
+		}
+		args = append(args, boolArg(mark))
+		for _, it := range chunk {
+			keys = append(keys, it.key)
 			args = append(args, it.lsn.String(), it.ttl.Milliseconds())
 		}
-		versionScript.Eval(ctx, p, keys, args...)
+		c := versionScript.Eval(ctx, p, keys, args...)
+		if mark {
+			s.fenceCmds = append(s.fenceCmds, c)
+		}
 	}
 }
 
@@ -407,15 +427,21 @@ func replayedEntry(c redis.Cmder) bool {
 	return err != nil && c.Name() == "xadd" && strings.Contains(err.Error(), "equal or smaller than the target stream top item")
 }
 
-// versionScript raises each version key KEYS[i] to ARGV[2i-1] ("X/Y"), never
-// lowering it, with a TTL of ARGV[2i] milliseconds when positive. It
-// returns how many it raised.
-var versionScript = redis.NewScript(lsnLua + `
+// versionScript raises version keys, never lowering them. ARGV[1] is "1"
+// when KEYS[1] is the watermark (then the version keys follow it), "0"
+// when there is none; then two arguments per version key: the commit LSN
+// ("X/Y") to raise it to and a TTL in milliseconds (used when positive).
+// A raise of a transaction the watermark has passed is not made (see
+// fencedByMark in order.go). It returns how many it raised and how many
+// raises the watermark fenced.
+var versionScript = redis.NewScript(lsnLua + markLua(1) + `
 local n = 0
-for i, k in ipairs(KEYS) do
-  local v = ARGV[2*i-1]
-  local ttl = tonumber(ARGV[2*i])
-  if num(redis.call('GET', k)) < num(v) then
+for i = first, #KEYS do
+  local k = KEYS[i]
+  local v = ARGV[2*(i-first)+2]
+  local ttl = tonumber(ARGV[2*(i-first)+3])
+  local lsn = num(v)
+  if num(redis.call('GET', k)) < lsn and not passed(lsn) then
     if ttl > 0 then
       redis.call('SET', k, v, 'PX', ttl)
     else
@@ -424,7 +450,7 @@ for i, k in ipairs(KEYS) do
     n = n + 1
   end
 end
-return n`)
+return {n, fenced}`)
 
 // appendLSN appends lsn as PostgreSQL (and LSN.String) prints it:
 // upper-case hexadecimal, "16/B374D848".

@@ -167,3 +167,40 @@ func TestClusterEveryAction(t *testing.T) {
 		t.Errorf("without Cluster grouping: Run = %v, want a CROSSSLOT error", err)
 	}
 }
+
+// TestClusterActionsFencedByWatermark is TestActionsFencedByWatermarkAfterTruncate
+// on a cluster, where the watermark is read before the batch (it lives in
+// another slot than the keys): a late transaction's raises and writes
+// across masters are left out once the watermark passed it.
+func TestClusterActionsFencedByWatermark(t *testing.T) {
+	cl := harness.ClusterT(t, harness.ClusterOptions{})
+	rdb := cl.Client()
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cfg := Config{Client: rdb, Cluster: true, KeysPerCommand: 16, WatermarkKey: "cdcinvalidate:s:lsn"}
+	keys := clusterKeys(60)
+	var acts, fresh []replication.Action
+	for _, k := range keys {
+		acts = append(acts, replication.Action{Kind: replication.ActVersion, Key: "t:" + k + ":v"},
+			replication.Action{Kind: replication.ActSet, Key: "t:" + k, Value: "old"})
+		fresh = append(fresh, replication.Action{Kind: replication.ActSet, Key: "n:" + k, Value: "new"})
+	}
+	old := replication.Event{Actions: acts, LSN: 0x100, End: 0x108}
+	run(t, cfg, old, replication.Event{Globs: []string{"t:*"}, LSN: 0x200, End: 0x208})
+	s := run(t, cfg, old, replication.Event{Actions: fresh, LSN: 0x300, End: 0x308})
+	for _, k := range keys {
+		if n := rdb.Exists(ctx, "t:"+k, "t:"+k+":v").Val(); n != 0 {
+			t.Errorf("the late transaction put back %d of t:%s and its version key after the newer TRUNCATE", n, k)
+		}
+		if got := rdb.Get(ctx, "n:"+k).Val(); got != "new" {
+			t.Errorf("n:%s = %q, want new (a transaction the watermark has not passed)", k, got)
+		}
+	}
+	if n := s.Stats.Fenced.Load(); n != uint64(2*len(keys)) {
+		t.Errorf("Stats.Fenced = %d, want %d", n, 2*len(keys))
+	}
+	if s.clusterMark != 0x208 {
+		t.Errorf("the watermark read before the last batch = %s, want 0/208", s.clusterMark)
+	}
+}

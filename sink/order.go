@@ -2,14 +2,20 @@ package sink
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
 
 	"github.com/cdcinvalidate/cdcinvalidate/internal/failpoint"
 	"github.com/cdcinvalidate/cdcinvalidate/internal/keyslot"
+	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
 
 // Refresh writes in commit order, across instances.
@@ -18,9 +24,10 @@ import (
 // that order. Two engines may not: a leader frozen (SIGSTOP, a long GC or
 // VM pause, a partition) with a pipeline in hand loses the slot to a
 // standby, which applies the same and later transactions; when the old
-// leader wakes up it sends what it held. Deletes and version raises are
-// harmless then; a SET of an older row is not (without refresh_ttl it
-// stays). So every refresh write and every delete of a refreshed key
+// leader wakes up it sends what it held. Deletes are harmless then (a
+// miss), and version raises never lower a key (but see the watermark
+// fence below for a newer TRUNCATE); a SET of an older row is not (without
+// refresh_ttl it stays). So every refresh write and every delete of a refreshed key
 // records its transaction's commit LSN in the key's order key (OrderKey),
 // compared in the same script: a write older than the recorded LSN is
 // dropped, so the newer value (or the newer delete) stays.
@@ -82,7 +89,8 @@ func hashTag(key string) (string, bool) {
 // commit order. ARGV[1] is "1" to delete with DEL instead of UNLINK;
 // ARGV[2] is how many KEYS one item has: 2 (the key, its order key) or 3
 // (and its lease, with leases on); ARGV[3] is the lease fence value ("" to
-// delete the lease) and ARGV[4] the fence's milliseconds; then five
+// delete the lease) and ARGV[4] the fence's milliseconds; ARGV[5] is "1"
+// when KEYS[1] is the watermark (the items' keys follow it); then five
 // arguments per item: the commit LSN, "s" (write) or "d" (delete), the
 // value, its TTL in milliseconds (0: none), and the order key's TTL in
 // milliseconds. The lease is fenced (or deleted) first, in the same
@@ -91,16 +99,18 @@ func hashTag(key string) (string, bool) {
 // above the LSN recorded in the order key is made (at: the same
 // transaction again, a replay after a crash or a later part of a large
 // transaction); one below it is dropped, since the key holds what a later
-// commit left. Deletes always delete. The order key only rises. It
-// returns how many values it wrote.
-var refreshScript = redis.NewScript(lsnLua + `
+// commit left; and one of a transaction the watermark has passed is
+// dropped (fencedByMark). Deletes always delete. The order key only
+// rises. It returns how many values it wrote and how many writes the
+// watermark fenced.
+var refreshScript = redis.NewScript(lsnLua + markLua(5) + `
 local del = 'UNLINK'
 if ARGV[1] == '1' then del = 'DEL' end
 local stride = tonumber(ARGV[2])
 local n = 0
 local item = 0
-for i = 1, #KEYS, stride do
-  local a = 4 + item * 5
+for i = first, #KEYS, stride do
+  local a = 5 + item * 5
   item = item + 1
   if stride == 3 then
     if ARGV[3] ~= '' then
@@ -113,7 +123,7 @@ for i = 1, #KEYS, stride do
   local had = num(redis.call('GET', KEYS[i+1]))
   if ARGV[a+2] == 'd' then
     redis.call(del, KEYS[i])
-  elseif had <= lsn then
+  elseif had <= lsn and not passed(lsn) then
     local ttl = tonumber(ARGV[a+4])
     if ttl > 0 then
       redis.call('SET', KEYS[i], ARGV[a+3], 'PX', ttl)
@@ -126,7 +136,7 @@ for i = 1, #KEYS, stride do
     redis.call('SET', KEYS[i+1], ARGV[a+1], 'PX', ARGV[a+5])
   end
 end
-return n`)
+return {n, fenced}`)
 
 // queueRefresh queues the batch's refresh writes and deletes of refreshed
 // keys (see refreshScript), KeysPerCommand keys per script.
@@ -147,6 +157,19 @@ func (s *Sink) queueRefresh(ctx context.Context, p redis.Pipeliner) {
 			}
 		}
 		return
+	}
+	if s.clusterMark != 0 {
+		// On a cluster the watermark was read before the batch (see
+		// readClusterMark): writes of transactions it has passed go;
+		// deletes stay.
+		kept := make([]setItem, 0, len(sets))
+		for _, it := range sets {
+			if it.dropped || !s.superseded(it.lsn) {
+				kept = append(kept, it)
+			}
+		}
+		s.clusterFenced += len(sets) - len(kept)
+		sets = kept
 	}
 	if s.cfg.Cluster && len(sets) > 1 {
 		// One script touches the keys of one slot only (a key and its
@@ -174,9 +197,13 @@ func (s *Sink) queueRefreshChunks(ctx context.Context, p redis.Pipeliner, sets [
 				fence = s.cfg.FenceValue
 			}
 		}
-		keys := make([]string, 0, stride*len(chunk))
-		args := make([]any, 0, 4+5*len(chunk))
-		args = append(args, boolArg(s.cfg.UseDel), stride, fence, max(s.cfg.Fence, time.Millisecond).Milliseconds())
+		mark := s.markInScript()
+		keys := make([]string, 0, 1+stride*len(chunk))
+		args := make([]any, 0, 5+5*len(chunk))
+		if mark {
+			keys = append(keys, s.cfg.WatermarkKey)
+		}
+		args = append(args, boolArg(s.cfg.UseDel), stride, fence, max(s.cfg.Fence, time.Millisecond).Milliseconds(), boolArg(mark))
 		for _, it := range chunk {
 			keys = append(keys, it.key, OrderKey(it.key))
 			if stride == 3 {
@@ -191,7 +218,10 @@ func (s *Sink) queueRefreshChunks(ctx context.Context, p redis.Pipeliner, sets [
 			}
 			args = append(args, it.lsn.String(), mode, it.value, ttl.Milliseconds(), max(orderTTL, it.ttl).Milliseconds())
 		}
-		refreshScript.Eval(ctx, p, keys, args...)
+		c := refreshScript.Eval(ctx, p, keys, args...)
+		if mark {
+			s.fenceCmds = append(s.fenceCmds, c)
+		}
 	}
 }
 
@@ -216,4 +246,129 @@ func (s *Sink) flushOrderKeys(ctx context.Context, patterns []string) error {
 		}
 	}
 	return nil
+}
+
+// Version raises and refresh writes fenced by the watermark.
+//
+// The order keys compare a write with the writes and deletes of the same
+// key; a TRUNCATE records nothing per key (it deletes by pattern, order
+// keys included in none of its patterns). So a leader frozen across a
+// newer TRUNCATE by another instance could, on waking, set version keys
+// that TRUNCATE deleted back to the older LSNs it held, and write back
+// refreshed rows that TRUNCATE removed (their order keys say nothing
+// newer). The watermark closes that: every instance raises it to the end
+// of what it applied, after the effects, so a watermark past a
+// transaction's commit LSN means another instance applied that
+// transaction, and everything up to the watermark, already (commits are
+// applied in order; a keepalive position is watermarked only when every
+// transaction committing below it was handed over and applied). A raise
+// or a write of such a transaction is redundant at best, and after a
+// newer TRUNCATE it would undo it: it is not made (fencedByMark). Deletes
+// still go (a late delete costs a miss, never a stale value).
+//
+// An engine's own writes are never fenced by its own watermark: it raises
+// the watermark with or after the effects of the same batch. The chunks
+// of a large transaction share its commit LSN, and the watermark passes
+// it only once the whole transaction was applied. A replay after a
+// restart of transactions below the watermark skips their raises and
+// writes: Redis holds them, or what later commits made of them (a Redis
+// that lost them has a lower watermark, which the history checks catch).
+// Events without a commit LSN (0) are never fenced.
+//
+// On a single Redis server the watermark is read in the same script as
+// the raises or writes, so the check and the write are atomic. On a Redis
+// Cluster the watermark lives in another slot than the keys, and a script
+// can only touch one slot: it is read once before the batch (one round
+// trip more for a batch with version raises or refresh writes), and a
+// leader frozen between that read and its writes can still write. With
+// sink.watermark off there is nothing to fence with.
+
+// markLua defines, for a script whose ARGV[flag] is "1" when KEYS[1] is
+// the watermark: first, the index of the first key after it, and
+// passed(lsn), true when the watermark is past the commit LSN lsn (then
+// the raise or write is not made; counted in fenced). Needs lsnLua.
+func markLua(flag int) string {
+	return `
+local mark, first, fenced = -1, 1, 0
+if ARGV[` + strconv.Itoa(flag) + `] == '1' then
+  mark = num(redis.call('GET', KEYS[1]))
+  first = 2
+end
+local function passed(lsn)
+  if lsn > 0 and mark > lsn then
+    fenced = fenced + 1
+    return true
+  end
+  return false
+end
+`
+}
+
+// fencedByMark says whether version raises and refresh writes are fenced
+// by the watermark: when one is kept (and not deliberately broken with
+// CDC_UNSAFE=unfenced-actions, the negative control).
+func (s *Sink) fencedByMark() bool {
+	return s.cfg.WatermarkKey != "" && !failpoint.Unsafe("unfenced-actions")
+}
+
+// markInScript says whether the version and refresh scripts read the
+// watermark themselves (one Redis server: the same script, atomically).
+func (s *Sink) markInScript() bool {
+	return !s.cfg.Cluster && s.fencedByMark()
+}
+
+// superseded says whether the watermark read before a cluster batch
+// (clusterMark) is past the commit LSN lsn.
+func (s *Sink) superseded(lsn replication.LSN) bool {
+	return lsn != 0 && s.clusterMark > lsn
+}
+
+// readClusterMark starts an attempt to send a batch: it forgets what an
+// earlier attempt fenced and reads, on a cluster, the watermark before a
+// batch with version raises or refresh writes, for queueVersions and
+// queueRefresh to leave out those of transactions it has passed.
+func (s *Sink) readClusterMark(ctx context.Context) error {
+	s.clusterMark = 0
+	s.clusterFenced = 0
+	s.fenceCmds = s.fenceCmds[:0]
+	if !s.cfg.Cluster || !s.fencedByMark() || (len(s.acts.versions) == 0 && len(s.acts.sets) == 0) {
+		return nil
+	}
+	v, err := s.cfg.Client.Get(ctx, s.cfg.WatermarkKey).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read the watermark %s before version raises and refresh writes: %w", s.cfg.WatermarkKey, err)
+	}
+	if mark, perr := pglogrepl.ParseLSN(v); perr == nil {
+		s.clusterMark = mark
+	}
+	return nil
+}
+
+// reportFenced counts and logs the version raises and refresh writes that
+// the watermark fenced in the batch just sent: this instance is a leader
+// that lost the slot while it held them (paused or partitioned), and
+// another instance applied them and what followed.
+func (s *Sink) reportFenced() {
+	n := s.clusterFenced
+	for _, c := range s.fenceCmds {
+		if v, err := c.Slice(); err == nil && len(v) == 2 {
+			if f, ok := v[1].(int64); ok {
+				n += int(f)
+			}
+		}
+	}
+	s.fenceCmds = s.fenceCmds[:0]
+	s.clusterFenced = 0
+	if n == 0 {
+		return
+	}
+	s.Stats.Fenced.Add(uint64(n))
+	s.obs.Fenced("action", n)
+	s.log.Warn("skipped version raises and refresh writes that another instance already applied: the watermark "+
+		"in Redis is past their commits, so this instance lost the slot while it held them (a paused or "+
+		"partitioned leader); it steps back when its session ends",
+		zap.Int("skipped", n))
 }

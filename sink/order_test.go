@@ -161,3 +161,55 @@ func TestRefreshInCommitOrderAcrossEngines(t *testing.T) {
 		t.Errorf("%d order keys left after a flush", n)
 	}
 }
+
+// TestActionsFencedByWatermarkAfterTruncate: a leader paused with a
+// transaction's version raise and refresh write in hand wakes up after
+// another instance applied that transaction and a newer TRUNCATE (the
+// watermark past both). Its raise must not set the version key that
+// TRUNCATE deleted back to the older LSN, nor its write put back the row
+// that TRUNCATE removed (the order key, which TRUNCATE keeps, records the
+// same transaction, so it alone would let the write through). A
+// transaction the watermark has not passed still raises and writes, and
+// deletes of passed ones still delete.
+func TestActionsFencedByWatermarkAfterTruncate(t *testing.T) {
+	rdb, _ := newRedis(t)
+	ctx := context.Background()
+	cfg := Config{Client: rdb, WatermarkKey: "wm"}
+	old := replication.Event{Actions: []replication.Action{
+		{Kind: replication.ActVersion, Key: "t:1:v"},
+		{Kind: replication.ActSet, Key: "t:1", Value: "old"},
+		{Kind: replication.ActUnlink, Key: "u:1", Stamp: true},
+	}, LSN: 0x100, End: 0x108}
+	// The new leader applies the transaction, then a TRUNCATE of t:*.
+	run(t, cfg, old, replication.Event{Globs: []string{"t:*"}, LSN: 0x200, End: 0x208})
+	if n := rdb.Exists(ctx, "t:1", "t:1:v").Val(); n != 0 {
+		t.Fatalf("the TRUNCATE left %d keys", n)
+	}
+	if got := rdb.Get(ctx, "wm").Val(); got != "0/208" {
+		t.Fatalf("watermark = %q, want 0/208", got)
+	}
+	rdb.Set(ctx, "u:1", "newer", 0) // a value the paused leader's delete may remove (a miss)
+	// The paused leader wakes up with the transaction at 0x100, and
+	// goes on with one the watermark has not passed.
+	zombie := run(t, cfg, old, replication.Event{Actions: []replication.Action{
+		{Kind: replication.ActVersion, Key: "t:2:v"},
+		{Kind: replication.ActSet, Key: "t:2", Value: "new"},
+	}, LSN: 0x300, End: 0x308})
+	for k, want := range map[string]string{"t:1": "", "t:1:v": "", "u:1": "", "t:2": "new", "t:2:v": "0/300"} {
+		if got := rdb.Get(ctx, k).Val(); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	if got := rdb.Get(ctx, "wm").Val(); got != "0/308" {
+		t.Errorf("watermark = %q, want 0/308", got)
+	}
+	if n := zombie.Stats.Fenced.Load(); n != 2 {
+		t.Errorf("Stats.Fenced = %d, want 2 (the raise and the write)", n)
+	}
+	// Without a watermark nothing is fenced (documented): the same late
+	// transaction raises and writes.
+	run(t, Config{Client: rdb}, old)
+	if got := rdb.Get(ctx, "t:1").Val(); got != "old" {
+		t.Errorf("without a watermark t:1 = %q, want old (nothing to fence with)", got)
+	}
+}

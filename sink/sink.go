@@ -7,7 +7,10 @@
 // the checkpoint. A TRUNCATE pattern is applied on its own, in order, with
 // SCAN + UNLINK (never KEYS); when the watermark in Redis is already past
 // its commit (another instance applied it while this one was paused with
-// it in hand) it is skipped, so it cannot undo newer work. The rules' other actions go in the same
+// it in hand) it is skipped, so it cannot undo newer work; for the same
+// reason version raises and refresh writes of a transaction the watermark
+// has passed are not made (see fencedByMark in order.go), so such a
+// paused leader cannot undo a newer TRUNCATE either. The rules' other actions go in the same
 // pipeline, in this order: version raises (one Lua script, never lowering),
 // deletes, refreshed values (the last write to a key in the batch wins, as
 // in commit order), generation bumps, then one message per transaction on
@@ -191,6 +194,11 @@ type Observer interface {
 	KeyTooLong()
 	// Actions reports the actions of an applied batch, by kind.
 	Actions(kind replication.ActionKind, n int)
+	// Fenced reports late writes the watermark kept out: what is
+	// "truncate" (a TRUNCATE or explicit pattern) or "action" (version
+	// raises and refresh writes). Only a leader that lost the slot while
+	// it held them (paused or partitioned) sends such writes.
+	Fenced(what string, n int)
 }
 
 type nopObserver struct{}
@@ -202,6 +210,7 @@ func (nopObserver) RedisError(error, bool)              {}
 func (nopObserver) Stalled(error)                       {}
 func (nopObserver) KeyTooLong()                         {}
 func (nopObserver) Actions(replication.ActionKind, int) {}
+func (nopObserver) Fenced(string, int)                  {}
 
 // Stats are running totals, safe to read at any time.
 type Stats struct {
@@ -224,6 +233,10 @@ type Stats struct {
 	// their commit: another instance had applied them (this one was a
 	// paused leader that lost the slot).
 	Superseded atomic.Uint64
+	// Fenced counts version raises and refresh writes not made because
+	// the watermark was past their commits (another instance applied
+	// them; this one was a paused leader that lost the slot).
+	Fenced atomic.Uint64
 }
 
 // Sink applies events to Redis.
@@ -255,9 +268,17 @@ type Sink struct {
 	// writes before it (waitMasters); listed at most every shardKeysEvery.
 	waitKeys   map[string]string
 	waitKeysAt time.Time
-	mustFlush  string          // why a flush is owed ("" when none)
-	held       replication.LSN // applied, not yet watermarked and reported
-	markedAt   time.Time
+	// clusterMark is, on a cluster, the watermark read before the batch
+	// being sent (readClusterMark; 0: none, or nothing to fence).
+	clusterMark replication.LSN
+	// The version and refresh scripts of the batch being sent that read
+	// the watermark, and on a cluster how many raises and writes the
+	// watermark read before it left out (reportFenced).
+	fenceCmds     []*redis.Cmd
+	clusterFenced int
+	mustFlush     string          // why a flush is owed ("" when none)
+	held          replication.LSN // applied, not yet watermarked and reported
+	markedAt      time.Time
 
 	gatherTimer *time.Timer
 	lastCommit  time.Time // commit time of the last transaction added
@@ -388,6 +409,16 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			continue
 		}
 		if len(ev.Globs) > 0 {
+			// What was applied before the TRUNCATE is watermarked before
+			// it deletes anything: a paused leader's version raises and
+			// refresh writes of those transactions are then fenced by the
+			// watermark (see fencedByMark) from the TRUNCATE's first page.
+			if err := s.endHold(ctx); err != nil {
+				return err
+			}
+			if err := s.markHeld(ctx); err != nil {
+				return err
+			}
 			if err := s.applyGlobs(ctx, ev); err != nil {
 				return err
 			}
@@ -773,6 +804,9 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 		if mark {
 			s.refreshShardKeys(ctx)
 		}
+		if err := s.readClusterMark(ctx); err != nil {
+			return err
+		}
 		start := time.Now()
 		var nver, ndel int
 		var wait *redis.Cmd
@@ -851,6 +885,7 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	if err != nil {
 		return err
 	}
+	s.reportFenced()
 	s.Stats.Batches.Add(1)
 	s.Stats.Keys.Add(uint64(len(keys)))
 	for kind, n := range s.acts.counts {
@@ -924,6 +959,7 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		"partitioned leader); it steps back when its session ends",
 		zap.Stringer("commit_lsn", ev.LSN), zap.String("watermark", sup.mark), zap.Strings("patterns", ev.Globs))
 	s.Stats.Superseded.Add(1)
+	s.obs.Fenced("truncate", 1)
 	return nil
 }
 

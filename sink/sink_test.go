@@ -394,3 +394,40 @@ func TestOneAcknowledgementPath(t *testing.T) {
 		t.Errorf("Acker.Ack is called in %d places, want 1 (in acknowledge)", calls)
 	}
 }
+
+// TestTruncateWatermarksWhatCameBefore: a TRUNCATE that follows batches
+// applied without a watermark raise (more was queued) first raises the
+// watermark to them, before its first delete: a paused leader's raises
+// and writes of those transactions are then fenced (the watermark is past
+// them) from the moment the TRUNCATE starts deleting, not only after it.
+func TestTruncateWatermarksWhatCameBefore(t *testing.T) {
+	rdb, addr := newRedis(t)
+	ctx := context.Background()
+	rdb.Set(ctx, "t:1", "cached", 0)
+	mon := monitor(t, addr)
+	// One key per batch: the second batch goes while the TRUNCATE is
+	// queued behind it, so it is not watermarked with its deletes.
+	run(t, Config{Client: rdb, WatermarkKey: "wm", MaxBatchKeys: 1},
+		replication.Event{Keys: []string{"a"}, LSN: 0x100, End: 0x108},
+		replication.Event{Keys: []string{"b"}, LSN: 0x200, End: 0x208},
+		replication.Event{Globs: []string{"t:*"}, LSN: 0x300, End: 0x308})
+	marked := false
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case line := <-mon:
+			l := strings.ToLower(line)
+			if strings.Contains(l, `"set" "wm" "0/208"`) {
+				marked = true
+			}
+			if strings.Contains(l, `"t:1"`) && (strings.Contains(l, `"unlink"`) || strings.Contains(l, `"del"`)) {
+				if !marked {
+					t.Fatal("the TRUNCATE deleted t:1 before the watermark was raised to 0/208, the batch applied before it")
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no delete of t:1 seen (watermark raised to 0/208 first: %v)", marked)
+		}
+	}
+}

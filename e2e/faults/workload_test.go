@@ -431,9 +431,6 @@ type loadOpts struct {
 	// bulkHold is how long a bulk transaction stays open between its
 	// statements (interleaving with the small ones).
 	bulkHold time.Duration
-	// noTruncate: the small transactions never TRUNCATE (for scenarios
-	// whose guarantee does not cover a TRUNCATE, see zombie_failpoints_test.go).
-	noTruncate bool
 }
 
 type loadStats struct {
@@ -663,9 +660,6 @@ func (l *load) smallTxn(db *pgxpool.Pool, r *rand.Rand) error {
 	// TRUNCATE invalidates a whole table, which would hide any loss in
 	// it, so it is rare (about one run in five has one).
 	k := r.IntN(6000)
-	if l.o.noTruncate && k < 2 {
-		k = 2 + r.IntN(5998)
-	}
 	truncated := k < 2
 	switch {
 	case k < 1:

@@ -33,6 +33,9 @@
 // commit order across instances (the negative control of the zombie test).
 // CDC_UNSAFE=unfenced-truncate applies a TRUNCATE without checking the
 // watermark first (the negative control of the zombie TRUNCATE test).
+// CDC_UNSAFE=unfenced-actions makes version raises and refresh writes
+// ignore the watermark (the negative control of the zombie refresh test
+// with a TRUNCATE while the old leader is paused).
 // CDC_UNSAFE=skip-deletes makes the sink skip its plain deletes: the bug
 // the consistency verifier must catch.
 // CDC_UNSAFE=ignore-unbound makes the stream skip the changes of a table
