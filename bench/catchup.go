@@ -53,11 +53,19 @@ func (b *bench) shapes(v variant) []workload {
 
 func (w workload) transactions(rows int) int { return (rows + w.batch - 1) / w.batch }
 
+// targetRatio is the catch-up goal for the workload's shape.
+func (w workload) targetRatio() float64 {
+	if w.batch == 1 {
+		return TargetCatchUpRatioSingle
+	}
+	return TargetCatchUpRatio
+}
+
 // catchUp measures one workload opts.Repeat times.
 func (b *bench) catchUp(ctx context.Context, w workload) (*CatchUp, error) {
 	c := &CatchUp{
 		Workload: w.name, Description: w.desc, Changes: b.opts.Rows,
-		Transactions: w.transactions(b.opts.Rows), TargetRatio: TargetCatchUpRatio,
+		Transactions: w.transactions(b.opts.Rows), TargetRatio: w.targetRatio(),
 		CatchUpVariant: CatchUpVariant{Shape: w.shape, Variant: variantInfoOf(w.v, b.opts.VerifyRate)},
 	}
 	b.cur = w.v

@@ -14,14 +14,17 @@ import (
 // Targets the figures are compared against.
 const (
 	// TargetCatchUpRatio: the engine's catch-up time at most this many
-	// times pg_recvlogical's, for both workloads.
-	TargetCatchUpRatio = 1.15
-	// TargetP99 at TargetP99Rate commits per second.
-	TargetP99     = 5 * time.Millisecond
+	// times pg_recvlogical's, for transactions of many rows (issue 15's
+	// goal); TargetCatchUpRatioSingle for single-row transactions.
+	TargetCatchUpRatio       = 0.9
+	TargetCatchUpRatioSingle = 0.6
+	// TargetP99 at TargetP99Rate commits per second, on loopback (plus
+	// the delay of --redis-rtt when set).
+	TargetP99     = 1 * time.Millisecond
 	TargetP99Rate = 2000
 	// TargetRSSBytes: the engine's peak RSS through one transaction of
 	// TargetRSSRows rows (MB = 10^6 bytes).
-	TargetRSSBytes = 150_000_000
+	TargetRSSBytes = 100_000_000
 	TargetRSSRows  = 2_000_000
 	// lostAfter: a write whose key was not seen deleted this long after its
 	// commit counts as lost.

@@ -332,7 +332,8 @@ func (c *Client) loadAndFill(ctx context.Context, full, lease, token string, loa
 	returned = true
 	stored := val
 	if stamped {
-		stored = AppendStamp(make([]byte, 0, stampLen+len(val)), stamp, val)
+		// Under our lease, taken before the watermark was read.
+		stored = AppendLeaseStamp(make([]byte, 0, stampLen+len(val)), stamp, val)
 	}
 	ok, err := fillScript.Run(ctx, c.rdb, []string{full, lease}, token, stored, c.ttl().Milliseconds()).Int()
 	switch {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -209,6 +210,19 @@ func (e *env) value(ctx context.Context, id int) (int64, error) {
 	var v int64
 	err := e.db.QueryRow(ctx, `SELECT v FROM items WHERE id = $1`, id).Scan(&v)
 	return v, err
+}
+
+// valueAt is value with the WAL insert position read in the same
+// statement, after its snapshot was taken: no commit at or above it is in
+// the value.
+func (e *env) valueAt(ctx context.Context, id int) (int64, uint64, error) {
+	var v int64
+	var at string
+	if err := e.db.QueryRow(ctx, `SELECT v, pg_current_wal_insert_lsn()::text FROM items WHERE id = $1`, id).Scan(&v, &at); err != nil {
+		return 0, 0, err
+	}
+	lsn, err := pglogrepl.ParseLSN(at)
+	return v, uint64(lsn), err
 }
 
 // barrier commits a marker row after everything committed so far and waits

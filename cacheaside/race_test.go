@@ -97,15 +97,17 @@ func TestStaleSetPlainVersusLeases(t *testing.T) {
 			failed.Store(true)
 		}
 	}
-	type loader func(ctx context.Context, id int) (int64, error)
+	// A loader returns the row's value and the WAL insert position read
+	// after its snapshot (for the plain way's stamps).
+	type loader func(ctx context.Context, id int) (int64, uint64, error)
 	// racyLoad reads the row, then holds the value until a write to the
 	// row has been committed and applied (the window), or pause passed.
 	racyLoad := func(pause time.Duration, windows *atomic.Int64) loader {
-		return func(ctx context.Context, id int) (int64, error) {
+		return func(ctx context.Context, id int) (int64, uint64, error) {
 			changed := app.next(id)
-			v, err := e.value(ctx, id)
+			v, bound, err := e.valueAt(ctx, id)
 			if err != nil {
-				return 0, err
+				return 0, 0, err
 			}
 			selected.Add(1)
 			select {
@@ -117,16 +119,17 @@ func TestStaleSetPlainVersusLeases(t *testing.T) {
 				}
 			case <-time.After(pause):
 			case <-ctx.Done():
-				return 0, ctx.Err()
+				return 0, 0, ctx.Err()
 			}
-			return v, nil
+			return v, bound, nil
 		}
 	}
-	directLoad := loader(e.value)
+	directLoad := loader(e.valueAt)
 
-	// naiveGet is plain cache-aside that stamps its fills like the
-	// library (the watermark read before the load), so that the engine's
-	// verifier can judge them.
+	// naiveGet is plain cache-aside that stamps its fills with the
+	// watermark read before the load and the WAL insert position read
+	// after its snapshot (it has no lease, so the watermark alone proves
+	// nothing stale), so that the engine's verifier can judge them.
 	naiveGet := func(id int, load loader) error {
 		key := "naive:" + itemKey(id)
 		err := e.rdb.Get(ctx, key).Err()
@@ -141,12 +144,12 @@ func TestStaleSetPlainVersusLeases(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		v, err := load(ctx, id)
+		v, bound, err := load(ctx, id)
 		if err != nil {
 			return err
 		}
 		naiveFills.Add(1)
-		return e.rdb.Set(ctx, key, cacheaside.AppendStamp(nil, uint64(stamp), []byte(strconv.FormatInt(v, 10))), 10*time.Minute).Err()
+		return e.rdb.Set(ctx, key, cacheaside.AppendLoadStamp(nil, uint64(stamp), bound, []byte(strconv.FormatInt(v, 10))), 10*time.Minute).Err()
 	}
 	libs := make([]*cacheaside.Client, libProcesses)
 	for i := range libs {
@@ -161,7 +164,7 @@ func TestStaleSetPlainVersusLeases(t *testing.T) {
 	}
 	libGet := func(c *cacheaside.Client, id int, load loader) error {
 		_, err := c.Get(ctx, itemKey(id), func(ctx context.Context) ([]byte, error) {
-			v, err := load(ctx, id)
+			v, _, err := load(ctx, id)
 			return []byte(strconv.FormatInt(v, 10)), err
 		})
 		return err

@@ -15,10 +15,11 @@ import (
 )
 
 // verifierConfig is a configuration with the online verifier checking
-// every key once, window after it was applied, and metrics on port.
+// every key once, window after it was applied, and metrics on port; the
+// engine fences the library's leases (client.leases).
 func (f *fixture) verifierConfig(port int, window string, rules string) string {
 	return f.writeConfig(strings.Replace(f.rulesConfig(rules), "rules:\n",
-		fmt.Sprintf("metrics:\n  listen: \"127.0.0.1:%d\"\nverify:\n  enabled: true\n  sample_rate: 1\n  windows: [%s]\nrules:\n", port, window), 1))
+		fmt.Sprintf("client:\n  leases: true\nmetrics:\n  listen: \"127.0.0.1:%d\"\nverify:\n  enabled: true\n  sample_rate: 1\n  windows: [%s]\nrules:\n", port, window), 1))
 }
 
 // verifyCounts scrapes cdcinvalidate_verify_checks_total of one rule by result.
@@ -58,9 +59,11 @@ func waitCounts(t *testing.T, port int, rule string, n float64) map[string]float
 // TestVerifierOnline runs the engine with the consistency verifier and
 // every key sampled, and writes behind its back what each result stands
 // for: the library's stamped fill after the invalidation (newer), an
-// unstamped value (unverifiable), a stale set stamped before the
-// invalidation, a lowered version key and an overwritten refreshed value
-// (stale); untouched keys are absent or newer.
+// unstamped value and a fill without a lease stamped before the delete but
+// loaded after the commit (unverifiable: it is fresh, and was counted
+// stale before), a fill whose stamp bounds its snapshot before the commit,
+// a lowered version key and an overwritten refreshed value (stale);
+// untouched keys are absent or newer.
 func TestVerifierOnline(t *testing.T) {
 	t.Parallel()
 	port, err := harness.FreePort()
@@ -79,6 +82,7 @@ func TestVerifierOnline(t *testing.T) {
 	f.startWith(cfg, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
 	f.barrier()
 	f.exec(`INSERT INTO products SELECT g, 'p' || g FROM generate_series(1, 5) g`)
+	beforeInsert := f.currentLSN() // a snapshot bound below the insert's commit
 	f.exec(`INSERT INTO users SELECT g, 'u' || g || '@x', 'n', 'b' FROM generate_series(1, 5) g`)
 	f.barrier()
 
@@ -98,15 +102,19 @@ func TestVerifierOnline(t *testing.T) {
 		}
 	}
 	must(f.rdb.Set(ctx, "user:2", "filled without a stamp", 0).Err())
-	must(f.rdb.Set(ctx, "user:4", cacheaside.AppendStamp(nil, 0, []byte("loaded before the insert")), 0).Err())
+	// Both stamped below the watermark before the insert's deletes: the
+	// first is a fill without a lease whose load began after the commit
+	// (the row is there), the second says its snapshot preceded the commit.
+	must(f.rdb.Set(ctx, "user:3", cacheaside.AppendStamp(nil, 0, []byte("loaded after the insert, no lease")), 0).Err())
+	must(f.rdb.Set(ctx, "user:4", cacheaside.AppendLoadStamp(nil, 0, uint64(beforeInsert), []byte("loaded before the insert")), 0).Err())
 	must(f.rdb.Set(ctx, "user:5:v", "0/1", 0).Err())
 	must(f.rdb.Set(ctx, "product:2", `{"id":2,"name":"old"}`, 0).Err())
 
 	// rules[0] is the fixture's barrier, rules[1] products, rules[2] users.
 	users := waitCounts(t, port, "rules[2]", 10)
-	want := map[string]float64{"newer": 5, "unverifiable": 1, "absent": 2, "stale": 2}
+	want := map[string]float64{"newer": 5, "unverifiable": 2, "absent": 1, "stale": 2}
 	if fmt.Sprint(users) != fmt.Sprint(want) {
-		t.Errorf("users: %v, want %v (newer: user:1 and four version keys; stale: user:4, user:5:v)", users, want)
+		t.Errorf("users: %v, want %v (newer: user:1 and four version keys; unverifiable: user:2, user:3; stale: user:4, user:5:v)", users, want)
 	}
 	products := waitCounts(t, port, "rules[1]", 5)
 	if want := map[string]float64{"newer": 4, "stale": 1}; fmt.Sprint(products) != fmt.Sprint(want) {
@@ -123,7 +131,8 @@ func TestVerifierOnline(t *testing.T) {
 
 // TestVerifierCatchesBrokenEngine is the negative control: an engine that
 // skips its deletes (CDC_UNSAFE=skip-deletes, failpoints build) leaves the
-// library's stamped values of updated rows in place, and the verifier
+// library's stamped values of updated rows in place, filled under leases
+// taken before the deletes it claims to have fenced, and the verifier
 // counts them stale in its first window; the same workload on a sound
 // engine counts none.
 func TestVerifierCatchesBrokenEngine(t *testing.T) {

@@ -176,7 +176,7 @@ func (m *Mapper) appendRefresh(acts []replication.Action, br *boundRelation, r *
 	if len(newKeys) == 0 {
 		return acts
 	}
-	row, ok := m.rowJSON(br.rel, r.refreshCols, ch)
+	row, ok := m.rowJSON(br.rel, r.refreshCols, r.refreshNames, ch)
 	for _, k := range newKeys {
 		if !ok {
 			acts = append(acts, replication.Action{Kind: replication.ActUnlink, Key: k, Stamp: true})
@@ -204,20 +204,20 @@ const (
 	oidJSONB   = 3802
 )
 
-// rowJSON renders columns cols (indexes) of the new row as a JSON object:
+// rowJSON renders columns cols (indexes; names their rendered names, see
+// boundRule.refreshNames) of the new row as a JSON object:
 // numbers and booleans as JSON numbers and booleans, json and jsonb as they
 // are, everything else as its PostgreSQL text. It reports false when a
 // column's value is not in the change.
-func (m *Mapper) rowJSON(rel *replication.Relation, cols []int, ch *replication.Change) (string, bool) {
+func (m *Mapper) rowJSON(rel *replication.Relation, cols []int, names []string, ch *replication.Change) (string, bool) {
 	b := m.rowBuf[:0]
 	b = append(b, '{')
 	for i, idx := range cols {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		c := rel.Columns[idx]
-		b = jsonstr.Append(b, c.Name)
-		b = append(b, ':')
+		c := &rel.Columns[idx]
+		b = append(b, names[i]...) // "name":
 		v, st := value(ch, sideNew, idx)
 		switch st {
 		case valueUnknown:

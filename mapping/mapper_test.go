@@ -2,6 +2,7 @@ package mapping
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -533,5 +534,41 @@ func TestMultipleRulesSameTable(t *testing.T) {
 	}
 	if m.SkippedOldKeys() != 1 {
 		t.Errorf("SkippedOldKeys = %d, want 1", m.SkippedOldKeys())
+	}
+}
+
+// The counters of rules given in no table order stay each rule's own (Bind
+// keeps a table's counters side by side), and a change that arrives with
+// another *Relation than the one bound (same ID and columns) maps the same.
+func TestRuleCountersByTableAndRebind(t *testing.T) {
+	rel := func(id uint32, name string) *replication.Relation {
+		return &replication.Relation{ID: id, Namespace: "public", Name: name, ReplicaIdentity: 'd',
+			Columns: []replication.Column{{Name: "id", Key: true, TypeOID: 20}, {Name: "n", TypeOID: 20}}}
+	}
+	m := newMapper(t,
+		Rule{Table: "b", Templates: mustTemplates(t, "b:{id}"), Where: "rules[0]"},
+		Rule{Table: "a", Templates: mustTemplates(t, "a:{id}"), Where: "rules[1]"},
+		Rule{Table: "b", Templates: mustTemplates(t, "b2:{id}"), Where: "rules[2]"})
+	a, b := rel(1, "a"), rel(2, "b")
+	for _, r := range []*replication.Relation{a, b} {
+		if err := m.Bind(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keys, err := m.AppendKeys(nil, update(b, 0, replication.Tuple{}, tup(txt("7"), txt("3"))))
+	if err != nil || strings.Join(keys, " ") != "b:7 b2:7" {
+		t.Fatalf("keys %q, err %v", keys, err)
+	}
+	// The same relation announced in another *Relation, not bound again.
+	keys, err = m.AppendKeys(keys[:0], update(rel(2, "b"), 0, replication.Tuple{}, tup(txt("8"), txt("4"))))
+	if err != nil || strings.Join(keys, " ") != "b:8 b2:8" {
+		t.Fatalf("keys %q, err %v", keys, err)
+	}
+	var got []string
+	for _, st := range m.Stats() {
+		got = append(got, fmt.Sprintf("%s:%d/%d", st.Rule.Where, st.Applied, st.Outputs))
+	}
+	if want := "rules[0]:2/2 rules[1]:0/0 rules[2]:2/2"; strings.Join(got, " ") != want {
+		t.Fatalf("stats %s, want %s", strings.Join(got, " "), want)
 	}
 }

@@ -243,18 +243,36 @@ func (d *decoder) tuple(t *Tuple, what string) {
 		t.Values = make([]Value, n)
 	}
 	t.Values = t.Values[:n]
+	// The bounds are checked here rather than by u8, u32 and bytes: their
+	// what would be a string built per value (per column of every row),
+	// the decoder's main cost on wide rows. The messages are the same.
 	for i := 0; i < n; i++ {
-		k := d.u8(what + " value kind")
+		if d.pos+1 > len(d.buf) {
+			d.fail("short " + what + " value kind")
+			return
+		}
+		k := d.buf[d.pos]
+		d.pos++
 		switch k {
 		case ValueNull, ValueUnchanged:
 			t.Values[i] = Value{Kind: k}
 		case ValueText, ValueBinary:
-			l := d.u32(what + " value length")
+			if d.pos+4 > len(d.buf) {
+				d.fail("short " + what + " value length")
+				return
+			}
+			l := binary.BigEndian.Uint32(d.buf[d.pos:])
+			d.pos += 4
 			if l > uint32(len(d.buf)) {
 				d.fail(what + " value length larger than the message")
 				return
 			}
-			t.Values[i] = Value{Kind: k, Data: d.bytes(int(l), what+" value")}
+			if int(l) > len(d.buf)-d.pos {
+				d.fail("short " + what + " value")
+				return
+			}
+			t.Values[i] = Value{Kind: k, Data: d.buf[d.pos : d.pos+int(l) : d.pos+int(l)]}
+			d.pos += int(l)
 		default:
 			d.fail(fmt.Sprintf("unknown %s value kind %q", what, k))
 			return

@@ -384,7 +384,7 @@ func (s *Sink) queueVersionChunks(ctx context.Context, p redis.Pipeliner, v []ve
 		args = append(args, boolArg(mark))
 		for _, it := range chunk {
 			keys = append(keys, it.key)
-			args = append(args, it.lsn.String(), it.ttl.Milliseconds())
+			args = append(args, s.lsnArg(it.lsn), it.ttl.Milliseconds())
 		}
 		c := versionScript.Eval(ctx, p, keys, args...)
 		if mark {
@@ -451,6 +451,17 @@ for i = first, #KEYS do
   end
 end
 return {n, fenced}`)
+
+// lsnArg returns lsn as PostgreSQL prints it ("16/B374D848"), ready as a
+// command argument: the items of a batch mostly share their transaction's
+// LSN, so the text of the last one is kept (LSN.String is an fmt.Sprintf,
+// and each conversion to an argument an allocation).
+func (s *Sink) lsnArg(lsn replication.LSN) any {
+	if lsn != s.lsnArgOf || s.lsnArgText == nil {
+		s.lsnArgOf, s.lsnArgText = lsn, string(appendLSN(make([]byte, 0, 17), lsn))
+	}
+	return s.lsnArgText
+}
 
 // appendLSN appends lsn as PostgreSQL (and LSN.String) prints it:
 // upper-case hexadecimal, "16/B374D848".

@@ -384,3 +384,43 @@ func TestDeleteAndRefreshInStatementOrder(t *testing.T) {
 		}
 	}
 }
+
+// lsnArg keeps the text of the last LSN; a different LSN, or the zero LSN
+// first, gets its own.
+func TestLSNArgFollowsTheLSN(t *testing.T) {
+	s := New(Config{}, &ackRecorder{})
+	for _, l := range []replication.LSN{0, 0, 0x16B374D848, 0x16B374D848, 0x16B374D849, 1, 0} {
+		if got := s.lsnArg(l); got != l.String() {
+			t.Errorf("lsnArg(%d) = %v, want %s", uint64(l), got, l.String())
+		}
+	}
+}
+
+// num, which keeps the two LSNs it parsed last, gives what parsing each
+// would: repeated, alternating, invalid and nil texts among new ones.
+func TestLuaNumKeepsTheLastTwo(t *testing.T) {
+	rd := harness.RedisT(t, harness.RedisOptions{})
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+	defer rdb.Close()
+	script := redis.NewScript(lsnLua + `
+local out = {}
+for i, s in ipairs(ARGV) do
+  local x = s
+  if s == 'nil' then x = nil end
+  out[i] = tostring(num(x))
+end
+return out`)
+	in := []string{"0/10", "0/10", "1/0", "0/10", "1/0", "bad", "1/0", "x/1", "0/10", "nil", "0/10", "2/FF", "1/0", "2/FF", "bad", "bad", "0/10", "16/B374D848"}
+	want := []string{"16", "16", "4294967296", "16", "4294967296", "-1", "4294967296", "-1", "16", "-1", "16", "8589934847", "4294967296", "8589934847", "-1", "-1", "16", "97500059720"}
+	args := make([]any, len(in))
+	for i, s := range in {
+		args[i] = s
+	}
+	got, err := script.Eval(context.Background(), rdb, nil, args...).StringSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("num over %q = %q, want %q", in, got, want)
+	}
+}

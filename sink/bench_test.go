@@ -3,13 +3,23 @@ package sink
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
 )
+
+// atomicAcker keeps the last acknowledged position, readable while the
+// sink runs.
+type atomicAcker struct{ lsn atomic.Uint64 }
+
+func (a *atomicAcker) Ack(l replication.LSN) { a.lsn.Store(uint64(l)) }
 
 // BenchmarkBatchBuild gathers 64 single-transaction events of 3 keys each
 // (a third of them repeated across transactions) into one batch: the
@@ -88,4 +98,116 @@ func BenchmarkApplyActions(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*128), "ns/action")
+}
+
+// BenchmarkApplyActionKinds applies 1,000-row transactions to a throwaway
+// Redis the way the bench's catch-up variants do (issue 15): "delete"
+// deletes item:N; "all" also raises item:N:v, refreshes row:N with a
+// 10-column row, bumps a generation key and sends each transaction's
+// publish message and stream entry. Reported per row: the sink's time
+// (building and sending, waiting for Redis) and Redis's CPU
+// (used_cpu_user+sys), which on a shared machine competes with the
+// walsender and the engine.
+func BenchmarkApplyActionKinds(b *testing.B) {
+	const rows = 1000
+	row := `{"id":%d,"n":7,"a":"alpha","b":"bravo","c":"charlie","d":12.5,"e":true,"f":"2026-12-07 10:00:00+00","g":{"x":1},"h":"hotel"}`
+	for _, tc := range []struct {
+		name string
+		acts string // the actions of a row, "" a plain delete
+	}{{"delete", ""}, {"version", "v"}, {"refresh", "r"}, {"publish", "p"}, {"stream", "s"}, {"generation", "g"}, {"all", "vdgpsr"}} {
+		b.Run(tc.name, func(b *testing.B) {
+			rd := harness.RedisT(b, harness.RedisOptions{})
+			rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+			defer rdb.Close()
+			ctx := context.Background()
+			// Transactions of 1,000 rows, handed over in events of 100.
+			lsn := replication.LSN(1 << 20)
+			txn := func(t int) []replication.Event {
+				lsn += 1 << 16
+				var evs []replication.Event
+				for e := 0; e < rows/100; e++ {
+					ev := replication.Event{LSN: lsn}
+					for i := t*rows + e*100; i < t*rows+(e+1)*100; i++ {
+						k := fmt.Sprintf("item:%d", i)
+						if tc.acts == "" {
+							ev.Keys = append(ev.Keys, k)
+							continue
+						}
+						for _, a := range tc.acts {
+							switch a {
+							case 'v':
+								ev.Actions = append(ev.Actions, replication.Action{Kind: replication.ActVersion, Key: k + ":v"})
+							case 'd':
+								ev.Actions = append(ev.Actions, replication.Action{Kind: replication.ActDelete, Key: k})
+							case 'g':
+								ev.Actions = append(ev.Actions, replication.Action{Kind: replication.ActIncr, Key: "gen"})
+							case 'p':
+								ev.Actions = append(ev.Actions, replication.Action{Kind: replication.ActPublish, Op: replication.OpUpdate, Key: k, Target: "events", Table: "public.items"})
+							case 's':
+								ev.Actions = append(ev.Actions, replication.Action{Kind: replication.ActStream, Op: replication.OpUpdate, Key: k, Target: "stream", Table: "public.items"})
+							case 'r':
+								rk := k
+								if len(tc.acts) > 1 {
+									rk = fmt.Sprintf("row:%d", i)
+								}
+								ev.Actions = append(ev.Actions, replication.Action{Kind: replication.ActSet, Key: rk, Value: fmt.Sprintf(row, i)})
+							}
+						}
+					}
+					evs = append(evs, ev)
+				}
+				evs[len(evs)-1].End = lsn + 8
+				return evs
+			}
+			var txns [][]replication.Event
+			for t := range 20 { // keys of different transactions differ
+				txns = append(txns, txn(t))
+			}
+			cpu := func() float64 {
+				info, err := rdb.Info(ctx, "cpu").Result()
+				if err != nil {
+					b.Fatal(err)
+				}
+				var sum float64
+				for _, line := range strings.Split(info, "\n") {
+					for _, f := range []string{"used_cpu_user:", "used_cpu_sys:"} {
+						if v, ok := strings.CutPrefix(strings.TrimSpace(line), f); ok {
+							x, _ := strconv.ParseFloat(v, 64)
+							sum += x
+						}
+					}
+				}
+				return sum
+			}
+			ack := &atomicAcker{}
+			s := New(Config{Client: rdb}, ack)
+			in := make(chan replication.Event, 1024)
+			done := make(chan error, 1)
+			go func() { done <- s.Run(ctx, in) }()
+			// One transaction first: connections and scripts are warm.
+			for _, ev := range txns[0] {
+				in <- ev
+			}
+			waitApplied := func(end replication.LSN) {
+				for ack.lsn.Load() < uint64(end) {
+					time.Sleep(50 * time.Microsecond)
+				}
+			}
+			waitApplied(txns[0][len(txns[0])-1].End)
+			before := cpu()
+			b.ResetTimer()
+			for n := 0; n < b.N; n++ {
+				for _, ev := range txns[n%len(txns)] {
+					in <- ev
+				}
+			}
+			close(in)
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*rows), "ns/row")
+			b.ReportMetric((cpu()-before)*1e9/float64(b.N*rows), "redis-ns/row")
+		})
+	}
 }

@@ -216,7 +216,7 @@ func (s *Sink) queueRefreshChunks(ctx context.Context, p redis.Pipeliner, sets [
 				ttl -= time.Duration(rand.Float64() * it.jitter * float64(ttl))
 				ttl = max(ttl, time.Millisecond)
 			}
-			args = append(args, it.lsn.String(), mode, it.value, ttl.Milliseconds(), max(orderTTL, it.ttl).Milliseconds())
+			args = append(args, s.lsnArg(it.lsn), mode, it.value, ttl.Milliseconds(), max(orderTTL, it.ttl).Milliseconds())
 		}
 		c := refreshScript.Eval(ctx, p, keys, args...)
 		if mark {

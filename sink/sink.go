@@ -169,10 +169,12 @@ type Config struct {
 }
 
 // Verifier checks a sample of what Redis acknowledged; see package
-// verifier. Sampled must be cheap (it runs for every key); Offer must not
-// block.
+// verifier. Sampled must be cheap (it runs for every key); Sending and
+// Offer must not block. Sending is called before a batch with samples is
+// sent, Offer with its samples once Redis acknowledged it.
 type Verifier interface {
 	Sampled(key string) bool
+	Sending()
 	Offer(samples []verifier.Sample)
 }
 
@@ -245,6 +247,9 @@ type Sink struct {
 	ack   Acker
 	log   *zap.Logger
 	Stats Stats
+
+	lsnArgOf   replication.LSN // see lsnArg
+	lsnArgText any
 
 	seen    map[string]struct{}
 	batch   []string
@@ -651,9 +656,11 @@ func (s *Sink) addEvent(ev replication.Event) error {
 // would keep alive.
 func (s *Sink) sample(ev replication.Event) {
 	v := s.cfg.Verifier
+	// Every delete path fences (or deletes) the key's lease with Companion.
+	leases := s.cfg.Companion != nil
 	for _, k := range ev.Keys {
 		if v.Sampled(k) {
-			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(k), LSN: ev.LSN, Floor: s.lastMark, Kind: verifier.KindDelete})
+			s.samples = append(s.samples, verifier.Sample{Key: strings.Clone(k), LSN: ev.LSN, Floor: s.lastMark, Kind: verifier.KindDelete, Leases: leases})
 		}
 	}
 	for i := range ev.Actions {
@@ -670,7 +677,7 @@ func (s *Sink) sample(ev replication.Event) {
 			continue
 		}
 		if v.Sampled(a.Key) {
-			smp := verifier.Sample{Key: strings.Clone(a.Key), LSN: ev.LSN, Floor: s.lastMark, Kind: kind, Value: strings.Clone(a.Value)}
+			smp := verifier.Sample{Key: strings.Clone(a.Key), LSN: ev.LSN, Floor: s.lastMark, Kind: kind, Value: strings.Clone(a.Value), Leases: leases && kind == verifier.KindDelete}
 			if kind == verifier.KindRefresh {
 				smp.OrderKey = OrderKey(a.Key)
 			}
@@ -799,6 +806,11 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 	}
 	if len(s.acts.sets) > 0 {
 		failpoint.Hit("sink-before-refresh")
+	}
+	if len(s.samples) > 0 {
+		// A reading of a sampled key from now on may hold this batch's
+		// writes before its samples are offered.
+		s.cfg.Verifier.Sending()
 	}
 	err := s.retry(ctx, "delete keys", func() error {
 		if mark {
@@ -1395,13 +1407,25 @@ func boolArg(b bool) string {
 }
 
 // lsnLua defines num(s) in a Lua script: an LSN "X/Y" as a number (exact
-// below 2^53 bytes of WAL), -1 for nil or anything else.
+// below 2^53 bytes of WAL), -1 for nil or anything else. It keeps the two
+// texts it parsed last (Lua strings are interned: a comparison is one
+// pointer): the items of a script mostly carry the same commit LSN, in
+// turn with what a key held, and the pattern match cost Redis more CPU
+// than a GET (issue 15).
 const lsnLua = `
+local numA, valA, numB, valB
 local function num(s)
   if not s then return -1 end
+  if s == numA then return valA end
+  if s == numB then
+    numA, valA, numB, valB = numB, valB, numA, valA
+    return valA
+  end
   local hi, lo = string.match(s, '^(%x+)/(%x+)$')
-  if not hi then return -1 end
-  return tonumber(hi, 16) * 4294967296 + tonumber(lo, 16)
+  local v = -1
+  if hi then v = tonumber(hi, 16) * 4294967296 + tonumber(lo, 16) end
+  numA, valA, numB, valB = s, v, numA, valA
+  return v
 end
 `
 

@@ -13,12 +13,24 @@
 //     wrote, a value the cacheaside library stamped with a watermark at or
 //     above the invalidation: its load began after the delete);
 //   - stale: provably not (a lower version, another refreshed value, a
-//     stamped fill whose load began before the delete was sent and that
-//     survived it: the stale-set race); a suspect is read again
+//     fill the library stamped under a lease taken before a delete that
+//     fenced it, a fill whose stamp bounds its snapshot before the
+//     commit: the stale-set race); a suspect is read again
 //     ConfirmAfter later and counted stale only if it still is, so a write
 //     in flight is not reported;
+//
+// A reading is judged only against the writes it can contain: a stale
+// one waits until the sink offered every batch it had begun to send when
+// the read returned (Sending), since such a batch may have written the key
+// already (a later part of a large transaction, at the same commit LSN,
+// whose sample was not offered yet), and is read again if the key was
+// written after it. A confirmation judges against the same invalidation as
+// the first reading; when the key was invalidated again in between, the
+// new reading is a new first sighting.
 //   - unverifiable: present, and nothing in it tells (a value filled by code
-//     that does not stamp). Never counted as consistent.
+//     that does not stamp, a fill stamped before the delete that may have
+//     read the new row: its load began after the commit). Never counted
+//     as consistent.
 //
 // Guarantees: Offer never blocks and never fails the sink; at most
 // MaxPending checks wait (the rest are dropped and counted); reads are
@@ -73,6 +85,9 @@ type Sample struct {
 	// this invalidation: a fill stamped below it began its load before.
 	Floor replication.LSN
 	Value string // KindRefresh: the value written
+	// Leases (KindDelete): the delete fenced or deleted the key's lease
+	// (client.leases), so no fill under a lease taken before it survives.
+	Leases bool
 	// OrderKey (KindRefresh) holds the commit LSN of the newest refresh
 	// write any engine instance applied to Key (sink.OrderKey): a value
 	// other than Value under an order LSN above LSN is a later row, not
@@ -130,15 +145,23 @@ func ClassifyOrdered(latest Sample, val, order *string) Result {
 	}
 	// A deleted key that holds a value again: only a stamp tells when its
 	// load began. The watermark reaches the commit LSN only after the
-	// delete was acknowledged, and was at Floor before the delete was sent;
-	// between the two the stamp does not tell.
-	stamp, _, ok := cacheaside.ParseStamp([]byte(*val))
+	// delete was acknowledged, and was at Floor before the delete was sent.
+	// A load that began before the delete was sent may still have begun
+	// after the commit and read the new row: it is stale only when its
+	// lease was taken before the delete and the delete fenced it (the fill
+	// survived an invalidation that should have refused it), or when its
+	// snapshot provably preceded the commit.
+	st, _, ok := cacheaside.ParseStampInfo([]byte(*val))
 	switch {
 	case !ok:
 		return Unverifiable
-	case stamp >= uint64(latest.LSN):
+	case st.Watermark >= uint64(latest.LSN):
 		return Newer
-	case stamp < uint64(latest.Floor):
+	case st.LoadedBefore != 0 && st.LoadedBefore <= uint64(latest.LSN):
+		// The WAL insert position after the snapshot had not passed the
+		// commit record's start: the commit is not in the value.
+		return Stale
+	case st.Leased && latest.Leases && st.Watermark < uint64(latest.Floor):
 		return Stale
 	}
 	return Unverifiable
@@ -215,6 +238,10 @@ type Verifier struct {
 	// drops counts drop events; a batch carries the count it saw when
 	// offered (see latestEntry.drops).
 	drops atomic.Uint64
+	// sending counts the sink's batches with samples that began to be
+	// sent (Sending); an offer carries the count when it was made, so a
+	// batch's offer carries its own number.
+	sending atomic.Uint64
 
 	labeler atomic.Pointer[Labeler]
 
@@ -222,6 +249,12 @@ type Verifier struct {
 	queues  []fifo // one per window, then the confirmations
 	latest  map[string]*latestEntry
 	pending int
+	// accepted is the highest batch number (sending) among the accepted
+	// offers: every batch up to it that succeeded was offered.
+	accepted uint64
+	// settling holds stale readings that a batch not yet offered may
+	// have written (see settle).
+	settling []settling
 
 	mu      sync.Mutex
 	figures []WindowFigures
@@ -237,12 +270,17 @@ type latestEntry struct {
 	// twice, in two chunks, whose second sample was dropped, reads as
 	// "another value at the same commit").
 	drops uint64
+	// seq is the batch number of s's offer (Verifier.sending), gen counts
+	// the samples that became the key's newest.
+	seq, gen uint64
 }
 
-// offered is a batch of samples and the drop count when it was offered.
+// offered is a batch of samples, the drop count when it was offered and
+// the sink's batch number (Verifier.sending) then.
 type offered struct {
 	samples []Sample
 	drops   uint64
+	seq     uint64
 }
 
 type check struct {
@@ -251,7 +289,33 @@ type check struct {
 	due       time.Time
 	window    int  // index into Windows
 	confirmed bool // a stale reading was seen once already
+	// gen is the key's latestEntry.gen at the first stale reading: the
+	// confirmation must find the key stale against the same invalidation.
+	gen uint64
+	// sightings counts first stale readings against different
+	// invalidations (the key was invalidated again before the
+	// confirmation), rereads the readings that could not be judged.
+	sightings, rereads int
 }
+
+// settling is a stale reading taken while batches up to seq had begun to
+// be sent: it is judged once their offers arrived.
+type settling struct {
+	c          check
+	val, order *string
+	seq        uint64
+	at         time.Time
+}
+
+// maxSightings bounds the first stale readings of one check against ever
+// newer invalidations of a key that is invalidated again every
+// ConfirmAfter: the last one is then counted as it reads.
+const maxSightings = 4
+
+// maxRereads bounds the readings of one check that could not be judged
+// (the key written after the read, or a batch that was never offered);
+// the check is then unverifiable.
+const maxRereads = 8
 
 // fifo is a queue of checks in due order.
 type fifo struct{ items []check }
@@ -338,6 +402,13 @@ func (v *Verifier) Sampled(key string) bool {
 	return h%v.opt.Rate == 0
 }
 
+// Sending tells the verifier that the sink begins to send a batch whose
+// samples it will Offer once Redis acknowledged it (before the offer; one
+// goroutine calls both). A reading taken meanwhile may hold the batch's
+// writes without the verifier knowing them: it is judged only after the
+// offer came. Sinks that never call it leave every reading judged at once.
+func (v *Verifier) Sending() { v.sending.Add(1) }
+
 // Offer hands over acknowledged samples, in commit order. It never blocks:
 // when the verifier is behind, the samples are dropped and counted.
 func (v *Verifier) Offer(samples []Sample) {
@@ -347,7 +418,7 @@ func (v *Verifier) Offer(samples []Sample) {
 	cp := make([]Sample, len(samples))
 	copy(cp, samples)
 	select {
-	case v.in <- offered{cp, v.drops.Load()}:
+	case v.in <- offered{cp, v.drops.Load(), v.sending.Load()}:
 	default:
 		v.drop(len(cp))
 	}
@@ -398,8 +469,10 @@ func (v *Verifier) Run(ctx context.Context) error {
 			}
 			return nil
 		case b := <-v.in:
-			v.accept(b.samples, b.drops)
+			v.accept(b.samples, b.drops, b.seq)
+			v.settle(v.opt.Now())
 		case <-timer.C:
+			v.settle(v.opt.Now())
 			v.checkDue(ctx)
 		case <-report:
 			v.opt.Report(ctx, v.Figures())
@@ -408,9 +481,10 @@ func (v *Verifier) Run(ctx context.Context) error {
 }
 
 // accept queues a sample's checks, or drops it when MaxPending checks wait.
-// drops is the drop count when the batch was offered.
-func (v *Verifier) accept(batch []Sample, drops uint64) {
+// drops is the drop count when the batch was offered, seq its batch number.
+func (v *Verifier) accept(batch []Sample, drops, seq uint64) {
 	now := v.opt.Now()
+	v.accepted = max(v.accepted, seq)
 	dropped := 0
 	for _, s := range batch {
 		if v.pending+len(v.opt.Windows) > v.opt.MaxPending {
@@ -419,10 +493,11 @@ func (v *Verifier) accept(batch []Sample, drops uint64) {
 		}
 		e := v.latest[s.Key]
 		if e == nil {
-			e = &latestEntry{s: s, drops: drops}
+			e = &latestEntry{s: s, drops: drops, seq: seq}
 			v.latest[s.Key] = e
 		} else if s.LSN >= e.s.LSN {
-			e.s, e.drops = s, drops
+			e.s, e.drops, e.seq = s, drops, seq
+			e.gen++
 		}
 		for i, w := range v.opt.Windows {
 			v.queues[i].push(check{s: s, offer: now, due: now.Add(w), window: i})
@@ -443,7 +518,95 @@ func (v *Verifier) nextDue() (time.Time, bool) {
 			first, found = c.due, true
 		}
 	}
+	if len(v.settling) > 0 {
+		// The oldest reading gives up waiting for its offers then.
+		if d := v.settling[0].at.Add(v.opt.ConfirmAfter); !found || d.Before(first) {
+			first, found = d, true
+		}
+	}
 	return first, found
+}
+
+// settle judges the stale readings whose batches were all offered. A
+// reading the key was written after (its newest sample came from a later
+// batch) is obsolete, and one whose batches were not offered within
+// ConfirmAfter (a batch that failed) cannot be judged: both are read
+// again.
+func (v *Verifier) settle(now time.Time) {
+	if len(v.settling) == 0 {
+		return
+	}
+	keep := v.settling[:0]
+	for _, st := range v.settling {
+		e := v.latest[st.c.s.Key]
+		switch {
+		case st.seq > v.accepted && now.Sub(st.at) < v.opt.ConfirmAfter:
+			keep = append(keep, st)
+		case st.seq > v.accepted || e.seq > st.seq:
+			v.reread(st.c, now)
+		default:
+			v.judge(st.c, e, v.classify(e, st.val, st.order), now)
+		}
+	}
+	clear(v.settling[len(keep):])
+	v.settling = keep
+}
+
+// classify judges a reading of a key (and of its order key) against its
+// newest sample.
+func (v *Verifier) classify(e *latestEntry, val, order *string) Result {
+	r := ClassifyOrdered(e.s, val, order)
+	if r == Stale && v.drops.Load() != e.drops {
+		// Samples were dropped since the key's newest one: a newer
+		// invalidation of it may be among them, so nothing is proven.
+		r = Unverifiable
+	}
+	return r
+}
+
+// reread reads a check again after ConfirmAfter: its reading could not
+// be judged. After maxRereads it is unverifiable.
+func (v *Verifier) reread(c check, now time.Time) {
+	c.rereads++
+	if c.rereads > maxRereads {
+		v.finish(c, Unverifiable, now)
+		return
+	}
+	c.due = now.Add(v.opt.ConfirmAfter)
+	v.queues[len(v.opt.Windows)].push(c)
+}
+
+// judge ends a check with r, or queues its confirmation: a stale reading
+// is read again ConfirmAfter later, and counted only if the key is still
+// stale against the same invalidation.
+func (v *Verifier) judge(c check, e *latestEntry, r Result, now time.Time) {
+	if r == Stale && c.confirmed && c.gen != e.gen && c.sightings < maxSightings {
+		// Invalidated again since the first reading: this reading is
+		// the first against the new invalidation.
+		c.confirmed = false
+		c.sightings++
+	}
+	if r == Stale && !c.confirmed {
+		c.due, c.confirmed, c.gen = now.Add(v.opt.ConfirmAfter), true, e.gen
+		v.queues[len(v.opt.Windows)].push(c)
+		return
+	}
+	if r == Stale && v.opt.OnStale != nil {
+		// The newest sample of the key: what it was judged against.
+		v.opt.OnStale(e.s, v.opt.Windows[c.window], now.Sub(c.offer))
+	}
+	v.finish(c, r, now)
+}
+
+// finish records a check's result and lets go of its sample.
+func (v *Verifier) finish(c check, r Result, now time.Time) {
+	v.record(c, r, now)
+	e := v.latest[c.s.Key]
+	e.refs--
+	v.pending--
+	if e.refs == 0 {
+		delete(v.latest, c.s.Key)
+	}
 }
 
 // checkDue reads every due key in one round trip and classifies it.
@@ -475,6 +638,8 @@ func (v *Verifier) checkDue(ctx context.Context) {
 		}
 	}
 	vals, err := v.rd.GetMany(ctx, keys)
+	// Batches up to this number may have written what was read.
+	readSeq := v.sending.Load()
 	if err != nil {
 		// Redis failed: look again in a moment, as the same checks.
 		for _, c := range due {
@@ -489,28 +654,16 @@ func (v *Verifier) checkDue(ctx context.Context) {
 		if i, ok := seen[e.s.OrderKey]; ok && e.s.OrderKey != "" {
 			order = vals[i]
 		}
-		r := ClassifyOrdered(e.s, vals[seen[c.s.Key]], order)
-		if r == Stale && v.drops.Load() != e.drops {
-			// Samples were dropped since the key's newest one: a newer
-			// invalidation of it may be among them, so nothing is proven.
-			r = Unverifiable
-		}
-		if r == Stale && !c.confirmed {
-			// First sight: read it again before counting it.
-			c.due, c.confirmed = now.Add(v.opt.ConfirmAfter), true
-			v.queues[confirm].push(c)
+		val := vals[seen[c.s.Key]]
+		r := v.classify(e, val, order)
+		if r == Stale && readSeq > v.accepted {
+			// A batch begun before the read returned was not offered yet:
+			// it may have written this value (a later part of the same
+			// transaction reads as "another value at the same commit").
+			v.settling = append(v.settling, settling{c: c, val: val, order: order, seq: readSeq, at: now})
 			continue
 		}
-		if r == Stale && v.opt.OnStale != nil {
-			// The newest sample of the key: what it was judged against.
-			v.opt.OnStale(e.s, v.opt.Windows[c.window], now.Sub(c.offer))
-		}
-		v.record(c, r, now)
-		e.refs--
-		v.pending--
-		if e.refs == 0 {
-			delete(v.latest, c.s.Key)
-		}
+		v.judge(c, e, r, now)
 	}
 }
 

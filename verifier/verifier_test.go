@@ -18,8 +18,17 @@ func stamped(lsn uint64, v string) *string {
 	return str(string(cacheaside.AppendStamp(nil, lsn, []byte(v))))
 }
 
+func leaseStamped(lsn uint64, v string) *string {
+	return str(string(cacheaside.AppendLeaseStamp(nil, lsn, []byte(v))))
+}
+
+func loadStamped(lsn, loadedBefore uint64, v string) *string {
+	return str(string(cacheaside.AppendLoadStamp(nil, lsn, loadedBefore, []byte(v))))
+}
+
 func TestClassify(t *testing.T) {
 	del := Sample{Key: "k", LSN: 0x200, Floor: 0x100, Kind: KindDelete}
+	delLeases := Sample{Key: "k", LSN: 0x200, Floor: 0x100, Kind: KindDelete, Leases: true}
 	ver := Sample{Key: "k:v", LSN: 0x200, Kind: KindVersion}
 	ref := Sample{Key: "k", LSN: 0x200, Kind: KindRefresh, Value: `{"id":1}`}
 	for _, c := range []struct {
@@ -32,9 +41,20 @@ func TestClassify(t *testing.T) {
 		{"deleted, refilled by code that does not stamp", del, str("v"), Unverifiable},
 		{"deleted, stamped at the commit", del, stamped(0x200, "v"), Newer},
 		{"deleted, stamped after", del, stamped(0x300, "v"), Newer},
-		{"deleted, stamped below the floor: loaded before the delete", del, stamped(0xff, "v"), Stale},
+		// Below the floor the load began before the delete was sent, but
+		// it may have begun after the commit and read the new row.
+		{"deleted, stamped below the floor without a lease: may be fresh", del, stamped(0xff, "v"), Unverifiable},
 		{"deleted, stamped at the floor: cannot tell", del, stamped(0x100, "v"), Unverifiable},
 		{"deleted, stamped between floor and commit", del, stamped(0x1ff, "v"), Unverifiable},
+		{"deleted with leases, leased fill stamped below the floor: survived the fence", delLeases, leaseStamped(0xff, "v"), Stale},
+		{"deleted with leases, leased fill stamped at the floor", delLeases, leaseStamped(0x100, "v"), Unverifiable},
+		{"deleted with leases, leased fill stamped at the commit", delLeases, leaseStamped(0x200, "v"), Newer},
+		{"deleted with leases, fill without a lease stamped below the floor", delLeases, stamped(0xff, "v"), Unverifiable},
+		{"deleted without leases, leased fill stamped below the floor: nothing fenced it", del, leaseStamped(0xff, "v"), Unverifiable},
+		{"deleted, snapshot bounded before the commit", del, loadStamped(0xff, 0x1f0, "v"), Stale},
+		{"deleted, snapshot bounded at the commit record's start", del, loadStamped(0xff, 0x200, "v"), Stale},
+		{"deleted, snapshot bounded after the commit: read the new row", del, loadStamped(0xff, 0x201, "v"), Unverifiable},
+		{"deleted, snapshot bound unknown (0)", del, loadStamped(0xff, 0, "v"), Unverifiable},
 		{"version absent", ver, nil, Absent},
 		{"version at the commit", ver, str("0/200"), Newer},
 		{"version above", ver, str("0/201"), Newer},
@@ -358,6 +378,115 @@ func TestStaleAfterDropIsUnverifiable(t *testing.T) {
 		}
 		if f.Absent != want.Absent || f.Stale != want.Stale || f.Unverifiable != want.Unverifiable {
 			t.Errorf("dropped=%v: figures %+v, want absent %d, stale %d, unverifiable %d", dropped, f, want.Absent, want.Stale, want.Unverifiable)
+		}
+	}
+}
+
+// chunkedSink plays the sink applying one large transaction after another
+// that each refresh key "k" twice, in two chunks (two batches, one commit
+// LSN), as the fault suite's TestActionsFailpoints does: every read of the
+// verifier lands after the second chunk was written to Redis and before
+// its sample was offered (the sink offers once Redis acknowledged, and the
+// verifier may read in between). With garbage, Redis holds a value the
+// engine never wrote instead, and there is one transaction only.
+type chunkedSink struct {
+	v       *Verifier
+	garbage bool
+	mu      sync.Mutex
+	vals    map[string]string
+	txn     int
+	second  bool // the transaction's second chunk was written
+	reads   int
+}
+
+func (c *chunkedSink) sample(part string) Sample {
+	return Sample{Key: "k", LSN: replication.LSN(0x200 + c.txn), Kind: KindRefresh,
+		Value: fmt.Sprintf(`{"txn":%d,"part":%q}`, c.txn, part), OrderKey: "cdcinvalidate:lsn:{k}"}
+}
+
+// write sends a chunk: Sending, then the write (the sample is returned,
+// to be offered once "acknowledged").
+func (c *chunkedSink) write(part string) Sample {
+	c.v.Sending()
+	s := c.sample(part)
+	c.vals["k"], c.vals["cdcinvalidate:lsn:{k}"] = s.Value, s.LSN.String()
+	if c.garbage {
+		c.vals["k"] = `{"written by":"nobody"}`
+	}
+	return s
+}
+
+// first applies a new transaction's first chunk and offers it.
+func (c *chunkedSink) first() {
+	c.mu.Lock()
+	if c.garbage && c.txn > 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.txn++
+	c.second = false
+	s := c.write("a")
+	c.mu.Unlock()
+	c.v.Offer([]Sample{s})
+}
+
+func (c *chunkedSink) GetMany(_ context.Context, keys []string) ([]*string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reads++
+	if !c.second {
+		c.second = true
+		second := c.write("b") // in Redis, not offered yet
+		go func() {
+			time.Sleep(time.Millisecond)
+			c.v.Offer([]Sample{second})
+			c.first() // the next transaction begins
+		}()
+	}
+	out := make([]*string, len(keys))
+	for i, k := range keys {
+		if v, ok := c.vals[k]; ok {
+			out[i] = &v
+		}
+	}
+	return out, nil
+}
+
+// TestReadingWaitsForOffers is the open finding of TestActionsFailpoints
+// (stale checks the quiescence checker never found, all refresh keys of
+// large transactions applied in chunks): a reading that holds a chunk the
+// sink wrote but had not offered yet compared "another value at the same
+// commit" and counted it stale, and its confirmation, 1 s later, met the
+// next transaction in the same state. A reading is now judged only after
+// the batches begun before it were offered. A value the engine never
+// wrote is still stale.
+func TestReadingWaitsForOffers(t *testing.T) {
+	for _, garbage := range []bool{false, true} {
+		cs := &chunkedSink{vals: map[string]string{}, garbage: garbage}
+		v := New(cs, Options{Rate: 1, Windows: []time.Duration{10 * time.Millisecond}, ConfirmAfter: 20 * time.Millisecond})
+		cs.v = v
+		cs.first()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- v.Run(ctx) }()
+		n := uint64(4)
+		if garbage {
+			n = 2 // the transaction's two samples
+		}
+		f := waitChecks(t, v, 0, n)
+		cancel()
+		<-done
+		cs.mu.Lock()
+		reads := cs.reads
+		cs.mu.Unlock()
+		if garbage {
+			if f.Stale != 2 {
+				t.Errorf("a value the engine never wrote: %+v after %d reads, want both checks stale", f, reads)
+			}
+			continue
+		}
+		if f.Stale != 0 {
+			t.Errorf("readings racing the offers of chunked transactions: %+v after %d reads, want none stale", f, reads)
 		}
 	}
 }

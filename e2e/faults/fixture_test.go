@@ -96,6 +96,8 @@ type fixture struct {
 	barrierN atomic.Int64
 	mu       sync.Mutex
 	procs    []*harness.Process
+	// verify holds the engines' verifier figures (startVerifyPoller).
+	verify *verifyPoller
 }
 
 var dbCounter atomic.Int64

@@ -102,6 +102,7 @@ var pollers struct {
 // cleanups run first: they are registered later).
 func (f *fixture) startVerifyPoller() {
 	vp := &verifyPoller{f: f, recs: map[string]verifyRecord{}}
+	f.verify = vp
 	pollers.mu.Lock()
 	if pollers.byT == nil {
 		pollers.byT = map[*testing.T][]*verifyPoller{}
@@ -128,6 +129,20 @@ func (f *fixture) startVerifyPoller() {
 		<-done
 		vp.poll(context.Background())
 	})
+}
+
+// awaitVerifierStale gives the running engine's verifier up to d to count
+// a stale check (a reading waits for the offers of the batches sent
+// before it, then for its confirmation), and reports whether it did.
+func (f *fixture) awaitVerifierStale(d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if f.verify.figures().stale > 0 {
+			return true
+		}
+		time.Sleep(verifyPoll)
+	}
+	return false
 }
 
 func (vp *verifyPoller) poll(ctx context.Context) {

@@ -3,12 +3,33 @@ package jsonstr
 
 import "unicode/utf8"
 
+// plain marks the bytes that a JSON string carries as they are: ASCII
+// from the space on, but for '"', '\\' and the HTML characters '<', '>'
+// and '&' that encoding/json escapes.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < utf8.RuneSelf; c++ {
+		t[c] = c != '"' && c != '\\' && c != '<' && c != '>' && c != '&'
+	}
+	return t
+}()
+
 // Append appends s as a JSON string, as encoding/json writes it
 // (invalid UTF-8 becomes U+FFFD), without allocating.
 func Append(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')
 	for i := 0; i < len(s); {
+		// Copy the run of bytes that need no escaping in one append.
+		j := i
+		for j < len(s) && plain[s[j]] {
+			j++
+		}
+		if j > i {
+			b = append(b, s[i:j]...)
+			if i = j; i == len(s) {
+				break
+			}
+		}
 		c := s[i]
 		if c < utf8.RuneSelf {
 			switch {
