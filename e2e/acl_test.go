@@ -16,6 +16,7 @@ import (
 // that a user missing the engine's own key pattern is refused with the
 // key named, nothing skipped.
 func TestRedisLeastPrivilegeACL(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	const secret = "acl-S3cret"
 	acl := []any{"ACL", "SETUSER", "cdc", "on", ">" + secret, "resetkeys", "~user:*", "~order:*", "~big:*", "~barrier:*", "~cdcinvalidate:*",
@@ -67,6 +68,7 @@ func TestRedisLeastPrivilegeACL(t *testing.T) {
 // deletes on every master, writes its watermarks and WAITs. Without
 // +cluster|slots it cannot start, and says so.
 func TestRedisLeastPrivilegeACLCluster(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{cluster: true})
 	ctx := f.ctx()
 	const secret = "acl-S3cret"

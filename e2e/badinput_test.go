@@ -32,6 +32,7 @@ func (f *fixture) header() string {
 }
 
 func TestBadConfigListsEveryProblemWithItsLine(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	cfg := f.header() + `
   colour: blue
@@ -57,6 +58,7 @@ rules:
 }
 
 func TestRuleNamingMissingTableOrColumn(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.startFails(f.header()+`rules:
   - table: users
@@ -70,6 +72,7 @@ func TestRuleNamingMissingTableOrColumn(t *testing.T) {
 }
 
 func TestColumnOutsideReplicaIdentityIsRefusedUnlessOptedIn(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE TABLE accounts (id bigint PRIMARY KEY, login text)`)
 	rule := `rules:
@@ -107,6 +110,7 @@ func TestColumnOutsideReplicaIdentityIsRefusedUnlessOptedIn(t *testing.T) {
 }
 
 func TestWrongPasswordIsClearAndNeverLogged(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE ROLE app LOGIN REPLICATION PASSWORD 'right-pass'`)
 	const secret = "s3cr3t-Wr0ng"
@@ -124,6 +128,7 @@ func TestWrongPasswordIsClearAndNeverLogged(t *testing.T) {
 }
 
 func TestPublicationMissingARuleTableIsRefused(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE PUBLICATION cdcinvalidate FOR TABLE users`)
 	f.startFails(f.header()+rules, []string{
@@ -136,6 +141,7 @@ func TestPublicationMissingARuleTableIsRefused(t *testing.T) {
 // permanent error: the engine stops (exit 1) and says what to grant; the
 // Redis password never appears in the output.
 func TestRedisPermissionErrorStopsWithTheFix(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	const secret = "redis-S3cret"
 	// A first run with every permission creates the slot and the engine's

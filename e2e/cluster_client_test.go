@@ -34,6 +34,7 @@ import (
 //     subscriptions are on is killed (-9); their L1 goes off, comes back
 //     once they resubscribe through the cluster, and invalidates again.
 func TestClusterClientLibrary(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{cluster: true})
 	ctx := f.ctx()
 	const channel = "cache:events"

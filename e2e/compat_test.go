@@ -23,7 +23,7 @@ import (
 // and fails the test in CI (CI=true).
 
 // forVersions runs fn once per version of the matrix that is at least
-// minMajor, as a subtest named pg<major>.
+// minMajor, as a parallel subtest named pg<major>.
 func forVersions(t *testing.T, minMajor int, fn func(t *testing.T, major int)) {
 	t.Helper()
 	versions := harness.MatrixVersions(t)
@@ -37,6 +37,7 @@ func forVersions(t *testing.T, minMajor int, fn func(t *testing.T, major int)) {
 		}
 		ran = true
 		t.Run(fmt.Sprintf("pg%d", v), func(t *testing.T) {
+			t.Parallel() // each version has servers of its own
 			harness.RequireVersion(t, v)
 			fn(t, v)
 		})
@@ -52,6 +53,7 @@ func forVersions(t *testing.T, minMajor int, fn func(t *testing.T, major int)) {
 // 14 on), kill -9 of the engine mid-stream, and a slot invalidated for
 // lack of WAL (fail closed).
 func TestCompatCore(t *testing.T) {
+	t.Parallel()
 	forVersions(t, 14, func(t *testing.T, major int) {
 		f := newFixture(t, fixtureOpts{pgVersion: major, pgSettings: map[string]string{"logical_decoding_work_mem": "64kB"}})
 		if v := f.pg.ServerVersionNum() / 10000; v != major {
@@ -77,6 +79,7 @@ func TestCompatCore(t *testing.T) {
 // (invalidation_reason idle_timeout), which loses history like removed
 // WAL: the engine refuses or flushes.
 func TestCompatIdleTimeoutSlot(t *testing.T) {
+	t.Parallel()
 	forVersions(t, 18, func(t *testing.T, major int) {
 		f := newFixture(t, fixtureOpts{pgVersion: major})
 		p := f.startBinaryStreaming(f.cfgPath)

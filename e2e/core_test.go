@@ -19,6 +19,7 @@ import (
 )
 
 func TestInsertUpdateDeleteInvalidateOldAndNewKeys(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.start()
 	f.barrier()
@@ -81,6 +82,7 @@ func (f *fixture) rowChangeCases() {
 }
 
 func TestMultiTableTransactionAndRollback(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`INSERT INTO users VALUES (1, 'a@x', 'a', ''), (2, 'b@x', 'b', '')`)
 	f.start()
@@ -119,6 +121,7 @@ func TestMultiTableTransactionAndRollback(t *testing.T) {
 }
 
 func TestValuesAreInsertedLiterally(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.start()
 	f.barrier()
@@ -140,6 +143,7 @@ func TestValuesAreInsertedLiterally(t *testing.T) {
 }
 
 func TestTruncateDeletesEveryKeyOfTheTable(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`INSERT INTO orders VALUES (1, 1, ''), (2, 2, '')`)
 	f.start()
@@ -161,6 +165,7 @@ func TestTruncateDeletesEveryKeyOfTheTable(t *testing.T) {
 }
 
 func TestAlterTableKeepsWorkingAndDroppedColumnStops(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`INSERT INTO users VALUES (1, 'a@x', 'a', '')`)
 	run := f.start()
@@ -188,6 +193,7 @@ func TestAlterTableKeepsWorkingAndDroppedColumnStops(t *testing.T) {
 // with client.leases the lease key is fenced with the key, and with
 // client.publish_channel every applied batch is announced with its keys.
 func TestLeasesAndPublish(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{extra: "client:\n  leases: true\n  publish_channel: cdc-invalidations\n"})
 	sub := f.rdb.Subscribe(f.ctx(), "cdc-invalidations")
 	defer sub.Close()
@@ -267,6 +273,7 @@ func TestLeasesAndPublish(t *testing.T) {
 // tables outside the rules, through keepalives), so an application can wait
 // for its own write; and it never moves back.
 func TestWatermarkFollowsAppliedPosition(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.start()
 	f.barrier()

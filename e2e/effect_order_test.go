@@ -10,6 +10,7 @@ import (
 // the write leaves the key gone, a write after the delete leaves the new
 // row.
 func TestRefreshAndDeleteInStatementOrder(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.startRules(`  - table: users
     keys: ["user:{id}"]

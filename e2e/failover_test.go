@@ -211,6 +211,7 @@ func startWithStandby(t *testing.T, major, n int, syncSlots bool, pgExtra string
 // synchronized slot on the new primary: no flush, and the key of every
 // committed write is deleted.
 func TestCompatFailoverSlots(t *testing.T) {
+	t.Parallel()
 	forVersions(t, 17, func(t *testing.T, major int) {
 		f, sp, _, p := startWithStandby(t, major, 400, true, "  failover_slot: true\n")
 		started := time.Now()
@@ -240,6 +241,7 @@ func TestCompatFailoverSlots(t *testing.T) {
 // flushes every managed key (consistency.on_history_lost: flush) or
 // refuses to start (stop).
 func TestCompatFailoverWithoutFailoverSlots(t *testing.T) {
+	t.Parallel()
 	forVersions(t, 17, func(t *testing.T, major int) {
 		const n = 200
 		f, sp, cfg, p := startWithStandby(t, major, n, false, "")

@@ -39,6 +39,7 @@ func (f *fixture) invalidationWorks(id int, within time.Duration) time.Duration 
 // the other waits as a standby and takes over when the leader is killed.
 // The takeover time is reported.
 func TestStandbyTakesOverAfterKill9(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.seedUsers(100)
 	a := f.startBinaryStreaming(f.cfgPath)
@@ -69,6 +70,7 @@ func TestStandbyTakesOverAfterKill9(t *testing.T) {
 // engine), the standby takes over, and when the old leader wakes up it
 // becomes a standby without undoing anything.
 func TestStandbyTakesOverAfterLeaderFreezes(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{pgExtra: "  wal_sender_timeout: 3s\n"})
 	f.seedUsers(100)
 	a := f.startBinaryStreaming(f.cfgPath)
@@ -112,6 +114,7 @@ func TestStandbyTakesOverAfterLeaderFreezes(t *testing.T) {
 // 200 on both; after the leader stops, the former standby streams and is
 // ready on plain /readyz too.
 func TestStandbyReadiness(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.seedUsers(10)
 	listen := func() (string, string) {

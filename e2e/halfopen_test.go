@@ -20,6 +20,7 @@ import (
 // (about twice wal_sender_timeout) for a dead connection, reconnect, and
 // apply what was committed meanwhile.
 func TestHalfOpenReplicationConnectionIsReplaced(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	proxy := harness.StartProxy(t, fmt.Sprintf("127.0.0.1:%d", f.pg.Port()))
 	dsn := strings.Replace(f.pg.DSN("postgres"), fmt.Sprintf("127.0.0.1:%d", f.pg.Port()), proxy.Addr(), 1)

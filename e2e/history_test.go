@@ -16,6 +16,7 @@ import (
 // may be stale (their changes are not in the slot's history), so the first
 // start deletes every key the rules manage, and only those.
 func TestFirstStartFlushesCachedValues(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.set("user:1", "user:email:a@x", "order:9", "user:3:orders")
 	f.set("unmanaged:1", "session:abc")
@@ -25,6 +26,7 @@ func TestFirstStartFlushesCachedValues(t *testing.T) {
 }
 
 func TestFirstStartKeepTrustsCachedValues(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{extra: "consistency:\n  on_first_start: keep\n"})
 	f.set("user:1")
 	f.start()
@@ -37,6 +39,7 @@ func TestFirstStartKeepTrustsCachedValues(t *testing.T) {
 // between are not in the new slot, so a stale key would stay: the engine
 // must flush, or stop when told to.
 func TestDroppedSlotIsDetected(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.seedUsers(3)
 	p := f.startBinaryStreaming(f.cfgPath)
@@ -64,6 +67,7 @@ func TestDroppedSlotIsDetected(t *testing.T) {
 // or a failover to a lagging replica). The engine flushes at its next
 // start, and also while it runs.
 func TestRedisBackInTimeIsDetected(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.seedUsers(3)
 	run := f.start()
@@ -105,6 +109,7 @@ func mustRead(t *testing.T, path string) string {
 // on; on an older server the option is refused before any slot is made,
 // with what happens instead.
 func TestFailoverSlotNeedsPostgres17(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	var version int
 	if err := f.db.QueryRow(f.ctx(), `SELECT current_setting('server_version_num')::int`).Scan(&version); err != nil {
@@ -128,6 +133,7 @@ func TestFailoverSlotNeedsPostgres17(t *testing.T) {
 // nothing kept consistent; the next start flushes those patterns (and only
 // those), and a start with unchanged rules flushes nothing.
 func TestRulesEditedWhileStoppedFlushNewPatterns(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	first := f.rulesConfig(`  - table: users
     keys: ["user:{id}"]

@@ -102,6 +102,7 @@ func keyGone(rdb *redis.Client, key string) func() bool {
 // the other keeps invalidating and confirming. A standby of one instance
 // takes over that instance's slot only.
 func TestInstancesSplitTables(t *testing.T) {
+	t.Parallel()
 	bin := harness.BuildEngine(t)
 	pg := harness.PostgresT(t, harness.PostgresOptions{})
 	rd := harness.RedisT(t, harness.RedisOptions{})
@@ -236,6 +237,7 @@ func TestInstancesSplitTables(t *testing.T) {
 // both; a target that is unreachable holds back only its own slot, the
 // other target keeps being served, and the held-back one catches up.
 func TestInstancesPerRedisTarget(t *testing.T) {
+	t.Parallel()
 	bin := harness.BuildEngine(t)
 	pg := harness.PostgresT(t, harness.PostgresOptions{})
 	rd1 := harness.RedisT(t, harness.RedisOptions{})

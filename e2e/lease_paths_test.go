@@ -18,6 +18,7 @@ import (
 // and the write in one script), TRUNCATE patterns (the leases found are
 // fenced, not deleted) and explicit invalidations (keys and patterns).
 func TestLeaseFenceOnEveryPath(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE TABLE notes (id bigint PRIMARY KEY, body text)`)
 	cfg := f.rulesConfig(`  - table: users

@@ -13,6 +13,7 @@ import (
 // invalidated (and counted); with sink.on_long_key: stop the engine stops
 // with an error naming the option, and the transaction is not confirmed.
 func TestLongKeyIsInvalidated(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{extra: "sink:\n  max_key_bytes: 40\n"})
 	long := strings.Repeat("x", 60) + "@example.com"
 	r := f.start()

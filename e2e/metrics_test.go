@@ -41,6 +41,7 @@ func metricValue(t *testing.T, body, series string) float64 {
 }
 
 func TestMetricsAndHealth(t *testing.T) {
+	t.Parallel()
 	port, err := harness.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -127,6 +128,7 @@ func TestMetricsAndHealth(t *testing.T) {
 }
 
 func TestStatusCommand(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	bin := harness.BuildEngine(t)
 	status := func() string {

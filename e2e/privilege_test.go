@@ -11,6 +11,7 @@ import (
 // the publication is created beforehand by the tables' owner. This is the
 // set-up the README recommends.
 func TestLeastPrivilegeRole(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE ROLE cdc LOGIN REPLICATION PASSWORD 'cdc-pass'`)
 	f.exec(`CREATE PUBLICATION cdcinvalidate FOR TABLE users, orders, big, barrier`)

@@ -17,6 +17,7 @@ import (
 // Redis accepts writes again every change is applied, including the
 // refreshed values that failed.
 func TestRedisOOMAndReadOnlyAreRetried(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	ctx := context.Background()
 	f.startRules(`  - table: users
@@ -74,6 +75,7 @@ func TestRedisOOMAndReadOnlyAreRetried(t *testing.T) {
 // instead of retrying in silence, and the transaction's position is not
 // confirmed (a restart after the fix applies it).
 func TestRedisErrorRetryCannotFixStops(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	ctx := context.Background()
 	r := f.startRules(`  - table: users

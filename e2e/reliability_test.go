@@ -49,6 +49,7 @@ func (f *fixture) updater(ctx context.Context, n int) <-chan error {
 // checks that every changed row's key was deleted in the end. A build that
 // confirmed positions before Redis acknowledged them would leave keys here.
 func TestKill9AtRandomMomentsLosesNothing(t *testing.T) {
+	// Not parallel: the SIGTERM contract (exit within 10 s) is timed.
 	f := newFixture(t, fixtureOpts{})
 	const n = 3000
 	f.seedUsers(n)
@@ -84,6 +85,7 @@ func TestKill9AtRandomMomentsLosesNothing(t *testing.T) {
 // TestGracefulShutdownConfirmsApplied checks the contract of SIGTERM: exit
 // status 0 within 10 s, what was applied confirmed to Postgres.
 func TestGracefulShutdownConfirmsApplied(t *testing.T) {
+	// Not parallel: the SIGTERM contract (exit within 10 s) is timed.
 	f := newFixture(t, fixtureOpts{})
 	p := f.startBinaryStreaming(f.cfgPath)
 	f.set("user:1")
@@ -135,6 +137,7 @@ func (f *fixture) commitLSNs(slot string) []pglogrepl.LSN {
 // replication connection alive with status updates, and must apply
 // everything once Redis answers again.
 func TestRedisStalledHoldsPositionAndKeepsConnection(t *testing.T) {
+	// Not parallel: status updates must beat a 4 s wal_sender_timeout.
 	f := newFixture(t, fixtureOpts{
 		pgSettings: map[string]string{"wal_sender_timeout": "4s"},
 		extra:      "sink:\n  max_batch_keys: 50\n",
@@ -184,6 +187,7 @@ func (f *fixture) walsenderPID() int {
 // a persistent Redis) while changes stream, starts it again, and checks the
 // engine retried until every change was applied.
 func TestRedisKilledMidStream(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{redisArgs: []string{"--appendonly", "yes", "--appendfsync", "always"}})
 	const n = 1000
 	f.seedUsers(n)
@@ -212,6 +216,7 @@ func TestRedisKilledMidStream(t *testing.T) {
 // changes stream; the engine reconnects and resumes from the confirmed
 // position, losing nothing committed before or after.
 func TestPostgresRestartMidStream(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	const n = 1000
 	f.seedUsers(n)
@@ -245,6 +250,7 @@ func TestPostgresRestartMidStream(t *testing.T) {
 // publication: the slot's confirmed position must still follow, so the slot
 // does not hold WAL for nothing.
 func TestIdlePublicationStillAdvancesSlot(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.start()
 	f.barrier()
@@ -265,6 +271,7 @@ func TestIdlePublicationStillAdvancesSlot(t *testing.T) {
 // buffer, so keys spill to disk; every key must be deleted. The engine's
 // peak RSS is reported.
 func TestLargeTransactionBoundedMemory(t *testing.T) {
+	// Not parallel: CPU-bound (500,000 rows); measures the engine's RSS.
 	if testing.Short() {
 		t.Skip("500,000-row transaction: skipped with -short")
 	}
@@ -299,6 +306,7 @@ func TestLargeTransactionBoundedMemory(t *testing.T) {
 // streaming: keys are applied in chunks while the committed transaction
 // arrives, and the position moves only at its commit.
 func TestLargeTransactionNotStreamed(t *testing.T) {
+	// Not parallel: CPU-bound (a large transaction).
 	f := newFixture(t, fixtureOpts{pgExtra: "  streaming: false\n"})
 	const n = 100000
 	f.start()
@@ -319,6 +327,7 @@ func TestLargeTransactionNotStreamed(t *testing.T) {
 // transaction rolled back invalidates nothing, and a large savepoint rolled
 // back inside a committed transaction invalidates only the committed part.
 func TestStreamedTransactionRollbacks(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{pgSettings: map[string]string{"logical_decoding_work_mem": "64kB"}})
 	f.start()
 	f.barrier()

@@ -16,6 +16,7 @@ import (
 // permission named; the reload is not reported as rejected while the new
 // rules in fact run.
 func TestReloadRefusedGenerationStops(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	const secret = "acl-S3cret"
 	acl := []any{"ACL", "SETUSER", "cdc", "on", ">" + secret, "resetkeys", "~user:*", "~order:*", "~big:*", "~barrier:*", "~cdcinvalidate:*",

@@ -79,6 +79,7 @@ const (
 // flushes the keys of the new templates (they may be stale) and no others,
 // and the new rules invalidate from then on.
 func TestReloadAddsRulesKeepingPosition(t *testing.T) {
+	t.Parallel()
 	metricsYAML, port := metricsPort(t)
 	f := newFixture(t, fixtureOpts{extra: metricsYAML})
 	f.exec(`CREATE TABLE accounts (id bigint PRIMARY KEY, login text)`)
@@ -191,6 +192,7 @@ sink:
 // with an error in the log; the engine keeps streaming with the old rules
 // and flushes nothing.
 func TestReloadRejectsInvalidRules(t *testing.T) {
+	t.Parallel()
 	metricsYAML, port := metricsPort(t)
 	f := newFixture(t, fixtureOpts{extra: metricsYAML})
 	f.seedUsers(3)
@@ -248,6 +250,7 @@ func TestReloadRejectsInvalidRules(t *testing.T) {
 // is rejected with the ALTER PUBLICATION to run; once the user ran it,
 // the same reload succeeds.
 func TestReloadUserPublicationNeedsAlter(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE TABLE accounts (id bigint PRIMARY KEY, login text);
 CREATE PUBLICATION cdcinvalidate FOR TABLE users, orders, big, barrier;`)
@@ -291,6 +294,7 @@ CREATE PUBLICATION cdcinvalidate FOR TABLE users, orders, big, barrier;`)
 // before the commit would keep a stale value. The commit must delete the
 // new template's keys.
 func TestReloadDuringStreamedTransaction(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{pgSettings: map[string]string{"logical_decoding_work_mem": "64kB"}})
 	f.seedUsers(5000)
 	f.exec(`UPDATE users SET name = 'old' || id`)
@@ -325,6 +329,7 @@ func TestReloadDuringStreamedTransaction(t *testing.T) {
 // rules (and the flush of their keys) must wait until it ended; else a
 // value cached before its commit would stay stale.
 func TestReloadWaitsForOlderTransactions(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE TABLE accounts (id bigint PRIMARY KEY, login text)`)
 	base := mustRead(t, f.cfgPath)
@@ -363,6 +368,7 @@ func TestReloadWaitsForOlderTransactions(t *testing.T) {
 // again (the reload's own flush may not have reached Redis before a crash);
 // the start after that flushes nothing.
 func TestRestartAfterReloadRepeatsItsFlush(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	before := f.rulesConfig("  - table: users\n    keys: [\"user:{id}\"]\n")
 	after := f.rulesConfig("  - table: users\n    keys: [\"user:{id}\", \"profile:{id}\"]\n")

@@ -47,6 +47,7 @@ func parseLSN(t *testing.T, s string) pglogrepl.LSN {
 // transaction, carrying its keys, tables and operations, with the commit
 // LSN that the version keys hold too.
 func TestRulesActionsVersionPublishStream(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	sub := f.rdb.Subscribe(context.Background(), "cache:events")
 	defer sub.Close()
@@ -148,6 +149,7 @@ func TestRulesActionsVersionPublishStream(t *testing.T) {
 // keys, a moved key is deleted, a deleted row's keys go, and an UPDATE
 // that leaves a TOASTed value unchanged never writes a placeholder.
 func TestRulesActionRefresh(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE TABLE products (id bigint PRIMARY KEY, sku text, price numeric(10,2), active boolean, attrs jsonb);
 ALTER TABLE products REPLICA IDENTITY FULL;
@@ -235,6 +237,7 @@ ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL`)
 // TestRulesActionGeneration checks generation bumps per change, and
 // TRUNCATE that bumps instead of scanning.
 func TestRulesActionGeneration(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.startRules(`  - table: orders
     actions: [generation]
@@ -273,6 +276,7 @@ func TestRulesActionGeneration(t *testing.T) {
 // that PostgreSQL streams before it commits and that spills to disk: its
 // actions are buffered, applied at its commit, and its events come in parts.
 func TestRulesActionsStreamedTransaction(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{pgSettings: map[string]string{"logical_decoding_work_mem": "64kB"}})
 	cfg := fmt.Sprintf(`postgres:
   dsn: %q

@@ -54,6 +54,7 @@ func wantFindings(t *testing.T, out string, findings ...[]string) {
 // publication and slot are still to be created by a role that cannot (and
 // checks that check created nothing), and on a good one (exit 0).
 func TestRulesCheckCommand(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE ROLE checker LOGIN PASSWORD 'pw';
 CREATE TABLE accounts (id bigint PRIMARY KEY, login text, seen timestamptz);
@@ -150,6 +151,7 @@ SELECT pg_create_physical_replication_slot('cdcinvalidate');`)
 // TestRulesCheckWalLevel runs check against a server without
 // wal_level=logical.
 func TestRulesCheckWalLevel(t *testing.T) {
+	t.Parallel()
 	pg := harness.PostgresT(t, harness.PostgresOptions{Settings: map[string]string{"wal_level": "replica"}})
 	rd := harness.RedisT(t, harness.RedisOptions{})
 	cfg := filepath.Join(t.TempDir(), "config.yaml")
@@ -171,6 +173,7 @@ func TestRulesCheckWalLevel(t *testing.T) {
 // TestRulesExplainCommand runs `cdcinvalidate explain` as the binary: it
 // connects to nothing, prints the keys of a change, and exits 2 on bad input.
 func TestRulesExplainCommand(t *testing.T) {
+	t.Parallel()
 	cfg := filepath.Join(t.TempDir(), "rules.yaml")
 	text := `postgres:
   dsn: "postgres://nobody@127.0.0.1:1/none"

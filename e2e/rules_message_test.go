@@ -16,6 +16,7 @@ const emit = `SELECT pg_logical_emit_message(true, 'cdcinvalidate', $1)`
 // from SQL: applied with their transaction's commit (never on ROLLBACK),
 // in every content format, and inside a large streamed transaction.
 func TestRulesExplicitMessages(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{pgSettings: map[string]string{"logical_decoding_work_mem": "64kB"}})
 	run := f.start()
 	f.barrier()
@@ -127,6 +128,7 @@ SAVEPOINT s; SELECT pg_logical_emit_message(true, 'cdcinvalidate', 'feed:3'); RO
 // or not. Its position is confirmed only after Redis applied it: while
 // Redis is paused the slot stays below the message.
 func TestRulesNonTransactionalMessage(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.start()
 	f.barrier()

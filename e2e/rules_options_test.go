@@ -37,6 +37,7 @@ func sha1Hex(s string) string {
 // unchanged under REPLICA IDENTITY FULL and DEFAULT; a column whose old
 // value the change does not carry (DEFAULT) counts as changed.
 func TestRulesWhenChangedWithTOAST(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	for _, tbl := range []string{"docs_full", "docs_def"} {
 		// STORAGE EXTERNAL: stored out of line, uncompressed, once the row
@@ -106,6 +107,7 @@ ALTER TABLE %[1]s ALTER COLUMN body SET STORAGE EXTERNAL`, tbl))
 // unknown old row of an INSERT, and that an evaluation error stops the
 // engine instead of skipping the change.
 func TestRulesWhenCondition(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE TABLE articles (id bigint PRIMARY KEY, status text, published boolean, title text, n text);
 ALTER TABLE articles REPLICA IDENTITY FULL`)
@@ -170,6 +172,7 @@ ALTER TABLE articles REPLICA IDENTITY FULL`)
 // TestRulesOpsFiltersAndSchemas checks per-rule ops, template filters and
 // rules for tables of several schemas.
 func TestRulesOpsFiltersAndSchemas(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE SCHEMA billing;
 CREATE TABLE billing.invoices (id bigint PRIMARY KEY, ref text, email text);

@@ -11,6 +11,7 @@ import (
 // and the start-up checks refuse a publication without pubviaroot and a
 // partition whose replica identity cannot carry the old keys.
 func TestRulesPartitionedTable(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE TABLE measurements (id bigint, region text, v text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
 CREATE TABLE m_eu PARTITION OF measurements FOR VALUES IN ('eu');

@@ -24,6 +24,7 @@ import (
 // updates made under the other name must not leave stale keys, and the
 // log must say what happened.
 func TestTableRenamedWhileStreamingStopsAndRestartFlushes(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	const n = 50
 	f.exec(fmt.Sprintf(`INSERT INTO users SELECT g, 'e' || g, 'n', '' FROM generate_series(1, %d) g`, n))
@@ -68,6 +69,7 @@ func TestTableRenamedWhileStreamingStopsAndRestartFlushes(t *testing.T) {
 // rename back all happen while the engine is stopped; at its start the
 // replayed changes arrive under the other name.
 func TestTableRenamedWhileStoppedIsCaught(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	const n = 20
 	f.exec(fmt.Sprintf(`INSERT INTO users SELECT g, 'e' || g, 'n', '' FROM generate_series(1, %d) g`, n))
@@ -109,6 +111,7 @@ func engineConfigRun(f *fixture) (string, error) {
 // TestTableMovedToAnotherSchemaStops: ALTER TABLE ... SET SCHEMA takes the
 // table away from its rule as a rename does.
 func TestTableMovedToAnotherSchemaStops(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`INSERT INTO users VALUES (1, 'a', 'a', ''); CREATE SCHEMA archive`)
 	run := f.start()
@@ -125,6 +128,7 @@ func TestTableMovedToAnotherSchemaStops(t *testing.T) {
 // publication sends nothing more, so only the catalog tells; the periodic
 // check must stop the engine, and the next start flush the table's keys.
 func TestTableDroppedFromPublicationStops(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{pgExtra: "  catalog_check_interval: 1s\n"})
 	f.exec(`INSERT INTO users VALUES (1, 'a', 'a', ''); INSERT INTO big VALUES (1, 'x')`)
 	run := f.start()
@@ -147,6 +151,7 @@ func TestTableDroppedFromPublicationStops(t *testing.T) {
 // TestPublishViaRootTurnedOffStops: partitions' changes then arrive under
 // the partitions' own names, which no rule names.
 func TestPublishViaRootTurnedOffStops(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE TABLE measurements (id bigint PRIMARY KEY, v text) PARTITION BY RANGE (id);
 CREATE TABLE m_1 PARTITION OF measurements FOR VALUES FROM (0) TO (100);
@@ -171,6 +176,7 @@ INSERT INTO measurements VALUES (1, 'a')`)
 // engine, naming the partition and the ALTER TABLE to run; after the fix
 // the next start flushes the rule's keys.
 func TestNewPartitionWithNarrowIdentityStops(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE TABLE events (id bigint, tenant text, v text, PRIMARY KEY (id)) PARTITION BY RANGE (id);
 CREATE TABLE events_0 PARTITION OF events FOR VALUES FROM (0) TO (100);
@@ -202,6 +208,7 @@ ALTER TABLE events_0 REPLICA IDENTITY FULL`)
 // nothing: the engine must not stop (and, restarted, stop again). The same
 // transaction committed must still stop it.
 func TestStreamedDropColumnRolledBackKeepsStreaming(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{pgSettings: map[string]string{"logical_decoding_work_mem": "64kB"}})
 	f.exec(`INSERT INTO users VALUES (1, 'a@x', 'a', ''); INSERT INTO big SELECT g, 'p' FROM generate_series(1, 5000) g`)
 	run := f.start()
@@ -277,6 +284,7 @@ func (f *fixture) openStreamedDropColumn(end func(pgx.Tx) error) {
 // confirmed. Fixed and restarted, the engine replays the refused change,
 // which the start-up flush covers.
 func TestNewPartitionFirstChangeStops(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE TABLE events (id bigint, tenant text, v text, PRIMARY KEY (id)) PARTITION BY RANGE (id);
 CREATE TABLE events_0 PARTITION OF events FOR VALUES FROM (0) TO (100);

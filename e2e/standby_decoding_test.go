@@ -84,6 +84,7 @@ FROM pg_replication_slots s WHERE slot_name = 'cdcinvalidate'`).Scan(&reason, &c
 // Then the standby is promoted: the engine keeps its slot and position on
 // the new primary, with no flush and no lost invalidation.
 func TestCompatStandbyDecoding(t *testing.T) {
+	t.Parallel()
 	forVersions(t, 16, func(t *testing.T, major int) {
 		f := newFixture(t, fixtureOpts{pgVersion: major})
 		const n = 300
@@ -133,6 +134,7 @@ func TestCompatStandbyDecoding(t *testing.T) {
 // (rows_removed). That is lost history: the engine refuses with
 // on_history_lost: stop, and flushes by default.
 func TestCompatStandbySlotConflict(t *testing.T) {
+	t.Parallel()
 	forVersions(t, 16, func(t *testing.T, major int) {
 		f := newFixture(t, fixtureOpts{pgVersion: major})
 		f.seedUsers(10)
@@ -186,6 +188,7 @@ func TestCompatStandbySlotConflict(t *testing.T) {
 // decode; the engine refuses at start with the fix, creating nothing.
 // Runs on the default server when it is older than 16.
 func TestStandbyBefore16IsRefused(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	if f.pg.ServerVersionNum() >= 160000 {
 		t.Skip("PostgreSQL 16+: decoding from a standby is supported (TestCompatStandbyDecoding)")

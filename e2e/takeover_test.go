@@ -69,6 +69,7 @@ func (f *fixture) restoreRedis(snap redisSnapshot) {
 // the start-up checks, and flushes (on_history_lost: flush) or stops
 // (stop) instead of trusting the cache.
 func TestTakeoverAfterRedisRewind(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []string{"flush", "stop"} {
 		t.Run(mode, func(t *testing.T) {
 			f := newFixture(t, fixtureOpts{extra: "consistency:\n  on_history_lost: " + mode + "\n"})
@@ -137,6 +138,7 @@ func TestTakeoverAfterRedisRewind(t *testing.T) {
 // When the standby takes over, it must flush the pattern the last leader
 // did not keep consistent, and only that one.
 func TestTakeoverAfterRollingRulesChange(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.seedUsers(3)
 	oldRules := f.writeConfig(f.rulesConfig("  - table: users\n    keys: [\"user:{id}\"]\n"))
@@ -177,6 +179,7 @@ func TestTakeoverAfterRollingRulesChange(t *testing.T) {
 // position (PostgreSQL 15 ignores a flush position below the slot's, but
 // what an engine reports must not depend on that).
 func TestTakeoverNeverConfirmsAnOlderPosition(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.seedUsers(50)
 	a := f.startBinaryStreaming(f.cfgPath)

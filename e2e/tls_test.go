@@ -79,6 +79,7 @@ func writeFile(t *testing.T, dir, name string, data []byte) string {
 // with redis.tls_ca_file), checks that the replication connection really
 // is encrypted, and that a wrong CA is refused at start with the fix.
 func TestTLSToPostgresAndRedis(t *testing.T) {
+	t.Parallel()
 	ca := newTestCA(t)
 	dir := t.TempDir()
 	caFile := writeFile(t, dir, "ca.pem", ca.caPEM)

@@ -25,6 +25,7 @@ import (
 // publish, stream, refresh and generation actions land; TRUNCATE removes a
 // pattern's keys and leases on every master; the watermark follows.
 func TestClusterEndToEnd(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{cluster: true, extra: "client:\n  leases: true\n"})
 	ctx := f.ctx()
 	const n = 300
@@ -161,6 +162,7 @@ func TestClusterEndToEnd(t *testing.T) {
 // topology and refuses a cluster whose slots are not all served, or a
 // cluster node given as a standalone redis.addr.
 func TestTopologyCheck(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{cluster: true})
 	ctx := f.ctx()
 	out, code := cli(t, "check", "--config", f.cfgPath)
@@ -198,6 +200,7 @@ func TestTopologyCheck(t *testing.T) {
 // TestTopologyCheckSentinel: check asks the sentinels for the master, its
 // replicas and the quorum.
 func TestTopologyCheckSentinel(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{sentinel: true})
 	out, code := cli(t, "check", "--config", f.cfgPath)
 	t.Logf("check output:\n%s", out)
@@ -217,6 +220,7 @@ func TestTopologyCheckSentinel(t *testing.T) {
 // no stale value survives. The negative control (sink.watermark: false)
 // shows the same failover leaving the stale values in place.
 func TestSentinelFailoverLostWrites(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name      string
 		watermark bool
@@ -295,6 +299,7 @@ func TestSentinelFailoverLostWrites(t *testing.T) {
 // master, and nothing was lost, so nothing is flushed (a managed key no
 // change touched survives).
 func TestSentinelFollowsFailover(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{sentinel: true})
 	ctx := f.ctx()
 	f.start()
@@ -331,6 +336,7 @@ func TestSentinelFollowsFailover(t *testing.T) {
 // the keys are gone and nothing had to be flushed (a managed key no change
 // touched survives).
 func TestSentinelWaitReplicasLosesNothing(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{sentinel: true})
 	ctx := f.ctx()
 	cfg := strings.Replace(mustRead(t, f.cfgPath), "redis:\n", "redis:\n  wait_replicas: 1\n  wait_timeout: 200ms\n", 1)
@@ -395,6 +401,7 @@ func TestSentinelWaitReplicasLosesNothing(t *testing.T) {
 // batch again, the keys are gone, and nothing had to be flushed (a managed
 // key on that master that no change touched survives).
 func TestClusterWaitReplicasLosesNothing(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{cluster: true})
 	ctx := f.ctx()
 	cfg := strings.Replace(mustRead(t, f.cfgPath), "redis:\n", "redis:\n  wait_replicas: 1\n  wait_timeout: 200ms\n", 1)
@@ -521,6 +528,7 @@ func syncReplica(t *testing.T, master *harness.Redis, slot int) {
 // stopped) makes the engine flush before streaming; a restart without that
 // (the negative control) flushes nothing.
 func TestClusterShardLostWhileStopped(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{cluster: true})
 	ctx := f.ctx()
 	r := f.start()

@@ -65,6 +65,7 @@ func waitCounts(t *testing.T, port int, rule string, n float64) map[string]float
 // a lowered version key and an overwritten refreshed value (stale);
 // untouched keys are absent or newer.
 func TestVerifierOnline(t *testing.T) {
+	t.Parallel()
 	port, err := harness.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -135,6 +136,7 @@ func TestVerifierOnline(t *testing.T) {
 // counts them stale in its first window; the same workload on a sound
 // engine counts none.
 func TestVerifierCatchesBrokenEngine(t *testing.T) {
+	t.Parallel()
 	for _, broken := range []bool{false, true} {
 		t.Run(fmt.Sprintf("broken=%v", broken), func(t *testing.T) {
 			port, err := harness.FreePort()

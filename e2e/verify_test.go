@@ -44,6 +44,7 @@ func wantAudit(t *testing.T, out, rule, counts string) {
 // exit 0 again once the restarted engine caught up, and exit 2 on a bad
 // configuration or a wrong password (which never appears in the output).
 func TestVerifyCommand(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	f.exec(`CREATE TABLE products (id bigint PRIMARY KEY, sku text, price numeric(10,2), active boolean, attrs jsonb, seen timestamptz);
 ALTER TABLE products REPLICA IDENTITY FULL`)

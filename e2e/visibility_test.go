@@ -20,6 +20,7 @@ import (
 // once the commit is visible and the fence lapsed it loads and caches the
 // new row.
 func TestLeaseFenceCoversCommitVisibility(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name, fence string
 		wantCached  string

@@ -21,6 +21,7 @@ import (
 // The negative control runs both engines with CDC_UNSAFE=unordered-refresh
 // (plain SETs, as before the order keys) and must see the old rows back.
 func TestZombieLeaderCannotUndoRefresh(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name   string
 		unsafe bool
@@ -114,6 +115,7 @@ rules:
 // Negative control (by hand, not in CI): CDC_ZOMBIE_UNSAFE=1 runs the old
 // leader with CDC_UNSAFE=unfenced-truncate, and the test fails.
 func TestZombieLeaderCannotUndoWithTruncate(t *testing.T) {
+	t.Parallel()
 	f := newFixture(t, fixtureOpts{})
 	bin := harness.BuildEngineTags(t, "failpoints")
 	cfg := f.writeConfig(fmt.Sprintf(`postgres:
