@@ -99,9 +99,11 @@ func hashTag(key string) (string, bool) {
 // above the LSN recorded in the order key is made (at: the same
 // transaction again, a replay after a crash or a later part of a large
 // transaction); one below it is dropped, since the key holds what a later
-// commit left; and one of a transaction the watermark has passed is
-// dropped (fencedByMark). Deletes always delete. The order key only
-// rises. It returns how many values it wrote and how many writes the
+// commit left. Deletes always delete, except that a write or a delete of a
+// transaction the watermark has passed is not made (fencedByMark): Redis
+// holds its effects and what followed (a late leader's, or a replay after
+// a restart, whose deletes must not undo writes it skips). The order key
+// only rises. It returns how many values it wrote and how many writes the
 // watermark fenced.
 var refreshScript = redis.NewScript(lsnLua + markLua(5) + `
 local del = 'UNLINK'
@@ -121,9 +123,11 @@ for i = first, #KEYS, stride do
   end
   local lsn = num(ARGV[a+1])
   local had = num(redis.call('GET', KEYS[i+1]))
-  if ARGV[a+2] == 'd' then
+  if passed(lsn) then
+    -- applied by another instance, or before a restart, with what followed
+  elseif ARGV[a+2] == 'd' then
     redis.call(del, KEYS[i])
-  elseif had <= lsn and not passed(lsn) then
+  elseif had <= lsn then
     local ttl = tonumber(ARGV[a+4])
     if ttl > 0 then
       redis.call('SET', KEYS[i], ARGV[a+3], 'PX', ttl)
@@ -154,17 +158,19 @@ func (s *Sink) queueRefresh(ctx context.Context, p redis.Pipeliner) {
 			}
 			if !it.dropped {
 				p.Set(ctx, it.key, it.value, it.ttl)
+			} else {
+				p.Unlink(ctx, it.key)
 			}
 		}
 		return
 	}
 	if s.clusterMark != 0 {
 		// On a cluster the watermark was read before the batch (see
-		// readClusterMark): writes of transactions it has passed go;
-		// deletes stay.
+		// readClusterMark): writes and deletes of transactions it has
+		// passed go.
 		kept := make([]setItem, 0, len(sets))
 		for _, it := range sets {
-			if it.dropped || !s.superseded(it.lsn) {
+			if !s.superseded(it.lsn) {
 				kept = append(kept, it)
 			}
 		}

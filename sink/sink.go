@@ -689,10 +689,8 @@ func (s *Sink) sample(ev replication.Event) {
 // addKeys adds plain deletes of a transaction that committed at lsn.
 func (s *Sink) addKeys(keys []string, lsn replication.LSN) error {
 	for _, k := range keys {
-		if len(k) > s.cfg.MaxKeyBytes {
-			if err := s.longKey(k); err != nil {
-				return err
-			}
+		if err := s.checkLongKey(k); err != nil {
+			return err
 		}
 		if j, ok := s.acts.setIdx[k]; ok {
 			s.acts.drop(j, lsn) // deleted later in commit order
@@ -707,6 +705,14 @@ func (s *Sink) addKeys(keys []string, lsn replication.LSN) error {
 			// fill that checks the lease can never land between the two.
 			s.extra = append(s.extra, s.cfg.Companion(k), k)
 		}
+	}
+	return nil
+}
+
+// checkLongKey applies longKey to a key longer than MaxKeyBytes.
+func (s *Sink) checkLongKey(k string) error {
+	if len(k) > s.cfg.MaxKeyBytes {
+		return s.longKey(k)
 	}
 	return nil
 }
