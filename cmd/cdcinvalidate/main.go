@@ -13,7 +13,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime"
 	"runtime/debug"
 	"syscall"
 	"time"
@@ -115,7 +114,6 @@ func runEngine(args []string, stderr io.Writer) int {
 	}
 	defer func() { _ = log.Sync() }()
 	setMemoryLimit(cfg, log)
-	setMaxProcs(log)
 
 	// SIGHUP reloads the rules; registered before anything else, so an
 	// early one does not kill the process (its default action).
@@ -362,33 +360,6 @@ func runExplain(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-// setMaxProcs applies maxProcs to this process.
-func setMaxProcs(log *zap.Logger) {
-	cur := runtime.GOMAXPROCS(0)
-	if n := maxProcs(os.Getenv("GOMAXPROCS"), cur); n != cur {
-		runtime.GOMAXPROCS(n)
-		log.Debug("scheduler limited to one thread running Go code on a host with two CPUs (set GOMAXPROCS to override)",
-			zap.Int("available", cur), zap.Int("gomaxprocs", n))
-	}
-}
-
-// maxProcs is the GOMAXPROCS the engine runs with, given the GOMAXPROCS
-// environment variable and the value the runtime chose (the CPUs available
-// to the process): 1 where the runtime chose 2, unless the variable is set.
-// The engine's work per commit is a pipeline of two goroutines (the
-// stream's, then the sink's); with a second P idle, every hand-off between
-// them wakes another thread (a futex wake, a spin, a nanosleep, a futex
-// sleep). On a host with two CPUs the walsender and Redis need the other
-// one: measured at 2,000 commits/s, one P cut the engine's CPU per commit
-// by about a quarter and its context switches per commit by a third (see
-// docs/benchmarks.md). With more CPUs the two goroutines keep a core each.
-func maxProcs(env string, runtimeChose int) int {
-	if env != "" || runtimeChose != 2 {
-		return runtimeChose
-	}
-	return 1
 }
 
 // setMemoryLimit gives the garbage collector a soft limit of the streamed
