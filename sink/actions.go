@@ -354,18 +354,8 @@ func (s *Sink) emitMessage(acc *msgAcc, last bool) {
 func (s *Sink) queueVersions(ctx context.Context, p redis.Pipeliner) {
 	v := s.acts.versions
 	per := max(1, s.cfg.KeysPerCommand)
-	if s.clusterMark != 0 {
-		// On a cluster the watermark was read before the batch (see
-		// readClusterMark): raises of transactions it has passed go.
-		kept := make([]versionItem, 0, len(v))
-		for _, it := range v {
-			if !s.superseded(it.lsn) {
-				kept = append(kept, it)
-			}
-		}
-		s.clusterFenced += len(v) - len(kept)
-		v = kept
-	}
+	// Raises of transactions the cluster's watermark has passed go.
+	v = clusterUnfenced(s, v, func(it *versionItem) replication.LSN { return it.lsn })
 	if s.cfg.Cluster && len(v) > 1 {
 		// One script touches the keys of one slot only.
 		groups := keyslot.GroupBySlot(len(v), func(i int) string { return v[i].key })

@@ -164,19 +164,9 @@ func (s *Sink) queueRefresh(ctx context.Context, p redis.Pipeliner) {
 		}
 		return
 	}
-	if s.clusterMark != 0 {
-		// On a cluster the watermark was read before the batch (see
-		// readClusterMark): writes and deletes of transactions it has
-		// passed go.
-		kept := make([]setItem, 0, len(sets))
-		for _, it := range sets {
-			if !s.superseded(it.lsn) {
-				kept = append(kept, it)
-			}
-		}
-		s.clusterFenced += len(sets) - len(kept)
-		sets = kept
-	}
+	// Writes and deletes of transactions the cluster's watermark has
+	// passed go.
+	sets = clusterUnfenced(s, sets, func(it *setItem) replication.LSN { return it.lsn })
 	if s.cfg.Cluster && len(sets) > 1 {
 		// One script touches the keys of one slot only (a key and its
 		// order key share it).
@@ -327,6 +317,23 @@ func (s *Sink) markInScript() bool {
 // (clusterMark) is past the commit LSN lsn.
 func (s *Sink) superseded(lsn replication.LSN) bool {
 	return lsn != 0 && s.clusterMark > lsn
+}
+
+// clusterUnfenced returns the items whose transactions the watermark read
+// before a cluster batch (readClusterMark) has not passed, and counts the
+// others as fenced; without such a read it returns items as they are.
+func clusterUnfenced[T any](s *Sink, items []T, lsn func(*T) replication.LSN) []T {
+	if s.clusterMark == 0 {
+		return items
+	}
+	kept := make([]T, 0, len(items))
+	for i := range items {
+		if !s.superseded(lsn(&items[i])) {
+			kept = append(kept, items[i])
+		}
+	}
+	s.clusterFenced += len(items) - len(kept)
+	return kept
 }
 
 // readClusterMark starts an attempt to send a batch: it forgets what an
