@@ -22,3 +22,7 @@ run rules   --phases catchup --tables 500 --rules 1000 --rows 100000 --repeat 3
 echo "== go benchmarks ($(date +%T))"
 go test ./mapping -run '^$' -bench MapManyRules -benchmem -count 6 > $O/mapping.txt 2>&1; echo "   mapping exit $?"
 echo "== done $(date +%T)"
+# Added after the runs above (19:51-19:53 UTC, load 1.9-2.2, main at 9daa8b1, default scheduler):
+# Redis 1 ms away through the bench's delay proxy.
+#   $B bench --phases catchup,latency --rates 2000 --redis-rtt 1ms --rows 100000 --repeat 3 --latency-control=false --json > rtt-1.json
+#   then twice with --repeat 1 > rtt-2.json, rtt-3.json
