@@ -26,3 +26,5 @@ echo "== done $(date +%T)"
 # Redis 1 ms away through the bench's delay proxy.
 #   $B bench --phases catchup,latency --rates 2000 --redis-rtt 1ms --rows 100000 --repeat 3 --latency-control=false --json > rtt-1.json
 #   then twice with --repeat 1 > rtt-2.json, rtt-3.json
+# Latency right after a catch-up phase (19:53-19:54 UTC, load 1.8-2.0, 9daa8b1), twice:
+#   $B bench --phases catchup,latency --rates 2000 --repeat 1 --json > after-catchup-N.json
