@@ -228,53 +228,55 @@ func (d *decoder) cstring(what string) string {
 	return ""
 }
 
-func (d *decoder) tuple(t *Tuple, what string) {
-	n := int(d.u16(what + " column count"))
+// tupleWhat names a tuple's fields in errors. The names are built once,
+// not per column value: a string built per value was the decoder's main
+// cost on wide rows.
+type tupleWhat struct{ name, count, kind, length, value string }
+
+func tupleNames(name string) tupleWhat {
+	return tupleWhat{name: name, count: name + " column count", kind: name + " value kind",
+		length: name + " value length", value: name + " value"}
+}
+
+var (
+	newTuple = tupleNames("new tuple")
+	oldTuple = tupleNames("old tuple")
+)
+
+func (d *decoder) tuple(t *Tuple, w *tupleWhat) {
+	n := int(d.u16(w.count))
 	if d.err != nil {
 		return
 	}
 	// Every column takes at least one byte; reject counts the buffer cannot hold
 	// before allocating for them.
 	if n > len(d.buf)-d.pos {
-		d.fail(what + " column count larger than the message")
+		d.fail(w.name + " column count larger than the message")
 		return
 	}
 	if cap(t.Values) < n {
 		t.Values = make([]Value, n)
 	}
 	t.Values = t.Values[:n]
-	// The bounds are checked here rather than by u8, u32 and bytes: their
-	// what would be a string built per value (per column of every row),
-	// the decoder's main cost on wide rows. The messages are the same.
 	for i := 0; i < n; i++ {
-		if d.pos+1 > len(d.buf) {
-			d.fail("short " + what + " value kind")
+		k := d.u8(w.kind)
+		if d.err != nil {
 			return
 		}
-		k := d.buf[d.pos]
-		d.pos++
 		switch k {
 		case ValueNull, ValueUnchanged:
 			t.Values[i] = Value{Kind: k}
 		case ValueText, ValueBinary:
-			if d.pos+4 > len(d.buf) {
-				d.fail("short " + what + " value length")
+			l := d.u32(w.length)
+			if d.err == nil && l > uint32(len(d.buf)) {
+				d.fail(w.name + " value length larger than the message")
+			}
+			if d.err != nil {
 				return
 			}
-			l := binary.BigEndian.Uint32(d.buf[d.pos:])
-			d.pos += 4
-			if l > uint32(len(d.buf)) {
-				d.fail(what + " value length larger than the message")
-				return
-			}
-			if int(l) > len(d.buf)-d.pos {
-				d.fail("short " + what + " value")
-				return
-			}
-			t.Values[i] = Value{Kind: k, Data: d.buf[d.pos : d.pos+int(l) : d.pos+int(l)]}
-			d.pos += int(l)
+			t.Values[i] = Value{Kind: k, Data: d.bytes(int(l), w.value)}
 		default:
-			d.fail(fmt.Sprintf("unknown %s value kind %q", what, k))
+			d.fail(fmt.Sprintf("unknown %s value kind %q", w.name, k))
 			return
 		}
 	}
@@ -356,7 +358,7 @@ func (d *decoder) decode(data []byte, inStream bool) (*message, error) {
 			break
 		}
 		m.oldKind = 0
-		d.tuple(&m.new, "new tuple")
+		d.tuple(&m.new, &newTuple)
 	case msgUpdate:
 		streamXid()
 		m.relID = d.u32("relation id")
@@ -364,14 +366,14 @@ func (d *decoder) decode(data []byte, inStream bool) (*message, error) {
 		k := d.u8("tuple marker")
 		if k == 'K' || k == 'O' {
 			m.oldKind = k
-			d.tuple(&m.old, "old tuple")
+			d.tuple(&m.old, &oldTuple)
 			k = d.u8("tuple marker")
 		}
 		if d.err == nil && k != 'N' {
 			d.fail(fmt.Sprintf("update tuple marker %q, want 'N'", k))
 			break
 		}
-		d.tuple(&m.new, "new tuple")
+		d.tuple(&m.new, &newTuple)
 	case msgDelete:
 		streamXid()
 		m.relID = d.u32("relation id")
@@ -381,7 +383,7 @@ func (d *decoder) decode(data []byte, inStream bool) (*message, error) {
 			break
 		}
 		m.oldKind = k
-		d.tuple(&m.old, "old tuple")
+		d.tuple(&m.old, &oldTuple)
 	case msgTruncate:
 		streamXid()
 		n := d.u32("relation count")
