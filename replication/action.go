@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"time"
+	"unsafe"
 )
 
 // ActionKind says what an Action asks of Redis.
@@ -134,7 +135,7 @@ func parseAction(s string) (Action, error) {
 	}
 	a.TTL = time.Duration(ttl)
 	s = s[w:]
-	a.Jitter = math.Float64frombits(binary.BigEndian.Uint64([]byte(s[:8])))
+	a.Jitter = math.Float64frombits(binary.BigEndian.Uint64(bytesOf(s[:8])))
 	s = s[8:]
 	ml, w := varint(s)
 	if w <= 0 || w != len(s) {
@@ -144,33 +145,11 @@ func parseAction(s string) (Action, error) {
 	return a, nil
 }
 
-// uvarint is binary.Uvarint over a string.
-func uvarint(s string) (uint64, int) {
-	var x uint64
-	var sh uint
-	for i := 0; i < len(s); i++ {
-		if i == binary.MaxVarintLen64 {
-			return 0, -(i + 1) // overflow
-		}
-		c := s[i]
-		if c < 0x80 {
-			if i == binary.MaxVarintLen64-1 && c > 1 {
-				return 0, -(i + 1) // overflow
-			}
-			return x | uint64(c)<<sh, i + 1
-		}
-		x |= uint64(c&0x7f) << sh
-		sh += 7
-	}
-	return 0, 0
-}
+// uvarint is binary.Uvarint over a string, without copying it.
+func uvarint(s string) (uint64, int) { return binary.Uvarint(bytesOf(s)) }
 
-// varint is binary.Varint over a string.
-func varint(s string) (int64, int) {
-	ux, n := uvarint(s)
-	x := int64(ux >> 1)
-	if ux&1 != 0 {
-		x = ^x
-	}
-	return x, n
-}
+// varint is binary.Varint over a string, without copying it.
+func varint(s string) (int64, int) { return binary.Varint(bytesOf(s)) }
+
+// bytesOf views s as bytes, for reading only.
+func bytesOf(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
