@@ -46,8 +46,8 @@ type openTxn interface {
 	// described is told whether the rules fit a table the transaction
 	// described (err nil) or not.
 	described(subXid uint32, rel *Relation, err error) error
-	// commit hands over the rest, with the transaction's end.
-	commit(lsn, end LSN, commitTime time.Time) error
+	// Each kind's commit (memTxn.commit at Commit, streamTxn.commit at
+	// Stream Commit) hands over the rest, with the transaction's end.
 }
 
 // addActions adds actions as one message of t.
@@ -125,9 +125,15 @@ func (t *memTxn) drop(_ uint32, err error) error {
 		t.skipped = err
 		log = t.ss.s.log.Warn
 	}
-	log("skipping changes of a table the rules knew under another name: the flush at this start deleted its keys after they committed",
-		zap.Stringer("commit_lsn", t.lsn), zap.Error(err))
+	logCoveredSkip(log, t.lsn, err)
 	return nil
+}
+
+// logCoveredSkip logs changes skipped because the flush at this start
+// covered them (Stream.covered).
+func logCoveredSkip(log func(string, ...zap.Field), lsn LSN, err error) {
+	log("skipping changes of a table the rules knew under another name: the flush at this start deleted its keys after they committed",
+		zap.Stringer("commit_lsn", lsn), zap.Error(err))
 }
 
 func (t *memTxn) described(subXid uint32, _ *Relation, err error) error {
@@ -213,8 +219,7 @@ func (t *streamTxn) commit(lsn, end LSN, commitTime time.Time) error {
 		if !t.ss.s.covered(err, lsn) {
 			return permanent(fmt.Errorf("streamed transaction %d committed at %s: %w", t.xid, lsn, err))
 		}
-		t.ss.s.log.Warn("skipping changes of a table the rules knew under another name: the flush at this start deleted its keys after they committed",
-			zap.Stringer("commit_lsn", lsn), zap.Error(err))
+		logCoveredSkip(t.ss.s.log.Warn, lsn, err)
 	}
 	p := part{ss: t.ss, lsn: lsn}
 	var keys []string
