@@ -139,7 +139,7 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 		m.actions.WithLabelValues(k.String())
 	}
 	m.fenced = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "late_writes_fenced_total",
-		Help: "Late writes of a leader that lost the slot while it held them (paused or partitioned), not made because the watermark in Redis was past their commit: truncate (TRUNCATE or explicit patterns), action (version raises and refresh writes). Non-zero means a paused leader woke up; its effects were applied by another instance."}, []string{"what"})
+		Help: "Late writes of a leader that lost the slot while it held them (paused or partitioned), not made because the watermark in Redis was past their commit: truncate (TRUNCATE or explicit patterns), action (version raises, refresh writes, deletes of refreshed keys). Non-zero means a paused leader woke up; its effects were applied by another instance. A restart replaying what it applied before is not counted."}, []string{"what"})
 	for _, w := range []string{"truncate", "action"} {
 		m.fenced.WithLabelValues(w)
 	}

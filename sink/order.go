@@ -2,14 +2,12 @@ package sink
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
@@ -344,26 +342,37 @@ func (s *Sink) readClusterMark(ctx context.Context) error {
 	s.clusterMark = 0
 	s.clusterFenced = 0
 	s.fenceCmds = s.fenceCmds[:0]
+	s.replayed = 0
+	if s.replayMark != 0 && s.fencedByMark() {
+		// Fenced as a replay: of transactions applied before this session.
+		for _, it := range s.acts.versions {
+			if it.lsn != 0 && it.lsn < s.replayMark {
+				s.replayed++
+			}
+		}
+		for _, it := range s.acts.sets {
+			if it.lsn != 0 && it.lsn < s.replayMark {
+				s.replayed++
+			}
+		}
+	}
 	if !s.cfg.Cluster || !s.fencedByMark() || (len(s.acts.versions) == 0 && len(s.acts.sets) == 0) {
 		return nil
 	}
-	v, err := s.cfg.Client.Get(ctx, s.cfg.WatermarkKey).Result()
-	if errors.Is(err, redis.Nil) {
-		return nil
-	}
+	mark, err := s.readMark(ctx)
 	if err != nil {
 		return fmt.Errorf("read the watermark %s before version raises and refresh writes: %w", s.cfg.WatermarkKey, err)
 	}
-	if mark, perr := pglogrepl.ParseLSN(v); perr == nil {
-		s.clusterMark = mark
-	}
+	s.clusterMark = mark
 	return nil
 }
 
-// reportFenced counts and logs the version raises and refresh writes that
-// the watermark fenced in the batch just sent: this instance is a leader
-// that lost the slot while it held them (paused or partitioned), and
-// another instance applied them and what followed.
+// reportFenced counts and logs the version raises, refresh writes and
+// deletes of refreshed keys that the watermark fenced in the batch just
+// sent. Those of transactions below the watermark this session began with
+// are a restart's replay (logged at debug); the rest mean that this
+// instance is a leader that lost the slot while it held them (paused or
+// partitioned), and another instance applied them and what followed.
 func (s *Sink) reportFenced() {
 	n := s.clusterFenced
 	for _, c := range s.fenceCmds {
@@ -375,10 +384,15 @@ func (s *Sink) reportFenced() {
 	}
 	s.fenceCmds = s.fenceCmds[:0]
 	s.clusterFenced = 0
-	if n == 0 {
+	s.Stats.Fenced.Add(uint64(n))
+	replayed := min(n, s.replayed)
+	if replayed > 0 {
+		s.log.Debug("skipped version raises and refresh writes of transactions applied before this session began (a replay)",
+			zap.Int("skipped", replayed))
+	}
+	if n -= replayed; n == 0 {
 		return
 	}
-	s.Stats.Fenced.Add(uint64(n))
 	s.obs.Fenced("action", n)
 	s.log.Warn("skipped version raises and refresh writes that another instance already applied: the watermark "+
 		"in Redis is past their commits, so this instance lost the slot while it held them (a paused or "+

@@ -246,3 +246,60 @@ func TestReplayBelowWatermarkKeepsRefreshedValue(t *testing.T) {
 		t.Errorf("a delete past the watermark left r:1")
 	}
 }
+
+// fencedObs records what the sink reports as fenced late writes.
+type fencedObs struct {
+	nopObserver
+	fenced map[string]int
+}
+
+func (o *fencedObs) Fenced(what string, n int) { o.fenced[what] += n }
+
+// A restart replays from the slot's position, which trails the watermark:
+// what the watermark fences of it is a replay, not a paused leader's late
+// writes, and must not reach the metric (and its alert). The same writes
+// after a session that began below them (a paused leader's) are reported.
+func TestReplayFencedIsNotReportedAsLate(t *testing.T) {
+	rdb, _ := newRedis(t)
+	ctx := context.Background()
+	set := replication.Event{Actions: []replication.Action{
+		{Kind: replication.ActVersion, Key: "r:1:v"},
+		{Kind: replication.ActSet, Key: "r:1", Value: "v1"},
+	}, LSN: 0x100, End: 0x108}
+	run(t, Config{Client: rdb, WatermarkKey: "wm"}, set, replication.Event{Globs: []string{"x:*"}, LSN: 0x200, End: 0x208})
+	for _, c := range []struct {
+		name     string
+		start    replication.LSN
+		wantLate int
+	}{
+		{"restart below the watermark (a replay)", 0x100, 0},
+		{"no session start (a paused leader's writes)", 0, 2},
+	} {
+		obs := &fencedObs{fenced: map[string]int{}}
+		s := New(Config{Client: rdb, WatermarkKey: "wm", Observer: obs}, &ackRecorder{})
+		in := make(chan replication.Event, 4)
+		if c.start != 0 {
+			in <- replication.Event{Restart: true, Start: c.start, Ready: make(chan struct{})}
+		}
+		in <- set
+		in <- replication.Event{Globs: []string{"x:*"}, LSN: 0x200, End: 0x208}
+		close(in)
+		if err := s.Run(ctx, in); err != nil {
+			t.Fatal(err)
+		}
+		// The raise finds its version key at its LSN already (nothing to
+		// fence); the write is fenced, and the TRUNCATE superseded.
+		if got := s.Stats.Fenced.Load(); got != 1 {
+			t.Errorf("%s: Stats.Fenced = %d, want 1 (the write)", c.name, got)
+		}
+		if got := s.Stats.Superseded.Load(); got != 1 {
+			t.Errorf("%s: Stats.Superseded = %d, want 1 (the TRUNCATE)", c.name, got)
+		}
+		if got := obs.fenced["action"] + obs.fenced["truncate"]; got != c.wantLate {
+			t.Errorf("%s: reported late writes %v, want %d in all", c.name, obs.fenced, c.wantLate)
+		}
+	}
+	if got := rdb.Get(ctx, "r:1").Val(); got != "v1" {
+		t.Errorf("r:1 = %q, want v1", got)
+	}
+}

@@ -198,8 +198,10 @@ type Observer interface {
 	Actions(kind replication.ActionKind, n int)
 	// Fenced reports late writes the watermark kept out: what is
 	// "truncate" (a TRUNCATE or explicit pattern) or "action" (version
-	// raises and refresh writes). Only a leader that lost the slot while
-	// it held them (paused or partitioned) sends such writes.
+	// raises, refresh writes, deletes of refreshed keys). Only a leader
+	// that lost the slot while it held them (paused or partitioned) sends
+	// such writes; a restart's replay of what the watermark had passed
+	// when its session began is not reported.
 	Fenced(what string, n int)
 }
 
@@ -235,9 +237,10 @@ type Stats struct {
 	// their commit: another instance had applied them (this one was a
 	// paused leader that lost the slot).
 	Superseded atomic.Uint64
-	// Fenced counts version raises and refresh writes not made because
-	// the watermark was past their commits (another instance applied
-	// them; this one was a paused leader that lost the slot).
+	// Fenced counts version raises, refresh writes and deletes of
+	// refreshed keys not made because the watermark was past their
+	// commits: applied already, by another instance (this one was a
+	// paused leader that lost the slot) or before a restart (a replay).
 	Fenced atomic.Uint64
 }
 
@@ -276,6 +279,13 @@ type Sink struct {
 	// clusterMark is, on a cluster, the watermark read before the batch
 	// being sent (readClusterMark; 0: none, or nothing to fence).
 	clusterMark replication.LSN
+	// replayMark is the watermark in Redis when this session began, until
+	// the session's batches passed it (0 then): transactions below it were
+	// applied before (a restart replays from the slot's confirmed
+	// position, which trails the watermark), so what the watermark fences
+	// of them is a replay, not a paused leader's late writes.
+	replayMark replication.LSN
+	replayed   int // the batch being sent's raises and writes below replayMark
 	// The version and refresh scripts of the batch being sent that read
 	// the watermark, and on a cluster how many raises and writes the
 	// watermark read before it left out (reportFenced).
@@ -552,6 +562,14 @@ func (s *Sink) restart(ctx context.Context, ev replication.Event) error {
 	}
 	if s.cfg.OnSession != nil && s.cfg.WatermarkKey != "" && ev.Start > s.lastMark {
 		s.lastMark = ev.Start
+	}
+	s.replayMark = 0
+	if s.cfg.WatermarkKey != "" {
+		// Only tells a replay from a paused leader in the log and the
+		// metrics: without it every fenced write counts as late.
+		if mark, err := s.readMark(ctx); err == nil && mark > ev.Start {
+			s.replayMark = mark
+		}
 	}
 	if ev.Ready != nil {
 		close(ev.Ready)
@@ -904,6 +922,9 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 		return err
 	}
 	s.reportFenced()
+	if end >= s.replayMark {
+		s.replayMark = 0
+	}
 	s.Stats.Batches.Add(1)
 	s.Stats.Keys.Add(uint64(len(keys)))
 	for kind, n := range s.acts.counts {
@@ -968,6 +989,13 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 	if !errors.As(err, &sup) {
 		return err
 	}
+	s.Stats.Superseded.Add(1)
+	if ev.LSN < s.replayMark {
+		s.log.Info("skipping a TRUNCATE (or explicit pattern) of a transaction applied before this session began: "+
+			"a replay from the slot's position, which trails the watermark",
+			zap.Stringer("commit_lsn", ev.LSN), zap.String("watermark", sup.mark), zap.Strings("patterns", ev.Globs))
+		return nil
+	}
 	// Another instance applied this TRUNCATE, and what followed it, while
 	// this one was frozen with it in hand: deleting now would delete newer
 	// values and version keys (which this instance's queued raises would
@@ -976,7 +1004,6 @@ func (s *Sink) applyGlobs(ctx context.Context, ev replication.Event) error {
 		"in Redis is past its commit, so this instance lost the slot while it held the TRUNCATE (a paused or "+
 		"partitioned leader); it steps back when its session ends",
 		zap.Stringer("commit_lsn", ev.LSN), zap.String("watermark", sup.mark), zap.Strings("patterns", ev.Globs))
-	s.Stats.Superseded.Add(1)
 	s.obs.Fenced("truncate", 1)
 	return nil
 }
@@ -1003,17 +1030,28 @@ func (s *Sink) checkGuard(ctx context.Context, lsn replication.LSN) error {
 	if lsn == 0 {
 		return nil
 	}
-	v, err := s.cfg.Client.Get(ctx, s.cfg.WatermarkKey).Result()
-	if errors.Is(err, redis.Nil) {
-		return nil
-	}
+	mark, err := s.readMark(ctx)
 	if err != nil {
 		return err
 	}
-	if mark, perr := pglogrepl.ParseLSN(v); perr == nil && mark > lsn {
-		return &supersededError{mark: v}
+	if mark > lsn {
+		return &supersededError{mark: mark.String()}
 	}
 	return nil
+}
+
+// readMark reads the watermark in Redis: 0 when there is none (or it is
+// not an LSN).
+func (s *Sink) readMark(ctx context.Context) (replication.LSN, error) {
+	v, err := s.cfg.Client.Get(ctx, s.cfg.WatermarkKey).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	mark, _ := pglogrepl.ParseLSN(v)
+	return mark, nil
 }
 
 func (s *Sink) applyGlobsGuarded(ctx context.Context, ev replication.Event) error {
