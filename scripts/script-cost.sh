@@ -8,6 +8,7 @@
 # run's count (the same connection and setup, no keys).
 #   scripts/script-cost.sh          # items of 1,000-row transactions
 #   TXN=1 scripts/script-cost.sh    # single-row transactions
+#   SETGET=0 scripts/script-cost.sh # order keys by GET and SET (Redis < 6.2)
 # Needs valgrind and redis-server. Output: one line per kind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +35,7 @@ count() { # kind -> total instructions of redis-server
 		sleep 0.2
 	done
 	CDC_SCRIPT_COST_ADDR=127.0.0.1:$port CDC_SCRIPT_COST=$kind CDC_SCRIPT_COST_TXN=${TXN:-1000} \
+		CDC_SCRIPT_COST_SETGET=${SETGET:-1} \
 		"$dir/sink.test" -test.run '^TestScriptCost$' -test.count=1 >"$dir/test.$kind.log" 2>&1 ||
 		{ cat "$dir/test.$kind.log" >&2; kill "$pid"; exit 1; }
 	redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
