@@ -122,11 +122,13 @@ func hashTag(key string) (string, bool) {
 // watermark has passed is not made (fencedByMark): Redis holds its effects
 // and what followed (a late leader's, or a replay after a restart, whose
 // deletes must not undo writes it skips): skip, for a run of them, whose
-// order keys still rise. The order key only rises: its
-// SET ... GET writes the item's LSN and, when the LSN it replaced was
-// higher (a late writer's item), puts that back at once, in the same
-// script (with the item's order key TTL). It returns how many values it
-// wrote and how many writes the watermark fenced.
+// order keys still rise, by a GET and a SET (a replay's mostly do not).
+// The order key only rises: SET ... GET writes the item's LSN and, when
+// the LSN it replaced was higher (a late writer's item), the script puts
+// that back at once, with the order key TTL of the item or the key's
+// remaining TTL when longer (the order key outlives the value it guards).
+// It returns how many values it wrote and how many writes the watermark
+// fenced.
 var refreshScript = redis.NewScript(lsnLua + markLua(5) + `
 local del = 'UNLINK'
 if ARGV[1] == '1' then del = 'DEL' end
@@ -178,7 +180,7 @@ while i <= nkeys do
       ttl, ottl = kind(t)
     end
     local had
-    if setget then
+    if setget and not skip then
       local old
       if probe then
         probe = false
@@ -190,11 +192,13 @@ while i <= nkeys do
       if setget then
         had = num(old)
         if had > lsn then
-          redis.call('SET', o, old, 'PX', ottl)
+          local keep = redis.call('PTTL', k)
+          if keep < tonumber(ottl) then keep = ottl end
+          redis.call('SET', o, old, 'PX', keep)
         end
       end
     end
-    if not setget then
+    if had == nil then
       had = num(redis.call('GET', o))
       if had < lsn then
         redis.call('SET', o, at, 'PX', ottl)

@@ -91,9 +91,9 @@ func forBothOrderWrites(t *testing.T, f func(t *testing.T)) {
 
 // TestOrderKeyNeverFalls: a late write or delete with a lower LSN than the
 // order key's (a leader that woke up late) leaves the order key and the
-// value as they were (the order key with a TTL, at most OrderTTL: SET ...
-// GET puts the higher LSN back with the item's order key TTL); one at the
-// same LSN (a replay) writes; one above raises. With and without the watermark (which fences late writes
+// value as they were (the order key with a TTL: SET ... GET puts the
+// higher LSN back with the item's order key TTL, or the value's when
+// longer); one at the same LSN (a replay) writes; one above raises. With and without the watermark (which fences late writes
 // first), and whichever way the order key is written.
 func TestOrderKeyNeverFalls(t *testing.T) {
 	forBothOrderWrites(t, func(t *testing.T) {
@@ -107,7 +107,9 @@ func TestOrderKeyNeverFalls(t *testing.T) {
 			del := func(k string, lsn replication.LSN) replication.Event {
 				return replication.Event{Actions: []replication.Action{{Kind: replication.ActUnlink, Key: k, Stamp: true}}, LSN: lsn, End: lsn + 8}
 			}
-			run(t, cfg, set("a", "a2", 0x200), set("b", "b2", 0x200), set("c", "c2", 0x1_00000200), del("d", 0x200))
+			long := set("f", "f2", 0x200)
+			long.Actions[0].TTL = 3 * time.Hour
+			run(t, cfg, set("a", "a2", 0x200), set("b", "b2", 0x200), set("c", "c2", 0x1_00000200), del("d", 0x200), long)
 			rdb.PExpire(ctx, OrderKey("a"), 30*time.Minute) // to see that a late write leaves the TTL
 			if mark != "" {
 				rdb.Set(ctx, mark, "0/100", 0) // a watermark below the late writes: only the order keys refuse them
@@ -120,20 +122,26 @@ func TestOrderKeyNeverFalls(t *testing.T) {
 				{Kind: replication.ActSet, Key: "c", Value: "c1"},
 				{Kind: replication.ActSet, Key: "d", Value: "d1"},
 				{Kind: replication.ActSet, Key: "e", Value: "e1"},
+				{Kind: replication.ActSet, Key: "f", Value: "f1"},
 				{Kind: replication.ActUnlink, Key: "b", Stamp: true},
 			}, LSN: 0x180, End: 0x188})
-			for k, want := range map[string]string{"a": "a2", "b": "", "c": "c2", "d": "", "e": "e1"} {
+			for k, want := range map[string]string{"a": "a2", "b": "", "c": "c2", "d": "", "e": "e1", "f": "f2"} {
 				if got := rdb.Get(ctx, k).Val(); got != want {
 					t.Errorf("watermark %q: %s = %q, want %q", mark, k, got, want)
 				}
 			}
-			for k, want := range map[string]string{"a": "0/200", "b": "0/200", "c": "1/200", "d": "0/200", "e": "0/180"} {
+			for k, want := range map[string]string{"a": "0/200", "b": "0/200", "c": "1/200", "d": "0/200", "e": "0/180", "f": "0/200"} {
 				if got := rdb.Get(ctx, OrderKey(k)).Val(); got != want {
 					t.Errorf("watermark %q: order key of %s = %q, want %q", mark, k, got, want)
 				}
 			}
 			if ttl := rdb.PTTL(ctx, OrderKey("a")).Val(); ttl <= 0 || ttl > time.Hour {
 				t.Errorf("watermark %q: order key TTL of a after a late write = %v, want at most OrderTTL", mark, ttl)
+			}
+			// The order key of a value with a longer TTL than the late write's
+			// order key TTL lives as long as the value.
+			if v, o := rdb.PTTL(ctx, "f").Val(), rdb.PTTL(ctx, OrderKey("f")).Val(); v < 179*time.Minute || o < v {
+				t.Errorf("watermark %q: f lives %v, its order key %v after a late write, want the order key at least as long", mark, v, o)
 			}
 			if n := late.Stats.Fenced.Load(); n != 0 {
 				t.Errorf("watermark %q: Stats.Fenced = %d, want 0 (the watermark is below the late writes)", mark, n)
