@@ -9,6 +9,7 @@
 #   scripts/script-cost.sh          # items of 1,000-row transactions
 #   TXN=1 scripts/script-cost.sh    # single-row transactions
 #   SETGET=0 scripts/script-cost.sh # order keys by GET and SET (Redis < 6.2)
+#   KINDS=update scripts/script-cost.sh  # (see TestScriptCost)
 # Needs valgrind and redis-server. Output: one line per kind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +45,7 @@ count() { # kind -> total instructions of redis-server
 }
 
 idle=$(count idle)
-for kind in refresh version unlink; do
+for kind in ${KINDS:-refresh version unlink}; do
 	n=$(count "$kind")
 	echo "$kind: $(((n - idle) / 25600)) instructions per key (total $n, idle $idle)"
 done

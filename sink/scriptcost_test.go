@@ -26,16 +26,19 @@ import (
 // CDC_SCRIPT_COST is what it sends: "refresh" (25,600 refresh writes of
 // 10-column rows of about 150 bytes, keys without leases, in 100 scripts
 // of 256), "version" (25,600 version raises, likewise), "unlink" (25,600
-// keys in 100 UNLINKs of 256, the delete rule's cost), or "idle" (the same
-// connection and setup: a script call of each kind with one item). Every kind starts with that setup, so (its instructions - the
-// idle run's) / 25,600 is Redis's work per key. CDC_SCRIPT_COST_TXN is the
-// number of consecutive items sharing a commit LSN (default 1,000, a
-// 1,000-row transaction; 1 for single-row transactions).
-// CDC_SCRIPT_COST_SETGET=0 has the refresh script write order keys with a
-// GET and a SET, as on a Redis older than 6.2. The watermark is
-// kept (sink.watermark's default), so the scripts read it once per call.
-// scripts/script-cost.sh runs all four under cachegrind and prints the
-// figures.
+// keys in 100 UNLINKs of 256, the delete rule's cost), "update" (each
+// refresh call after one that wrote its keys, each at an LSN of its own:
+// minus a "refresh" run with CDC_SCRIPT_COST_TXN=1, the cost of
+// refreshing keys that have order keys), or "idle" (the same connection
+// and setup: a script call of each kind with one item). Every kind starts
+// with that setup, so (its instructions - the idle run's) / 25,600 is
+// Redis's work per key. CDC_SCRIPT_COST_TXN is the number of consecutive
+// items sharing a commit LSN (default 1,000, a 1,000-row transaction; 1
+// for single-row transactions). CDC_SCRIPT_COST_SETGET=0 has the refresh
+// script write order keys with a GET and a SET, as on a Redis older than
+// 6.2. The watermark is kept (sink.watermark's default), so the scripts
+// read it once per call. scripts/script-cost.sh runs them under
+// cachegrind and prints the figures.
 func TestScriptCost(t *testing.T) {
 	addr := os.Getenv("CDC_SCRIPT_COST_ADDR")
 	if addr == "" {
@@ -91,8 +94,15 @@ func TestScriptCost(t *testing.T) {
 		switch kind {
 		case "idle":
 			return
-		case "refresh":
+		case "refresh", "update":
 			sets := make([]setItem, per)
+			if kind == "update" { // the keys written first, each at an LSN of its own
+				for j := range sets {
+					i := c*per + j
+					sets[j] = setItem{key: "row:" + strconv.Itoa(i), value: fmt.Sprintf(row, i), lsn: replication.LSN(i+1) * 0x1000}
+				}
+				exec(func(p redis.Pipeliner) { s.queueRefreshChunks(ctx, p, sets, per, DefaultOrderTTL) })
+			}
 			for j := range sets {
 				i := c*per + j
 				sets[j] = setItem{key: "row:" + strconv.Itoa(i), value: fmt.Sprintf(row, i), lsn: lsn(i)}
@@ -112,10 +122,10 @@ func TestScriptCost(t *testing.T) {
 			}
 			exec(func(p redis.Pipeliner) { p.Unlink(ctx, keys...) })
 		default:
-			t.Fatalf("CDC_SCRIPT_COST=%q: want refresh, version, unlink or idle", kind)
+			t.Fatalf("CDC_SCRIPT_COST=%q: want refresh, update, version, unlink or idle", kind)
 		}
 	}
-	want := map[string]int64{"refresh": 2*calls*per + 4, "version": calls*per + 4, "unlink": 4}[kind]
+	want := map[string]int64{"refresh": 2*calls*per + 4, "update": 2*calls*per + 4, "version": calls*per + 4, "unlink": 4}[kind]
 	if n, _ := rdb.DBSize(ctx).Result(); n != want {
 		t.Fatalf("%d keys in Redis, want %d (what was sent, the setup's and the watermark)", n, want)
 	}
