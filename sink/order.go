@@ -105,8 +105,12 @@ func hashTag(key string) (string, bool) {
 // with that TTL (0: none), one argument per item, the value; below 0:
 // deletes, no argument per item, minus their order keys' TTL; or "j":
 // writes with a TTL each (jittered), two arguments per item, the TTL in
-// milliseconds and the value. A write's order key lives for ARGV[6], or
-// the value's TTL when longer. The items of a transaction share its
+// milliseconds and the value, "j" and a number of milliseconds when their
+// order keys' TTL is not ARGV[6]. Otherwise a write's order key lives for
+// ARGV[6], or the value's TTL when longer: as before, the longer of
+// OrderTTL and the rule's TTL (refresh_ttl, before jitter), which the
+// script makes a millisecond longer: SET ... GET writes the order key
+// before the value, and Redis's clock runs on within a script. The items of a transaction share its
 // commit LSN, and its rows' writes mostly a kind, so a refreshed key costs
 // Redis its two keys and its value (and its TTL, jittered): every
 // argument costs Redis about 1,700 instructions, a number parsed in Lua
@@ -140,9 +144,10 @@ local setget = ARGV[7] == '1'
 local probe = setget
 local function kind(t)
   if t == 'j' then return 0, orderttl, true end
+  if string.byte(t) == 106 then return 0, tonumber(string.sub(t, 2)) + 1, true end
   local ttl = tonumber(t)
   if ttl < 0 then return ttl, string.sub(t, 2), false end
-  if ttl > orderms then return ttl, t, false end
+  if ttl > orderms then return ttl, ttl + 1, false end
   return ttl, orderttl, false
 end
 local usual = ARGV[8]
@@ -177,7 +182,7 @@ while i <= nkeys do
     if own then
       t = ARGV[a]
       a = a + 1
-      ttl, ottl = kind(t)
+      ttl = tonumber(t)
     end
     local had
     if setget and not skip then
@@ -198,11 +203,10 @@ while i <= nkeys do
         end
       end
     end
+    local raise = false
     if had == nil then
       had = num(redis.call('GET', o))
-      if had < lsn then
-        redis.call('SET', o, at, 'PX', ottl)
-      end
+      raise = had < lsn
     end
     if skip then
     elseif ttl < 0 then
@@ -214,6 +218,9 @@ while i <= nkeys do
         redis.call('SET', k, ARGV[a])
       end
       n = n + 1
+    end
+    if raise then
+      redis.call('SET', o, at, 'PX', ottl)
     end
     if ttl >= 0 then a = a + 1 end
   end
@@ -313,50 +320,61 @@ func orderMillis(d time.Duration) int64 {
 	return max(d.Milliseconds(), 1)
 }
 
-// refreshKind is the kind of a run of refreshScript's items: writes with
-// a TTL of ms milliseconds (0: none), with a TTL each (own), or deletes
-// (ms below 0: minus their order keys' TTL).
+// refreshKind is the kind of a run of refreshScript's items (see there):
+// writes with a TTL of ms milliseconds (0: none), deletes (ms below 0:
+// minus their order keys' TTL), or writes with a TTL each (own), their
+// order keys' TTL ms (0: ARGV[6]).
 type refreshKind struct {
 	own bool
 	ms  int64
 }
 
 func (k refreshKind) arg() any {
-	if k.own {
+	switch {
+	case !k.own:
+		return k.ms
+	case k.ms == 0:
 		return "j"
 	}
-	return k.ms
+	return "j" + strconv.FormatInt(k.ms, 10)
 }
 
 // appendRefreshRuns appends refreshScript's arguments from its usual kind
 // (ARGV[8]) on for items (see there) to args: runs of consecutive items
-// with the same commit LSN (as lsnArg gives it), writes or deletes; a run
-// of writes with different TTLs (ttl gives a write's, jittered) has them
-// each, a run of deletes one order key TTL (the TTL a write would have
-// had, at least orderTTL). The usual kind is the kind of most runs.
+// with the same commit LSN (as lsnArg gives it) and order key TTL (at
+// least orderTTL, the rule's TTL when longer, as before jitter), writes or
+// deletes. A run of writes whose TTLs (ttl gives a write's, jittered)
+// differ, or whose order key TTL is not the longer of orderTTL and that
+// TTL (a jittered TTL below the rule's above orderTTL), has them each. The
+// usual kind is the kind of most runs.
 func appendRefreshRuns(args []any, items []setItem, orderTTL time.Duration, lsnArg func(replication.LSN) any, ttl func(*setItem) time.Duration) []any {
 	type run struct {
 		end  int // items[start:end], start the previous run's end
 		kind refreshKind
 	}
-	ms := make([]int64, len(items))
+	orderMs := orderMillis(orderTTL)
+	ms := make([]int64, 2*len(items)) // a write's TTL, an item's order key TTL
 	for i := range items {
-		if it := &items[i]; it.dropped {
-			ms[i] = -orderMillis(max(orderTTL, it.ttl))
-		} else {
-			ms[i] = ttl(it).Milliseconds()
+		it := &items[i]
+		ms[2*i+1] = orderMillis(max(orderTTL, it.ttl))
+		if !it.dropped {
+			ms[2*i] = ttl(it).Milliseconds()
 		}
 	}
 	var runs []run
 	for i := 0; i < len(items); {
-		k := refreshKind{ms: ms[i]}
-		j := i + 1
-		for ; j < len(items) && items[j].lsn == items[i].lsn && items[j].dropped == items[i].dropped; j++ {
-			if ms[j] != ms[i] {
-				if items[i].dropped {
-					break
-				}
+		o := ms[2*i+1]
+		k := refreshKind{ms: ms[2*i]}
+		if items[i].dropped {
+			k.ms = -o
+		}
+		j := i
+		for ; j < len(items) && items[j].lsn == items[i].lsn && items[j].dropped == items[i].dropped && ms[2*j+1] == o; j++ {
+			if !items[j].dropped && (ms[2*j] != ms[2*i] || o != max(orderMs, ms[2*j])) {
 				k = refreshKind{own: true}
+				if o != orderMs {
+					k.ms = o
+				}
 			}
 		}
 		runs = append(runs, run{j, k})
@@ -380,7 +398,7 @@ func appendRefreshRuns(args []any, items []setItem, orderTTL time.Duration, lsnA
 				continue
 			}
 			if r.kind.own {
-				args = append(args, ms[i])
+				args = append(args, ms[2*i])
 			}
 			args = append(args, items[i].value)
 		}

@@ -33,6 +33,12 @@ func TestAppendRefreshRuns(t *testing.T) {
 		it.value = strconv.FormatInt(ms, 10)
 		return it
 	}
+	// A jittered write of a rule with TTL rule, jittered to ms.
+	jr := func(key string, lsn replication.LSN, rule time.Duration, ms int64) setItem {
+		it := j(key, lsn, ms)
+		it.ttl = rule
+		return it
+	}
 	for _, c := range []struct {
 		name  string
 		items []setItem
@@ -60,6 +66,12 @@ func TestAppendRefreshRuns(t *testing.T) {
 			[]any{int64(3_500_000), "0/10", 2, "3500000", "3500000"}},
 		{"a jittered single-row transaction is a plain run", []setItem{j("a", 0x10, 3_500_000), j("b", 0x20, 3_400_000), j("c", 0x30, 3_500_000)},
 			[]any{int64(3_500_000), "0/10", 1, "3500000", "0/20", -1, int64(3_400_000), "3400000", "0/30", 1, "3500000"}},
+		{"a jittered write of a rule whose TTL outlives OrderTTL: its order key keeps the rule's", []setItem{jr("a", 0x10, 48*time.Hour, 45*3_600_000)},
+			[]any{"j172800000", "0/10", 1, int64(45 * 3_600_000), "162000000"}},
+		{"writes of a rule whose TTL outlives OrderTTL, and of another", []setItem{w("a", 0x10, 48*time.Hour), w("b", 0x10, 48*time.Hour), w("c", 0x10, 0), w("d", 0x10, 0)},
+			[]any{int64(172_800_000), "0/10", 2, "va", "vb", "0/10", -2, int64(0), "vc", "vd"}},
+		{"jittered and plain writes, order keys of both rules' TTL", []setItem{jr("a", 0x10, 48*time.Hour, 45*3_600_000), w("b", 0x10, 48*time.Hour)},
+			[]any{"j172800000", "0/10", 2, int64(45 * 3_600_000), "162000000", int64(172_800_000), "vb"}},
 		{"writes of two TTLs in one transaction", []setItem{w("a", 0x10, time.Minute), w("b", 0x10, time.Hour), w("c", 0x10, time.Minute)},
 			[]any{"j", "0/10", 3, int64(60000), "va", int64(3_600_000), "vb", int64(60000), "vc"}},
 	} {
@@ -241,18 +253,21 @@ func TestRefreshRunsApply(t *testing.T) {
 				{OrderKey("plain:0"), 59 * time.Minute, time.Hour},
 				{OrderKey("del1"), 59 * time.Minute, time.Hour},
 				{OrderKey("ttl"), 59 * time.Minute, time.Hour},
-				{OrderKey("long"), 179 * time.Minute, 3 * time.Hour},
+				{OrderKey("long"), 179 * time.Minute, 3*time.Hour + time.Second},
 				{OrderKey("jit:1"), 59 * time.Minute, time.Hour},
+				{OrderKey("jit:3"), 239 * time.Minute, 4*time.Hour + time.Second}, // the rule's TTL, not the jittered one
 			} {
 				ttl := rdb.PTTL(ctx, c.key).Val()
 				if c.max == 0 && ttl != -1 || c.max > 0 && (ttl < c.min || ttl > c.max) {
 					t.Errorf("%s: TTL of %s = %v, want %v to %v", name, c.key, ttl, c.min, c.max)
 				}
 			}
-			// A jittered write's order key lives as long as its value at
-			// least (the value's TTL when longer than OrderTTL).
-			if v, o := rdb.PTTL(ctx, "jit:3").Val(), rdb.PTTL(ctx, OrderKey("jit:3")).Val(); o < v || o < 59*time.Minute {
-				t.Errorf("%s: order key of jit:3 lives %v, its value %v", name, o, v)
+			// An order key lives as long as its value at least (the rule's
+			// TTL when longer than OrderTTL).
+			for _, k := range []string{"jit:3", "long"} {
+				if v, o := rdb.PTTL(ctx, k).Val(), rdb.PTTL(ctx, OrderKey(k)).Val(); o < v || o < 59*time.Minute {
+					t.Errorf("%s: order key of %s lives %v, its value %v", name, k, o, v)
+				}
 			}
 			if n := s.Stats.Fenced.Load(); n != 0 {
 				t.Errorf("%s: Stats.Fenced = %d", name, n)
