@@ -10,6 +10,7 @@
 #   TXN=1 scripts/script-cost.sh    # single-row transactions
 #   SETGET=0 scripts/script-cost.sh # order keys by GET and SET (Redis < 6.2)
 #   KINDS=update scripts/script-cost.sh  # (see TestScriptCost)
+#   TTL=1h scripts/script-cost.sh   # refresh writes with a TTL, jittered
 # Needs valgrind and redis-server. Output: one line per kind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,7 +37,7 @@ count() { # kind -> total instructions of redis-server
 		sleep 0.2
 	done
 	CDC_SCRIPT_COST_ADDR=127.0.0.1:$port CDC_SCRIPT_COST=$kind CDC_SCRIPT_COST_TXN=${TXN:-1000} \
-		CDC_SCRIPT_COST_SETGET=${SETGET:-1} \
+		CDC_SCRIPT_COST_SETGET=${SETGET:-1} CDC_SCRIPT_COST_TTL=${TTL:-} \
 		"$dir/sink.test" -test.run '^TestScriptCost$' -test.count=1 >"$dir/test.$kind.log" 2>&1 ||
 		{ cat "$dir/test.$kind.log" >&2; kill "$pid"; exit 1; }
 	redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true

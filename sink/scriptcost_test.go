@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -36,7 +37,8 @@ import (
 // items sharing a commit LSN (default 1,000, a 1,000-row transaction; 1
 // for single-row transactions). CDC_SCRIPT_COST_SETGET=0 has the refresh
 // script write order keys with a GET and a SET, as on a Redis older than
-// 6.2. The watermark is kept (sink.watermark's default), so the scripts
+// 6.2. CDC_SCRIPT_COST_TTL=1h gives the refresh writes a TTL of 1h
+// with a jitter of 0.1 (as in docs/rules.md's example). The watermark is kept (sink.watermark's default), so the scripts
 // read it once per call. scripts/script-cost.sh runs them under
 // cachegrind and prints the figures.
 func TestScriptCost(t *testing.T) {
@@ -55,6 +57,15 @@ func TestScriptCost(t *testing.T) {
 	if os.Getenv("CDC_SCRIPT_COST_SETGET") == "0" {
 		orderSetGet = false // the way of a Redis older than 6.2
 		defer func() { orderSetGet = true }()
+	}
+	var ttl time.Duration // of the measured refresh writes
+	var jitter float64
+	if v := os.Getenv("CDC_SCRIPT_COST_TTL"); v != "" {
+		var err error
+		if ttl, err = time.ParseDuration(v); err != nil {
+			t.Fatalf("CDC_SCRIPT_COST_TTL=%q: %v", v, err)
+		}
+		jitter = 0.1
 	}
 	const calls, per = 100, 256
 	ctx := context.Background()
@@ -105,7 +116,7 @@ func TestScriptCost(t *testing.T) {
 			}
 			for j := range sets {
 				i := c*per + j
-				sets[j] = setItem{key: "row:" + strconv.Itoa(i), value: fmt.Sprintf(row, i), lsn: lsn(i)}
+				sets[j] = setItem{key: "row:" + strconv.Itoa(i), value: fmt.Sprintf(row, i), lsn: lsn(i), ttl: ttl, jitter: jitter}
 			}
 			exec(func(p redis.Pipeliner) { s.queueRefreshChunks(ctx, p, sets, per, DefaultOrderTTL) })
 		case "version":
