@@ -101,20 +101,20 @@ func hashTag(key string) (string, bool) {
 // (built by appendRefreshRuns): the run's commit LSN ("X/Y") and its
 // number of items; when that number is negative (minus the number), the
 // run's kind follows, which is ARGV[8] otherwise; then the arguments of
-// its items. A kind is a number of milliseconds at or above 0: writes
-// with that TTL (0: none), one argument per item, the value; below 0:
-// deletes, no argument per item, minus their order keys' TTL; or "j":
-// writes with a TTL each (jittered), two arguments per item, the TTL in
-// milliseconds and the value, "j" and a number of milliseconds when their
-// order keys' TTL is not ARGV[6]. Otherwise a write's order key lives for
-// ARGV[6], or the value's TTL when longer: as before, the longer of
-// OrderTTL and the rule's TTL (refresh_ttl, before jitter), which the
-// script makes a millisecond longer: SET ... GET writes the order key
-// before the value, and Redis's clock runs on within a script. The items of a transaction share its
-// commit LSN, and its rows' writes mostly a kind, so a refreshed key costs
-// Redis its two keys and its value (and its TTL, jittered): every
-// argument costs Redis about 1,700 instructions, a number parsed in Lua
-// (tonumber) about 1,000 (docs/benchmarks.md, issue 15).
+// its items. A kind is a number of milliseconds at or above 0: writes with
+// that TTL (0: none), one argument per item, the value; below 0: deletes,
+// no argument per item, minus their order keys' TTL; or "j": writes with a
+// TTL each (jittered), two arguments per item, the TTL in milliseconds and
+// the value, "j" and a number of milliseconds when their order keys' TTL
+// is not ARGV[6]. Otherwise a write's order key lives for ARGV[6], or the
+// value's TTL when longer: as before, the longer of OrderTTL and the
+// rule's TTL (refresh_ttl, before jitter), which the script makes a
+// millisecond longer: SET ... GET writes the order key before the value,
+// and Redis's clock runs on within a script. The items of a transaction
+// share its commit LSN, and its rows' writes mostly a kind, so a refreshed
+// key costs Redis its two keys and its value (and its TTL, jittered):
+// every argument costs Redis about 1,700 instructions, a number parsed in
+// Lua (tonumber) about 1,000 (docs/benchmarks.md, issue 15).
 //
 // The lease is fenced (or deleted) first, in the same script: a fill
 // under a lease taken before this commit is refused, and with the fence
