@@ -291,7 +291,8 @@ type Sink struct {
 	// MaxInFlight is how many pipelines of plain deletes may be in flight
 	// at once when their keys differ (a fresh commit need not wait for
 	// the round trip of the batch ahead of it); 1 sends each after the one
-	// before was answered. Default 4.
+	// before was answered. Default 1 (see docs/benchmarks.md for when more
+	// pays).
 	MaxInFlight int `yaml:"max_in_flight"`
 	// OnLongKey is what happens to a key longer than MaxKeyBytes: "send"
 	// (default: it is invalidated all the same) or "stop" (the engine stops

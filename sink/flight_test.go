@@ -129,7 +129,7 @@ func TestFlightsOvertakeButAcknowledgeInOrder(t *testing.T) {
 	gate := newGate()
 	rdb.AddHook(gate)
 	acks := make(chanAcker, 16)
-	s := New(Config{Client: rdb, WatermarkKey: "wm"}, acks)
+	s := New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: 4}, acks)
 	in := make(chan replication.Event, 4)
 	runAsync(t, s, in)
 
@@ -175,7 +175,7 @@ func TestFlightWaitsForSameKeyAndForActions(t *testing.T) {
 			gate := newGate()
 			rdb.AddHook(gate)
 			acks := make(chanAcker, 16)
-			s := New(Config{Client: rdb, WatermarkKey: "wm"}, acks)
+			s := New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: 4}, acks)
 			in := make(chan replication.Event, 4)
 			runAsync(t, s, in)
 			in <- replication.Event{Keys: []string{"slow:1"}, LSN: 0x10, End: 0x18}
@@ -224,7 +224,7 @@ func TestFailedFlightHoldsLaterPositions(t *testing.T) {
 	gate.failFirst = true
 	rdb.AddHook(gate)
 	acks := make(chanAcker, 16)
-	s := New(Config{Client: rdb, WatermarkKey: "wm", MinBackoff: 50 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, acks)
+	s := New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: 4, MinBackoff: 50 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, acks)
 	in := make(chan replication.Event, 4)
 	runAsync(t, s, in)
 	in <- replication.Event{Keys: []string{"slow:1"}, LSN: 0x10, End: 0x18}
@@ -248,7 +248,7 @@ func TestFlightsBurst(t *testing.T) {
 	rdb, _ := newRedis(t)
 	ctx := context.Background()
 	acks := make(chanAcker, 4096)
-	s := New(Config{Client: rdb, WatermarkKey: "wm"}, acks)
+	s := New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: 4}, acks)
 	in := make(chan replication.Event, 64)
 	const n = 2000
 	for i := range n {

@@ -98,7 +98,7 @@ type Config struct {
 	// MaxInFlight is how many batches of plain deletes may be in flight at
 	// once, each on a connection of its own, when their keys differ (see
 	// flight.go); 1 sends every batch after the one before was answered.
-	// Default 4.
+	// Default 1.
 	MaxInFlight int
 	WaitTimeout time.Duration
 	// Cluster says Client is a Redis Cluster client: every multi-key
