@@ -101,7 +101,7 @@ func TestLoadFull(t *testing.T) {
 			StandbyRetry: 2 * time.Second, WALSenderTimeout: 20 * time.Second, WarnRetainedWALMB: 4096, CatalogCheckInterval: 30 * time.Second},
 		Redis:       Redis{Addr: "redis:6380", WaitTimeout: time.Second, DB: 3, Username: "cdc", Password: "pw", DialTimeout: time.Second, ReadTimeout: 2 * time.Second, WriteTimeout: 3 * time.Second},
 		Rules:       []Rule{{Table: "users", Keys: []string{"user:{id}"}}},
-		Sink:        Sink{DeleteCommand: "del", MaxBatchKeys: 500, ScanCount: 50, MaxBackoff: time.Second, MaxKeyBytes: 64 << 10, OnLongKey: LongKeyStop},
+		Sink:        Sink{DeleteCommand: "del", MaxBatchKeys: 500, ScanCount: 50, MaxBackoff: time.Second, MaxKeyBytes: 64 << 10, MaxInFlight: 1, OnLongKey: LongKeyStop},
 		Client:      Client{Leases: true, PublishChannel: "cdc-events"},
 		Metrics:     Metrics{Listen: "127.0.0.1:9187", ReadyMaxLag: 5 * time.Second, SlotPollInterval: 3 * time.Second, Pprof: true},
 		Consistency: Consistency{OnHistoryLost: "stop", OnFirstStart: "keep"},

@@ -36,6 +36,7 @@ func (c *Config) setDefaults() {
 	setZero(&s.MaxBatchKeys, defaults.MaxBatchKeys)
 	setZero(&s.ScanCount, defaults.ScanCount)
 	setZero(&s.MaxKeyBytes, defaults.MaxKeyBytes)
+	setZero(&s.MaxInFlight, defaults.MaxInFlight)
 	setZero(&s.OnLongKey, defaults.OnLongKey)
 	setZero(&s.MaxBackoff, defaults.SinkBackoff)
 	setZero(&c.Metrics.ReadyMaxLag, defaults.ReadyMaxLag)

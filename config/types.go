@@ -288,6 +288,12 @@ type Sink struct {
 	// MaxKeyBytes is the key length beyond which a key is logged and
 	// counted (a template over a huge value). Default 65536.
 	MaxKeyBytes int `yaml:"max_key_bytes"`
+	// MaxInFlight is how many pipelines of plain deletes may be in flight
+	// at once when their keys differ (a fresh commit need not wait for
+	// the round trip of the batch ahead of it); 1 sends each after the one
+	// before was answered. Default 1 (see docs/benchmarks.md for when more
+	// pays).
+	MaxInFlight int `yaml:"max_in_flight"`
 	// OnLongKey is what happens to a key longer than MaxKeyBytes: "send"
 	// (default: it is invalidated all the same) or "stop" (the engine stops
 	// with an error). A key is never skipped.

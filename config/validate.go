@@ -113,6 +113,9 @@ func (c *Config) validate(loc locator) []Problem {
 	if c.Postgres.TxnBufferMB > 1<<20 {
 		add("postgres.txn_buffer_mb", "txn_buffer_mb %d is larger than 1 TiB", c.Postgres.TxnBufferMB)
 	}
+	if c.Sink.MaxInFlight < 1 || c.Sink.MaxInFlight > 64 {
+		add("sink.max_in_flight", "max_in_flight must be between 1 (one pipeline at a time) and 64")
+	}
 	if c.Sink.MaxKeyBytes < 1 {
 		add("sink.max_key_bytes", "max_key_bytes must be at least 1")
 	}

@@ -153,7 +153,7 @@ func (e *Engine) run(ctx context.Context) error {
 		ScanCount: e.cfg.Sink.ScanCount, MaxBackoff: e.cfg.Sink.MaxBackoff, Logger: e.log.Named("sink"),
 		PublishChannel: e.cfg.Client.PublishChannel, Companion: companion, CompanionPatterns: cacheaside.LeasePatterns, FenceValue: cacheaside.LeaseFence, Fence: fence, Observer: e.Metrics,
 		Cluster: e.cfg.Redis.Cluster, WaitReplicas: e.cfg.Redis.WaitReplicas, WaitTimeout: e.cfg.Redis.WaitTimeout,
-		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, StopOnLongKey: e.cfg.Sink.OnLongKey == config.LongKeyStop,
+		MaxKeyBytes: e.cfg.Sink.MaxKeyBytes, MaxInFlight: e.cfg.Sink.MaxInFlight, StopOnLongKey: e.cfg.Sink.OnLongKey == config.LongKeyStop,
 		WatermarkKey: e.cfg.WatermarkKey(), FlushPatterns: e.mapper.Globs(), FlushGenerations: e.mapper.Generations(),
 		FlushOnHistoryLost: e.cfg.Consistency.OnHistoryLost == config.HistoryLostFlush,
 		CatchUpAge:         catchUpAge, OnSession: e.sessionChecks(rdb, start), Verifier: sinkVerifier(vf),

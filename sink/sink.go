@@ -42,6 +42,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -94,7 +95,12 @@ type Config struct {
 	// cluster every master gets a write and WAIT on one connection after
 	// the batch (waitMasters).
 	WaitReplicas int
-	WaitTimeout  time.Duration
+	// MaxInFlight is how many batches of plain deletes may be in flight at
+	// once, each on a connection of its own, when their keys differ (see
+	// flight.go); 1 sends every batch after the one before was answered.
+	// Default 1.
+	MaxInFlight int
+	WaitTimeout time.Duration
 	// Cluster says Client is a Redis Cluster client: every multi-key
 	// command and script then carries keys of one hash slot only (the
 	// cluster pipeline sends each to its slot's master, masters in
@@ -309,6 +315,15 @@ type Sink struct {
 	accOrder []string
 
 	flush atomic.Pointer[flushSet] // set by SetFlush; nil: the Config's
+
+	// Batches of plain deletes in flight, oldest first (flight.go), their
+	// keys, spare flights for reuse, and the goroutines sending them.
+	flights    []*flight
+	flightKeys int
+	sent       int             // flights sent to Redis (not positions), answered or not
+	flightMark replication.LSN // the highest watermark a flight carried
+	spare      []*flight
+	flying     sync.WaitGroup
 }
 
 type flushSet struct{ patterns, generations []string }
@@ -374,6 +389,9 @@ func New(cfg Config, ack Acker) *Sink {
 	if cfg.GatherWait <= 0 {
 		cfg.GatherWait = defaults.GatherWait
 	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = defaults.MaxInFlight
+	}
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	h := time.NewTimer(time.Hour)
@@ -388,6 +406,17 @@ type PermanentError = retry.PermanentError
 // Run applies events from in until in is closed (it returns nil), ctx ends
 // (it returns ctx's error) or a permanent Redis error happens.
 func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
+	// Batches in flight (flight.go) end with Run: what they did not finish
+	// is replayed, since their positions were not reported.
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		s.flying.Wait()
+		for _, f := range s.flights {
+			s.recycle(f)
+		}
+		s.flights, s.flightKeys, s.sent = s.flights[:0], 0, 0
+	}()
 	var pending *replication.Event // a TRUNCATE event that ended the last batch
 	for {
 		var ev replication.Event
@@ -402,16 +431,35 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			select {
 			case ev, ok = <-in:
 				if !ok {
+					if err := s.drain(ctx); err != nil {
+						return err
+					}
 					return s.markHeld(ctx)
 				}
+			case <-s.landed():
+				if err := s.land(ctx); err != nil {
+					return err
+				}
+				continue
 			case <-hold:
 				s.holding = false
+				if len(s.flights) > 0 {
+					// No stall behind the batches in flight: the watermark
+					// goes in a pipeline of its own, as far as they allow.
+					s.launchMark(ctx)
+					continue
+				}
 				if err := s.markHeld(ctx); err != nil {
 					return err
 				}
 				continue
 			case <-ctx.Done():
 				return ctx.Err()
+			}
+		}
+		if ev.Restart || len(ev.Globs) > 0 {
+			if err := s.drain(ctx); err != nil {
+				return err
 			}
 		}
 		if ev.Restart {
@@ -503,8 +551,38 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 		// batch when nothing is queued behind it, or every markEvery while
 		// catching up. Positions are confirmed only up to the watermark, so
 		// it never falls below the slot's confirmed position.
-		held := max(end, s.held)
 		markNow := s.cfg.WatermarkKey == "" || closed || pending != nil || len(in) == 0 || time.Since(s.markedAt) >= markEvery
+		if !closed && pending == nil && len(s.flights) > 0 && len(s.batch) == 0 && s.acts.size() == 0 {
+			// Only positions, behind batches in flight: applied when they are.
+			s.addPosition(end)
+			continue
+		}
+		fly := false
+		if !closed && pending == nil {
+			var err error
+			if fly, err = s.canFly(ctx); err != nil {
+				return err
+			}
+		}
+		if fly {
+			// Plain deletes of keys no batch in flight holds: sent now,
+			// without waiting for the answers of the batches ahead. The
+			// watermark goes only as far as what was answered (flight.go).
+			var mark replication.LSN
+			if markNow && s.cfg.WatermarkKey != "" {
+				if len(s.flights) == 0 {
+					mark = max(end, s.held)
+				} else if s.held > s.flightMark {
+					mark = s.held // another flight may carry it already
+				}
+			}
+			s.launch(ctx, end, mark)
+			continue
+		}
+		if err := s.drain(ctx); err != nil {
+			return err
+		}
+		held := max(end, s.held)
 		if markNow && s.cfg.WatermarkKey != "" && !closed && pending == nil && len(s.batch) == 0 && s.acts.size() == 0 {
 			// Only positions (keepalives, empty transactions): raising
 			// the watermark now would cost a round trip that a fresh
@@ -1577,17 +1655,25 @@ func markFound(c *redis.Cmd) (string, replication.LSN, error) {
 // (a restart without persistence, a failover to a lagging replica, a
 // restore): keys this engine deleted may be back with old values.
 func (s *Sink) checkMark(ctx context.Context, end replication.LSN) error {
+	return s.checkMarkFrom(ctx, end, s.lastMark)
+}
+
+// checkMarkFrom is checkMark for a watermark script sent when the highest
+// watermark this sink had set was mine: a batch in flight (flight.go) may
+// run in Redis before one sent ahead of it, and then finds the watermark
+// below what that one raised it to, which is no loss.
+func (s *Sink) checkMarkFrom(ctx context.Context, end, mine replication.LSN) error {
 	prev, had, err := markFound(s.markCmd)
 	if err != nil {
 		return err
 	}
-	if s.lastMark != 0 && had < s.lastMark && s.mustFlush == "" {
+	if mine != 0 && had < mine && s.mustFlush == "" {
 		// The script left the watermark where it was; remembered until the
 		// flush succeeded, then the watermark is raised explicitly.
 		s.mustFlush = fmt.Sprintf("the watermark %s in Redis was %s, below %s which this engine had set: Redis lost "+
 			"writes it had acknowledged (restart without persistence, failover to a lagging replica, restore "+
 			"from a backup, FLUSHALL), so deleted keys may be back with old values",
-			s.cfg.WatermarkKey, orMissing(prev), s.lastMark)
+			s.cfg.WatermarkKey, orMissing(prev), mine)
 	}
 	if end > s.lastMark {
 		s.lastMark = end

@@ -45,6 +45,7 @@ const (
 const (
 	DeleteCommand = "unlink" // spelling of config.DeleteCommand
 	MaxBatchKeys  = 10000
+	MaxInFlight   = 1 // sink.max_in_flight
 	ScanCount     = 1000
 	MaxKeyBytes   = 64 << 10
 	OnLongKey     = "send"          // spelling of config.OnLongKey
