@@ -382,20 +382,54 @@ func (s *Sink) queueVersionChunks(ctx context.Context, p redis.Pipeliner, v []ve
 	for i := 0; i < len(v); i += per {
 		chunk := v[i:min(i+per, len(v))]
 		keys := make([]string, 0, 1+len(chunk))
-		args := make([]any, 0, 1+2*len(chunk))
 		if mark {
 			keys = append(keys, s.cfg.WatermarkKey)
 		}
-		args = append(args, boolArg(mark))
 		for _, it := range chunk {
 			keys = append(keys, it.key)
-			args = append(args, s.lsnArg(it.lsn), it.ttl.Milliseconds())
 		}
+		args := appendVersionRuns(append(make([]any, 0, 4), boolArg(mark)), chunk, s.lsnArg)
 		c := versionScript.Eval(ctx, p, keys, args...)
 		if mark {
 			s.fenceCmds = append(s.fenceCmds, c)
 		}
 	}
+}
+
+// appendVersionRuns appends versionScript's arguments from its usual TTL
+// (ARGV[2]) on for items (see there) to args: runs of consecutive items
+// with the same commit LSN (as lsnArg gives it) and TTL. The usual TTL is
+// the TTL of most runs.
+func appendVersionRuns(args []any, items []versionItem, lsnArg func(replication.LSN) any) []any {
+	type run struct {
+		end int // items[start:end], start the previous run's end
+		ms  int64
+	}
+	var runs []run
+	for i := 0; i < len(items); {
+		j := i + 1
+		for j < len(items) && items[j].lsn == items[i].lsn && items[j].ttl.Milliseconds() == items[i].ttl.Milliseconds() {
+			j++
+		}
+		runs = append(runs, run{j, items[i].ttl.Milliseconds()})
+		i = j
+	}
+	usual := int64(0)
+	if len(runs) > 0 {
+		usual = mostRuns(runs, func(r run) int64 { return r.ms })
+	}
+	args = append(args, usual)
+	start := 0
+	for _, r := range runs {
+		args = append(args, lsnArg(items[start].lsn))
+		if r.ms == usual {
+			args = append(args, r.end-start)
+		} else {
+			args = append(args, start-r.end, r.ms)
+		}
+		start = r.end
+	}
+	return args
 }
 
 // queueAfterDeletes queues deletes with the other command, refreshed
@@ -434,26 +468,52 @@ func replayedEntry(c redis.Cmder) bool {
 
 // versionScript raises version keys, never lowering them. ARGV[1] is "1"
 // when KEYS[1] is the watermark (then the version keys follow it), "0"
-// when there is none; then two arguments per version key: the commit LSN
-// ("X/Y") to raise it to and a TTL in milliseconds (used when positive).
-// A raise of a transaction the watermark has passed is not made (see
-// fencedByMark in order.go). It returns how many it raised and how many
-// raises the watermark fenced.
+// when there is none; ARGV[2] is the usual TTL in milliseconds (used when
+// positive). Then the version keys, in runs of consecutive keys of one
+// commit LSN and TTL (built by appendVersionRuns): the run's commit LSN
+// ("X/Y", what its keys are raised to) and its number of keys, then, when
+// that number is negative (minus the number), their TTL, which is ARGV[2]
+// otherwise. The keys of a transaction share its commit LSN and mostly a
+// TTL, so a raise costs Redis its key and no argument of its own. A raise
+// of a transaction the watermark has passed is not made (see fencedByMark
+// in order.go). It returns how many it raised and how many raises the
+// watermark fenced.
 var versionScript = redis.NewScript(lsnLua + markLua(1) + `
 local n = 0
-for i = first, #KEYS do
-  local k = KEYS[i]
-  local v = ARGV[2*(i-first)+2]
-  local ttl = tonumber(ARGV[2*(i-first)+3])
+local usual = ARGV[2]
+local usualpx = tonumber(usual) > 0
+local i, a, nkeys = first, 3, #KEYS
+while i <= nkeys do
+  local v = ARGV[a]
   local lsn = num(v)
-  if num(redis.call('GET', k)) < lsn and not passed(lsn) then
-    if ttl > 0 then
-      redis.call('SET', k, v, 'PX', ttl)
-    else
-      redis.call('SET', k, v)
-    end
-    n = n + 1
+  local count = ARGV[a+1]
+  if count == '1' then count = 1 else count = tonumber(count) end
+  local ttl, px = usual, usualpx
+  if count < 0 then
+    count = -count
+    ttl = ARGV[a+2]
+    px = tonumber(ttl) > 0
+    a = a + 3
+  else
+    a = a + 2
   end
+  local last = i + count - 1
+  local skip = passed(lsn, 0) -- counted below, per raise it fences
+  for j = i, last do
+    local k = KEYS[j]
+    if num(redis.call('GET', k)) >= lsn then
+    elseif skip then
+      fenced = fenced + 1
+    else
+      if px then
+        redis.call('SET', k, v, 'PX', ttl)
+      else
+        redis.call('SET', k, v)
+      end
+      n = n + 1
+    end
+  end
+  i = last + 1
 end
 return {n, fenced}`)
 

@@ -84,61 +84,152 @@ func hashTag(key string) (string, bool) {
 }
 
 // refreshScript applies refresh writes and deletes of refreshed keys in
-// commit order. ARGV[1] is "1" to delete with DEL instead of UNLINK;
+// commit order.
+//
+// Its arguments: ARGV[1] is "1" to delete with DEL instead of UNLINK;
 // ARGV[2] is how many KEYS one item has: 2 (the key, its order key) or 3
 // (and its lease, with leases on); ARGV[3] is the lease fence value ("" to
 // delete the lease) and ARGV[4] the fence's milliseconds; ARGV[5] is "1"
-// when KEYS[1] is the watermark (the items' keys follow it); then five
-// arguments per item: the commit LSN, "s" (write) or "d" (delete), the
-// value, its TTL in milliseconds (0: none), and the order key's TTL in
-// milliseconds. The lease is fenced (or deleted) first, in the same
-// script: a fill under a lease taken before this commit is refused, and
-// with the fence no reader takes a new lease for a moment. A write at or
-// above the LSN recorded in the order key is made (at: the same
-// transaction again, a replay after a crash or a later part of a large
-// transaction); one below it is dropped, since the key holds what a later
-// commit left. Deletes always delete, except that a write or a delete of a
-// transaction the watermark has passed is not made (fencedByMark): Redis
-// holds its effects and what followed (a late leader's, or a replay after
-// a restart, whose deletes must not undo writes it skips). The order key
-// only rises. It returns how many values it wrote and how many writes the
-// watermark fenced.
+// when KEYS[1] is the watermark (the items' keys follow it); ARGV[6] is
+// the order keys' TTL in milliseconds (OrderTTL); ARGV[7] is "1" to write
+// an order key with one SET ... GET (Redis 6.2+: on an older Redis the
+// first one, sent with redis.pcall, is refused as a syntax error, and the
+// script goes on with a GET and a SET, which meet any other error the
+// first one had, as before); ARGV[8] is the usual kind of a run.
+//
+// Then the items, in runs of consecutive items of one commit LSN and kind
+// (built by appendRefreshRuns): the run's commit LSN ("X/Y") and its
+// number of items; when that number is negative (minus the number), the
+// run's kind follows, which is ARGV[8] otherwise; then the arguments of
+// its items. A kind is a number of milliseconds at or above 0: writes with
+// that TTL (0: none), one argument per item, the value; below 0: deletes,
+// no argument per item, minus their order keys' TTL; or "j": writes with a
+// TTL each (jittered), two arguments per item, the TTL in milliseconds and
+// the value, "j" and a number of milliseconds when their order keys' TTL
+// is not ARGV[6]. Otherwise a write's order key lives for ARGV[6], or the
+// value's TTL when longer: as before, the longer of OrderTTL and the
+// rule's TTL (refresh_ttl, before jitter), which the script makes a
+// millisecond longer: SET ... GET writes the order key before the value,
+// and Redis's clock runs on within a script. The items of a transaction
+// share its commit LSN, and its rows' writes mostly a kind, so a refreshed
+// key costs Redis its two keys and its value (and its TTL, jittered):
+// every argument costs Redis about 1,700 instructions, a number parsed in
+// Lua (tonumber) about 1,000 (docs/benchmarks.md, issue 15).
+//
+// The lease is fenced (or deleted) first, in the same script: a fill
+// under a lease taken before this commit is refused, and with the fence
+// no reader takes a new lease for a moment. A write at or above the LSN
+// recorded in the order key is made (at: the same transaction again, a
+// replay after a crash or a later part of a large transaction); one below
+// it is dropped, since the key holds what a later commit left. Deletes
+// always delete, except that a write or a delete of a transaction the
+// watermark has passed is not made (fencedByMark): Redis holds its effects
+// and what followed (a late leader's, or a replay after a restart, whose
+// deletes must not undo writes it skips): skip, for a run of them, whose
+// order keys still rise, by a GET and a SET (a replay's mostly do not).
+// The order key only rises: SET ... GET writes the item's LSN and, when
+// the LSN it replaced was higher (a late writer's item), the script puts
+// that back at once, with the order key TTL of the item or the key's
+// remaining TTL when longer (the order key outlives the value it guards).
+// It returns how many values it wrote and how many writes the watermark
+// fenced.
 var refreshScript = redis.NewScript(lsnLua + markLua(5) + `
 local del = 'UNLINK'
 if ARGV[1] == '1' then del = 'DEL' end
 local stride = tonumber(ARGV[2])
+local lease, leasems = ARGV[3], ARGV[4]
+local orderttl = ARGV[6]
+local orderms = tonumber(orderttl)
+local setget = ARGV[7] == '1'
+local probe = setget
+local function kind(t)
+  if t == 'j' then return 0, orderttl, true end
+  if string.byte(t) == 106 then return 0, tonumber(string.sub(t, 2)) + 1, true end
+  local ttl = tonumber(t)
+  if ttl < 0 then return ttl, string.sub(t, 2), false end
+  if ttl > orderms then return ttl, ttl + 1, false end
+  return ttl, orderttl, false
+end
+local usual = ARGV[8]
+local uttl, uottl, uown = kind(usual)
 local n = 0
-local item = 0
-for i = first, #KEYS, stride do
-  local a = 5 + item * 5
-  item = item + 1
-  if stride == 3 then
-    if ARGV[3] ~= '' then
-      redis.call('SET', KEYS[i+2], ARGV[3], 'PX', ARGV[4])
-    else
-      redis.call('DEL', KEYS[i+2])
-    end
+local i, a, nkeys = first, 9, #KEYS
+while i <= nkeys do
+  local at = ARGV[a]
+  local lsn = num(at)
+  local count = ARGV[a+1]
+  if count == '1' then count = 1 else count = tonumber(count) end
+  local t, own, ttl, ottl = usual, uown, uttl, uottl
+  if count < 0 then
+    count = -count
+    t = ARGV[a+2]
+    ttl, ottl, own = kind(t)
+    a = a + 3
+  else
+    a = a + 2
   end
-  local lsn = num(ARGV[a+1])
-  local had = num(redis.call('GET', KEYS[i+1]))
-  if passed(lsn) then
-    -- applied by another instance, or before a restart, with what followed
-  elseif ARGV[a+2] == 'd' then
-    redis.call(del, KEYS[i])
-  elseif had <= lsn then
-    local ttl = tonumber(ARGV[a+4])
-    if ttl > 0 then
-      redis.call('SET', KEYS[i], ARGV[a+3], 'PX', ttl)
-    else
-      redis.call('SET', KEYS[i], ARGV[a+3])
+  local skip = passed(lsn, count)
+  for _ = 1, count do
+    local k, o = KEYS[i], KEYS[i+1]
+    if stride == 3 then
+      if lease ~= '' then
+        redis.call('SET', KEYS[i+2], lease, 'PX', leasems)
+      else
+        redis.call('DEL', KEYS[i+2])
+      end
     end
-    n = n + 1
-  end
-  if had < lsn then
-    redis.call('SET', KEYS[i+1], ARGV[a+1], 'PX', ARGV[a+5])
+    i = i + stride
+    if own then
+      t = ARGV[a]
+      a = a + 1
+      ttl = tonumber(t)
+    end
+    local had
+    if setget and not skip then
+      local old
+      if probe then
+        probe = false
+        old = redis.pcall('SET', o, at, 'PX', ottl, 'GET')
+        if type(old) == 'table' then setget = false end
+      else
+        old = redis.call('SET', o, at, 'PX', ottl, 'GET')
+      end
+      if setget then
+        had = num(old)
+        if had > lsn then
+          local keep = redis.call('PTTL', k)
+          if keep < tonumber(ottl) then keep = ottl end
+          redis.call('SET', o, old, 'PX', keep)
+        end
+      end
+    end
+    local raise = false
+    if had == nil then
+      had = num(redis.call('GET', o))
+      raise = had < lsn
+    end
+    if skip then
+    elseif ttl < 0 then
+      redis.call(del, k)
+    elseif had <= lsn then
+      if ttl > 0 then
+        redis.call('SET', k, ARGV[a], 'PX', t)
+      else
+        redis.call('SET', k, ARGV[a])
+      end
+      n = n + 1
+    end
+    if raise then
+      redis.call('SET', o, at, 'PX', ottl)
+    end
+    if ttl >= 0 then a = a + 1 end
   end
 end
 return {n, fenced}`)
+
+// orderSetGet says whether refreshScript writes order keys with SET ...
+// GET where Redis has it (6.2+); tests turn it off to check the other way.
+var orderSetGet = true
 
 // queueRefresh queues the batch's refresh writes and deletes of refreshed
 // keys (see refreshScript), KeysPerCommand keys per script.
@@ -182,41 +273,153 @@ func (s *Sink) queueRefresh(ctx context.Context, p redis.Pipeliner) {
 }
 
 func (s *Sink) queueRefreshChunks(ctx context.Context, p redis.Pipeliner, sets []setItem, per int, orderTTL time.Duration) {
+	stride, fence := 2, ""
+	if s.cfg.Companion != nil {
+		stride = 3
+		if s.cfg.Fence > 0 {
+			fence = s.cfg.FenceValue
+		}
+	}
+	mark := s.markInScript()
 	for i := 0; i < len(sets); i += per {
 		chunk := sets[i:min(i+per, len(sets))]
-		stride, fence := 2, ""
-		if s.cfg.Companion != nil {
-			stride = 3
-			if s.cfg.Fence > 0 {
-				fence = s.cfg.FenceValue
-			}
-		}
-		mark := s.markInScript()
 		keys := make([]string, 0, 1+stride*len(chunk))
-		args := make([]any, 0, 5+5*len(chunk))
 		if mark {
 			keys = append(keys, s.cfg.WatermarkKey)
 		}
-		args = append(args, boolArg(s.cfg.UseDel), stride, fence, max(s.cfg.Fence, time.Millisecond).Milliseconds(), boolArg(mark))
 		for _, it := range chunk {
 			keys = append(keys, it.key, OrderKey(it.key))
 			if stride == 3 {
 				keys = append(keys, s.cfg.Companion(it.key))
 			}
-			mode, ttl := "s", it.ttl
-			if it.dropped {
-				mode, ttl = "d", 0
-			} else if ttl > 0 && it.jitter > 0 {
-				ttl -= time.Duration(rand.Float64() * it.jitter * float64(ttl))
-				ttl = max(ttl, time.Millisecond)
-			}
-			args = append(args, s.lsnArg(it.lsn), mode, it.value, ttl.Milliseconds(), max(orderTTL, it.ttl).Milliseconds())
 		}
+		args := make([]any, 0, 10+len(chunk))
+		args = append(args, boolArg(s.cfg.UseDel), stride, fence, max(s.cfg.Fence, time.Millisecond).Milliseconds(), boolArg(mark),
+			orderMillis(orderTTL), boolArg(orderSetGet))
+		args = appendRefreshRuns(args, chunk, orderTTL, s.lsnArg, jittered)
 		c := refreshScript.Eval(ctx, p, keys, args...)
 		if mark {
 			s.fenceCmds = append(s.fenceCmds, c)
 		}
 	}
+}
+
+// jittered returns the TTL a refresh write sets: its rule's TTL, less up
+// to its jitter share at random.
+func jittered(it *setItem) time.Duration {
+	ttl := it.ttl
+	if ttl > 0 && it.jitter > 0 {
+		ttl -= time.Duration(rand.Float64() * it.jitter * float64(ttl))
+		ttl = max(ttl, time.Millisecond)
+	}
+	return ttl
+}
+
+// orderMillis is an order key's TTL in milliseconds, at least one.
+func orderMillis(d time.Duration) int64 {
+	return max(d.Milliseconds(), 1)
+}
+
+// refreshKind is the kind of a run of refreshScript's items (see there):
+// writes with a TTL of ms milliseconds (0: none), deletes (ms below 0:
+// minus their order keys' TTL), or writes with a TTL each (own), their
+// order keys' TTL ms (0: ARGV[6]).
+type refreshKind struct {
+	own bool
+	ms  int64
+}
+
+func (k refreshKind) arg() any {
+	switch {
+	case !k.own:
+		return k.ms
+	case k.ms == 0:
+		return "j"
+	}
+	return "j" + strconv.FormatInt(k.ms, 10)
+}
+
+// appendRefreshRuns appends refreshScript's arguments from its usual kind
+// (ARGV[8]) on for items (see there) to args: runs of consecutive items
+// with the same commit LSN (as lsnArg gives it) and order key TTL (at
+// least orderTTL, the rule's TTL when longer, as before jitter), writes or
+// deletes. A run of writes whose TTLs (ttl gives a write's, jittered)
+// differ, or whose order key TTL is not the longer of orderTTL and that
+// TTL (a jittered TTL below the rule's above orderTTL), has them each. The
+// usual kind is the kind of most runs.
+func appendRefreshRuns(args []any, items []setItem, orderTTL time.Duration, lsnArg func(replication.LSN) any, ttl func(*setItem) time.Duration) []any {
+	type run struct {
+		end  int // items[start:end], start the previous run's end
+		kind refreshKind
+	}
+	orderMs := orderMillis(orderTTL)
+	ms := make([]int64, 2*len(items)) // a write's TTL, an item's order key TTL
+	for i := range items {
+		it := &items[i]
+		ms[2*i+1] = orderMillis(max(orderTTL, it.ttl))
+		if !it.dropped {
+			ms[2*i] = ttl(it).Milliseconds()
+		}
+	}
+	var runs []run
+	for i := 0; i < len(items); {
+		o := ms[2*i+1]
+		k := refreshKind{ms: ms[2*i]}
+		if items[i].dropped {
+			k.ms = -o
+		}
+		j := i
+		for ; j < len(items) && items[j].lsn == items[i].lsn && items[j].dropped == items[i].dropped && ms[2*j+1] == o; j++ {
+			if !items[j].dropped && (ms[2*j] != ms[2*i] || o != max(orderMs, ms[2*j])) {
+				k = refreshKind{own: true}
+				if o != orderMs {
+					k.ms = o
+				}
+			}
+		}
+		runs = append(runs, run{j, k})
+		i = j
+	}
+	usual := refreshKind{}
+	if len(runs) > 0 {
+		usual = mostRuns(runs, func(r run) refreshKind { return r.kind })
+	}
+	args = append(args, usual.arg())
+	start := 0
+	for _, r := range runs {
+		args = append(args, lsnArg(items[start].lsn))
+		if r.kind == usual {
+			args = append(args, r.end-start)
+		} else {
+			args = append(args, start-r.end, r.kind.arg())
+		}
+		for i := start; i < r.end; i++ {
+			if items[i].dropped {
+				continue
+			}
+			if r.kind.own {
+				args = append(args, ms[2*i])
+			}
+			args = append(args, items[i].value)
+		}
+		start = r.end
+	}
+	return args
+}
+
+// mostRuns returns the kind that most runs have (the first of them on a
+// tie); runs is not empty.
+func mostRuns[R any, K comparable](runs []R, kind func(R) K) K {
+	counts := map[K]int{}
+	best := kind(runs[0])
+	for _, r := range runs {
+		k := kind(r)
+		counts[k]++
+		if counts[k] > counts[best] {
+			best = k
+		}
+	}
+	return best
 }
 
 // orderGlobs returns SCAN patterns that cover the order keys of every key
@@ -279,8 +482,9 @@ func (s *Sink) flushOrderKeys(ctx context.Context, patterns []string) error {
 
 // markLua defines, for a script whose ARGV[flag] is "1" when KEYS[1] is
 // the watermark: first, the index of the first key after it, and
-// passed(lsn), true when the watermark is past the commit LSN lsn (then
-// the raise or write is not made; counted in fenced). Needs lsnLua.
+// passed(lsn, count), true when the watermark is past the commit LSN lsn
+// (then the raise or write is not made; counted in fenced, count items at
+// once, one without count). Needs lsnLua.
 func markLua(flag int) string {
 	return `
 local mark, first, fenced = -1, 1, 0
@@ -288,9 +492,9 @@ if ARGV[` + strconv.Itoa(flag) + `] == '1' then
   mark = num(redis.call('GET', KEYS[1]))
   first = 2
 end
-local function passed(lsn)
+local function passed(lsn, count)
   if lsn > 0 and mark > lsn then
-    fenced = fenced + 1
+    fenced = fenced + (count or 1)
     return true
   end
   return false
