@@ -160,22 +160,25 @@ func TestFlightsOvertakeButAcknowledgeInOrder(t *testing.T) {
 }
 
 // A batch that deletes a key a batch in flight deletes, or that carries
-// other actions, waits until every batch in flight was answered: Redis
+// other actions, or any batch with max_in_flight 1, waits until every batch in flight was answered: Redis
 // applies it after them, as one pipeline would.
 func TestFlightWaitsForSameKeyAndForActions(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		next replication.Event
+		name        string
+		maxInFlight int
+		next        replication.Event
 	}{
-		{"same key", replication.Event{Keys: []string{"slow:1"}, LSN: 0x20, End: 0x28}},
-		{"version raise", replication.Event{Actions: []replication.Action{act(replication.ActVersion, "other:v")}, LSN: 0x20, End: 0x28}},
+		{"same key", 4, replication.Event{Keys: []string{"slow:1"}, LSN: 0x20, End: 0x28}},
+		{"version raise", 4, replication.Event{Actions: []replication.Action{act(replication.ActVersion, "other:v")}, LSN: 0x20, End: 0x28}},
+		// With max_in_flight 1 every batch waits for the one before.
+		{"max_in_flight 1", 1, replication.Event{Keys: []string{"fast:2"}, LSN: 0x20, End: 0x28}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rdb, _ := newRedis(t)
 			gate := newGate()
 			rdb.AddHook(gate)
 			acks := make(chanAcker, 16)
-			s := New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: 4}, acks)
+			s := New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: tc.maxInFlight}, acks)
 			in := make(chan replication.Event, 4)
 			runAsync(t, s, in)
 			in <- replication.Event{Keys: []string{"slow:1"}, LSN: 0x10, End: 0x18}
@@ -192,26 +195,6 @@ func TestFlightWaitsForSameKeyAndForActions(t *testing.T) {
 			}
 		})
 	}
-}
-
-// With max_in_flight 1 every batch waits for the one before.
-func TestMaxInFlightOne(t *testing.T) {
-	rdb, _ := newRedis(t)
-	gate := newGate()
-	rdb.AddHook(gate)
-	acks := make(chanAcker, 16)
-	s := New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: 1}, acks)
-	in := make(chan replication.Event, 4)
-	runAsync(t, s, in)
-	in <- replication.Event{Keys: []string{"slow:1"}, LSN: 0x10, End: 0x18}
-	waitFor(t, "the first batch to be sent", func() bool { return strings.Contains(gate.logged(), "start slow:1") })
-	in <- replication.Event{Keys: []string{"fast:2"}, LSN: 0x20, End: 0x28}
-	time.Sleep(50 * time.Millisecond)
-	if n := strings.Count(gate.logged(), "start"); n != 1 {
-		t.Fatalf("a second pipeline started while the first was in flight: %s", gate.logged())
-	}
-	close(gate.open)
-	waitAck(t, acks, 0x28, 5*time.Second)
 }
 
 // A batch in flight that fails is retried; what later batches applied
