@@ -67,17 +67,21 @@ func TestKeepalivePositionCostsNoRoundTrip(t *testing.T) {
 	go func() { done <- s.Run(ctx, in) }()
 	defer func() { cancel(); <-done }()
 
+	sent := time.Now()
 	in <- replication.Event{End: 100}
 	for len(in) > 0 { // the sink took it
 		time.Sleep(100 * time.Microsecond)
 	}
 	time.Sleep(time.Millisecond) // less than holdPosition
-	if n := hook.n.Load(); n != 0 {
+	// On a loaded machine the sleeps can outlast holdPosition, and then the
+	// hold timer rightly watermarks the position first.
+	if n := hook.n.Load(); n != 0 && time.Since(sent) < holdPosition {
 		t.Fatalf("a keepalive position cost %d round trips before the next commit", n)
 	}
+	held := hook.n.Load()
 	in <- replication.Event{Keys: []string{"k:1"}, LSN: 200, End: 208, CommitTime: time.Now()}
 	waitAck(t, acks, 208, 5*time.Second)
-	if n := hook.n.Load(); n != 1 {
+	if n := hook.n.Load() - held; n != 1 {
 		t.Errorf("%d round trips for a keepalive and a commit, want the commit's 1", n)
 	}
 	// A keepalive with nothing after it is still confirmed, soon.
