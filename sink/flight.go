@@ -159,19 +159,14 @@ func (s *Sink) fly(ctx context.Context, f *flight) error {
 	cmds, err := s.cfg.Client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		ndel = s.del(ctx, p, f.keys)
 		if f.mark != 0 {
-			f.markCmd = watermarkScript.Eval(ctx, p, []string{s.cfg.WatermarkKey}, f.mark.String(), f.mine.String())
+			f.markCmd = queueMark(ctx, p, s.cfg.WatermarkKey, f.mark, f.mine)
 		}
 		return nil
 	})
 	if err := pipelineErr(err, cmds); err != nil {
 		return err
 	}
-	f.deleted = 0
-	for _, c := range cmds[:ndel] {
-		if c, ok := c.(*redis.IntCmd); ok {
-			f.deleted += uint64(c.Val())
-		}
-	}
+	f.deleted = deleted(cmds[:ndel])
 	return nil
 }
 

@@ -982,16 +982,7 @@ func (s *Sink) applyKeys(ctx context.Context, keys []string, end, markAt replica
 				return err
 			}
 		}
-		var n uint64
-		for _, c := range cmds[nver : nver+ndel] {
-			switch c := c.(type) {
-			case *redis.IntCmd:
-				n += uint64(c.Val())
-			case *redis.Cmd:
-				v, _ := c.Int64()
-				n += uint64(v)
-			}
-		}
+		n := deleted(cmds[nver : nver+ndel])
 		s.Stats.Deleted.Add(n)
 		s.obs.Batch(len(keys), int(n), time.Since(start))
 		return nil
@@ -1570,15 +1561,36 @@ end
 return cur`)
 
 func (s *Sink) watermark(ctx context.Context, p redis.Pipeliner, end replication.LSN) {
-	// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT, and a
-	// Redis restarted empty has no scripts.
-	s.markCmd = watermarkScript.Eval(ctx, p, []string{s.cfg.WatermarkKey}, end.String(), s.lastMark.String())
+	s.markCmd = queueMark(ctx, p, s.cfg.WatermarkKey, end, s.lastMark)
 	s.shardCmds = s.shardCmds[:0]
 	for _, k := range s.shardKeys {
 		mine := s.shardMarks[k]
-		s.shardCmds = append(s.shardCmds, shardMark{key: k, mine: mine,
-			cmd: watermarkScript.Eval(ctx, p, []string{k}, end.String(), mine.String())})
+		s.shardCmds = append(s.shardCmds, shardMark{key: k, mine: mine, cmd: queueMark(ctx, p, k, end, mine)})
 	}
+}
+
+// queueMark queues the raise of the watermark key to end, mine being the
+// highest this sink had set there (see watermarkScript).
+func queueMark(ctx context.Context, p redis.Pipeliner, key string, end, mine replication.LSN) *redis.Cmd {
+	// EVAL, not EVALSHA: a pipeline cannot fall back on NOSCRIPT, and a
+	// Redis restarted empty has no scripts.
+	return watermarkScript.Eval(ctx, p, []string{key}, end.String(), mine.String())
+}
+
+// deleted sums what the delete commands cmds (UNLINK, DEL or the lease
+// fence script) answered: how many keys existed.
+func deleted(cmds []redis.Cmder) uint64 {
+	var n uint64
+	for _, c := range cmds {
+		switch c := c.(type) {
+		case *redis.IntCmd:
+			n += uint64(c.Val())
+		case *redis.Cmd:
+			v, _ := c.Int64()
+			n += uint64(v)
+		}
+	}
+	return n
 }
 
 // shardMark is one master's watermark raise in a pipeline.
