@@ -74,22 +74,42 @@ rules:
 				t.Fatal(err)
 			}
 			stale := func() bool { return strings.Contains(f.get("user:1"), `"old"`) || f.exists("user:2") }
-			if c.unsafe {
-				harness.WaitFor(t, 30*time.Second, "the woken leader's plain SETs to bring the old rows back", stale)
-				t.Logf("negative control: user:1 = %s, user:2 = %s after the old leader woke up", f.get("user:1"), f.get("user:2"))
-				return
-			}
-			harness.WaitFor(t, 60*time.Second, "the woken leader to step back as standby", func() bool {
+			steppedBack := func() bool {
 				out := a.Output()
 				i := strings.Index(out, "failpoint sink-before-refresh")
 				return i >= 0 && strings.Contains(out[i:], "waiting as standby")
-			})
-			// Its sink sent the batch at once on waking; give it ample time.
+			}
+			// On waking, the old leader's sink sends the batch it held at
+			// once, unless its replication goroutine first finds the
+			// session ended (the walsender timed out meanwhile) and cancels
+			// the send: which of the two runs first is the scheduler's
+			// choice, so the negative control waits for either.
+			if c.unsafe {
+				harness.WaitFor(t, 60*time.Second, "the woken leader's plain SETs to bring the old rows back, or the leader to step back", func() bool {
+					return stale() || steppedBack()
+				})
+				for end := time.Now().Add(3 * time.Second); !stale() && time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+				}
+				if !stale() {
+					// Not a pass: nothing was shown. Skipped rather than failed,
+					// since the engine did nothing wrong (it never sent the batch).
+					t.Skipf("negative control inconclusive in this run: the woken leader's session ended before its sink sent the held batch, "+
+						"so no plain SET could bring the old rows back (user:1 = %s); old leader's last lines:\n%s", f.get("user:1"), a.Tail(15))
+				}
+				t.Logf("negative control: user:1 = %s, user:2 = %s after the old leader woke up", f.get("user:1"), f.get("user:2"))
+				return
+			}
+			harness.WaitFor(t, 60*time.Second, "the woken leader to step back as standby", steppedBack)
+			// Its sink sent the batch at once on waking (or its session's end
+			// cancelled the send); give it ample time.
 			for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 				if stale() {
 					t.Fatalf("the woken leader undid newer work: user:1 = %q, user:2 = %q", f.get("user:1"), f.get("user:2"))
 				}
 			}
+			// Which of the two happened (the test holds either way; this says
+			// whether this run exercised the fence).
+			t.Logf("the woken leader sent its held batch and it was fenced: %v", strings.Contains(a.Output(), "that another instance already applied"))
 			f.barrier()
 			if v := f.get("user:1"); !strings.Contains(v, `"new"`) {
 				t.Fatalf("user:1 = %q, want the newer row", v)
