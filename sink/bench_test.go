@@ -2,10 +2,12 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -220,4 +222,118 @@ func BenchmarkApplyActionKinds(b *testing.B) {
 			b.ReportMetric((cpu()-before)*1e9/float64(b.N*rows), "redis-ns/row")
 		})
 	}
+}
+
+// BenchmarkDeletesVerifier runs the sink with 1,000-key transactions of
+// plain deletes into a throwaway Redis, without and with the online
+// verifier sampling 1 in 1,000 keys (its Run goroutine checking the
+// samples after 1 s, as the engine's does), and reports this process's CPU
+// per key (getrusage: the sink, the verifier's goroutine and the feeding
+// loop, which is the same in both). The difference is the verifier's whole
+// cost in the engine (issue 15: < 5% of the engine's CPU, which also
+// decodes and maps every change). Run with -benchtime 3000x or more, so
+// that the 1 s checks fall inside, and -count 5; compare medians.
+func BenchmarkDeletesVerifier(b *testing.B) {
+	const rows, txnsN = 1000, 100
+	for _, rate := range []uint64{0, 1000} {
+		name := "verifier=off"
+		if rate > 0 {
+			name = fmt.Sprintf("verifier=1in%d", rate)
+		}
+		b.Run(name, func(b *testing.B) {
+			rd := harness.RedisT(b, harness.RedisOptions{})
+			rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
+			defer rdb.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var txns [][]replication.Event
+			lsn := replication.LSN(1 << 20)
+			for t := range txnsN {
+				lsn += 1 << 16
+				var evs []replication.Event
+				for e := range rows / 100 {
+					ev := replication.Event{LSN: lsn}
+					for i := t*rows + e*100; i < t*rows+(e+1)*100; i++ {
+						ev.Keys = append(ev.Keys, fmt.Sprintf("item:%d", i))
+					}
+					evs = append(evs, ev)
+				}
+				evs[len(evs)-1].End = lsn + 8
+				txns = append(txns, evs)
+			}
+			cfg := Config{Client: rdb, WatermarkKey: "wm"}
+			verified := make(chan error, 1)
+			if rate > 0 {
+				v := verifier.New(getMany{rdb}, verifier.Options{Rate: rate})
+				cfg.Verifier = v
+				go func() { verified <- v.Run(ctx) }()
+			} else {
+				close(verified)
+			}
+			ack := &atomicAcker{}
+			s := New(cfg, ack)
+			in := make(chan replication.Event, 1024)
+			done := make(chan error, 1)
+			go func() { done <- s.Run(ctx, in) }()
+			for _, ev := range txns[0] { // warm connections and scripts
+				in <- ev
+			}
+			for ack.lsn.Load() < uint64(txns[0][len(txns[0])-1].End) {
+				time.Sleep(50 * time.Microsecond)
+			}
+			before := cpuTime(b)
+			b.ResetTimer()
+			for n := 0; n < b.N; n++ {
+				for _, ev := range txns[n%txnsN] {
+					pass := replication.LSN(n/txnsN+1) << 32 // commit order: later each pass
+					ev.LSN += pass
+					if ev.End != 0 {
+						ev.End += pass
+					}
+					in <- ev
+				}
+			}
+			close(in)
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64((cpuTime(b)-before).Nanoseconds())/float64(b.N*rows), "cpu-ns/key")
+			cancel()
+			<-verified
+		})
+	}
+}
+
+// cpuTime is this process's user and system CPU time so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// getMany reads the verifier's keys in one pipeline (the engine's reader,
+// without its WRONGTYPE case).
+type getMany struct{ rdb *redis.Client }
+
+func (g getMany) GetMany(ctx context.Context, keys []string) ([]*string, error) {
+	cmds := make([]*redis.StringCmd, len(keys))
+	_, err := g.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.Get(ctx, k)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	out := make([]*string, len(keys))
+	for i, c := range cmds {
+		if v, err := c.Result(); err == nil {
+			out[i] = &v
+		}
+	}
+	return out, nil
 }
