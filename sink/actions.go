@@ -450,7 +450,7 @@ func (s *Sink) queueMessages(ctx context.Context, p redis.Pipeliner) {
 			p.Publish(ctx, m.target, m.body)
 			continue
 		}
-		args := []any{"xadd", m.target}
+		args := append(make([]any, 0, 10), "xadd", m.target) // room for all ten arguments: one allocation
 		if m.maxLen > 0 {
 			args = append(args, "maxlen", "~", m.maxLen)
 		}
