@@ -178,6 +178,15 @@ type Latency struct {
 	// TargetP99Ms is set for the rate the target is for.
 	TargetP99Ms float64 `json:"target_p99_ms,omitempty"`
 	Met         *bool   `json:"target_met,omitempty"`
+	// RedisRTT*Ms: with --redis-rtt, the round trip through the delay
+	// proxy, a PING timed every 10 ms during the writes (the proxy's delay
+	// plus its hand-overs and the machine's scheduling: more than
+	// --redis-rtt). TargetP99MeasuredRTTMs and MetMeasuredRTT are the
+	// target over RedisRTTP50Ms instead of --redis-rtt.
+	RedisRTTP50Ms          float64 `json:"redis_rtt_p50_ms,omitempty"`
+	RedisRTTP99Ms          float64 `json:"redis_rtt_p99_ms,omitempty"`
+	TargetP99MeasuredRTTMs float64 `json:"target_p99_measured_rtt_ms,omitempty"`
+	MetMeasuredRTT         *bool   `json:"target_met_measured_rtt,omitempty"`
 	// CPUProfile is the engine's CPU profile during the writes (--profile).
 	CPUProfile string `json:"cpu_profile,omitempty"`
 	// Walsender*Ms: how long the oldest WAL not yet sent by the engine's
@@ -333,6 +342,16 @@ func (r *Report) WriteTable(w io.Writer) error {
 		}
 		if err := tw.Flush(); err != nil {
 			return err
+		}
+		for _, l := range r.Latency {
+			if l.RedisRTTP50Ms == 0 {
+				continue
+			}
+			line := fmt.Sprintf("Redis round trip through the delay proxy at %s/s (a PING every 10 ms): p50 %s, p99 %s", l.Rate, millis(l.RedisRTTP50Ms), millis(l.RedisRTTP99Ms))
+			if l.MetMeasuredRTT != nil {
+				line += "; target over it: " + verdict(fmt.Sprintf("p99 <= %.2f ms", l.TargetP99MeasuredRTTMs), l.MetMeasuredRTT)
+			}
+			fmt.Fprintln(&b, line+".")
 		}
 		fmt.Fprintf(&b, "\nWalsender delay at the same rates (age of the oldest WAL not yet sent, sampled every 10 ms): with the engine, and with pg_recvlogical as the only consumer.\n")
 		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)

@@ -63,7 +63,8 @@ func sampleReport() *Report {
 		}},
 		Latency: []Latency{
 			{Rate: "500", TargetPerSecond: 500, Conns: 1, Writes: 5000, AchievedPerSecond: 499.9, P50Ms: 0.8, P99Ms: 2.1, P999Ms: 3.3, MaxMs: 4.4},
-			{Rate: "2000", TargetPerSecond: 2000, Conns: 2, Writes: 20000, AchievedPerSecond: 1999, P50Ms: 0.9, P99Ms: 3.1, P999Ms: 6, MaxMs: 12.5, TargetP99Ms: 5, Met: ptr(true)},
+			{Rate: "2000", TargetPerSecond: 2000, Conns: 2, Writes: 20000, AchievedPerSecond: 1999, P50Ms: 0.9, P99Ms: 3.1, P999Ms: 6, MaxMs: 12.5, TargetP99Ms: 5, Met: ptr(true),
+				RedisRTTP50Ms: 1.3, RedisRTTP99Ms: 2.6, TargetP99MeasuredRTTMs: 2.3, MetMeasuredRTT: ptr(false)},
 			{Rate: "max", Conns: 2, Writes: 40000, AchievedPerSecond: 4000, P50Ms: 1.5, P99Ms: 7, P999Ms: 9, MaxMs: 20, Lost: 1},
 		},
 		Memory:   &Memory{Rows: 2000000, WALBytes: 250_000_000, InsertSeconds: 9.5, ConfirmedSeconds: 1.5, BaselineRSSBytes: 20_000_000, PeakRSSBytes: 95_000_000, TargetRSSBytes: TargetRSSBytes, Met: ptr(true)},
@@ -86,6 +87,7 @@ func TestWriteTable(t *testing.T) {
 		"166,667", "200,000", "1.20x", "<= 1.15x MISSED", "0.35 s",
 		"0.85 s", "0.60 s", "1.42x", // CPU paths: 0.45+0.35+0.05, 0.475+0.125, their ratio
 		"500/s", "2000/s", "max", "p99 <= 5 ms ok", "12.5 ms",
+		"Redis round trip through the delay proxy at 2000/s (a PING every 10 ms): p50 1.30 ms, p99 2.60 ms; target over it: p99 <= 2.30 ms MISSED.",
 		"2,000,000", "95 MB", "<= 100 MB ok",
 		"PROBLEMS:", "1 of 40000 writes",
 	} {

@@ -3,12 +3,15 @@ package bench
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cdcinvalidate/cdcinvalidate/internal/harness"
 )
 
 // echoServer echoes every connection until its client closes it; closed
@@ -220,5 +223,27 @@ func TestRTTProxyPropagatesClose(t *testing.T) {
 	var ne net.Error
 	if err == nil || errors.As(err, &ne) && ne.Timeout() {
 		t.Fatalf("read after the proxy closed: %v; want EOF or a reset", err)
+	}
+}
+
+// sampleProxyRTT times PINGs through the proxy to a real Redis: each
+// takes at least the proxy's round trip; without a proxy there is none.
+func TestSampleProxyRTT(t *testing.T) {
+	rd := harness.RedisT(t, harness.RedisOptions{})
+	const rtt = 4 * time.Millisecond
+	b := &bench{topo: topo{proxy: startTestProxy(t, rd.Addr(), rtt)}}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	got := b.sampleProxyRTT(ctx)
+	if len(got) < 3 {
+		t.Fatalf("%d round trips timed in 200 ms, want a PING every %s", len(got), proxyProbeEvery)
+	}
+	for i, d := range got {
+		if d < rtt {
+			t.Errorf("round trip %d took %s, less than the proxy's %s", i, d, rtt)
+		}
+	}
+	if none := (&bench{}).sampleProxyRTT(ctx); none != nil {
+		t.Errorf("without a proxy: %v, want none", none)
 	}
 }

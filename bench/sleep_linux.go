@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"runtime"
 	"syscall"
 	"time"
 )
@@ -30,5 +31,20 @@ func preciseSleep(d time.Duration) {
 			return
 		}
 		ts = left
+	}
+}
+
+// preciseThread binds the calling goroutine to its thread and sets that
+// thread's timer slack to 1 ns (PR_SET_TIMERSLACK; the default is 50 µs,
+// by which every nanosleep may overshoot), so that the proxy's delays are
+// what was asked. It returns the function that undoes both.
+func preciseThread() (undo func()) {
+	runtime.LockOSThread()
+	const prSetTimerSlack, prGetTimerSlack = 29, 30
+	old, _, _ := syscall.RawSyscall(syscall.SYS_PRCTL, prGetTimerSlack, 0, 0)
+	_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, prSetTimerSlack, 1, 0)
+	return func() {
+		_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, prSetTimerSlack, old, 0)
+		runtime.UnlockOSThread()
 	}
 }

@@ -10,3 +10,6 @@ func preciseSleep(d time.Duration) {
 		time.Sleep(d)
 	}
 }
+
+// preciseThread does nothing here (see the Linux version).
+func preciseThread() (undo func()) { return func() {} }
