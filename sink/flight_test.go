@@ -159,6 +159,33 @@ func TestFlightsOvertakeButAcknowledgeInOrder(t *testing.T) {
 	}
 }
 
+// With every slot taken, a fresh commit waits for the oldest answer before
+// its batch is gathered: a commit that arrives during the wait goes in the
+// same batch instead of waiting for a slot of its own.
+func TestFlightWaitingForASlotTakesWhatArrives(t *testing.T) {
+	rdb, _ := newRedis(t)
+	gate := newGate()
+	rdb.AddHook(gate)
+	acks := make(chanAcker, 16)
+	s := New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: 2}, acks)
+	in := make(chan replication.Event, 4)
+	runAsync(t, s, in)
+	in <- replication.Event{Keys: []string{"slow:1"}, LSN: 0x10, End: 0x18}
+	waitFor(t, "the first batch to be sent", func() bool { return strings.Contains(gate.logged(), "start slow:1") })
+	in <- replication.Event{Keys: []string{"slow:2"}, LSN: 0x20, End: 0x28}
+	waitFor(t, "both slots to be taken", func() bool { return strings.Count(gate.logged(), "start slow:") == 2 })
+	in <- replication.Event{Keys: []string{"fast:3"}, LSN: 0x30, End: 0x38}
+	waitFor(t, "the sink to take fast:3", func() bool { return len(in) == 0 })
+	time.Sleep(20 * time.Millisecond) // the sink waits for a slot now
+	in <- replication.Event{Keys: []string{"fast:4"}, LSN: 0x40, End: 0x48}
+	time.Sleep(20 * time.Millisecond)
+	close(gate.open)
+	waitAck(t, acks, 0x48, 5*time.Second)
+	if log := gate.logged(); !strings.Contains(log, "start fast:3,fast:4") {
+		t.Errorf("pipelines %s: fast:3 and fast:4 must go together once a slot was free", log)
+	}
+}
+
 // A batch that deletes a key a batch in flight deletes, or that carries
 // other actions, or any batch with max_in_flight 1, waits until every batch in flight was answered: Redis
 // applies it after them, as one pipeline would.
