@@ -117,21 +117,38 @@ func noAck(t *testing.T, acks chanAcker, what string) {
 	}
 }
 
+// gated is a sink with the watermark kept, running over a throwaway Redis
+// whose pipelines pass through gate.
+type gated struct {
+	rdb  *redis.Client
+	gate *gateHook
+	s    *Sink
+	in   chan replication.Event
+	acks chanAcker
+}
+
+// newGated starts a gated sink with max_in_flight n; the first slow
+// pipeline fails when failFirst is set (then retried after 50 ms).
+func newGated(t *testing.T, n int, failFirst bool) *gated {
+	rdb, _ := newRedis(t)
+	g := &gated{rdb: rdb, gate: newGate(), in: make(chan replication.Event, 4), acks: make(chanAcker, 16)}
+	g.gate.failFirst = failFirst
+	rdb.AddHook(g.gate)
+	g.s = New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: n, MinBackoff: 50 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, g.acks)
+	runAsync(t, g.s, g.in)
+	return g
+}
+
 // A fresh commit of other keys does not wait for the answer to the batch
 // ahead of it; positions are still acknowledged, and the watermark raised,
 // only as far as every earlier batch was applied.
 func TestFlightsOvertakeButAcknowledgeInOrder(t *testing.T) {
-	rdb, _ := newRedis(t)
+	g := newGated(t, 4, false)
+	rdb, gate, s, in, acks := g.rdb, g.gate, g.s, g.in, g.acks
 	ctx := context.Background()
 	for _, k := range []string{"slow:1", "fast:2", "fast:3"} {
 		rdb.Set(ctx, k, "v", 0)
 	}
-	gate := newGate()
-	rdb.AddHook(gate)
-	acks := make(chanAcker, 16)
-	s := New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: 4}, acks)
-	in := make(chan replication.Event, 4)
-	runAsync(t, s, in)
 
 	in <- replication.Event{Keys: []string{"slow:1"}, LSN: 0x10, End: 0x18, CommitTime: time.Now()}
 	waitFor(t, "the first batch to be sent", func() bool { return strings.Contains(gate.logged(), "start slow:1") })
@@ -163,13 +180,8 @@ func TestFlightsOvertakeButAcknowledgeInOrder(t *testing.T) {
 // its batch is gathered: a commit that arrives during the wait goes in the
 // same batch instead of waiting for a slot of its own.
 func TestFlightWaitingForASlotTakesWhatArrives(t *testing.T) {
-	rdb, _ := newRedis(t)
-	gate := newGate()
-	rdb.AddHook(gate)
-	acks := make(chanAcker, 16)
-	s := New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: 2}, acks)
-	in := make(chan replication.Event, 4)
-	runAsync(t, s, in)
+	g := newGated(t, 2, false)
+	gate, in, acks := g.gate, g.in, g.acks
 	in <- replication.Event{Keys: []string{"slow:1"}, LSN: 0x10, End: 0x18}
 	waitFor(t, "the first batch to be sent", func() bool { return strings.Contains(gate.logged(), "start slow:1") })
 	in <- replication.Event{Keys: []string{"slow:2"}, LSN: 0x20, End: 0x28}
@@ -201,13 +213,8 @@ func TestFlightWaitsForSameKeyAndForActions(t *testing.T) {
 		{"max_in_flight 1", 1, replication.Event{Keys: []string{"fast:2"}, LSN: 0x20, End: 0x28}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rdb, _ := newRedis(t)
-			gate := newGate()
-			rdb.AddHook(gate)
-			acks := make(chanAcker, 16)
-			s := New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: tc.maxInFlight}, acks)
-			in := make(chan replication.Event, 4)
-			runAsync(t, s, in)
+			g := newGated(t, tc.maxInFlight, false)
+			gate, in, acks := g.gate, g.in, g.acks
 			in <- replication.Event{Keys: []string{"slow:1"}, LSN: 0x10, End: 0x18}
 			waitFor(t, "the first batch to be sent", func() bool { return strings.Contains(gate.logged(), "start slow:1") })
 			in <- tc.next
@@ -227,16 +234,10 @@ func TestFlightWaitsForSameKeyAndForActions(t *testing.T) {
 // A batch in flight that fails is retried; what later batches applied
 // meanwhile is acknowledged only after it succeeded.
 func TestFailedFlightHoldsLaterPositions(t *testing.T) {
-	rdb, _ := newRedis(t)
+	g := newGated(t, 4, true)
+	rdb, gate, s, in, acks := g.rdb, g.gate, g.s, g.in, g.acks
 	ctx := context.Background()
 	rdb.Set(ctx, "slow:1", "v", 0)
-	gate := newGate()
-	gate.failFirst = true
-	rdb.AddHook(gate)
-	acks := make(chanAcker, 16)
-	s := New(Config{Client: rdb, WatermarkKey: "wm", MaxInFlight: 4, MinBackoff: 50 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, acks)
-	in := make(chan replication.Event, 4)
-	runAsync(t, s, in)
 	in <- replication.Event{Keys: []string{"slow:1"}, LSN: 0x10, End: 0x18}
 	waitFor(t, "the first batch to be sent", func() bool { return strings.Contains(gate.logged(), "start slow:1") })
 	in <- replication.Event{Keys: []string{"fast:2"}, LSN: 0x20, End: 0x28}
