@@ -95,6 +95,12 @@ func TestCompatStandbyDecoding(t *testing.T) {
 		out := f.startFails(mustRead(t, sp.standbyConfig("")), []string{"this server is a standby (read-only): create it on the primary", "CREATE PUBLICATION"})
 		t.Logf("refusal: %s", harness.LastLines(out, 1))
 		f.exec(standbyPublication)
+		// The standby replays it a moment later (asynchronous replication;
+		// started at once, the engine once found it missing there).
+		harness.WaitFor(t, 30*time.Second, "the standby to replay the publication", func() bool {
+			var n int
+			return sdb.QueryRow(context.Background(), `SELECT count(*) FROM pg_publication WHERE pubname = 'cdcinvalidate'`).Scan(&n) == nil && n == 1
+		})
 
 		cfg := sp.standbyConfig("")
 		p := sp.startOnStandby(cfg, sdb)
