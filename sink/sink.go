@@ -487,15 +487,8 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			}
 			continue
 		}
-		// With every flight slot taken, the oldest answer is awaited before
-		// gathering, not after: what arrives meanwhile then goes in this
-		// batch. (Gathered first, the batch waited for the slot with only
-		// the keys it had, and the commits behind it for another slot:
-		// with max_in_flight 2, the median was worse than with 1.)
-		for len(s.flights) > 0 && s.sent >= s.cfg.MaxInFlight {
-			if err := s.land(ctx); err != nil {
-				return err
-			}
+		if err := s.waitSlot(ctx); err != nil {
+			return err
 		}
 		// Gather what is queued behind this event into one batch.
 		end := ev.End
