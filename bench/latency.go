@@ -261,7 +261,9 @@ func (b *bench) latencyAt(ctx context.Context, r Rate, tr *tracker, consumer *ha
 	sampled := make(chan []walPoint, 1)
 	go func() { sampled <- b.sampleWalsender(sampleCtx, slot) }()
 	probed := make(chan []time.Duration, 1)
-	go func() { probed <- b.sampleProxyRTT(sampleCtx) }()
+	if tr != nil { // the control run has no engine behind the proxy
+		go func() { probed <- b.sampleProxyRTT(sampleCtx) }()
+	}
 	// Progress while the writers run.
 	stopProgress := make(chan struct{})
 	progressDone := make(chan struct{})
@@ -304,7 +306,6 @@ func (b *bench) latencyAt(ctx context.Context, r Rate, tr *tracker, consumer *ha
 		b.waitSent(ctx, slot, lostAfter)
 		stopSampling()
 		l.WalsenderP50Ms, l.WalsenderP99Ms, l.WalsenderMaxMs = delaySummary(walsenderDelays(<-sampled))
-		<-probed
 		return l, nil
 	}
 	b.prog.Detail("waiting up to %s for the last invalidations", lostAfter)

@@ -347,7 +347,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 			if l.RedisRTTP50Ms == 0 {
 				continue
 			}
-			line := fmt.Sprintf("Redis round trip through the delay proxy at %s/s (a PING every 10 ms): p50 %s, p99 %s", l.Rate, millis(l.RedisRTTP50Ms), millis(l.RedisRTTP99Ms))
+			line := fmt.Sprintf("Redis round trip through the delay proxy at %s/s (a PING every %d ms): p50 %s, p99 %s", l.Rate, proxyProbeEvery.Milliseconds(), millis(l.RedisRTTP50Ms), millis(l.RedisRTTP99Ms))
 			if l.MetMeasuredRTT != nil {
 				line += "; target over it: " + verdict(fmt.Sprintf("p99 <= %.2f ms", l.TargetP99MeasuredRTTMs), l.MetMeasuredRTT)
 			}
