@@ -25,6 +25,7 @@ import (
 
 	"github.com/cdcinvalidate/cdcinvalidate/mapping"
 	"github.com/cdcinvalidate/cdcinvalidate/replication"
+	"github.com/cdcinvalidate/cdcinvalidate/sink"
 	"github.com/cdcinvalidate/cdcinvalidate/verifier"
 )
 
@@ -74,6 +75,8 @@ type Metrics struct {
 	errors       *prometheus.CounterVec
 	tooLong      prometheus.Counter
 	fenced       *prometheus.CounterVec
+	flights      prometheus.Counter
+	flightWaits  *prometheus.CounterVec
 	actions      *prometheus.CounterVec
 	reloads      *prometheus.CounterVec
 
@@ -143,6 +146,13 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 	for _, w := range []string{"truncate", "action"} {
 		m.fenced.WithLabelValues(w)
 	}
+	m.flights = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sink_flights_total",
+		Help: "Batches of plain deletes sent in a pipeline of their own while earlier batches could be in flight (sink.max_in_flight >= 2)."})
+	m.flightWaits = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sink_flight_waits_total",
+		Help: "Waits for batches in flight (sink.max_in_flight >= 2), by reason: slots_full (every slot taken; a higher max_in_flight may help), drain (a batch that may not fly waited for all of them)."}, []string{"reason"})
+	for _, r := range []string{"slots_full", "drain"} {
+		m.flightWaits.WithLabelValues(r)
+	}
 	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rule_reloads_total",
 		Help: "Rules reloads (SIGHUP) by result: ok (the new rules run), rejected (the old rules keep running; the log says why)."}, []string{"result"})
 	m.verifyChecks = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "verify_checks_total",
@@ -161,7 +171,7 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 		m.reloads.WithLabelValues(r)
 	}
 	for _, c := range []prometheus.Collector{m.changes, m.keysRendered, m.batches, m.batchKeys, m.keysSent, m.keysDeleted,
-		m.truncates, m.redisRTT, m.commitApply, m.errors, m.tooLong, m.actions, m.fenced, m.reloads,
+		m.truncates, m.redisRTT, m.commitApply, m.errors, m.tooLong, m.actions, m.fenced, m.flights, m.flightWaits, m.reloads,
 		m.verifyChecks, m.verifyRatio, m.verifyStaleAge, m.verifyDropped} {
 		f(c)
 	}
@@ -312,6 +322,15 @@ func (m *Metrics) Actions(kind replication.ActionKind, n int) {
 
 // Fenced counts late writes the watermark kept out (see sink.Observer).
 func (m *Metrics) Fenced(what string, n int) { m.fenced.WithLabelValues(what).Add(float64(n)) }
+
+// Flight implements sink.Observer.
+func (m *Metrics) Flight(ev sink.FlightEvent) {
+	if ev == sink.FlightSent {
+		m.flights.Inc()
+		return
+	}
+	m.flightWaits.WithLabelValues(ev.String()).Inc()
+}
 
 // RedisError counts a failed Redis attempt.
 func (m *Metrics) RedisError(_ error, permanent bool) {

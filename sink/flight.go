@@ -60,6 +60,9 @@ type flight struct {
 // with only the keys it had, and the commits behind it for another slot:
 // with max_in_flight 2 the median was worse than with 1).
 func (s *Sink) waitSlot(ctx context.Context) error {
+	if len(s.flights) > 0 && s.sent >= s.cfg.MaxInFlight {
+		s.flew(FlightSlotWait)
+	}
 	for len(s.flights) > 0 && s.sent >= s.cfg.MaxInFlight {
 		if err := s.land(ctx); err != nil {
 			return err
@@ -131,6 +134,20 @@ func (s *Sink) launch(ctx context.Context, end, mark replication.LSN) {
 	f.seen, s.seen = s.seen, f.seen
 	f.commits = append(f.commits[:0], s.commits...)
 	s.send(ctx, f, end, mark)
+	s.flew(FlightSent)
+}
+
+// flew counts a flight event and reports it.
+func (s *Sink) flew(ev FlightEvent) {
+	switch ev {
+	case FlightSent:
+		s.Stats.Flights.Add(1)
+	case FlightSlotWait:
+		s.Stats.SlotWaits.Add(1)
+	case FlightDrain:
+		s.Stats.Drains.Add(1)
+	}
+	s.obs.Flight(ev)
 }
 
 // launchMark raises the watermark to the position held (applied, every

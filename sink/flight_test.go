@@ -196,6 +196,11 @@ func TestFlightWaitingForASlotTakesWhatArrives(t *testing.T) {
 	if log := gate.logged(); !strings.Contains(log, "start fast:3,fast:4") {
 		t.Errorf("pipelines %s: fast:3 and fast:4 must go together once a slot was free", log)
 	}
+	// What sink_flights_total and sink_flight_waits_total show.
+	st := &g.s.Stats
+	if f, w, d := st.Flights.Load(), st.SlotWaits.Load(), st.Drains.Load(); f != 3 || w != 1 || d != 0 {
+		t.Errorf("flights %d, slot waits %d, drains %d; want 3 (slow:1, slow:2, fast:3+4), 1 (fast:3), 0", f, w, d)
+	}
 }
 
 // A batch that deletes a key a batch in flight deletes, or that carries
@@ -226,6 +231,16 @@ func TestFlightWaitsForSameKeyAndForActions(t *testing.T) {
 			waitAck(t, acks, 0x28, 5*time.Second)
 			if log := gate.logged(); !strings.HasPrefix(log, "start slow:1; end slow:1; start ") {
 				t.Errorf("pipelines %s: the second must start after the first ended", log)
+			}
+			// The wait shows in sink_flight_waits_total{reason="drain"};
+			// with max_in_flight 1 nothing flies and nothing is counted.
+			wantFlights, wantDrains := uint64(1), uint64(1)
+			if tc.maxInFlight == 1 {
+				wantFlights, wantDrains = 0, 0
+			}
+			st := &g.s.Stats
+			if f, d := st.Flights.Load(), st.Drains.Load(); f != wantFlights || d != wantDrains {
+				t.Errorf("flights %d, drains %d; want %d, %d", f, d, wantFlights, wantDrains)
 			}
 		})
 	}

@@ -209,6 +209,39 @@ type Observer interface {
 	// such writes; a restart's replay of what the watermark had passed
 	// when its session began is not reported.
 	Fenced(what string, n int)
+	// Flight reports what a sink with MaxInFlight ≥ 2 did with a batch
+	// of plain deletes (see FlightEvent).
+	Flight(ev FlightEvent)
+}
+
+// FlightEvent is what Observer.Flight reports: whether sink.max_in_flight
+// helps shows in how often batches fly and how often the sink waits.
+type FlightEvent uint8
+
+const (
+	// FlightSent: a batch went in a pipeline of its own while earlier
+	// batches could still be in flight.
+	FlightSent FlightEvent = iota
+	// FlightSlotWait: every slot was taken, so the sink waited for the
+	// oldest answer before gathering (a higher max_in_flight may help).
+	FlightSlotWait
+	// FlightDrain: a batch that may not fly (other actions, a key in
+	// flight, a TRUNCATE, the end of the input) waited for every batch in
+	// flight.
+	FlightDrain
+)
+
+// String is the event's metric label.
+func (e FlightEvent) String() string {
+	switch e {
+	case FlightSent:
+		return "sent"
+	case FlightSlotWait:
+		return "slots_full"
+	case FlightDrain:
+		return "drain"
+	}
+	return "unknown"
 }
 
 type nopObserver struct{}
@@ -221,6 +254,7 @@ func (nopObserver) Stalled(error)                       {}
 func (nopObserver) KeyTooLong()                         {}
 func (nopObserver) Actions(replication.ActionKind, int) {}
 func (nopObserver) Fenced(string, int)                  {}
+func (nopObserver) Flight(FlightEvent)                  {}
 
 // Stats are running totals, safe to read at any time.
 type Stats struct {
@@ -248,6 +282,10 @@ type Stats struct {
 	// commits: applied already, by another instance (this one was a
 	// paused leader that lost the slot) or before a restart (a replay).
 	Fenced atomic.Uint64
+	// Flights counts batches sent while earlier ones could be in flight,
+	// SlotWaits the waits for a free slot, and Drains the batches that
+	// waited for every batch in flight (sink.max_in_flight ≥ 2).
+	Flights, SlotWaits, Drains atomic.Uint64
 }
 
 // Sink applies events to Redis.
@@ -458,6 +496,9 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			}
 		}
 		if ev.Restart || len(ev.Globs) > 0 {
+			if s.sent > 0 {
+				s.flew(FlightDrain)
+			}
 			if err := s.drain(ctx); err != nil {
 				return err
 			}
@@ -581,6 +622,9 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			}
 			s.launch(ctx, end, mark)
 			continue
+		}
+		if s.sent > 0 {
+			s.flew(FlightDrain)
 		}
 		if err := s.drain(ctx); err != nil {
 			return err
