@@ -159,7 +159,7 @@ func (b *bench) memory(ctx context.Context) (*Memory, error) {
 		return m, err
 	}
 	if m.PeakRSSBytes < 0 {
-		m.PeakRSSBytes = eng.MaxRSS() // without /proc: getrusage after the exit
+		m.PeakRSSBytes = eng.MaxRSS() // read by Stop (-1 without /proc: unknown)
 	}
 	if m.TargetRSSBytes > 0 && m.PeakRSSBytes > 0 {
 		met := m.PeakRSSBytes <= m.TargetRSSBytes

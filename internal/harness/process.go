@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -71,6 +72,8 @@ type Process struct {
 	// Set before done is closed.
 	err    error
 	exited time.Time
+
+	hwm atomic.Int64 // VmHWM read before Stop or Kill signalled it (0: never)
 }
 
 // StartProcess starts c.
@@ -246,6 +249,7 @@ func (p *Process) Kill() error {
 	if !p.Running() {
 		return nil
 	}
+	p.readHWM()
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 		return fmt.Errorf("SIGKILL %s (pid %d): %w", p.name, p.Pid(), err)
 	}
@@ -261,6 +265,7 @@ func (p *Process) Kill() error {
 // end of its output.
 func (p *Process) Stop(grace time.Duration) error {
 	if p.Running() {
+		p.readHWM()
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		if err := p.WaitExit(grace); err != nil {
 			kerr := p.Kill()
@@ -283,16 +288,26 @@ func (p *Process) CPUTime() time.Duration {
 	return st.UserTime() + st.SystemTime()
 }
 
-// MaxRSS is the exited process's peak resident set size in bytes
-// (getrusage); -1 while it runs or if unknown. ProcMem reads it while the
-// process runs.
+// MaxRSS is the process's peak resident set size in bytes (VmHWM), as
+// read from /proc just before Stop or Kill signalled it; -1 when it was
+// not stopped through them or /proc could not be read. getrusage's
+// ru_maxrss is not used: Go starts a child with a vfork-like clone that
+// shares the parent's memory until exec, and Linux carries that memory's
+// high-water mark into the child's, so a child reports at least the
+// parent's peak (/bin/true started from a 200 MB process: 202 MB; the
+// bench's catch-up reported its own 140 MB as the engine's).
 func (p *Process) MaxRSS() int64 {
-	if st := p.exitState(); st != nil {
-		if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
-			return int64(ru.Maxrss) * 1024 // kilobytes on Linux
-		}
+	if v := p.hwm.Load(); v > 0 {
+		return v
 	}
 	return -1
+}
+
+// readHWM keeps the running process's VmHWM for MaxRSS.
+func (p *Process) readHWM() {
+	if hwm, _, err := ProcMem(p.Pid()); err == nil && hwm > 0 {
+		p.hwm.Store(hwm)
+	}
 }
 
 // exitState is the state of the exited process, nil while it runs.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -32,8 +33,8 @@ func TestProcessExitCodeAndOutput(t *testing.T) {
 	if p.ExitedAt().Before(p.StartedAt()) {
 		t.Errorf("exited at %v, before the start at %v", p.ExitedAt(), p.StartedAt())
 	}
-	if p.CPUTime() < 0 || p.MaxRSS() <= 0 {
-		t.Errorf("CPUTime %v, MaxRSS %d after the exit", p.CPUTime(), p.MaxRSS())
+	if p.CPUTime() < 0 || p.MaxRSS() != -1 {
+		t.Errorf("CPUTime %v, MaxRSS %d after an exit of its own (want -1: not read)", p.CPUTime(), p.MaxRSS())
 	}
 	if err := p.Signal(syscall.SIGTERM); err == nil {
 		t.Error("Signal to an exited process did not fail")
@@ -239,4 +240,37 @@ func TestShippedBinaryDoesNotLinkTesting(t *testing.T) {
 	if slices.Contains(deps, "testing") {
 		t.Errorf("%s links the testing package", enginePkg)
 	}
+}
+
+// MaxRSS is the child's own peak, not the parent's: getrusage would say
+// at least the test process's 256 MiB for a shell's few MiB (Linux keeps
+// the high-water mark of the memory a vfork-like clone shares until exec).
+func TestProcessMaxRSSIsTheChilds(t *testing.T) {
+	ballast := make([]byte, 256<<20)
+	for i := 0; i < len(ballast); i += 4096 {
+		ballast[i] = 1
+	}
+	p := StartProcessT(t, sh(`exec sleep 60`))
+	waitRunning := time.Now().Add(5 * time.Second)
+	for {
+		if _, rss, err := ProcMem(p.Pid()); err == nil && rss > 0 {
+			break
+		}
+		if time.Now().After(waitRunning) {
+			t.Fatal("no /proc status of the child within 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := p.Stop(10 * time.Second); err == nil {
+		t.Fatal("Stop of a sleep by SIGTERM reported exit status 0")
+	}
+	got := p.MaxRSS()
+	if got <= 0 || got > 64<<20 {
+		t.Errorf("MaxRSS %d bytes for sleep, want its own few MiB (the test process holds %d MiB)", got, len(ballast)>>20)
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru); err == nil {
+		t.Logf("sleep's VmHWM %.1f MiB; getrusage(RUSAGE_CHILDREN) maxrss %d MiB", float64(got)/(1<<20), ru.Maxrss>>10)
+	}
+	runtime.KeepAlive(ballast)
 }
