@@ -30,7 +30,12 @@ type actionBatch struct {
 	incrs     []string
 	incrSeen  map[string]struct{}
 	msgs      []outMsg
-	counts    [8]int // actions by kind, for the observer (ActDelete, 8, is a plain delete: counted as keys)
+	// The messages' bytes (bodies, IDs, LSN texts) and the XADDs'
+	// arguments, reused from batch to batch: a batch's pipeline is
+	// answered before the next batch is gathered (messages never fly).
+	msgBuf  []byte
+	msgArgs []any
+	counts  [8]int // actions by kind, for the observer (ActDelete, 8, is a plain delete: counted as keys)
 }
 
 // setItem is a refresh write of a key, or a delete of a refreshed key
@@ -53,8 +58,8 @@ type versionItem struct {
 type outMsg struct {
 	stream bool
 	target string
-	id     string // stream entry ID "<commit LSN>-<part>"
-	lsn    string
+	id     []byte // stream entry ID "<commit LSN>-<part>"
+	lsn    []byte
 	maxLen int64
 	body   []byte
 }
@@ -117,8 +122,15 @@ func (b *actionBatch) reset() {
 	b.incrs = b.incrs[:0]
 	clear(b.incrSeen)
 	b.msgs = b.msgs[:0]
+	if cap(b.msgBuf) > maxKeptMsgBytes {
+		b.msgBuf = nil // a rare large batch's buffer is not kept
+	}
+	b.msgBuf = b.msgBuf[:0]
 	b.counts = [8]int{}
 }
+
+// maxKeptMsgBytes bounds the message buffer kept between batches.
+const maxKeptMsgBytes = 1 << 20
 
 // drop turns the refresh write sets[j] into a delete, recorded at the
 // deleting transaction's commit LSN (0: unknown, keep the write's).
@@ -294,29 +306,39 @@ func (s *Sink) endTxn(lsn replication.LSN) {
 // "public.users","op":"update","keys":["user:1"]}]} ("patterns" instead of
 // "keys" for a TRUNCATE, op "truncate").
 func (s *Sink) emitMessage(acc *msgAcc, last bool) {
-	size := 64
+	size := 96
 	for _, c := range acc.changes {
 		size += len(c.table) + 40
 		for _, k := range c.keys {
 			size += len(k) + 3
 		}
 	}
-	body := make([]byte, 0, size)
-	body = append(body, `{"lsn":"`...)
-	lsn := len(body)
-	body = appendLSN(body, acc.lsn)
-	lsnText := body[lsn:]
-	body = append(body, `","part":`...)
-	body = strconv.AppendInt(body, int64(acc.part), 10)
-	body = append(body, `,"last":`...)
-	body = strconv.AppendBool(body, last)
-	body = append(body, `,"changes":[`...)
+	// Appended to the batch's buffer; slices of an array the buffer
+	// outgrew stay valid (nothing writes to them again).
+	buf := s.acts.msgBuf
+	if cap(buf)-len(buf) < size {
+		buf = make([]byte, 0, max(2*cap(buf), size, 4096))
+	}
+	start := len(buf)
+	buf = appendLSN(buf, acc.lsn)
+	lsnEnd := len(buf)
+	buf = strconv.AppendUint(buf, uint64(acc.lsn), 10)
+	buf = append(buf, '-')
+	buf = strconv.AppendInt(buf, int64(acc.part), 10)
+	idEnd := len(buf)
+	buf = append(buf, `{"lsn":"`...)
+	buf = append(buf, buf[start:lsnEnd]...)
+	buf = append(buf, `","part":`...)
+	buf = strconv.AppendInt(buf, int64(acc.part), 10)
+	buf = append(buf, `,"last":`...)
+	buf = strconv.AppendBool(buf, last)
+	buf = append(buf, `,"changes":[`...)
 	for i, c := range acc.changes {
 		if i > 0 {
-			body = append(body, ',')
+			buf = append(buf, ',')
 		}
-		body = append(body, `{"table":`...)
-		body = jsonstr.Append(body, c.table)
+		buf = append(buf, `{"table":`...)
+		buf = jsonstr.Append(buf, c.table)
 		field := "keys"
 		op := "truncate"
 		if c.op != 0 {
@@ -324,23 +346,24 @@ func (s *Sink) emitMessage(acc *msgAcc, last bool) {
 		} else {
 			field = "patterns"
 		}
-		body = append(body, `,"op":"`...)
-		body = append(body, op...)
-		body = append(body, `","`...)
-		body = append(body, field...)
-		body = append(body, `":[`...)
+		buf = append(buf, `,"op":"`...)
+		buf = append(buf, op...)
+		buf = append(buf, `","`...)
+		buf = append(buf, field...)
+		buf = append(buf, `":[`...)
 		for j, k := range c.keys {
 			if j > 0 {
-				body = append(body, ',')
+				buf = append(buf, ',')
 			}
-			body = jsonstr.Append(body, k)
+			buf = jsonstr.Append(buf, k)
 		}
-		body = append(body, "]}"...)
+		buf = append(buf, "]}"...)
 	}
-	body = append(body, "]}"...)
+	buf = append(buf, "]}"...)
+	s.acts.msgBuf = buf
 	s.acts.msgs = append(s.acts.msgs, outMsg{
-		stream: acc.stream, target: acc.target, maxLen: acc.maxLen, body: body,
-		lsn: string(lsnText), id: strconv.FormatUint(uint64(acc.lsn), 10) + "-" + strconv.Itoa(acc.part),
+		stream: acc.stream, target: acc.target, maxLen: acc.maxLen,
+		lsn: buf[start:lsnEnd:lsnEnd], id: buf[lsnEnd:idEnd:idEnd], body: buf[idEnd:len(buf):len(buf)],
 	})
 	acc.part++
 	acc.n = 0
@@ -445,16 +468,26 @@ func (s *Sink) queueAfterDeletes(ctx context.Context, p redis.Pipeliner) {
 
 // queueMessages queues the batch's publish messages and stream entries.
 func (s *Sink) queueMessages(ctx context.Context, p redis.Pipeliner) {
-	for _, m := range s.acts.msgs {
+	const perXAdd = 10 // xadd, key, maxlen ~ N, id, lsn, L, event, body
+	b := &s.acts
+	if n := len(b.msgs) * perXAdd; cap(b.msgArgs) < n {
+		b.msgArgs = make([]any, 0, n)
+	}
+	b.msgArgs = b.msgArgs[:0]
+	for _, m := range b.msgs {
 		if !m.stream {
 			p.Publish(ctx, m.target, m.body)
 			continue
 		}
-		args := append(make([]any, 0, 10), "xadd", m.target) // room for all ten arguments: one allocation
+		// Each XADD's arguments are a capped slice of msgArgs (reused by
+		// the next attempt or batch, when this pipeline was answered).
+		off := len(b.msgArgs)
+		args := append(b.msgArgs[off:off:off+perXAdd], "xadd", m.target)
 		if m.maxLen > 0 {
 			args = append(args, "maxlen", "~", m.maxLen)
 		}
 		args = append(args, m.id, "lsn", m.lsn, "event", m.body)
+		b.msgArgs = b.msgArgs[:off+len(args)]
 		p.Do(ctx, args...)
 	}
 }

@@ -260,6 +260,70 @@ func TestStreamEntriesAreIdempotent(t *testing.T) {
 	}
 }
 
+// Messages are built in a buffer the sink reuses from batch to batch and
+// outgrows within one (messages of growing size): every published message
+// and stream entry still holds its own transaction's LSN, ID and keys.
+func TestMessagesIntactAcrossBatches(t *testing.T) {
+	rdb, _ := newRedis(t)
+	ctx := context.Background()
+	sub := rdb.Subscribe(ctx, "events")
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const txns = 400
+	var events []replication.Event
+	keysOf := func(i int) []string {
+		var keys []string
+		for k := range 1 + i%9 { // 1 to 9 keys, up to ~600 bytes
+			keys = append(keys, fmt.Sprintf("user:%d:%s", i, strings.Repeat("x", k*8)))
+		}
+		return keys
+	}
+	for i := range txns {
+		lsn := replication.LSN(0x1000 + i*0x100)
+		var acts []replication.Action
+		for _, k := range keysOf(i) {
+			acts = append(acts, pub(replication.ActPublish, "events", "public.users", replication.OpUpdate, k),
+				pub(replication.ActStream, "events", "public.users", replication.OpUpdate, k))
+		}
+		events = append(events, replication.Event{Actions: acts, LSN: lsn, End: lsn + 8})
+	}
+	run(t, Config{Client: rdb, MaxBatchKeys: 37}, events...)
+	check := func(what string, i int, body string) {
+		t.Helper()
+		var m message
+		if err := json.Unmarshal([]byte(body), &m); err != nil {
+			t.Fatalf("%s %d: %v in %q", what, i, err, body)
+		}
+		want := replication.LSN(0x1000 + i*0x100).String()
+		if m.LSN != want || !m.Last || m.Part != 0 || len(m.Changes) != 1 || !slices.Equal(m.Changes[0].Keys, keysOf(i)) {
+			t.Fatalf("%s %d: %+v, want LSN %s and keys %q", what, i, m, want, keysOf(i))
+		}
+	}
+	entries, err := rdb.XRange(ctx, "events", "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != txns {
+		t.Fatalf("%d stream entries, want %d", len(entries), txns)
+	}
+	for i, e := range entries {
+		lsn := replication.LSN(0x1000 + i*0x100)
+		if e.ID != fmt.Sprintf("%d-0", uint64(lsn)) || e.Values["lsn"] != lsn.String() {
+			t.Fatalf("entry %d: ID %s, lsn %v; want %d-0, %s", i, e.ID, e.Values["lsn"], uint64(lsn), lsn)
+		}
+		check("stream entry", i, e.Values["event"].(string))
+	}
+	for i := range txns {
+		msg, err := sub.ReceiveTimeout(ctx, 5*time.Second)
+		if err != nil {
+			t.Fatalf("after %d messages: %v", i, err)
+		}
+		check("message", i, msg.(*redis.Message).Payload)
+	}
+}
+
 // Publish sends one message per transaction, also when its changes come in
 // several events and batches.
 func TestPublishOneMessagePerTransaction(t *testing.T) {

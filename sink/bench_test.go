@@ -118,14 +118,17 @@ func BenchmarkApplyActions(b *testing.B) {
 // publish message and stream entry. Reported per row: the sink's time
 // (building and sending, waiting for Redis) and Redis's CPU
 // (used_cpu_user+sys), which on a shared machine competes with the
-// walsender and the engine.
+// walsender and the engine. "all-single-row" is "all" in single-row
+// transactions: a message and a stream entry per row.
 func BenchmarkApplyActionKinds(b *testing.B) {
 	const rows = 1000
 	row := `{"id":%d,"n":7,"a":"alpha","b":"bravo","c":"charlie","d":12.5,"e":true,"f":"2026-12-07 10:00:00+00","g":{"x":1},"h":"hotel"}`
 	for _, tc := range []struct {
-		name string
-		acts string // the actions of a row, "" a plain delete
-	}{{"delete", ""}, {"version", "v"}, {"refresh", "r"}, {"publish", "p"}, {"stream", "s"}, {"generation", "g"}, {"all", "vdgpsr"}} {
+		name   string
+		acts   string // the actions of a row, "" a plain delete
+		single bool   // single-row transactions (a message and a stream entry each)
+	}{{"delete", "", false}, {"version", "v", false}, {"refresh", "r", false}, {"publish", "p", false}, {"stream", "s", false},
+		{"generation", "g", false}, {"all", "vdgpsr", false}, {"all-single-row", "vdgpsr", true}} {
 		b.Run(tc.name, func(b *testing.B) {
 			rd := harness.RedisT(b, harness.RedisOptions{})
 			rdb := redis.NewClient(&redis.Options{Addr: rd.Addr()})
@@ -168,6 +171,17 @@ func BenchmarkApplyActionKinds(b *testing.B) {
 					evs = append(evs, ev)
 				}
 				evs[len(evs)-1].End = lsn + 8
+				if tc.single { // each row its own transaction
+					var one []replication.Event
+					for _, ev := range evs {
+						per := len(ev.Actions) / 100
+						for r := range 100 {
+							lsn += 1 << 8
+							one = append(one, replication.Event{Actions: ev.Actions[r*per : (r+1)*per], LSN: lsn, End: lsn + 8})
+						}
+					}
+					return one
+				}
 				return evs
 			}
 			var txns [][]replication.Event
@@ -206,6 +220,7 @@ func BenchmarkApplyActionKinds(b *testing.B) {
 			}
 			waitApplied(txns[0][len(txns[0])-1].End)
 			before := cpu()
+			b.ReportAllocs()
 			b.ResetTimer()
 			for n := 0; n < b.N; n++ {
 				for _, ev := range txns[n%len(txns)] {
