@@ -260,17 +260,25 @@ func TestStreamEntriesAreIdempotent(t *testing.T) {
 	}
 }
 
+// subscribed returns a subscription to channel, confirmed by Redis (closed
+// when the test ends).
+func subscribed(t *testing.T, rdb *redis.Client, channel string) *redis.PubSub {
+	t.Helper()
+	sub := rdb.Subscribe(context.Background(), channel)
+	t.Cleanup(func() { sub.Close() })
+	if _, err := sub.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return sub
+}
+
 // Messages are built in a buffer the sink reuses from batch to batch and
 // outgrows within one (messages of growing size): every published message
 // and stream entry still holds its own transaction's LSN, ID and keys.
 func TestMessagesIntactAcrossBatches(t *testing.T) {
 	rdb, _ := newRedis(t)
 	ctx := context.Background()
-	sub := rdb.Subscribe(ctx, "events")
-	defer sub.Close()
-	if _, err := sub.Receive(ctx); err != nil {
-		t.Fatal(err)
-	}
+	sub := subscribed(t, rdb, "events")
 	const txns = 400
 	var events []replication.Event
 	keysOf := func(i int) []string {
@@ -329,11 +337,7 @@ func TestMessagesIntactAcrossBatches(t *testing.T) {
 func TestPublishOneMessagePerTransaction(t *testing.T) {
 	rdb, _ := newRedis(t)
 	ctx := context.Background()
-	sub := rdb.Subscribe(ctx, "events")
-	defer sub.Close()
-	if _, err := sub.Receive(ctx); err != nil {
-		t.Fatal(err)
-	}
+	sub := subscribed(t, rdb, "events")
 	events := append(txnEvents(replication.ActPublish, 0x10, 3, 2), txnEvents(replication.ActPublish, 0x20, 1, 1)...)
 	run(t, Config{Client: rdb, MaxBatchKeys: 1}, events...)
 	var got []message
