@@ -123,13 +123,16 @@ func (b *actionBatch) reset() {
 	clear(b.incrSeen)
 	b.msgs = b.msgs[:0]
 	if cap(b.msgBuf) > maxKeptMsgBytes {
-		b.msgBuf = nil // a rare large batch's buffer is not kept
+		b.msgBuf = nil // a rare large batch's buffers are not kept
+	}
+	if cap(b.msgArgs)*16 > maxKeptMsgBytes {
+		b.msgArgs = nil
 	}
 	b.msgBuf = b.msgBuf[:0]
 	b.counts = [8]int{}
 }
 
-// maxKeptMsgBytes bounds the message buffer kept between batches.
+// maxKeptMsgBytes bounds each message buffer kept between batches.
 const maxKeptMsgBytes = 1 << 20
 
 // drop turns the refresh write sets[j] into a delete, recorded at the
