@@ -226,7 +226,7 @@ const (
 	// oldest answer before gathering (a higher max_in_flight may help).
 	FlightSlotWait
 	// FlightDrain: a batch that may not fly (other actions, a key in
-	// flight, a TRUNCATE, the end of the input) waited for every batch in
+	// flight, a TRUNCATE, a new session) waited for every batch in
 	// flight.
 	FlightDrain
 )
