@@ -149,7 +149,7 @@ func New(version string, readyMaxLag time.Duration) *Metrics {
 	m.flights = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "sink_flights_total",
 		Help: "Batches of plain deletes sent in a pipeline of their own while earlier batches could be in flight (sink.max_in_flight >= 2)."})
 	m.flightWaits = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sink_flight_waits_total",
-		Help: "Waits for batches in flight (sink.max_in_flight >= 2), by reason: slots_full (every slot taken; a higher max_in_flight may help), drain (a batch that may not fly waited for all of them)."}, []string{"reason"})
+		Help: "Waits for batches in flight (sink.max_in_flight >= 2), by reason: slots_full (every slot taken; a higher max_in_flight may help), drain (the sink waited for all of them: a batch that may not fly, a TRUNCATE, a new session, the end of the input)."}, []string{"reason"})
 	for _, r := range []string{"slots_full", "drain"} {
 		m.flightWaits.WithLabelValues(r)
 	}

@@ -60,10 +60,11 @@ type flight struct {
 // with only the keys it had, and the commits behind it for another slot:
 // with max_in_flight 2 the median was worse than with 1).
 func (s *Sink) waitSlot(ctx context.Context) error {
-	if len(s.flights) > 0 && s.sent >= s.cfg.MaxInFlight {
-		s.flew(FlightSlotWait)
+	if s.sent < s.cfg.MaxInFlight {
+		return nil
 	}
-	for len(s.flights) > 0 && s.sent >= s.cfg.MaxInFlight {
+	s.flew(FlightSlotWait)
+	for s.sent >= s.cfg.MaxInFlight {
 		if err := s.land(ctx); err != nil {
 			return err
 		}
@@ -293,6 +294,9 @@ func (s *Sink) recycle(f *flight) {
 
 // drain takes the answers of every flight in order.
 func (s *Sink) drain(ctx context.Context) error {
+	if s.sent > 0 {
+		s.flew(FlightDrain) // positions alone are not a wait
+	}
 	for len(s.flights) > 0 {
 		if err := s.land(ctx); err != nil {
 			return err

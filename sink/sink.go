@@ -225,9 +225,9 @@ const (
 	// FlightSlotWait: every slot was taken, so the sink waited for the
 	// oldest answer before gathering (a higher max_in_flight may help).
 	FlightSlotWait
-	// FlightDrain: a batch that may not fly (other actions, a key in
-	// flight, a TRUNCATE, a new session) waited for every batch in
-	// flight.
+	// FlightDrain: the sink waited for every batch in flight: a batch
+	// that may not fly (other actions, a key in flight), a TRUNCATE, a
+	// new session or the end of the input.
 	FlightDrain
 )
 
@@ -496,9 +496,6 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			}
 		}
 		if ev.Restart || len(ev.Globs) > 0 {
-			if s.sent > 0 {
-				s.flew(FlightDrain)
-			}
 			if err := s.drain(ctx); err != nil {
 				return err
 			}
@@ -622,9 +619,6 @@ func (s *Sink) Run(ctx context.Context, in <-chan replication.Event) error {
 			}
 			s.launch(ctx, end, mark)
 			continue
-		}
-		if s.sent > 0 {
-			s.flew(FlightDrain)
 		}
 		if err := s.drain(ctx); err != nil {
 			return err
