@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync"
 	"time"
 
@@ -208,8 +207,7 @@ func (b *bench) sampleProxyRTT(ctx context.Context) []time.Duration {
 	if b.topo.proxy == nil {
 		return nil
 	}
-	rdb := redis.NewClient(&redis.Options{Addr: b.topo.proxy.Addr(), DB: b.opts.RedisDB, PoolSize: 1,
-		Username: os.Getenv("CDC_REDIS_USERNAME"), Password: os.Getenv("CDC_REDIS_PASSWORD")})
+	rdb := redis.NewClient(b.standaloneOptions(b.topo.proxy.Addr(), 1))
 	defer rdb.Close()
 	_ = rdb.Ping(ctx).Err() // the connection is made outside the samples
 	var out []time.Duration

@@ -184,6 +184,13 @@ func (b *bench) givenRedis() {
 	}
 }
 
+// standaloneOptions are the bench's options for a client of one Redis
+// server at addr, with CDC_REDIS_USERNAME and CDC_REDIS_PASSWORD.
+func (b *bench) standaloneOptions(addr string, pool int) *redis.Options {
+	return &redis.Options{Addr: addr, DB: b.opts.RedisDB, PoolSize: pool,
+		Username: os.Getenv("CDC_REDIS_USERNAME"), Password: os.Getenv("CDC_REDIS_PASSWORD")}
+}
+
 // connectRedis opens the bench's own client (directly, never through the
 // delay proxy), waits for --wait-replicas replicas of a throwaway
 // standalone Redis, and starts the delay proxy for the engine.
@@ -200,7 +207,7 @@ func (b *bench) connectRedis(ctx context.Context) error {
 		b.rdb = redis.NewFailoverClient(&redis.FailoverOptions{MasterName: b.topo.masterName, SentinelAddrs: b.topo.addrs,
 			DB: b.opts.RedisDB, Username: user, Password: pass, PoolSize: 16})
 	default:
-		b.rdb = redis.NewClient(&redis.Options{Addr: b.redisAddr, DB: b.opts.RedisDB, Username: user, Password: pass, PoolSize: 16})
+		b.rdb = redis.NewClient(b.standaloneOptions(b.redisAddr, 16))
 	}
 	if len(b.topo.replicas) > 0 {
 		if err := waitReplicas(ctx, b.rdb, len(b.topo.replicas)); err != nil {
